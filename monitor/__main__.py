@@ -1,0 +1,3 @@
+from spherewatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Covariance spectrum of normalised embeddings: dimensional collapse (Jing et al., 2022) and alpha-ReQ."""
+from __future__ import annotations
+
+from typing import NamedTuple, Tuple
+
+import torch
+
+from spherewatch.metrics._validation import as_embeddings, normalize_rows
+
+__all__ = ["spectrum", "spectrum_from_moments", "collapsed_dimensions", "alpha_req", "AlphaReQ"]
+
+
+def _spectrum_or_embeddings(x: torch.Tensor) -> torch.Tensor:
+    """A 1-D tensor is taken as a precomputed descending spectrum, anything else as embeddings."""
+    if isinstance(x, torch.Tensor) and x.ndim == 1:
+        if x.is_complex() or not x.is_floating_point():
+            raise TypeError(f"Expected a floating spectrum, got dtype {x.dtype}. Convert with `x.float()`.")
+        if x.shape[0] < 1:
+            raise ValueError("Expected a non-empty spectrum, got shape (0,).")
+        return x
+    return spectrum(x)
+
+
+class AlphaReQ(NamedTuple):
+    """Power-law decay exponent of the spectrum and the weighted R^2 of the log-log fit (0-d tensors)."""
+
+    alpha: torch.Tensor
+    r2: torch.Tensor
+
+
+def spectrum_from_moments(n: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
+    """Descending covariance eigenvalues from streamed moments: ``mean`` (D,) and ``m2 = sum (z - mean)(z - mean)^T``."""
+    cov = m2 / max(n - 1, 1)
+    lam = torch.linalg.eigvalsh(0.5 * (cov + cov.T))
+    return lam.flip(0).clamp(min=0)
+
+
+def spectrum(x: torch.Tensor) -> torch.Tensor:
+    r"""Eigenvalues of the covariance of the L2-normalised rows, in descending order.
+
+    .. math:: C = \frac{1}{N-1}\sum_i (\hat z_i - \bar z)(\hat z_i - \bar z)^\top
+
+    Args:
+        x: ``(N, D)`` embeddings, ``N >= 2``.
+
+    Returns:
+        ``(D,)`` fp32 tensor on the input's device (clamped at 0). Their sum is the total variance
+        ``~ 1 - ||mean||^2``.
+
+    How to read it: healthy isotropic embeddings have all eigenvalues near ``1/D``; dimensional collapse shows
+    as a tail of eigenvalues at numerical zero (see :func:`collapsed_dimensions`). With ``N <= D`` at most
+    ``N - 1`` eigenvalues can be non-zero.
+
+    Example:
+        >>> import torch
+        >>> from spherewatch.metrics import spectrum
+        >>> z = torch.tensor([[1., 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]])
+        >>> [round(float(v), 4) for v in spectrum(z)]
+        [0.6667, 0.6667, 0.0]
+
+    Reference: Jing et al., "Understanding Dimensional Collapse in Contrastive Self-supervised Learning", ICLR 2022.
+    """
+    x = as_embeddings(x)
+    z = normalize_rows(x)
+    mean = z.mean(dim=0)
+    zc = z - mean
+    return spectrum_from_moments(z.shape[0], mean, zc.T @ zc)
+
+
+def collapsed_dimensions(x: torch.Tensor, *, threshold: float = 1e-5) -> torch.Tensor:
+    """Number of covariance eigenvalues below ``threshold * lambda_max`` (numerically zero in fp32).
+
+    Args:
+        x: ``(N, D)`` embeddings, or a precomputed 1-D spectrum (from :func:`spectrum`).
+        threshold: relative threshold (default ``1e-5``, METRICS.md).
+
+    Returns:
+        0-d fp32 tensor (a count, as float so it logs like every other scalar). 0 = healthy; ``D - 1`` =
+        complete collapse onto a point... or a line (a single direction carries all variance). Note that
+        ``N <= D`` rows force at least ``D - N + 1`` zero eigenvalues: use ``N > D`` samples.
+
+    Example:
+        >>> import torch
+        >>> from spherewatch.metrics import collapsed_dimensions
+        >>> z = torch.randn(256, 8) @ torch.diag(torch.tensor([1., 1, 1, 1, 0, 0, 0, 0]))
+        >>> float(collapsed_dimensions(z))
+        4.0
+    """
+    lam = _spectrum_or_embeddings(x)
+    return (lam < threshold * lam.max()).sum().to(torch.float32)
+
+
+def alpha_req(x: torch.Tensor, *, window: Tuple[int, int] = (11, 100), rtol: float = 1e-5) -> AlphaReQ:
+    r"""Power-law decay exponent of the covariance spectrum (alpha-ReQ) and the quality of the fit.
+
+    Fits ``log lambda_i = c - alpha log i`` by weighted least squares with weights ``1/i`` over the ranks
+    ``i`` in ``window`` (1-based, inclusive; the reference window is 11..100) that lie inside the numerical
+    rank (``lambda_i > rtol * lambda_1``). When ``D`` is smaller than the window's end, the window becomes
+    ``[max(1, min(first, D // 10)), D]``.
+
+    Args:
+        x: ``(N, D)`` embeddings, or a precomputed descending 1-D spectrum.
+        window: ``(first_rank, last_rank)``.
+        rtol: eigenvalues below ``rtol * lambda_1`` are outside the numerical rank and excluded.
+
+    Returns:
+        ``AlphaReQ(alpha, r2)``: 0-d tensors. ``alpha ~ 0`` = white spectrum; ``alpha ~ 1`` typical of good
+        representations; large ``alpha`` with a poor fit (low ``r2``) = collapse. NaN when fewer than two ranks
+        of the window are inside the numerical rank (the spectrum is collapsed below the window). Depends on
+        N/D: compare values at a fixed N.
+
+    Example:
+        >>> import torch
+        >>> from spherewatch.metrics import alpha_req
+        >>> lam = torch.arange(1, 201, dtype=torch.float32) ** -1.5
+        >>> round(float(alpha_req(lam).alpha), 3)
+        1.5
+
+    Reference: Agrawal et al., "alpha-ReQ: Assessing Representation Quality ...", NeurIPS 2022.
+    """
+    lam = _spectrum_or_embeddings(x)
+    d = lam.shape[0]
+    lo, hi = int(window[0]), int(window[1])
+    if lo < 1 or hi <= lo:
+        raise ValueError(f"Expected `window` = (first, last) with 1 <= first < last, got {window!r}.")
+    if d < hi:
+        hi = d
+        lo = max(1, min(lo, d // 10))
+    ranks = torch.arange(1, d + 1, device=lam.device, dtype=torch.float32)
+    lamf = lam.to(torch.float32)
+    inside = (ranks >= lo) & (ranks <= hi) & (lamf > rtol * lamf[0]) & (lamf > 0)
+    w = torch.where(inside, 1.0 / ranks, torch.zeros_like(ranks))
+    lx = torch.log(ranks)
+    ly = torch.log(torch.where(inside, lamf, torch.ones_like(lamf)))
+    sw = w.sum()
+    mx = (w * lx).sum() / sw
+    my = (w * ly).sum() / sw
+    sxx = (w * (lx - mx) ** 2).sum()
+    sxy = (w * (lx - mx) * (ly - my)).sum()
+    syy = (w * (ly - my) ** 2).sum()
+    slope = sxy / sxx
+    enough = inside.sum() >= 2
+    nan = torch.full_like(slope, float("nan"))
+    alpha = torch.where(enough, -slope, nan)
+    r2 = torch.where(enough & (syy > 0), sxy * sxy / (sxx * syy), torch.where(enough, torch.ones_like(slope), nan))
+    return AlphaReQ(alpha, r2)

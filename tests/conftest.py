@@ -1,0 +1,7 @@
+"""Shared test settings: offline, quiet, deterministic."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
