@@ -37,31 +37,30 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 def _upper_kernel_sum(z: torch.Tensor, t: float, block_size: Optional[int]) -> torch.Tensor:
-    """Sum over i<j of exp(-t ||z_i - z_j||^2), O(N * block) extra memory.
+    """Sum over i<j of exp(-t ||z_i - z_j||^2) for rows of norm 1 or 0; O(N * block) extra memory.
 
-    ``-||z_i - z_j||^2 / 2 = a_i . b_j`` with ``a_i = [z_i, |z_i|^2, 1]`` and ``b_j = [z_j, -1/2, -|z_j|^2/2]``,
-    so one GEMM gives the (scaled) squared distances, exact for unit and for zero rows alike. Each block of
-    rows ``[a, b)`` multiplies against columns ``[a, N)`` only (the upper half), exponentiates in place
-    (``exp(-t d^2) <= 1``: no overflow for any t) and reduces in fp32; the few per-block partial sums are
-    added in fp64.
+    ``-t ||z_i - z_j||^2 = (2t z_i.z_j - t s_j - t) + t (1 - s_i)`` with ``s = ||z||^2``. One ``addmm`` per
+    block of rows ``[a, b)`` against the columns ``[a, N)`` (the upper half only) gives the bracket, which is
+    ``<= 0`` for unit and zero rows alike, so the in-place ``exp`` never overflows; the row factor
+    ``exp(t (1 - s_i))`` is applied to the fp32 row sums. Exact for zero rows (they sit at the origin).
     """
     n = z.shape[0]
     bs = _block_rows(n, block_size)
-    sq = z.pow(2).sum(dim=1, keepdim=True)
-    ones = torch.ones_like(sq)
-    za = torch.cat([z, sq, ones], dim=1)
-    zb = torch.cat([z, -0.5 * ones, -0.5 * sq], dim=1)
-    two_t = 2.0 * t
+    sq = z.pow(2).sum(dim=1)
+    col_bias = (-t * sq - t).unsqueeze(0)  # (1, N)
+    acc = _acc_dtype(z.device)
     partials = []
     for a in range(0, n, bs):
         b = min(a + bs, n)
-        g = za[a:b] @ zb[a:].T  # (b-a, n-a): -d^2/2 for this block of rows, upper half only
-        g.mul_(two_t).exp_()
+        g = torch.addmm(col_bias[:, a:], z[a:b], z[a:].T, beta=1.0, alpha=2.0 * t)  # (b-a, n-a)
+        g.exp_()
         w = b - a
-        partials.append(torch.triu(g[:, :w], diagonal=1).sum(dtype=torch.float32))
+        rows = torch.triu(g[:, :w], diagonal=1).sum(dim=1)
         if n > b:
-            partials.append(g[:, w:].sum(dtype=torch.float32))
-    return torch.stack(partials).to(_acc_dtype(z.device)).sum()
+            rows = rows + g[:, w:].sum(dim=1)
+        weight = torch.exp(t * (1.0 - sq[a:b]))
+        partials.append((rows.to(acc) * weight.to(acc)).sum())
+    return torch.stack(partials).sum()
 
 
 def uniformity(
