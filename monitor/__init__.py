@@ -1,5 +1,22 @@
-"""spherewatch: watch the geometry of embeddings while a model trains."""
+"""spherewatch: watch the geometry of embeddings while a model trains, and alert when they collapse.
+
+>>> import spherewatch as sw
+>>> mon = sw.Monitor(every_n_steps=10, sinks=("memory",), warn=False)
+"""
 from spherewatch._version import __version__
 from spherewatch import metrics
+from spherewatch.alerts.alert import Alert
+from spherewatch.config import MonitorConfig, load_config
+from spherewatch.errors import CollapseWarning, SpherewatchError
+from spherewatch.monitor import Monitor
 
-__all__ = ["__version__", "metrics"]
+__all__ = [
+    "__version__",
+    "metrics",
+    "Monitor",
+    "MonitorConfig",
+    "load_config",
+    "Alert",
+    "CollapseWarning",
+    "SpherewatchError",
+]

@@ -1,0 +1,46 @@
+"""Alerts: rules that watch logged metrics, the engine that decides when they fire, and the channels that
+deliver fired alerts (log + ``CollapseWarning``, a callable, a Slack-compatible webhook).
+
+Example:
+    >>> from spherewatch.alerts import AlertEngine, default_rules
+    >>> engine = AlertEngine(default_rules())
+    >>> engine.update(0, {"spherewatch/embeddings/uniformity": float("nan")})[0].rule
+    'nonfinite'
+"""
+from spherewatch.alerts.alert import SEVERITIES, Alert, Severity
+from spherewatch.alerts.channels import AlertDispatcher, CallableChannel, Channel, LoggingChannel
+from spherewatch.alerts.engine import AlertEngine
+from spherewatch.alerts.rules import (
+    DEFAULT_RULE_SETTINGS,
+    RULE_ADAPTER,
+    DegradationRule,
+    NonFiniteRule,
+    Rule,
+    ThresholdRule,
+    TrendRule,
+    default_rules,
+    parse_rules,
+)
+from spherewatch.alerts.webhook import WebhookChannel, format_alert_text
+
+__all__ = [
+    "DEFAULT_RULE_SETTINGS",
+    "RULE_ADAPTER",
+    "SEVERITIES",
+    "Alert",
+    "AlertDispatcher",
+    "AlertEngine",
+    "CallableChannel",
+    "Channel",
+    "DegradationRule",
+    "LoggingChannel",
+    "NonFiniteRule",
+    "Rule",
+    "Severity",
+    "ThresholdRule",
+    "TrendRule",
+    "WebhookChannel",
+    "default_rules",
+    "format_alert_text",
+    "parse_rules",
+]

@@ -1,0 +1,407 @@
+"""The alert engine: evaluates rules on logged values and runs one state machine per (rule, key)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any
+
+from spherewatch.alerts.alert import Alert
+from spherewatch.alerts.rules import DegradationRule, NonFiniteRule, ThresholdRule, TrendRule, parse_rules
+
+__all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
+
+#: States of one (rule, key) pair.
+OK, PENDING, FIRING = "ok", "pending", "firing"
+_STATE_VERSION = 1
+
+# What a degradation of a metric means, and what to check. Unknown metrics get the generic entry.
+_HINTS: dict[str, tuple[str, str]] = {
+    "uniformity": (
+        "embeddings are losing spread on the sphere — possible collapse",
+        (
+            "the negatives and temperature of the loss, the learning rate, and that the stop-gradient / "
+            "predictor is still in place"
+        ),
+    ),
+    "effective_rank": (
+        "embeddings span fewer and fewer directions — dimensional collapse",
+        "weight decay versus augmentation strength, the projector width and the learning rate",
+    ),
+    "normalized_std": (
+        "embeddings are converging to one direction — possible complete collapse",
+        "the stop-gradient / predictor (SimSiam, BYOL), the learning rate and the augmentations",
+    ),
+    "mean_cosine": (
+        "embeddings are becoming parallel — possible collapse",
+        "the negatives of the loss, the learning rate and the augmentations",
+    ),
+    "alignment": (
+        "positive pairs are drifting apart",
+        "the augmentations and that the two views are paired row by row",
+    ),
+    "collapsed_dimensions": (
+        "more embedding dimensions carry (almost) no variance — dimensional collapse",
+        "weight decay versus augmentation strength and the projector width",
+    ),
+    "dead_dimensions": (
+        "more embedding dimensions are constant",
+        "activations before the embedding (dead ReLUs), the learning rate and weight decay",
+    ),
+    "nonfinite_fraction": (
+        "embeddings contain NaN/Inf values",
+        "the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) and the inputs",
+    ),
+}
+_HINTS["uniformity_pos"] = _HINTS["uniformity"]
+_HINTS["effective_rank_centered"] = _HINTS["effective_rank"]
+_GENERIC_HINT = ("the metric moved in the unhealthy direction", "the training curves around this step")
+
+
+def _hint(metric: str) -> tuple[str, str]:
+    return _HINTS.get(metric, _GENERIC_HINT)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _float_to_json(x: float | None) -> Any:
+    """Finite floats as numbers, NaN/Inf as strings, so ``json.dumps(..., allow_nan=False)`` works."""
+    if x is None or math.isfinite(x):
+        return x
+    return repr(float(x))  # 'nan', 'inf', '-inf'
+
+
+def _float_from_json(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+@dataclasses.dataclass
+class _KeyState:
+    """State of one (rule, key) pair. Plain data; :meth:`to_dict` is JSON-serialisable."""
+
+    n: int = 0  # samples counted (finite ones; all of them for non-finite rules), warm-up included
+    status: str = OK
+    count: int = 0  # consecutive breaching samples
+    last_fire: int | None = None  # `n` at the last fire
+    fires: int = 0
+    ref: float | None = None  # best value or baseline mean
+    ref_step: int | None = None  # step of the best value
+    base_sum: float = 0.0
+    base_n: int = 0
+    base_first_step: int | None = None
+    base_last_step: int | None = None
+    prev: float | None = None  # trend: previous value
+    slope: float | None = None  # trend: smoothed slope
+    alert: Alert | None = None  # the alert that fired, while firing
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "alert"}
+        if self.alert is not None:
+            a = self.alert.to_dict()
+            a["value"] = _float_to_json(a["value"])
+            d["alert"] = a
+        else:
+            d["alert"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _KeyState:
+        alert = d.get("alert")
+        if alert is not None:
+            alert = Alert.from_dict({**alert, "value": _float_from_json(alert.get("value"))})
+        status = d.get("status", OK)
+        return cls(
+            n=int(d.get("n", 0)),
+            status=status if status in (OK, PENDING, FIRING) else OK,
+            count=int(d.get("count", 0)),
+            last_fire=d.get("last_fire"),
+            fires=int(d.get("fires", 0)),
+            ref=_float_from_json(d.get("ref")),
+            ref_step=d.get("ref_step"),
+            base_sum=float(d.get("base_sum", 0.0)),
+            base_n=int(d.get("base_n", 0)),
+            base_first_step=d.get("base_first_step"),
+            base_last_step=d.get("base_last_step"),
+            prev=_float_from_json(d.get("prev")),
+            slope=_float_from_json(d.get("slope")),
+            alert=alert,
+        )
+
+
+class AlertEngine:
+    """Evaluates alert rules on logged values and decides when each one fires.
+
+    One state machine runs per (rule, key), counted in samples of that key::
+
+        ok --breach--> pending (count < patience) --patience reached--> firing: emit ONE Alert
+        firing --still breaching or inside the hysteresis band--> firing (nothing emitted)
+        firing --back inside the threshold by the hysteresis margin--> ok (re-armed)
+        ok/pending --breach, patience reached, cooldown over--> firing again
+
+    A breach ends a pending run when a non-breaching sample arrives. ``cooldown`` counts samples since the last
+    fire; a breach that reaches ``patience`` inside the cooldown fires on the first sample after it (if the
+    condition still holds). Warm-up, references and non-finite handling are described in
+    :mod:`spherewatch.alerts.rules`.
+
+    Only keys ``<prefix>/<tap>/<metric>`` are considered: ``tap`` is the first path segment after the prefix,
+    ``metric`` the rest (``spherewatch/encoder/norm_stats/mean`` -> tap ``encoder``, metric ``norm_stats/mean``).
+    Values that are not numbers are ignored.
+
+    Args:
+        rules: the rules (models or dicts, see :data:`~spherewatch.alerts.rules.RULE_ADAPTER`); names must be
+            unique.
+        prefix: the log-key prefix.
+
+    Example:
+        >>> from spherewatch.alerts import AlertEngine, DegradationRule
+        >>> engine = AlertEngine([DegradationRule(metric="uniformity", direction="rise", fraction=0.5)])
+        >>> for step, u in enumerate([-3.4, -3.5, -3.0, -1.2]):
+        ...     fired = engine.update(step, {"spherewatch/embeddings/uniformity": u})
+        >>> print(fired[0].message)  # doctest: +ELLIPSIS
+        uniformity rose from -3.5 (best, step 1) to -1.2 (66% worse) at step 3 (tap 'embeddings'): embeddings are ...
+    """
+
+    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch") -> None:
+        self._rules = parse_rules(list(rules))
+        names = [r.name for r in self._rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"alert rule names must be unique, got {duplicates} more than once; give each rule a distinct `name=`"
+            )
+        if not isinstance(prefix, str) or not prefix.strip("/"):
+            raise ValueError(f"`prefix` must be a non-empty string such as 'spherewatch', got {prefix!r}")
+        self.prefix = prefix.strip("/")
+        self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
+        self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
+
+    # ------------------------------------------------------------------------------------------------ public
+    @property
+    def rules(self) -> tuple[Any, ...]:
+        """The validated rules, in evaluation order."""
+        return self._rules
+
+    @property
+    def active(self) -> dict[str, Alert]:
+        """Currently firing pairs: ``"<rule name>:<key>"`` -> the alert that fired."""
+        return {
+            f"{rule}:{key}": st.alert
+            for rule, states in self._states.items()
+            for key, st in states.items()
+            if st.status == FIRING and st.alert is not None
+        }
+
+    def status(self, rule: str, key: str) -> str:
+        """State of one pair: ``"ok"``, ``"pending"`` or ``"firing"`` (``"ok"`` when never seen)."""
+        st = self._states.get(rule, {}).get(key)
+        return OK if st is None else st.status
+
+    def update(self, step: int, values: Mapping[str, Any]) -> list[Alert]:
+        """Feed one sample of logged values and return the alerts that fired now.
+
+        Args:
+            step: the global step of the values.
+            values: ``{"<prefix>/<tap>/<metric>": number}``; other keys and non-numbers are ignored.
+
+        Returns:
+            The new alerts, in rule order then key order. A pair that keeps breaching is not re-reported.
+        """
+        fired: list[Alert] = []
+        if not values:
+            return fired
+        per_rule: dict[str, list[Alert]] = {}
+        for key, raw in values.items():
+            route = self._route(key)
+            if route is None:
+                continue
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue
+            tap, metric, rules = route
+            for rule in rules:
+                states = self._states[rule.name]
+                st = states.get(key)
+                if st is None:
+                    st = states[key] = _KeyState()
+                alert = self._advance(rule, st, key, tap, metric, int(step), value)
+                if alert is not None:
+                    per_rule.setdefault(rule.name, []).append(alert)
+        for rule in self._rules:
+            fired.extend(per_rule.get(rule.name, ()))
+        return fired
+
+    def reset(self) -> None:
+        """Forget all state (references, counters, firing pairs)."""
+        for states in self._states.values():
+            states.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (no tensors; NaN/Inf stored as strings) to resume identically."""
+        return {
+            "version": _STATE_VERSION,
+            "prefix": self.prefix,
+            "rules": [r.name for r in self._rules],
+            "states": {rule: {key: st.to_dict() for key, st in states.items()} for rule, states in self._states.items()},
+        }
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output. Tolerant: missing fields take defaults, unknown rules are ignored."""
+        if not isinstance(sd, Mapping):
+            raise TypeError(f"Expected the dict returned by AlertEngine.state_dict(), got {type(sd).__name__}.")
+        states = sd.get("states", {}) or {}
+        for rule in self._rules:
+            saved = states.get(rule.name, {}) or {}
+            self._states[rule.name] = {key: _KeyState.from_dict(d) for key, d in saved.items()}
+
+    def __repr__(self) -> str:
+        return f"AlertEngine(rules={[r.name for r in self._rules]}, prefix={self.prefix!r}, active={len(self.active)})"
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _route(self, key: str) -> tuple[str, str, tuple[Any, ...]] | None:
+        if key in self._routes:
+            return self._routes[key]
+        route = None
+        head = self.prefix + "/"
+        if isinstance(key, str) and key.startswith(head):
+            tap, sep, metric = key[len(head):].partition("/")
+            if sep and tap and metric:
+                rules = tuple(r for r in self._rules if fnmatchcase(tap, r.tap) and fnmatchcase(metric, r.metric))
+                route = (tap, metric, rules) if rules else None
+        if len(self._routes) < 100_000:  # bounded cache
+            self._routes[key] = route
+        return route
+
+    def _advance(
+        self, rule: Any, st: _KeyState, key: str, tap: str, metric: str, step: int, value: float
+    ) -> Alert | None:
+        finite = math.isfinite(value)
+        if isinstance(rule, NonFiniteRule):
+            st.n += 1
+            if st.n <= rule.warmup:
+                return None
+            breach, rearm, msg = (not finite), finite, None
+            if not finite:
+                msg = self._nonfinite_message(metric, tap, step, value)
+        else:
+            if not finite:  # never poisons the state of other rules
+                return None
+            st.n += 1
+            if st.n <= rule.warmup:
+                return None
+            if isinstance(rule, ThresholdRule):
+                breach, rearm, msg = self._eval_threshold(rule, value, metric, tap, step)
+            elif isinstance(rule, DegradationRule):
+                breach, rearm, msg = self._eval_degradation(rule, st, value, metric, tap, step)
+            elif isinstance(rule, TrendRule):
+                breach, rearm, msg = self._eval_trend(rule, st, value, metric, tap, step)
+            else:  # pragma: no cover - parse_rules admits only the kinds above
+                raise TypeError(f"unsupported rule type {type(rule).__name__}")
+
+        if st.status == FIRING:
+            if rearm:
+                st.status, st.count, st.alert = OK, 0, None
+            return None
+        if not breach:
+            st.status, st.count = OK, 0
+            return None
+        st.count += 1
+        cooled = st.last_fire is None or st.n - st.last_fire > rule.cooldown
+        if st.count < rule.patience or not cooled:
+            st.status = PENDING
+            return None
+        alert = Alert(
+            rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
+            action=rule.action,
+        )
+        st.status, st.alert, st.last_fire = FIRING, alert, st.n
+        st.fires += 1
+        return alert
+
+    # Each evaluator returns (breach, rearm, message-if-it-fires) and updates the references it owns.
+    @staticmethod
+    def _eval_threshold(rule: ThresholdRule, value: float, metric: str, tap: str, step: int):
+        h = rule.hysteresis
+        above = rule.above is not None and value > rule.above
+        below = rule.below is not None and value < rule.below
+        rearm = (rule.above is None or value <= rule.above - h) and (rule.below is None or value >= rule.below + h)
+        msg = None
+        if above or below:
+            what, check = _hint(metric)
+            limit = f"rose above {_fmt(rule.above)}" if above else f"fell below {_fmt(rule.below)}"
+            msg = f"{metric} {limit} to {_fmt(value)} at step {step} (tap '{tap}'): {what}. Check {check}."
+        return above or below, rearm, msg
+
+    @staticmethod
+    def _eval_degradation(rule: DegradationRule, st: _KeyState, value: float, metric: str, tap: str, step: int):
+        bad = 1.0 if rule.direction == "rise" else -1.0  # sign of a change in the unhealthy direction
+        if rule.reference == "baseline":
+            if st.base_n < rule.baseline_samples:
+                st.base_sum += value
+                st.base_n += 1
+                st.base_first_step = step if st.base_first_step is None else st.base_first_step
+                st.base_last_step = step
+                if st.base_n == rule.baseline_samples:
+                    st.ref = st.base_sum / st.base_n
+                return False, True, None
+            ref = st.ref
+            ref_desc = (
+                f"baseline, step {st.base_first_step}" if st.base_n == 1
+                else f"baseline, mean of steps {st.base_first_step}-{st.base_last_step}"
+            )
+        else:
+            if st.ref is None:
+                st.ref, st.ref_step = value, step
+                return False, True, None
+            ref = st.ref
+            ref_desc = f"best, step {st.ref_step}"
+            if bad * (value - ref) < 0:  # a new best (after the comparison below, which it cannot breach)
+                st.ref, st.ref_step = value, step
+        drop = bad * (value - ref)
+        allowed = max(rule.fraction * abs(ref), rule.min_drop)
+        breach = drop > allowed
+        rearm = drop <= allowed - rule.hysteresis * abs(ref)
+        msg = None
+        if breach:
+            what, check = _hint(metric)
+            verb = "rose" if rule.direction == "rise" else "fell"
+            worse = f" ({drop / abs(ref):.0%} worse)" if ref != 0 else ""
+            msg = (
+                f"{metric} {verb} from {_fmt(ref)} ({ref_desc}) to {_fmt(value)}{worse} at step {step} "
+                f"(tap '{tap}'): {what}. Check {check}."
+            )
+        return breach, rearm, msg
+
+    @staticmethod
+    def _eval_trend(rule: TrendRule, st: _KeyState, value: float, metric: str, tap: str, step: int):
+        if st.prev is None:
+            st.prev = value
+            return False, True, None
+        d = value - st.prev
+        st.prev = value
+        s = d if st.slope is None else rule.ewma * d + (1.0 - rule.ewma) * st.slope
+        st.slope = s
+        bad = s if rule.direction == "rise" else -s
+        breach = bad > rule.slope
+        rearm = bad <= rule.slope - rule.hysteresis
+        msg = None
+        if breach:
+            what, check = _hint(metric)
+            verb = "rising" if rule.direction == "rise" else "falling"
+            msg = (
+                f"{metric} is {verb} fast: smoothed change {s:+.3g} per sample (limit {rule.slope:g}), now "
+                f"{_fmt(value)} at step {step} (tap '{tap}'): {what}. Check {check}."
+            )
+        return breach, rearm, msg
+
+    @staticmethod
+    def _nonfinite_message(metric: str, tap: str, step: int, value: float) -> str:
+        what = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+        return (
+            f"{metric} is {what} at step {step} (tap '{tap}'): the embeddings or the metric computation produced "
+            "non-finite numbers. Check the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) "
+            "and the inputs."
+        )

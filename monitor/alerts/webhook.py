@@ -1,0 +1,322 @@
+"""A Slack-compatible webhook channel that never blocks training."""
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any
+
+from spherewatch._version import __version__
+from spherewatch.alerts.alert import Alert
+from spherewatch.alerts.channels import Channel
+
+__all__ = ["WebhookChannel", "format_alert_text"]
+
+_log = logging.getLogger("spherewatch.alerts.webhook")
+
+
+class _GiveUp(Exception):
+    """The alert cannot be delivered (4xx other than 429)."""
+
+
+class WebhookChannel(Channel):
+    """POSTs every alert as Slack-compatible JSON ``{"text": "..."}`` from one background daemon thread.
+
+    Delivery:
+
+    * :meth:`send` only puts the alert on a bounded queue and returns at once; it never blocks and never raises.
+    * A 2xx answer counts as delivered (once). Connection errors, timeouts and 5xx answers are retried with
+      exponential backoff (``backoff_initial`` doubling up to ``backoff_max`` seconds); a 429 answer is retried
+      after exactly its ``Retry-After`` (seconds or an HTTP date; the backoff when absent). Any other answer
+      (4xx, 3xx) gives up on that alert with one log line. An alert still not delivered ``give_up_after``
+      seconds after its first attempt is given up.
+    * Each attempt of one alert carries the same ``X-Spherewatch-Delivery-Id`` header, so a receiver can drop
+      the duplicate that a retry after a timeout may cause (the server may have received the timed-out request).
+    * When the queue is full, the **newest** alert (the one being sent) is dropped: the queued, older alerts
+      describe the onset of the problem, which is the most useful part, and every alert is already de-duplicated
+      by the engine. Drops are counted in :attr:`dropped` and logged once.
+
+    Counters: :attr:`delivered` (2xx), :attr:`failed` (given up: a 4xx, ``give_up_after`` exceeded, or still
+    being retried when :meth:`close` timed out) and :attr:`dropped` (never sent: queue full, still queued when
+    :meth:`close` timed out, or sent after close).
+
+    The URL is a secret (it authorises posting to the channel): it never appears in logs, ``repr``, ``str`` or
+    exception messages; only ``scheme://host/***`` is shown.
+
+    Args:
+        url: the webhook URL (``str`` or a pydantic ``SecretStr``); default: the ``url_env`` environment variable.
+        url_env: environment variable read when ``url`` is not given.
+        timeout: seconds per HTTP request.
+        max_queue: alerts waiting at most.
+        backoff_initial: first retry delay, seconds.
+        backoff_max: longest retry delay, seconds.
+        give_up_after: seconds after the first attempt of an alert after which it is given up.
+
+    Raises:
+        ValueError: no URL (naming both ways to set one), a URL that is not http(s), or a bad number.
+    """
+
+    def __init__(
+        self,
+        url: Any | None = None,
+        *,
+        url_env: str = "SPHEREWATCH_WEBHOOK_URL",
+        timeout: float = 5.0,
+        max_queue: int = 1000,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        give_up_after: float = 600.0,
+    ) -> None:
+        if url is not None and hasattr(url, "get_secret_value"):
+            url = url.get_secret_value()
+        if url is None or (isinstance(url, str) and not url.strip()):
+            url = os.environ.get(url_env, "").strip() or None
+        if url is None:
+            raise ValueError(
+                f"WebhookChannel needs a URL: pass WebhookChannel(url=...) (or `webhook_url=` in the Monitor config), "
+                f"or set the environment variable {url_env}."
+            )
+        if not isinstance(url, str):
+            raise TypeError(f"The webhook URL must be a string, got {type(url).__name__}.")
+        url = url.strip()
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"The webhook URL must look like https://host/path (scheme {parts.scheme or '<none>'!r} given; "
+                "the URL itself is not shown because it is a secret)."
+            )
+        for name, value, low in (
+            ("timeout", timeout, 0.0), ("backoff_initial", backoff_initial, 0.0), ("backoff_max", backoff_max, 0.0),
+            ("give_up_after", give_up_after, 0.0),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= low:
+                raise ValueError(f"`{name}` must be a positive number of seconds, got {value!r}.")
+        if backoff_max < backoff_initial:
+            raise ValueError(f"`backoff_max` ({backoff_max}) must be >= `backoff_initial` ({backoff_initial}).")
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"`max_queue` must be an integer >= 1, got {max_queue!r}.")
+
+        self.__url = url
+        port = f":{parts.port}" if parts.port else ""
+        self._masked = f"{parts.scheme}://{parts.hostname}{port}/***"
+        self.timeout = float(timeout)
+        self.max_queue = max_queue
+        self.backoff_initial = float(backoff_initial)
+        self.backoff_max = float(backoff_max)
+        self.give_up_after = float(give_up_after)
+
+        self.delivered = 0
+        self.dropped = 0
+        self.failed = 0
+        self._queue: queue.Queue[tuple[Alert, str]] = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0  # queued + in flight
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._warned_drop = False
+
+    # ------------------------------------------------------------------------------------------------ public
+    @property
+    def url(self) -> str:
+        """The masked URL (``scheme://host/***``); the real one is never exposed."""
+        return self._masked
+
+    def send(self, alert: Alert) -> None:
+        """Queue ``alert`` for delivery; returns immediately (drops the alert when the queue is full)."""
+        with self._lock:
+            if self._closed:
+                self._drop("the channel is closed")
+                return
+            try:
+                self._queue.put_nowait((alert, uuid.uuid4().hex))
+            except queue.Full:
+                self._drop(f"the queue is full ({self.max_queue} alerts waiting; the endpoint is slow or down)")
+                return
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spherewatch-webhook", daemon=True)
+                self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued alert was delivered or given up, at most ``timeout`` s; True if all done."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._idle:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain the queue for at most ``timeout`` seconds, then stop the thread. Idempotent.
+
+        Alerts still queued then are counted as dropped; one still being retried as failed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        drained = self.flush(timeout)
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=min(1.0, self.timeout) + 0.5)
+        left = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            left += 1
+        if left:
+            with self._lock:
+                self.dropped += left
+                self._pending -= left
+        if not drained:
+            _log.warning(
+                "webhook %s: closed after %.3g s with %d alert(s) not delivered (counted as dropped/failed)",
+                self._masked, timeout, left + (1 if thread is not None and thread.is_alive() else 0),
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookChannel(url={self._masked!r}, delivered={self.delivered}, failed={self.failed}, "
+            f"dropped={self.dropped}, queued={self._queue.qsize()})"
+        )
+
+    __str__ = __repr__
+
+    # ------------------------------------------------------------------------------------------------ worker
+    def _drop(self, why: str) -> None:  # called with the lock held
+        self.dropped += 1
+        if not self._warned_drop:
+            self._warned_drop = True
+            _log.warning("webhook %s: dropping new alerts because %s (logged once; see .dropped)", self._masked, why)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                alert, delivery_id = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                outcome = self._deliver(alert, delivery_id)
+            except Exception as err:  # noqa: BLE001 - the worker must survive anything
+                outcome = "failed"
+                _log.error("webhook %s: unexpected %s while sending an alert", self._masked, type(err).__name__)
+            with self._idle:
+                if outcome == "delivered":
+                    self.delivered += 1
+                else:
+                    self.failed += 1
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _deliver(self, alert: Alert, delivery_id: str) -> str:
+        body = json.dumps({"text": format_alert_text(alert)}).encode("utf-8")
+        start = time.monotonic()
+        backoff = self.backoff_initial
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, retry_after = self._post(body, delivery_id)
+            except _GiveUp as err:
+                _log.error("webhook %s: giving up on alert %r at step %d: %s", self._masked, alert.rule, alert.step, err)
+                return "failed"
+            if status is not None and 200 <= status < 300:
+                return "delivered"
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                delay, backoff = backoff, min(backoff * 2.0, self.backoff_max)
+            if time.monotonic() + delay - start > self.give_up_after:
+                _log.error(
+                    "webhook %s: giving up on alert %r at step %d after %d attempt(s) in %.3g s (give_up_after=%g)",
+                    self._masked, alert.rule, alert.step, attempt, time.monotonic() - start, self.give_up_after,
+                )
+                return "failed"
+            if self._stop.wait(delay):
+                return "failed"
+
+    def _post(self, body: bytes, delivery_id: str) -> tuple[int | None, float | None]:
+        """One attempt. Returns (status or None for a network error, Retry-After seconds or None)."""
+        req = urllib.request.Request(
+            self.__url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": f"spherewatch/{__version__}",
+                "X-Spherewatch-Delivery-Id": delivery_id,
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                resp.read()
+                return resp.status, None
+        except urllib.error.HTTPError as err:
+            status = err.code
+            retry_after = _retry_after(err.headers.get("Retry-After") if err.headers else None)
+            err.close()
+            if status == 429:
+                return status, retry_after
+            if 500 <= status < 600:
+                return status, None
+            raise _GiveUp(f"HTTP {status} {err.reason} (not retried: fix the webhook URL or payload)") from None
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError):
+            # connection refused/reset, DNS, timeouts: retried. Messages are not logged (they may hold the URL).
+            return None, None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def format_alert_text(alert: Alert) -> str:
+    """The Slack message (mrkdwn) for one alert.
+
+    Example:
+        >>> print(format_alert_text(Alert("rank_collapse", "spherewatch/embeddings/effective_rank", 3.0, 40,
+        ...                                message="effective_rank fell")))
+        :warning: *spherewatch warning* — effective_rank fell
+        rule `rank_collapse`, `spherewatch/embeddings/effective_rank` = 3 at step 40
+    """
+    icon = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}.get(
+        alert.severity, ":warning:"
+    )
+    value = f"{alert.value:.4g}" if isinstance(alert.value, (int, float)) else str(alert.value)
+    return (
+        f"{icon} *spherewatch {alert.severity}* — {alert.message or alert.rule}\n"
+        f"rule `{alert.rule}`, `{alert.key}` = {value} at step {alert.step}"
+    )
+

@@ -1,0 +1,104 @@
+"""Bounded, on-device row buffer with reservoir sampling across the steps of one window."""
+from __future__ import annotations
+
+import random
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["RowReservoir"]
+
+
+class RowReservoir:
+    """Keeps at most ``max_rows`` rows, a uniform sample (Algorithm R) of all rows added since the last
+    :meth:`clear`.
+
+    Rows are detached and stored as fp32 on the device they arrive on, in tensors allocated once per window.
+    The accept/replace decisions depend only on row counts, never on values, so adding rows never synchronises
+    with the host. Memory bound per tap: ``max_rows * D * 4`` bytes, twice that with a paired view, plus
+    ``max_rows * 8`` bytes with labels.
+    """
+
+    def __init__(self, max_rows: int, seed: int = 0) -> None:
+        self.max_rows = int(max_rows)
+        self._rng = random.Random(seed)
+        self.clear()
+
+    def clear(self) -> None:
+        self._z: Optional[torch.Tensor] = None
+        self._pos: Optional[torch.Tensor] = None
+        self._labels: Optional[torch.Tensor] = None
+        self.filled = 0
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self.filled
+
+    def add(self, z: torch.Tensor, z_pos: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> None:
+        z = z.detach()
+        n, d = z.shape
+        if n == 0:
+            return
+        if self._z is not None and (
+            self._z.shape[1] != d
+            or self._z.device != z.device
+            or (self._pos is None) != (z_pos is None)
+            or (self._labels is None) != (labels is None)
+        ):
+            raise ValueError(
+                f"Rows of shape {tuple(z.shape)} on {z.device} (paired={z_pos is not None}, "
+                f"labels={labels is not None}) do not match the rows already buffered for this window "
+                f"(D={self._z.shape[1]} on {self._z.device}). Use a separate tap for differently shaped embeddings."
+            )
+        if self._z is None:
+            self._z = torch.empty(self.max_rows, d, device=z.device, dtype=torch.float32)
+            if z_pos is not None:
+                self._pos = torch.empty(self.max_rows, d, device=z.device, dtype=torch.float32)
+            if labels is not None:
+                self._labels = torch.empty(self.max_rows, device=z.device, dtype=torch.long)
+        # Algorithm R, decided on the host from counts only: rows fill free slots, then row number k (0-based,
+        # over the window) replaces a random slot with probability max_rows / (k + 1).
+        src, dst = [], []
+        for i in range(n):
+            k = self.seen + i
+            if k < self.max_rows:
+                src.append(i)
+                dst.append(k)
+            else:
+                j = self._rng.randrange(k + 1)
+                if j < self.max_rows:
+                    src.append(i)
+                    dst.append(j)
+        self.seen += n
+        if not src:
+            return
+        self.filled = min(self.seen, self.max_rows)
+        if len(src) == n and dst == list(range(dst[0], dst[0] + n)):
+            sl = slice(dst[0], dst[0] + n)
+            self._z[sl].copy_(z, non_blocking=True)
+            if self._pos is not None:
+                self._pos[sl].copy_(z_pos.detach(), non_blocking=True)
+            if self._labels is not None:
+                self._labels[sl].copy_(labels.detach(), non_blocking=True)
+            return
+        # duplicates in dst are possible (a slot replaced twice in one batch): keep the last writer
+        last = {}
+        for s_, d_ in zip(src, dst):
+            last[d_] = s_
+        dst_t = torch.tensor(list(last.keys()), dtype=torch.long).to(z.device, non_blocking=True)
+        src_t = torch.tensor(list(last.values()), dtype=torch.long).to(z.device, non_blocking=True)
+        self._z.index_copy_(0, dst_t, z.index_select(0, src_t).to(torch.float32))
+        if self._pos is not None:
+            self._pos.index_copy_(0, dst_t, z_pos.detach().index_select(0, src_t).to(torch.float32))
+        if self._labels is not None:
+            self._labels.index_copy_(0, dst_t, labels.detach().index_select(0, src_t).to(torch.long))
+
+    def rows(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if self._z is None or self.filled == 0:
+            return None, None, None
+        k = self.filled
+        return (
+            self._z[:k],
+            None if self._pos is None else self._pos[:k],
+            None if self._labels is None else self._labels[:k],
+        )

@@ -1,0 +1,84 @@
+"""Which metrics to compute for one tap on one evaluation step; pure tensor work, no host sync."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+import spherewatch.metrics as M
+from spherewatch.config import SPECTRAL_METRICS
+
+__all__ = ["compute_tap_metrics"]
+
+
+def compute_tap_metrics(
+    z: torch.Tensor,
+    z_pos: Optional[torch.Tensor],
+    labels: Optional[torch.Tensor],
+    names: Sequence[str],
+    *,
+    spectral: bool,
+    t: float = 2.0,
+    alpha: float = 2.0,
+    num_classes: Optional[int] = None,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Return ``(scalars, histograms)``: 0-d and 1-D tensors on ``z``'s device, keyed by metric name.
+
+    Metrics that need what is missing (a paired view, labels, at least two rows) are left out; the
+    eigen-decomposition metrics only when ``spectral`` is true.
+    """
+    scalars: Dict[str, torch.Tensor] = {}
+    hists: Dict[str, torch.Tensor] = {}
+    n = z.shape[0]
+    want = set(names)
+    if "nonfinite_fraction" in want:
+        scalars["nonfinite_fraction"] = M.nonfinite_fraction(z)
+    if "norm_stats" in want:
+        for k, v in M.norm_stats(z).items():
+            scalars[k] = v
+    if n < 2:
+        return scalars, hists
+    if "alignment" in want and z_pos is not None:
+        scalars["alignment"] = M.alignment(z, z_pos, alpha)
+    if "uniformity" in want:
+        scalars["uniformity"] = M.uniformity(z, t)
+    if "uniformity_pos" in want and z_pos is not None:
+        scalars["uniformity_pos"] = M.uniformity(z_pos, t)
+    if "normalized_std" in want:
+        scalars["normalized_std"] = M.normalized_std(z)
+    if "mean_cosine" in want:
+        scalars["mean_cosine"] = M.mean_cosine(z)
+    if "dead_dimensions" in want:
+        scalars["dead_dimensions"] = M.dead_dimensions(z)
+    if "nc1" in want and labels is not None:
+        try:  # without num_classes, nc1 reads labels.max() (one host sync, on evaluation steps only)
+            scalars["nc1"] = M.nc1(z, labels, num_classes=num_classes)
+        except ValueError:  # fewer than two classes in this sample: nothing to measure
+            pass
+    if spectral and want & SPECTRAL_METRICS:
+        # LAPACK refuses non-finite input: decompose with those rows zeroed, then report NaN for the whole
+        # spectral family when any row was non-finite (no host sync: masks, not branches).
+        finite_rows = torch.isfinite(z).all(dim=1, keepdim=True)
+        any_bad = ~finite_rows.all()
+        z = torch.where(finite_rows, z, torch.zeros_like(z))
+        spectral_start = len(scalars)
+        if "effective_rank" in want:
+            scalars["effective_rank"] = M.effective_rank(z)
+        if "effective_rank_centered" in want:
+            scalars["effective_rank_centered"] = M.effective_rank(z, center=True)
+        if want & {"spectrum", "collapsed_dimensions", "alpha_req"}:
+            lam = M.spectrum(z)
+            if "spectrum" in want:
+                hists["spectrum"] = lam
+            if "collapsed_dimensions" in want:
+                scalars["collapsed_dimensions"] = M.collapsed_dimensions(lam)
+            if "alpha_req" in want:
+                fit = M.alpha_req(lam)
+                scalars["alpha_req"] = fit.alpha
+                scalars["alpha_req_r2"] = fit.r2
+        nan = torch.full((), float("nan"), device=z.device)
+        for name in list(scalars)[spectral_start:]:
+            scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
+        for name in hists:
+            hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
+    return scalars, hists

@@ -1,0 +1,110 @@
+"""Rule models: defaults, derived names, validation errors that name the field path and the fix."""
+import json
+
+import pydantic
+import pytest
+from spherewatch.alerts import (
+    DEFAULT_RULE_SETTINGS,
+    RULE_ADAPTER,
+    DegradationRule,
+    NonFiniteRule,
+    ThresholdRule,
+    TrendRule,
+    default_rules,
+    parse_rules,
+)
+
+
+def test_default_rules_watch_uniformity_rank_and_nonfinite():
+    rules = default_rules()
+    assert [r.name for r in rules] == ["uniformity_degradation", "uniformity_collapse", "rank_collapse", "nonfinite"]
+    uni, uni_abs, rank, nonfinite = rules
+    assert (uni.metric, uni.direction, uni.fraction, uni.reference) == ("uniformity", "rise", 0.5, "best")
+    assert (uni.warmup, uni.patience, uni.severity) == (0, 1, "warning")
+    assert isinstance(uni_abs, ThresholdRule) and uni_abs.above == -0.5
+    assert (rank.metric, rank.direction, rank.fraction, rank.warmup, rank.patience) == (
+        "effective_rank", "fall", 0.5, 0, 1,
+    )
+    assert isinstance(nonfinite, NonFiniteRule) and nonfinite.severity == "critical"
+    assert set(DEFAULT_RULE_SETTINGS) == {r.name for r in rules}
+
+
+@pytest.mark.parametrize(
+    "rule, name",
+    [
+        (ThresholdRule(metric="mean_cosine", above=0.9), "mean_cosine_threshold"),
+        (DegradationRule(metric="uniformity", direction="rise"), "uniformity_degradation"),
+        (TrendRule(metric="effective_rank", direction="fall", slope=2.0), "effective_rank_trend"),
+        (NonFiniteRule(), "nonfinite"),
+        (NonFiniteRule(metric="uniformity*"), "uniformity_nonfinite"),
+        (ThresholdRule(name="my_rule", metric="x", below=1), "my_rule"),
+    ],
+)
+def test_rule_name_is_derived_unless_given(rule, name):
+    assert rule.name == name
+
+
+def test_rules_validate_from_dicts_and_round_trip_through_json():
+    rules = parse_rules(
+        [
+            {"kind": "threshold", "metric": "effective_rank", "below": 8, "tap": "enc*", "action": "stop"},
+            {"kind": "degradation", "metric": "uniformity", "direction": "rise", "reference": "baseline"},
+            {"kind": "trend", "metric": "normalized_std", "direction": "fall", "slope": 0.01, "ewma": 0.5},
+            {"kind": "nonfinite"},
+        ]
+    )
+    assert [type(r) for r in rules] == [ThresholdRule, DegradationRule, TrendRule, NonFiniteRule]
+    dumped = json.loads(json.dumps([r.model_dump() for r in rules]))
+    assert parse_rules(dumped) == rules
+    # exclude_unset keeps the discriminator, so a partial dump validates again
+    assert parse_rules([r.model_dump(exclude_unset=True) for r in rules]) == rules
+    assert RULE_ADAPTER.validate_python(rules[0]) is rules[0]
+
+
+def test_threshold_rule_needs_above_or_below_and_says_how():
+    with pytest.raises(pydantic.ValidationError) as info:
+        RULE_ADAPTER.validate_python({"kind": "threshold", "metric": "effective_rank"})
+    text = str(info.value)
+    assert "`above`" in text and "`below`" in text and "ThresholdRule(metric='effective_rank', below=" in text
+
+
+def test_threshold_rule_rejects_empty_band():
+    with pytest.raises(ValueError, match=r"`below` \(2.0\) must be smaller than `above` \(1.0\)"):
+        ThresholdRule(metric="x", above=1.0, below=2.0)
+
+
+@pytest.mark.parametrize(
+    "rules, path",
+    [
+        ([{"kind": "nonfinite"}, {"kind": "degradation", "metric": "u", "direction": "rise", "fraction": 2}],
+         "1.degradation.fraction"),
+        ([{"kind": "trend", "metric": "u", "direction": "rise", "slope": 1, "slop": 1}], "0.trend.slop"),
+        ([{"kind": "trend", "metric": "u", "direction": "up", "slope": 1}], "0.trend.direction"),
+        ([{"kind": "threshold", "metric": "u", "below": 1, "patience": 0}], "0.threshold.patience"),
+        ([{"kind": "degradation", "metric": "u", "direction": "fall", "warmup": -1}], "0.degradation.warmup"),
+        ([{"kind": "threshold", "metric": "u", "below": 1, "severity": "fatal"}], "0.threshold.severity"),
+        ([{"kind": "degradation", "metric": "u", "direction": "fall", "hysteresis": -0.1}],
+         "0.degradation.hysteresis"),
+        ([{"kind": "threshold", "metric": "u", "below": float("nan")}], "0.threshold.below"),
+    ],
+)
+def test_validation_error_names_the_field_path(rules, path):
+    with pytest.raises(pydantic.ValidationError) as info:
+        parse_rules(rules)
+    assert path in str(info.value)
+
+
+def test_unknown_kind_lists_the_valid_kinds():
+    with pytest.raises(pydantic.ValidationError) as info:
+        RULE_ADAPTER.validate_python({"kind": "spike", "metric": "u"})
+    text = str(info.value)
+    assert "'spike'" in text
+    for kind in ("threshold", "degradation", "trend", "nonfinite"):
+        assert kind in text
+
+
+def test_rules_are_frozen_and_hashable():
+    rule = ThresholdRule(metric="x", below=1)
+    with pytest.raises(pydantic.ValidationError):
+        rule.below = 2
+    assert len({rule, ThresholdRule(metric="x", below=1)}) == 1
