@@ -53,6 +53,20 @@ def _print_table(rows: Sequence[Sequence[str]], out=None) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from spherewatch.demo import run_demo
+
+    results = run_demo(
+        steps=args.steps, every_n_steps=args.every, log_dir=args.log_dir, tracking_uri=args.tracking_uri,
+        report_dir=None if args.no_report else args.report_dir, seed=args.seed, progress=not args.no_progress,
+    )
+    healthy, collapsing = results["simsiam-healthy"], results["simsiam-no-stopgrad"]
+    if healthy["alerts"] or not collapsing["alerts"]:
+        print("\nUnexpected: the collapse alert should fire on the collapsing run only.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
     print(f"spherewatch {__version__}: metrics of generated embeddings (N={args.samples}, D={args.dim})\n")
     _print_table(_metric_table(args.samples, args.dim, args.seed))
     print(
@@ -62,7 +76,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {"demo": _cmd_demo}
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from spherewatch.analyze import analyze
+
+    try:
+        result = analyze(args.file, pos=args.pos, labels=args.labels, key=args.key, chunk_rows=args.chunk_rows,
+                         t=args.t, progress=not args.json and sys.stderr.isatty())
+    except (FileNotFoundError, ValueError, TypeError, ModuleNotFoundError) as err:
+        print(f"spherewatch analyze: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, allow_nan=True))
+        return 0
+    print(f"{result['file']}: N={result['rows']}, D={result['dim']} ({result['mode']})\n")
+    rows = [["metric", "value"]] + [[k, f"{v:.6g}"] for k, v in result["metrics"].items()]
+    _print_table(rows)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from spherewatch.report import build_report
+
+    try:
+        result = build_report(args.run, args.out, tracking_uri=args.tracking_uri)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
+        print(f"spherewatch report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {result['html']}")
+    for fig in result["figures"]:
+        print(f"figure: {fig}")
+    return 0
+
+
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _cmd_demo, "metrics": _cmd_metrics, "analyze": _cmd_analyze, "report": _cmd_report,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,10 +122,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spherewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the demo on generated data and print what it found")
-    demo.add_argument("--samples", type=int, default=4096, help="rows per embedding batch (default 4096)")
-    demo.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
+    demo = sub.add_parser("demo", help="train a healthy and a collapsing encoder, monitored (about a minute)")
+    demo.add_argument("--steps", type=int, default=600, help="optimizer steps per run (default 600)")
+    demo.add_argument("--every", type=int, default=20, help="evaluate every N steps (default 20)")
+    demo.add_argument("--log-dir", default="runs", help="TensorBoard/JSONL root (default ./runs)")
+    demo.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow store (default sqlite:///mlflow.db)")
+    demo.add_argument("--report-dir", default="spherewatch_report", help="where the HTML reports go")
+    demo.add_argument("--no-report", action="store_true", help="skip the HTML reports")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--seed", type=int, default=0)
+    met = sub.add_parser("metrics", help="metrics of generated healthy and collapsed embeddings, as a table")
+    met.add_argument("--samples", type=int, default=4096, help="rows per embedding batch (default 4096)")
+    met.add_argument("--dim", type=int, default=128, help="embedding dimension (default 128)")
+    met.add_argument("--seed", type=int, default=0)
+    ana = sub.add_parser("analyze", help="metrics of saved embeddings (.pt, .npy, .npz, .safetensors)")
+    ana.add_argument("file", help="(N, D) embeddings")
+    ana.add_argument("--pos", help="the paired view, same shape (adds alignment)")
+    ana.add_argument("--labels", help="(N,) integer labels (adds nc1)")
+    ana.add_argument("--key", help="array name inside a .pt dict / .npz / .safetensors file")
+    ana.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ana.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk when streaming large files")
+    ana.add_argument("--t", type=float, default=2.0, help="uniformity kernel scale (default 2)")
+    rep = sub.add_parser("report", help="HTML page and PNG figures of a run (JSONL file, TensorBoard dir or MLflow run id)")
+    rep.add_argument("run", help="a spherewatch JSONL file, a TensorBoard log dir, or an MLflow run id")
+    rep.add_argument("--out", default="spherewatch_report", help="output folder (default ./spherewatch_report)")
+    rep.add_argument("--tracking-uri", default=None, help="MLflow store for a run id (default sqlite:///mlflow.db)")
     return parser
 
 

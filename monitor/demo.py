@@ -149,3 +149,113 @@ def run_scenario(
             if r < 0.5 * best_rank or u > 0.5 * best_unif:
                 onset = step
     return ScenarioResult(name, steps, losses, alerts, onset)
+
+
+DEMO_RUNS = (("simsiam-healthy", "simsiam"), ("simsiam-no-stopgrad", "simsiam_no_stopgrad"))
+
+
+def run_demo(
+    *,
+    steps: int = 600,
+    every_n_steps: int = 20,
+    log_dir: str = "runs",
+    tracking_uri: str = "sqlite:///mlflow.db",
+    report_dir: Optional[str] = "spherewatch_report",
+    experiment_name: str = "spherewatch-demo",
+    seed: int = 0,
+    progress: bool = True,
+    out=None,
+) -> Dict[str, dict]:
+    """Train a healthy and a collapsing SimSiam encoder side by side, monitored, logged to TensorBoard
+    (``<log_dir>/<run>``), MLflow (``tracking_uri``, one run each in ``experiment_name``) and JSONL, then print a
+    summary and write a report per run. Returns per run: final values, alerts, MLflow run id, paths."""
+    import logging
+    import os
+    import sys
+    import time
+
+    import spherewatch as sw
+
+    out = out or sys.stdout
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    results: Dict[str, dict] = {}
+    sw_logger = logging.getLogger("spherewatch")
+    level = sw_logger.level
+    sw_logger.setLevel(logging.ERROR)  # alerts are summarised below instead of interleaved with the progress bar
+    try:
+        bar = None
+        if progress:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps * len(DEMO_RUNS), unit="step", desc="demo", file=out)
+            except ModuleNotFoundError:  # pragma: no cover
+                bar = None
+        start = time.time()
+        for run_name, scenario in DEMO_RUNS:
+            fired: List = []
+            mon = sw.Monitor(
+                every_n_steps=every_n_steps, preset="full", sinks=("tensorboard", "mlflow", "jsonl"),
+                log_dir=os.path.join(log_dir, run_name), tracking_uri=tracking_uri, experiment_name=experiment_name,
+                run_name=run_name, warn=False, on_alert=fired.append,
+            )
+            if bar is not None:
+                bar.set_postfix_str(run_name)
+            run_scenario(scenario, mon, steps=steps, seed=seed,
+                         on_step=(lambda s, loss: bar.update(1)) if bar is not None else None)
+            mlflow_sink = next((s for s in mon.sinks if getattr(s, "name", "") == "mlflow"), None)
+            run_id = getattr(mlflow_sink, "run_id", None)
+            mon.close()
+            results[run_name] = {
+                "scenario": scenario,
+                "values": dict(mon.last_values),
+                "alerts": [a for a in fired if a.rule != "monitor_fault"],
+                "faults": dict(mon.faults),
+                "mlflow_run_id": run_id,
+                "jsonl": mon.config.resolved_jsonl_path,
+                "log_dir": mon.config.log_dir,
+            }
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - start
+    finally:
+        sw_logger.setLevel(level)
+    if report_dir:
+        from spherewatch.report import build_report
+
+        for run_name, res in results.items():
+            try:
+                res["report"] = build_report(res["jsonl"], os.path.join(report_dir, run_name))["html"]
+            except Exception as err:  # the demo's report is a bonus, never a crash
+                res["report"] = None
+                print(f"(report for {run_name} failed: {err})", file=out)
+    _print_summary(results, elapsed, log_dir, tracking_uri, out)
+    return results
+
+
+def _print_summary(results: Dict[str, dict], elapsed: float, log_dir: str, tracking_uri: str, out) -> None:
+    keys = ["alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dimensions"]
+    rows = [["run"] + keys + ["alerts"]]
+    for run_name, res in results.items():
+        vals = res["values"]
+        rows.append([run_name] + [
+            f"{vals.get(f'spherewatch/embeddings/{k}', float('nan')):.4g}" for k in keys
+        ] + [str(len(res["alerts"]))])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s)\n", file=out)
+    for k, row in enumerate(rows):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+    print("\nAlerts:", file=out)
+    for run_name, res in results.items():
+        if not res["alerts"]:
+            print(f"  {run_name}: none", file=out)
+        for a in res["alerts"]:
+            print(f"  {run_name}: step {a.step} [{a.severity}] {a.message}", file=out)
+    print("\nWhere to look:", file=out)
+    print(f"  tensorboard --logdir {log_dir}", file=out)
+    print(f"  mlflow ui --backend-store-uri {tracking_uri}", file=out)
+    for run_name, res in results.items():
+        if res.get("report"):
+            print(f"  report ({run_name}): {res['report']}", file=out)

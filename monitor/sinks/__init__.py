@@ -1,0 +1,14 @@
+"""Where metrics, spectra and alerts go: TensorBoard, MLflow, a JSON-lines file, memory.
+
+Every sink implements :class:`Sink`; the Monitor wraps each one in :class:`ResilientSink` so that a
+failing destination is reported once and retried, and never takes training down. The TensorBoard and
+MLflow backends are imported only when their sink is constructed.
+"""
+from spherewatch.sinks.base import Sink
+from spherewatch.sinks.jsonl import JsonlSink, read_jsonl
+from spherewatch.sinks.memory import MemorySink
+from spherewatch.sinks.mlflow import MLflowSink
+from spherewatch.sinks.resilient import ResilientSink
+from spherewatch.sinks.tensorboard import TensorBoardSink
+
+__all__ = ["JsonlSink", "MLflowSink", "MemorySink", "ResilientSink", "Sink", "TensorBoardSink", "read_jsonl"]

@@ -1,0 +1,145 @@
+"""The :class:`Sink` interface every metric destination implements, and small helpers shared by sinks."""
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from spherewatch.errors import SpherewatchError
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+    from typing_extensions import Self
+
+__all__ = ["Sink", "as_float_array", "split_key"]
+
+
+class Sink(abc.ABC):
+    """Where sampled metrics, spectra and alerts go (TensorBoard, MLflow, a JSONL file, memory).
+
+    The Monitor calls, on rank zero only:
+
+    * :meth:`log_scalars` once per sampling step, with every key of that step at once;
+    * :meth:`log_histogram` for each 1-D distribution (e.g. an eigenvalue spectrum);
+    * :meth:`log_alert` for each fired alert;
+    * :meth:`flush` and finally :meth:`close` (idempotent; it flushes).
+
+    Keys look like ``<prefix>/<tap>/<metric>`` (``spherewatch/embeddings/uniformity``).
+
+    Concrete sinks **raise** on failure and never swallow errors: fault handling (report once, queue,
+    retry with backoff, spool to disk) lives in :class:`~spherewatch.sinks.ResilientSink`, which the
+    Monitor wraps around every sink. A sink tells the wrapper which errors no retry can fix through
+    :meth:`is_permanent_error` (a malformed record), so one bad record cannot block the queue forever.
+
+    ``wall_time`` (Unix seconds), when a sink accepts it, is the time the values were measured; the
+    wrapper passes the original time when it replays a record after an outage, so timestamps stay true
+    and replays of the same record are identical (MLflow ignores exact duplicates).
+    """
+
+    #: Short, stable name used in logs and error reports ("tensorboard", "mlflow", "jsonl", "memory").
+    name: str = "sink"
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    @abc.abstractmethod
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Log every scalar of one sampling step.
+
+        Args:
+            step: global step of the sample.
+            scalars: ``{key: value}``, all keys of this step.
+            wall_time: Unix time the values were measured; ``None`` means now.
+        """
+
+    @abc.abstractmethod
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Log a 1-D distribution (e.g. the eigenvalue spectrum) under ``key``.
+
+        Args:
+            step: global step of the sample.
+            key: log key, e.g. ``spherewatch/embeddings/spectrum``.
+            values: 1-D ``np.ndarray`` or list of floats.
+            wall_time: Unix time the values were measured; ``None`` means now.
+        """
+
+    @abc.abstractmethod
+    def log_alert(self, alert: Alert) -> None:
+        """Record a fired :class:`~spherewatch.alerts.alert.Alert` (at ``alert.step``, ``alert.time``)."""
+
+    def flush(self) -> None:
+        """Push buffered data to its destination. The default does nothing."""
+
+    def close(self) -> None:
+        """Flush and release resources. Idempotent: later calls do nothing."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has completed."""
+        return self._closed
+
+    def is_permanent_error(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the record itself is bad, so retrying it can never succeed.
+
+        The default treats ``ValueError``, ``TypeError`` and :class:`~spherewatch.errors.SpherewatchError`
+        as permanent and everything else (``OSError``, connection errors, server errors) as transient.
+        """
+        return isinstance(exc, (ValueError, TypeError, SpherewatchError))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpherewatchError(
+                f"{type(self).__name__} is closed; create a new sink (or a new Monitor) to log again."
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, closed={self._closed})"
+
+
+def split_key(key: str, prefix: str) -> tuple[str, str] | None:
+    """Split ``<prefix>/<tap>/<metric>`` into ``(tap, metric)``; ``None`` when ``key`` has another shape.
+
+    The metric part may itself contain ``/`` (``spherewatch/encoder/norm/mean`` -> ``("encoder", "norm/mean")``).
+
+    Example:
+        >>> split_key("spherewatch/encoder/uniformity", "spherewatch")
+        ('encoder', 'uniformity')
+        >>> split_key("loss", "spherewatch") is None
+        True
+    """
+    head = prefix.rstrip("/") + "/"
+    if not key.startswith(head):
+        return None
+    tap, sep, metric = key[len(head):].partition("/")
+    if not tap or not sep or not metric:
+        return None
+    return tap, metric
+
+
+def as_float_array(values: Any, *, what: str = "values") -> np.ndarray:
+    """Copy ``values`` (array, tensor, list) into a fresh 1-D float64 numpy array.
+
+    Raises:
+        TypeError: when ``values`` is not numeric.
+    """
+    if hasattr(values, "detach"):  # torch tensor: no torch import needed here
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.array(values, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"Expected `{what}` to be a 1-D sequence of floats, got {type(values).__name__}: {values!r:.80}."
+        ) from err
+    return arr.reshape(-1)
+

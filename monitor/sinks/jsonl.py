@@ -1,0 +1,220 @@
+"""An append-only, durable JSON-lines file of every logged value, and its reader."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from spherewatch.sinks.base import Sink, as_float_array
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+
+__all__ = ["JsonlSink", "decode_float", "encode_float", "open_private_append", "read_jsonl"]
+
+logger = logging.getLogger("spherewatch.sinks")
+
+# JSON has no NaN/Infinity literals (Python's json module writes them, but other parsers reject them),
+# so non-finite floats are written as these strings and turned back into floats by the reader.
+_NONFINITE_TO_STR = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_float(x: Any) -> float | str:
+    """``float(x)``, or the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` when it is not finite.
+
+    Example:
+        >>> encode_float(0.5), encode_float(float("nan")), encode_float(float("-inf"))
+        (0.5, 'NaN', '-Infinity')
+    """
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return _NONFINITE_TO_STR[repr(x)]
+
+
+def decode_float(x: Any) -> float:
+    """Inverse of :func:`encode_float`; ``null`` (``None``) also reads as NaN.
+
+    Example:
+        >>> decode_float("Infinity"), decode_float(2)
+        (inf, 2.0)
+    """
+    if x is None:
+        return math.nan
+    if isinstance(x, str):
+        try:
+            return _STR_TO_NONFINITE[x]
+        except KeyError:
+            raise ValueError(f"Expected a number or one of {sorted(_STR_TO_NONFINITE)}, got {x!r}.") from None
+    return float(x)
+
+
+def dumps_line(record: Mapping[str, Any]) -> bytes:
+    """One record as a strict-JSON line (``allow_nan=False``: a stray NaN raises instead of corrupting)."""
+    return (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def open_private_append(path: str) -> int:
+    """Open ``path`` for appending (creating it and its parent folders) without world-write permission.
+
+    Files are created with mode ``0o644`` and folders with ``0o755`` (both further reduced by the umask);
+    an existing file keeps its permissions. Returns a raw file descriptor.
+    """
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for folder in reversed(missing):  # os.makedirs applies `mode` to the leaf only
+        try:
+            os.mkdir(folder, 0o755)
+        except FileExistsError:
+            pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class JsonlSink(Sink):
+    """Append one JSON object per line to a file: a durable, dependency-free record of a run.
+
+    Records::
+
+        {"type": "scalars", "step": 10, "time": 1718000000.0, "values": {"spherewatch/embeddings/uniformity": -3.4}}
+        {"type": "histogram", "step": 10, "time": 1718000000.0, "key": "spherewatch/embeddings/spectrum", "values": [...]}
+        {"type": "alert", "rule": "...", "key": "...", "value": -0.9, "step": 10, "severity": "warning", ...}
+
+    Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (JSON has no
+    literal for them; a string keeps NaN and +/-inf apart, which ``null`` would not). :func:`read_jsonl`
+    turns them back into floats.
+
+    Durability: every record is written with a single unbuffered ``os.write`` (a crash of the process loses
+    nothing already logged); :meth:`flush` and :meth:`close` also ``fsync`` (survives a machine crash).
+    The file is opened in append mode, so several sinks over time (a resumed run) extend the same file.
+    It is created (with its parent folders) with mode ``0o644``: never world-writable.
+
+    Args:
+        path: the file to append to.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "run", "spherewatch.jsonl")
+        >>> with JsonlSink(path) as sink:
+        ...     sink.log_scalars(0, {"spherewatch/embeddings/uniformity": -3.5})
+        ...     sink.log_scalars(5, {"spherewatch/embeddings/uniformity": float("nan")})
+        >>> read_jsonl(path)["scalars"]["spherewatch/embeddings/uniformity"]
+        [(0, -3.5), (5, nan)]
+    """
+
+    name = "jsonl"
+
+    def __init__(self, path: str | os.PathLike[str] = "spherewatch.jsonl") -> None:
+        super().__init__()
+        self.path = os.fspath(path)
+        self._fd: int | None = open_private_append(self.path)
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        self._check_open()
+        data = dumps_line(record)  # encode fully before writing: a bad record writes nothing
+        assert self._fd is not None
+        write_all(self._fd, data)
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Append a ``scalars`` record (see :meth:`Sink.log_scalars`)."""
+        values = {str(k): encode_float(v) for k, v in scalars.items()}
+        t = time.time() if wall_time is None else float(wall_time)
+        self._write({"type": "scalars", "step": int(step), "time": t, "values": values})
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Append a ``histogram`` record with every value (see :meth:`Sink.log_histogram`)."""
+        arr = as_float_array(values)
+        t = time.time() if wall_time is None else float(wall_time)
+        self._write({
+            "type": "histogram", "step": int(step), "time": t, "key": str(key),
+            "values": [encode_float(v) for v in arr.tolist()],
+        })
+
+    def log_alert(self, alert: Alert) -> None:
+        """Append an ``alert`` record: ``{"type": "alert", **alert.to_dict()}``."""
+        record = alert.to_dict()
+        record["value"] = encode_float(record["value"])
+        self._write({"type": "alert", **record})
+
+    def flush(self) -> None:
+        """``fsync`` the file (records are already written to the OS one by one)."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        """``fsync`` and close the file. Idempotent."""
+        if self._fd is None:
+            self._closed = True
+            return
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+            self._closed = True
+
+    def __repr__(self) -> str:
+        return f"JsonlSink(path={self.path!r}, closed={self._closed})"
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a file written by :class:`JsonlSink` back into Python objects.
+
+    Lines that are not valid JSON (e.g. the last line of a file whose writer was killed mid-write) are
+    skipped with one warning; records of an unknown ``type`` are ignored.
+
+    Args:
+        path: the ``.jsonl`` file.
+
+    Returns:
+        ``{"scalars": {key: [(step, value), ...]}, "histograms": {key: [(step, np.ndarray), ...]},
+        "alerts": [Alert, ...]}``, each list in file order, non-finite values as float ``nan``/``inf``.
+    """
+    from spherewatch.alerts.alert import Alert
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    histograms: dict[str, list[tuple[int, np.ndarray]]] = {}
+    alerts: list[Alert] = []
+    bad_lines: list[int] = []
+    with open(os.fspath(path), "r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                kind = record.get("type")
+                if kind == "scalars":
+                    step = int(record["step"])
+                    for key, value in record["values"].items():
+                        scalars.setdefault(key, []).append((step, decode_float(value)))
+                elif kind == "histogram":
+                    arr = np.array([decode_float(v) for v in record["values"]], dtype=np.float64)
+                    histograms.setdefault(record["key"], []).append((int(record["step"]), arr))
+                elif kind == "alert":
+                    fields = {k: v for k, v in record.items() if k != "type"}
+                    fields["value"] = decode_float(fields.get("value"))
+                    alerts.append(Alert.from_dict(fields))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                bad_lines.append(lineno)
+    if bad_lines:
+        logger.warning(
+            "read_jsonl(%r): skipped %d malformed line(s) (first: line %d); a truncated last line means the "
+            "writer was killed mid-write.", os.fspath(path), len(bad_lines), bad_lines[0],
+        )
+    return {"scalars": scalars, "histograms": histograms, "alerts": alerts}

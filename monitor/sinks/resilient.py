@@ -1,0 +1,512 @@
+"""A wrapper that keeps a sink's outage from taking training down and from losing data."""
+from __future__ import annotations
+
+import collections
+import inspect
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
+
+from spherewatch.sinks.base import Sink, as_float_array
+from spherewatch.sinks.jsonl import decode_float, dumps_line, encode_float, open_private_append, write_all
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+
+__all__ = ["ResilientSink"]
+
+logger = logging.getLogger("spherewatch.sinks")
+
+OnError = Callable[[str, BaseException], None]
+
+
+def _accepts_wall_time(method: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "wall_time" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+class _Pending:
+    """One queued record: the call to replay, and its spool line (when spooling)."""
+
+    __slots__ = ("args", "line", "op")
+
+    def __init__(self, op: str, args: dict[str, Any], line: bytes | None = None) -> None:
+        self.op = op
+        self.args = args
+        self.line = line
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.args
+        if self.op == "scalars":
+            return {"op": "scalars", "step": a["step"], "time": a["time"],
+                    "values": {k: encode_float(v) for k, v in a["values"].items()}}
+        if self.op == "histogram":
+            return {"op": "histogram", "step": a["step"], "time": a["time"], "key": a["key"],
+                    "values": [encode_float(v) for v in a["values"].tolist()]}
+        d = a["alert"].to_dict()
+        d["value"] = encode_float(d["value"])
+        return {"op": "alert", "alert": d}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> _Pending:
+        op = d["op"]
+        if op == "scalars":
+            values = {str(k): decode_float(v) for k, v in d["values"].items()}
+            return cls(op, {"step": int(d["step"]), "time": float(d["time"]), "values": values})
+        if op == "histogram":
+            arr = as_float_array([decode_float(v) for v in d["values"]])
+            return cls(op, {"step": int(d["step"]), "time": float(d["time"]), "key": str(d["key"]), "values": arr})
+        if op == "alert":
+            from spherewatch.alerts.alert import Alert
+
+            fields = dict(d["alert"])
+            fields["value"] = decode_float(fields.get("value"))
+            return cls(op, {"alert": Alert.from_dict(fields)})
+        raise ValueError(f"unknown spool record op {op!r}")
+
+    def describe(self) -> str:
+        a = self.args
+        if self.op == "alert":
+            return f"alert at step {a['alert'].step}"
+        return f"{self.op} record at step {a['step']}"
+
+
+class ResilientSink(Sink):
+    """Wrap a sink so that its failures are reported once, queued, retried, and never raised into training.
+
+    On the first exception from the inner sink (an *outage*):
+
+    * the fault is reported once: a ``logging`` warning and ``on_error(sink_name, exc)``;
+    * the failed record and every later record are queued in order, in memory and (with ``spool_path``)
+      appended to a JSON-lines spool file, so a crash of the process loses nothing;
+    * later calls retry the backlog, oldest first, once the backoff has elapsed (``retry_initial``
+      seconds, doubling after each failed retry up to ``retry_max``). Nothing ever sleeps: before that
+      the call just queues its record and returns;
+    * once the backlog is delivered, recovery is logged once and the spool file is removed.
+
+    Records are replayed in order, each exactly once (a delivered record leaves the queue at once), with
+    the wall time of the original call when the inner sink accepts ``wall_time``. A record the inner sink
+    rejects as malformed (:meth:`Sink.is_permanent_error`, e.g. a ``ValueError``) cannot succeed on retry:
+    it is dropped, counted in :attr:`dropped` and reported (the first time), and the rest goes on.
+
+    A spool file left by an earlier process (undelivered records at close, or a crash) is loaded at
+    construction and delivered before any new record.
+
+    :meth:`flush` retries the backlog when the backoff allows, then (if nothing is left) flushes the inner
+    sink. :meth:`close` tries once more regardless of the backoff, closes the inner sink and says in a log
+    line how many records are left undelivered and in which spool file they wait.
+
+    Args:
+        inner: the sink to protect.
+        spool_path: JSON-lines file for the backlog (created ``0o644``); ``None`` keeps it in memory only.
+        on_error: called as ``on_error(sink_name, exc)`` once per outage (and for the first dropped record),
+            e.g. to raise an alert. Its own exceptions are logged, never raised.
+        retry_initial: seconds before the first retry after a failure.
+        retry_max: cap of the doubling backoff, in seconds.
+        strict: re-raise the inner sink's exceptions instead (tests, debugging).
+        max_pending: most records held in memory; beyond it the oldest are dropped (counted, logged once
+            per outage).
+        clock: monotonic clock in seconds used for the backoff (default ``time.monotonic``).
+
+    Raises:
+        ValueError: negative ``retry_initial``, ``retry_max < retry_initial`` or ``max_pending < 1``.
+
+    Example:
+        >>> from spherewatch.sinks import MemorySink
+        >>> sink = ResilientSink(MemorySink())
+        >>> sink.log_scalars(0, {"spherewatch/embeddings/uniformity": -3.5})
+        >>> sink.pending, sink.healthy, sink.inner.last("spherewatch/embeddings/uniformity")
+        (0, True, -3.5)
+    """
+
+    def __init__(
+        self,
+        inner: Sink,
+        *,
+        spool_path: str | None = None,
+        on_error: OnError | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        strict: bool = False,
+        max_pending: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if not retry_initial >= 0:
+            raise ValueError(f"`retry_initial` must be >= 0 seconds, got {retry_initial!r}.")
+        if not retry_max >= retry_initial:
+            raise ValueError(
+                f"`retry_max` must be >= `retry_initial` ({retry_initial!r}), got {retry_max!r}."
+            )
+        if int(max_pending) < 1:
+            raise ValueError(f"`max_pending` must be >= 1, got {max_pending!r}.")
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.spool_path = os.fspath(spool_path) if spool_path is not None else None
+        self.on_error = on_error
+        self.retry_initial = float(retry_initial)
+        self.retry_max = float(retry_max)
+        self.strict = bool(strict)
+        self.max_pending = int(max_pending)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._outage = False
+        self._outage_since = 0.0
+        self._delay = self.retry_initial
+        self._next_retry = -math.inf
+        self._dropped = 0
+        self._overflow_logged = False
+        self._spool_fd: int | None = None
+        self._spool_broken = False
+        self._scalars_wall = _accepts_wall_time(inner.log_scalars)
+        self._histogram_wall = _accepts_wall_time(inner.log_histogram)
+        if self.spool_path is not None and os.path.exists(self.spool_path):
+            self._load_spool()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def pending(self) -> int:
+        """Number of records queued for delivery."""
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """``True`` when no outage is in progress and nothing is queued."""
+        return not self._outage and not self._queue
+
+    @property
+    def dropped(self) -> int:
+        """Records given up on: rejected as malformed by the inner sink, or pushed out by ``max_pending``."""
+        return self._dropped
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Deliver (or queue) one step's scalars; never raises unless ``strict``."""
+        self._submit("scalars", lambda: {
+            "step": int(step), "time": time.time() if wall_time is None else float(wall_time),
+            "values": {str(k): float(v) for k, v in scalars.items()},
+        })
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Deliver (or queue) a histogram; never raises unless ``strict``."""
+        self._submit("histogram", lambda: {
+            "step": int(step), "time": time.time() if wall_time is None else float(wall_time),
+            "key": str(key), "values": as_float_array(values),
+        })
+
+    def log_alert(self, alert: Alert) -> None:
+        """Deliver (or queue) an alert; never raises unless ``strict``."""
+        self._submit("alert", lambda: {"alert": alert})
+
+    def flush(self) -> None:
+        """Retry the backlog if the backoff has elapsed; when nothing is queued, flush the inner sink.
+
+        The Monitor flushes after every sampling step, so this respects the backoff like any other call
+        (use :meth:`close` for a last attempt regardless of it).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._drain(force=False)
+            if not self._queue:
+                try:
+                    self.inner.flush()
+                except Exception as exc:
+                    if self.strict:
+                        raise
+                    self._fault(exc, f"flushing sink {self.name!r} failed")
+                else:
+                    self._recovered(0)
+            self._sync_spool()
+
+    def close(self) -> None:
+        """Try to deliver the backlog once more, close the inner sink, and say what is left. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._drain(force=True)
+            finally:
+                try:
+                    self.inner.close()
+                except Exception as exc:
+                    if self.strict:
+                        raise
+                    logger.warning("spherewatch: closing sink %r failed (%s: %s).", self.name,
+                                   type(exc).__name__, exc)
+                finally:
+                    self._closed = True
+                    self._finish_close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ResilientSink({self.inner!r}, pending={self.pending}, healthy={self.healthy}, "
+            f"dropped={self._dropped}, spool_path={self.spool_path!r})"
+        )
+
+    # ------------------------------------------------------------------ delivery
+    def _submit(self, op: str, build: Callable[[], dict[str, Any]]) -> None:
+        with self._lock:
+            self._check_open()
+            try:
+                record = _Pending(op, build())
+            except Exception as exc:  # the caller handed over something that is not a number
+                if self.strict:
+                    raise
+                self._drop_bad(op, exc)
+                return
+            if self._queue:  # keep order: behind the backlog
+                self._enqueue(record)
+                self._drain(force=False)
+                return
+            try:
+                self._deliver(record)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                if self._is_permanent(exc):
+                    self._drop(record, exc)
+                    return
+                self._enqueue(record)
+                self._fault(exc, f"sink {self.name!r} failed")
+            else:
+                self._recovered(0)
+
+    def _deliver(self, record: _Pending) -> None:
+        a = record.args
+        if record.op == "scalars":
+            if self._scalars_wall:
+                self.inner.log_scalars(a["step"], a["values"], wall_time=a["time"])
+            else:
+                self.inner.log_scalars(a["step"], a["values"])
+        elif record.op == "histogram":
+            if self._histogram_wall:
+                self.inner.log_histogram(a["step"], a["key"], a["values"], wall_time=a["time"])
+            else:
+                self.inner.log_histogram(a["step"], a["key"], a["values"])
+        else:
+            self.inner.log_alert(a["alert"])
+
+    def _drain(self, *, force: bool) -> None:
+        if not self._queue or (not force and self._clock() < self._next_retry):
+            return
+        removed = delivered = 0
+        while self._queue:
+            record = self._queue[0]
+            try:
+                self._deliver(record)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                if self._is_permanent(exc):
+                    self._queue.popleft()
+                    removed += 1
+                    self._drop(record, exc)
+                    continue
+                if self._outage:
+                    self._delay = min(self.retry_max, self._delay * 2)
+                    self._next_retry = self._clock() + self._delay
+                    logger.debug("sink %r still failing (%s); %d queued, next retry in %.3gs.",
+                                 self.name, exc, len(self._queue), self._delay)
+                else:  # replaying a spool from an earlier run, and the sink is down
+                    self._fault(exc, f"sink {self.name!r} failed")
+                break
+            self._queue.popleft()
+            removed += 1
+            delivered += 1
+        if removed:
+            self._rewrite_spool()
+        if not self._queue:
+            self._recovered(delivered)
+
+    def _is_permanent(self, exc: BaseException) -> bool:
+        try:
+            return bool(self.inner.is_permanent_error(exc))
+        except Exception:
+            logger.debug("is_permanent_error of sink %r raised; treating the error as transient.", self.name,
+                         exc_info=True)
+            return False
+
+    # ------------------------------------------------------------------ reporting
+    def _fault(self, exc: BaseException, what: str) -> None:
+        """Start an outage (report once) or, during one, push the next retry out."""
+        if self._outage:
+            self._delay = min(self.retry_max, self._delay * 2)
+            self._next_retry = self._clock() + self._delay
+            return
+        self._outage = True
+        self._outage_since = self._clock()
+        self._delay = self.retry_initial
+        self._next_retry = self._outage_since + self._delay
+        where = f"; spooling to {self.spool_path}" if self._spool_usable() else ""
+        logger.warning(
+            "spherewatch: %s (%s: %s); training continues, records are queued and retried with backoff "
+            "(first retry in %.3gs)%s.", what, type(exc).__name__, exc, self._delay, where,
+        )
+        self._call_on_error(exc)
+
+    def _recovered(self, delivered: int) -> None:
+        if not self._outage:
+            if delivered:
+                logger.info("spherewatch: sink %r: delivered %d spooled record(s) from an earlier run.",
+                            self.name, delivered)
+            return
+        logger.info(
+            "spherewatch: sink %r recovered after %.1fs; delivered %d queued record(s), in order.",
+            self.name, self._clock() - self._outage_since, delivered,
+        )
+        self._outage = False
+        self._overflow_logged = False
+        self._delay = self.retry_initial
+        self._next_retry = -math.inf
+
+    def _drop(self, record: _Pending, exc: BaseException) -> None:
+        self._drop_bad(record.describe(), exc)
+
+    def _drop_bad(self, what: str, exc: BaseException) -> None:
+        self._dropped += 1
+        if self._dropped == 1:
+            logger.error(
+                "spherewatch: sink %r rejected a %s (%s: %s); dropped it, since retrying cannot fix a malformed "
+                "record. Later drops are logged at debug level and counted in `.dropped`.",
+                self.name, what, type(exc).__name__, exc,
+            )
+            self._call_on_error(exc)
+        else:
+            logger.debug("spherewatch: sink %r dropped a %s (%s: %s).", self.name, what, type(exc).__name__, exc)
+
+    def _call_on_error(self, exc: BaseException) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(self.name, exc)
+        except Exception:
+            logger.warning("spherewatch: the on_error callback of sink %r raised; ignored.", self.name, exc_info=True)
+
+    # ------------------------------------------------------------------ queue and spool
+    def _enqueue(self, record: _Pending) -> None:
+        if len(self._queue) >= self.max_pending:
+            self._queue.popleft()
+            self._dropped += 1
+            if not self._overflow_logged:
+                self._overflow_logged = True
+                logger.warning(
+                    "spherewatch: sink %r backlog reached max_pending=%d; dropping the oldest queued records "
+                    "until it recovers.", self.name, self.max_pending,
+                )
+        self._queue.append(record)
+        if self._spool_usable():
+            try:
+                if record.line is None:
+                    record.line = dumps_line(record.to_json())
+                if self._spool_fd is None:
+                    self._spool_fd = open_private_append(self.spool_path)  # type: ignore[arg-type]
+                write_all(self._spool_fd, record.line)
+            except (OSError, ValueError, TypeError) as exc:
+                self._spool_failed(exc)
+
+    def _spool_usable(self) -> bool:
+        return self.spool_path is not None and not self._spool_broken
+
+    def _spool_failed(self, exc: BaseException) -> None:
+        self._spool_broken = True
+        self._close_spool_fd()
+        logger.warning(
+            "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory only.",
+            self.spool_path, self.name, type(exc).__name__, exc,
+        )
+
+    def _close_spool_fd(self) -> None:
+        if self._spool_fd is not None:
+            try:
+                os.close(self._spool_fd)
+            except OSError:
+                pass
+            self._spool_fd = None
+
+    def _sync_spool(self) -> None:
+        if self._spool_fd is not None:
+            try:
+                os.fsync(self._spool_fd)
+            except OSError as exc:
+                self._spool_failed(exc)
+
+    def _rewrite_spool(self) -> None:
+        """Make the spool file hold exactly the queue (atomically), or remove it when the queue is empty."""
+        if not self._spool_usable():
+            return
+        path: str = self.spool_path  # type: ignore[assignment]
+        self._close_spool_fd()
+        try:
+            if not self._queue:
+                if os.path.exists(path):
+                    os.remove(path)
+                return
+            tmp = path + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for record in self._queue:
+                    if record.line is None:
+                        record.line = dumps_line(record.to_json())
+                    write_all(fd, record.line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except (OSError, ValueError, TypeError) as exc:
+            self._spool_failed(exc)
+
+    def _load_spool(self) -> None:
+        path: str = self.spool_path  # type: ignore[assignment]
+        loaded: list[_Pending] = []
+        bad = 0
+        clean_end = True
+        with open(path, "rb") as f:
+            for raw in f:
+                clean_end = raw.endswith(b"\n")
+                if not raw.strip():
+                    continue
+                try:
+                    record = _Pending.from_json(json.loads(raw))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    bad += 1
+                    continue
+                record.line = raw if clean_end else raw + b"\n"
+                loaded.append(record)
+        self._queue.extend(loaded[-self.max_pending:])
+        if bad:
+            logger.warning("spherewatch: skipped %d malformed line(s) in spool file %s.", bad, path)
+        if loaded:
+            logger.info(
+                "spherewatch: found %d undelivered record(s) of sink %r from an earlier run in %s; they are "
+                "delivered before new records.", len(loaded), self.name, path,
+            )
+        if bad or not clean_end or len(loaded) != len(self._queue) or not loaded:
+            self._rewrite_spool()  # leave a clean file that holds exactly the queue
+
+    def _finish_close(self) -> None:
+        left = len(self._queue)
+        if left and self._spool_usable():
+            self._sync_spool()
+            logger.warning(
+                "spherewatch: %d record(s) could not be delivered to sink %r; they are kept in the spool file %s "
+                "and will be delivered by the next ResilientSink opened on that file.", left, self.name,
+                self.spool_path,
+            )
+        elif left:
+            logger.warning(
+                "spherewatch: %d record(s) could not be delivered to sink %r and are lost (no spool file; pass "
+                "spool_path=... to keep them).", left, self.name,
+            )
+        if self._dropped:
+            logger.warning("spherewatch: sink %r dropped %d record(s) in total.", self.name, self._dropped)
+        self._close_spool_fd()
+

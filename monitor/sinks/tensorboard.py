@@ -1,0 +1,180 @@
+"""Stream metrics, spectra and alerts to TensorBoard (a new event file, or the host's writer)."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from spherewatch.sinks.base import Sink, as_float_array, split_key
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+
+__all__ = ["TensorBoardSink", "alert_markdown"]
+
+logger = logging.getLogger("spherewatch.sinks")
+
+_WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
+
+
+def alert_markdown(alert: Alert) -> str:
+    """Render an alert as the markdown shown in TensorBoard's Text tab."""
+    value = f"{alert.value:.6g}" if math.isfinite(alert.value) else str(alert.value)
+    text = (
+        f"**{alert.severity.upper()}** at step {alert.step}: `{alert.rule}` on `{alert.key}` = {value}"
+        f" (action: {alert.action})"
+    )
+    if alert.message:
+        text += f"\n\n{alert.message}"
+    return text
+
+
+class TensorBoardSink(Sink):
+    """Write scalars, histograms and alerts to TensorBoard.
+
+    * Scalars: ``add_scalar(key, value, step)``; histograms: ``add_histogram`` (non-finite values are left
+      out, since a histogram cannot bin them; the NaN itself is caught by the non-finite alert rule).
+    * Alerts: markdown text under the tag ``<prefix>/alerts`` at the alert's step (Text tab).
+    * A custom-scalars layout (Custom Scalars tab), written once on the first :meth:`log_scalars` call:
+      category ``<prefix>``, one multi-line chart per metric whose regex gathers every tap of that metric
+      (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``). Metrics first logged later still
+      appear in the Scalars tab, just not in that layout.
+
+    Reusing the host's writer (Lightning's ``TensorBoardLogger.experiment``, Hugging Face's
+    ``TensorBoardCallback.tb_writer``) keeps everything in the run's own event files: pass it as ``writer``.
+    Anything with ``add_scalar``/``add_histogram``/``add_text``/``flush`` works. The host owns that writer:
+    :meth:`close` flushes it and never closes it. A host that writes its own custom-scalars layout can
+    pass ``custom_scalars=False``.
+
+    Args:
+        log_dir: folder for a new ``SummaryWriter`` (default ``runs/spherewatch``); ignored with ``writer``.
+        writer: an existing writer to log through.
+        prefix: the key prefix (category of the custom-scalars layout, tag prefix of alerts).
+        custom_scalars: write the custom-scalars layout (when the writer has ``add_custom_scalars``).
+
+    Raises:
+        ModuleNotFoundError: no ``writer`` given and tensorboard is not installed.
+        TypeError: ``writer`` lacks one of the methods above.
+
+    Example::
+
+        sink = TensorBoardSink("runs/exp1")
+        sink.log_scalars(100, {"spherewatch/embeddings/uniformity": -3.41})
+        sink.close()
+    """
+
+    name = "tensorboard"
+
+    def __init__(
+        self,
+        log_dir: str | None = None,
+        *,
+        writer: Any = None,
+        prefix: str = "spherewatch",
+        custom_scalars: bool = True,
+    ) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self._custom_scalars = custom_scalars
+        self._layout_written = False
+        if writer is not None:
+            missing = [m for m in _WRITER_METHODS if not callable(getattr(writer, m, None))]
+            if missing:
+                raise TypeError(
+                    f"`writer` must be a SummaryWriter-like object with {', '.join(_WRITER_METHODS)}; "
+                    f"{type(writer).__name__} lacks {', '.join(missing)}. Pass a "
+                    "torch.utils.tensorboard.SummaryWriter, or log_dir=... to open one."
+                )
+            if log_dir is not None:
+                logger.debug("TensorBoardSink: log_dir=%r ignored, logging through the given writer.", log_dir)
+            self._writer = writer
+            self._owns_writer = False
+            self.log_dir = getattr(writer, "log_dir", None)
+        else:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ModuleNotFoundError(
+                    "TensorBoardSink needs `tensorboard`: pip install 'spherewatch[tensorboard]'."
+                ) from err
+            self.log_dir = log_dir or "runs/spherewatch"
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+            self._owns_writer = True
+
+    @property
+    def writer(self) -> Any:
+        """The underlying writer."""
+        return self._writer
+
+    def layout(self, keys: list[str]) -> dict[str, dict[str, list[Any]]]:
+        """The custom-scalars layout for ``keys``: one multi-line chart per metric, across taps."""
+        charts: dict[str, list[Any]] = {}
+        for key in keys:
+            parts = split_key(key, self.prefix)
+            if parts is None:
+                continue
+            metric = parts[1]
+            pattern = f"^{re.escape(self.prefix.rstrip('/'))}/[^/]+/{re.escape(metric)}$"
+            charts.setdefault(metric, ["Multiline", [pattern]])
+        return {self.prefix.rstrip("/"): charts} if charts else {}
+
+    def _write_layout_once(self, keys: list[str]) -> None:
+        if self._layout_written:
+            return
+        self._layout_written = True  # once, even if this host writer has no custom-scalars support
+        if not self._custom_scalars or not callable(getattr(self._writer, "add_custom_scalars", None)):
+            return
+        layout = self.layout(keys)
+        if layout:
+            self._writer.add_custom_scalars(layout)
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """``add_scalar`` for every key (the first call also writes the custom-scalars layout)."""
+        self._check_open()
+        items = [(str(k), float(v)) for k, v in scalars.items()]
+        self._write_layout_once([k for k, _ in items])
+        for key, value in items:
+            self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """``add_histogram`` of the finite values.
+
+        Raises:
+            ValueError: no finite value to plot.
+        """
+        self._check_open()
+        arr = as_float_array(values)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            raise ValueError(
+                f"Cannot log histogram {key!r} at step {step}: none of its {arr.size} values is finite."
+            )
+        self._writer.add_histogram(str(key), finite, global_step=int(step), walltime=wall_time)
+
+    def log_alert(self, alert: Alert) -> None:
+        """Markdown text under ``<prefix>/alerts`` at ``alert.step`` and ``alert.time``."""
+        self._check_open()
+        self._writer.add_text(
+            f"{self.prefix.rstrip('/')}/alerts", alert_markdown(alert), global_step=int(alert.step),
+            walltime=alert.time,
+        )
+
+    def flush(self) -> None:
+        """Flush the writer's event files."""
+        if not self._closed:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush; close the writer only if this sink opened it. Idempotent."""
+        if self._closed:
+            return
+        self._writer.flush()
+        if self._owns_writer:
+            self._writer.close()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"TensorBoardSink(log_dir={self.log_dir!r}, owns_writer={self._owns_writer}, closed={self._closed})"
