@@ -1,9 +1,9 @@
 """Bounded, on-device row buffer with reservoir sampling across the steps of one window."""
 from __future__ import annotations
 
-import random
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 __all__ = ["RowReservoir"]
@@ -21,7 +21,7 @@ class RowReservoir:
 
     def __init__(self, max_rows: int, seed: int = 0) -> None:
         self.max_rows = int(max_rows)
-        self._rng = random.Random(seed)
+        self._rng = np.random.default_rng(seed)
         self.clear()
 
     def clear(self) -> None:
@@ -56,19 +56,13 @@ class RowReservoir:
                 self._pos = torch.empty(self.max_rows, d, device=z.device, dtype=torch.float32)
             if labels is not None:
                 self._labels = torch.empty(self.max_rows, device=z.device, dtype=torch.long)
-        # Algorithm R, decided on the host from counts only: rows fill free slots, then row number k (0-based,
-        # over the window) replaces a random slot with probability max_rows / (k + 1).
-        src, dst = [], []
-        for i in range(n):
-            k = self.seen + i
-            if k < self.max_rows:
-                src.append(i)
-                dst.append(k)
-            else:
-                j = self._rng.randrange(k + 1)
-                if j < self.max_rows:
-                    src.append(i)
-                    dst.append(j)
+        # Algorithm R, decided on the host from counts only: row number k (0-based, over the window) fills slot k
+        # while k < max_rows, then replaces slot j ~ U{0..k} when j < max_rows (later rows win a shared slot).
+        ks = np.arange(self.seen, self.seen + n)
+        js = np.where(ks < self.max_rows, ks, np.floor(self._rng.random(n) * (ks + 1)).astype(np.int64))
+        keep = js < self.max_rows
+        src = np.nonzero(keep)[0].tolist()
+        dst = js[keep].tolist()
         self.seen += n
         if not src:
             return
@@ -82,11 +76,11 @@ class RowReservoir:
                 self._labels[sl].copy_(labels.detach(), non_blocking=True)
             return
         # duplicates in dst are possible (a slot replaced twice in one batch): keep the last writer
-        last = {}
-        for s_, d_ in zip(src, dst):
-            last[d_] = s_
-        dst_t = torch.tensor(list(last.keys()), dtype=torch.long).to(z.device, non_blocking=True)
-        src_t = torch.tensor(list(last.values()), dtype=torch.long).to(z.device, non_blocking=True)
+        dst_a, src_a = np.asarray(dst), np.asarray(src)
+        slots, first_from_end = np.unique(dst_a[::-1], return_index=True)
+        last_src = src_a[::-1][first_from_end]
+        dst_t = torch.from_numpy(slots.astype(np.int64)).to(z.device, non_blocking=True)
+        src_t = torch.from_numpy(last_src.astype(np.int64)).to(z.device, non_blocking=True)
         self._z.index_copy_(0, dst_t, z.index_select(0, src_t).to(torch.float32))
         if self._pos is not None:
             self._pos.index_copy_(0, dst_t, z_pos.detach().index_select(0, src_t).to(torch.float32))
