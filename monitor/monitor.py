@@ -23,11 +23,31 @@ logger = logging.getLogger("spherewatch")
 
 _STATE_VERSION = 1
 
-try:  # hooks run eagerly even inside a torch.compile'd model: the capture path is never traced
-    from torch._dynamo import disable as _dynamo_disable
-except Exception:  # pragma: no cover - very old torch
-    def _dynamo_disable(fn):  # type: ignore[no-redef]
+def _dynamo_disable(fn):
+    """Run ``fn`` eagerly even inside a torch.compile'd model: the capture path is never traced. Imported lazily
+    (``torch._dynamo`` costs seconds at import), only when a module is watched."""
+    try:
+        from torch._dynamo import disable
+    except Exception:  # pragma: no cover - very old torch
         return fn
+    return disable(fn)
+
+
+class _RankZeroChannel:
+    """Deliver through ``inner`` on rank zero only (a webhook posts once per alert, not once per rank)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def send(self, alert: Alert) -> None:
+        if dist_utils.rank() == 0:
+            self.inner.send(alert)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.inner.close(timeout)
+
+    def __repr__(self) -> str:
+        return f"RankZero({self.inner!r})"
 
 
 class Monitor:
@@ -85,6 +105,8 @@ class Monitor:
         first = self._schedule.next_after(-1)
         self._armed = cfg.sample_first_step or first < cfg.window_steps
         self._should_stop = False
+        self._defer_strict = False  # inside a distributed evaluation: strict failures wait for the last collective
+        self._deferred: Optional[SpherewatchError] = None
         self._closed = False
         self._handles: List[Any] = []
         self._reported: set = set()
@@ -107,7 +129,8 @@ class Monitor:
 
         cfg = self.config
         self._alert_engine = AlertEngine(cfg.alert_rules, prefix=cfg.prefix)
-        channels: List[Any] = [LoggingChannel(warn=cfg.warn)]
+        # logging, warnings and the webhook on rank zero only; user callables on every rank (they may act locally)
+        channels: List[Any] = [_RankZeroChannel(LoggingChannel(warn=cfg.warn))]
         channels += [CallableChannel(fn) for fn in callbacks]
         url = cfg.webhook_url.get_secret_value() if cfg.webhook_url is not None else os.environ.get(
             "SPHEREWATCH_WEBHOOK_URL"
@@ -115,18 +138,26 @@ class Monitor:
         if url:
             from spherewatch.alerts.webhook import WebhookChannel
 
-            channels.append(WebhookChannel(url, timeout=cfg.webhook_timeout))
+            channels.append(_RankZeroChannel(WebhookChannel(url, timeout=cfg.webhook_timeout)))
         self._dispatcher = AlertDispatcher(channels, strict=cfg.strict, on_error=self._channel_error)
 
-    def _channel_error(self, name: str, exc: BaseException) -> None:
-        self.faults[f"channel:{name}"] += 1
+    def _channel_error(self, channel: Any, exc: BaseException) -> None:
+        """Count a channel failure (the dispatcher already logged it once)."""
+        inner = getattr(channel, "inner", channel)
+        self.faults[f"channel:{type(inner).__name__}"] += 1
 
     # ------------------------------------------------------------------ faults
     def _fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
         """Report a failure once per part (log + alert channels), or raise under ``strict``."""
         self.faults[part] += 1
         if self.config.strict:
-            raise SpherewatchError(f"spherewatch {part} failed: {type(exc).__name__}: {exc}") from exc
+            err = SpherewatchError(f"spherewatch {part} failed: {type(exc).__name__}: {exc}")
+            if self._defer_strict:  # step() raises it once this rank has reached every collective
+                if self._deferred is None:
+                    err.__cause__ = exc
+                    self._deferred = err
+                return
+            raise err from exc
         if part in self._reported:
             return
         self._reported.add(part)
@@ -292,6 +323,9 @@ class Monitor:
         self._last_step = s
         self._epoch += 1
         self._armed = self._next_eval - (s + 1) < self.config.window_steps
+        if self._deferred is not None:
+            err, self._deferred = self._deferred, None
+            raise err
         return fired
 
     def _taps(self) -> List[str]:
@@ -301,6 +335,17 @@ class Monitor:
         return names
 
     def _evaluate(self, s: int) -> List[Alert]:
+        if not (self.config.strict and dist_utils.is_distributed()):
+            return self._evaluate_step(s)
+        # strict under DDP: raising at the first failure would leave the other ranks waiting in a collective (and
+        # this rank off their schedule); step() raises it once the evaluation and the schedule update are done
+        self._defer_strict = True
+        try:
+            return self._evaluate_step(s)
+        finally:
+            self._defer_strict = False
+
+    def _evaluate_step(self, s: int) -> List[Alert]:
         cfg = self.config
         distributed = dist_utils.is_distributed()
         spectral = self._next_spectral is None or s >= self._next_spectral
@@ -320,7 +365,7 @@ class Monitor:
                 rows = (None, None, None)
             if distributed:
                 try:
-                    rows = dist_utils.gather_rows(rows)
+                    rows = dist_utils.gather_rows(rows, max_rows=cfg.max_samples, seed=cfg.seed + self._evaluations)
                 except Exception as exc:
                     self._fault("distributed", exc, "this tap was skipped at this step")
                     rows = (None, None, None)
