@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -522,7 +523,8 @@ class Monitor:
             try:
                 sink.log_scalars(s, values)
                 for k, v in hists.items():
-                    sink.log_histogram(s, k, v)
+                    if any(math.isfinite(x) for x in v):  # an all-NaN spectrum is reported by the nonfinite rule
+                        sink.log_histogram(s, k, v)
                 for a in fired:
                     sink.log_alert(a)
                 sink.flush()

@@ -37,7 +37,8 @@ class TensorBoardSink(Sink):
 
     * Scalars: ``add_scalar(key, value, step)``; histograms: ``add_histogram`` (non-finite values are left
       out, since a histogram cannot bin them; the NaN itself is caught by the non-finite alert rule).
-    * Alerts: markdown text under the tag ``<prefix>/alerts`` at the alert's step (Text tab).
+    * Alerts: markdown text under the tag ``<prefix>/alerts`` at the alert's step (Text tab), written at
+      :meth:`flush`, one text per step holding all of that step's alerts.
     * A custom-scalars layout (Custom Scalars tab), written once on the first :meth:`log_scalars` call:
       category ``<prefix>``, one multi-line chart per metric whose regex gathers every tap of that metric
       (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``). Metrics first logged later still
@@ -80,6 +81,7 @@ class TensorBoardSink(Sink):
         self.prefix = prefix
         self._custom_scalars = custom_scalars
         self._layout_written = False
+        self._pending_alerts: dict[int, list[tuple[float, str]]] = {}
         if writer is not None:
             missing = [m for m in _WRITER_METHODS if not callable(getattr(writer, m, None))]
             if missing:
@@ -155,22 +157,33 @@ class TensorBoardSink(Sink):
         self._writer.add_histogram(str(key), finite, global_step=int(step), walltime=wall_time)
 
     def log_alert(self, alert: Alert) -> None:
-        """Markdown text under ``<prefix>/alerts`` at ``alert.step`` and ``alert.time``."""
+        """Queue the alert's markdown; :meth:`flush` writes one text per step under ``<prefix>/alerts``.
+
+        TensorBoard's default (fast) loader serves one text per tag and step, so several alerts of one step are
+        joined into one text instead of hiding each other.
+        """
         self._check_open()
-        self._writer.add_text(
-            f"{self.prefix.rstrip('/')}/alerts", alert_markdown(alert), global_step=int(alert.step),
-            walltime=alert.time,
-        )
+        self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
+
+    def _write_alerts(self) -> None:
+        pending, self._pending_alerts = self._pending_alerts, {}
+        for step, items in sorted(pending.items()):
+            self._writer.add_text(
+                f"{self.prefix.rstrip('/')}/alerts", "\n\n---\n\n".join(text for _, text in items),
+                global_step=step, walltime=max(t for t, _ in items),
+            )
 
     def flush(self) -> None:
-        """Flush the writer's event files."""
+        """Write queued alerts and flush the writer's event files."""
         if not self._closed:
+            self._write_alerts()
             self._writer.flush()
 
     def close(self) -> None:
         """Flush; close the writer only if this sink opened it. Idempotent."""
         if self._closed:
             return
+        self._write_alerts()
         self._writer.flush()
         if self._owns_writer:
             self._writer.close()

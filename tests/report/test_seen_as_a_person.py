@@ -1,0 +1,185 @@
+"""What a person sees: a real `tensorboard` server serving the run, and report.html rendered by headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+U = "spherewatch/embeddings/uniformity"
+START_TIMEOUT_S = 60.0
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+def _tensorboard_executable() -> str:
+    local = os.path.join(os.path.dirname(sys.executable), "tensorboard")  # the virtualenv's own
+    found = local if os.path.isfile(local) else shutil.which("tensorboard")
+    if found is None:
+        pytest.skip("no `tensorboard` executable next to the interpreter nor on PATH (pip install tensorboard)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def tensorboard_server(monitored_run, tmp_path_factory):
+    """`tensorboard --logdir <run>` (default settings) on 127.0.0.1 in its own process group, answering with the
+    spherewatch scalars; yields its base URL. Stopped by killing its process group."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("tensorboard") / "tensorboard.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [_tensorboard_executable(), "--logdir", str(monitored_run.log_dir), "--host", "127.0.0.1",
+         "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _poll(f"{base}/data/plugin/scalars/tags", lambda t: U in t.get(".", {}), proc, log_path,
+              "the spherewatch scalars")
+        yield base
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def _poll(url: str, ready, proc, log_path, what: str):
+    """GET ``url`` until ``ready(json)`` is true (bounded by START_TIMEOUT_S)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"tensorboard exited with {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            last = _get_json(url)
+            if ready(last):
+                return last
+        except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"tensorboard did not serve {what} within {START_TIMEOUT_S:.0f} s (last answer: {last!r}); "
+                f"log: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def test_tensorboard_serves_the_spherewatch_scalars_and_custom_scalars_layout(tensorboard_server, monitored_run):
+    from spherewatch.sinks.jsonl import read_jsonl
+
+    base = tensorboard_server
+    tags = _get_json(f"{base}/data/plugin/scalars/tags")
+    expected = read_jsonl(monitored_run.jsonl)["scalars"]
+    assert set(expected) <= set(tags["."])
+
+    query = urllib.parse.urlencode({"run": ".", "tag": U})
+    points = _get_json(f"{base}/data/plugin/scalars/scalars?{query}")  # [[wall_time, step, value], ...]
+    assert [p[1] for p in points] == [s for s, _ in expected[U]]
+    np.testing.assert_allclose([p[2] for p in points], [v for _, v in expected[U]], rtol=1e-6)
+
+    layout = _get_json(f"{base}/data/plugin/custom_scalars/layout")
+    category = next(c for c in layout["category"] if c["title"] == "spherewatch")
+    charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"]}
+    assert charts["uniformity"] == ["^spherewatch/[^/]+/uniformity$"]
+    assert {"alignment", "effective_rank", "mean_cosine"} <= set(charts)
+
+
+def _alert_texts(base: str):
+    text_tags = _get_json(f"{base}/data/plugin/text/tags")
+    texts = []
+    for tag in text_tags.get(".", []):
+        if tag.startswith("spherewatch/alerts"):
+            texts += _get_json(f"{base}/data/plugin/text/text?" + urllib.parse.urlencode({"run": ".", "tag": tag}))
+    return texts
+
+
+def test_tensorboard_text_tab_shows_an_alert_at_every_alerting_step(tensorboard_server, monitored_run):
+    texts = _alert_texts(tensorboard_server)
+    assert {t["step"] for t in texts} == {a.step for a in monitored_run.alerts}
+    assert all("</strong> at step" in t["text"] for t in texts)  # rendered markdown
+
+
+# Several alerts at one step share one text (TensorBoard's fast loader serves one text per tag and step).
+def test_tensorboard_text_tab_shows_every_alert(tensorboard_server, monitored_run):
+    texts = _alert_texts(tensorboard_server)
+    for alert in monitored_run.alerts:
+        assert any(t["step"] == alert.step and alert.severity.upper() in t["text"] and alert.rule in t["text"]
+                   for t in texts), f"{alert.severity} alert {alert.rule} at step {alert.step} is not shown"
+
+
+def _chromium() -> str:
+    for candidate in CHROMIUM_CANDIDATES:
+        found = candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else shutil.which(candidate)
+        if found:
+            return found
+    pytest.skip("Chromium not found (looked for: " + ", ".join(CHROMIUM_CANDIDATES) + "); install it with "
+                "`apt-get install -y chromium` to render the report as a browser does.")
+
+
+def _screenshot(chromium: str, page: str, png: str, profile: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={profile}",
+         f"--screenshot={png}", "--window-size=1280,2400", "file://" + os.path.abspath(page)],
+        capture_output=True, text=True, timeout=120, start_new_session=True,
+    )
+
+
+def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    q = (rgb * 255).round().astype(np.int64)
+    return (q[:, 0] << 16) | (q[:, 1] << 8) | q[:, 2]
+
+
+def _saturated_colours(png: str):
+    """(fraction of clearly coloured pixels, number of distinct clearly coloured RGB values); text is grey."""
+    from matplotlib.image import imread
+
+    rgb = imread(png)[..., :3].reshape(-1, 3)
+    saturated = (rgb.max(axis=1) - rgb.min(axis=1)) > 60 / 255
+    return float(saturated.mean()), int(np.unique(_pack_rgb(rgb[saturated])).size)
+
+
+def test_report_renders_with_its_figures_in_headless_chromium(reports, tmp_path, png_shows_something):
+    chromium = _chromium()
+    page = reports["jsonl"]["html"]
+    shot = tmp_path / "report.png"
+    done = _screenshot(chromium, page, str(shot), str(tmp_path / "profile"))
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    img = png_shows_something(shot)
+    assert img.shape[:2] == (2400, 1280)
+    assert float(img[..., :3].std()) > 0.08  # far from a blank page
+
+    # The figures are what makes the page colourful: the same page without its <img> tags is mostly grey text.
+    text_only = tmp_path / "text_only.html"
+    with open(page, encoding="utf-8") as f:
+        text_only.write_text(re.sub(r"<img [^>]*>", "", f.read()), encoding="utf-8")
+    bare = tmp_path / "text_only.png"
+    done = _screenshot(chromium, str(text_only), str(bare), str(tmp_path / "profile"))
+    assert done.returncode == 0 and bare.is_file(), done.stderr[-2000:]
+    with_figures, without = _saturated_colours(str(shot)), _saturated_colours(str(bare))
+    assert with_figures[1] > 500 and with_figures[1] > 4 * without[1], (with_figures, without)
+    assert with_figures[0] > 3 * without[0], (with_figures, without)
