@@ -114,6 +114,8 @@ class Monitor:
         self.faults: Dict[str, int] = defaultdict(int)
         self.captures: Dict[str, int] = defaultdict(int)
         self.last_values: Dict[str, float] = {}
+        #: step of the latest evaluation (decided from the step alone: the same on every rank)
+        self.last_evaluation_step: Optional[int] = None
         self.alerts: List[Alert] = []
         self._warned_empty = False
         self._extra_sinks = objects
@@ -176,6 +178,11 @@ class Monitor:
             self._dispatcher.dispatch([alert])
         except Exception:  # pragma: no cover - the dispatcher already isolates channels
             pass
+
+    def report_fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
+        """Report a failure of ``part`` the way the Monitor reports its own (for adapters): once per part, to the
+        log and the alert channels; raises :class:`SpherewatchError` under ``strict``."""
+        self._fault(part, exc, consequence)
 
     # ------------------------------------------------------------------ capture
     @property
@@ -316,6 +323,7 @@ class Monitor:
         if due:
             fired = self._evaluate(s)
             self._next_eval = self._schedule.next_after(s)
+            self.last_evaluation_step = s
         elif self._next_eval - s >= self.config.window_steps:
             # rows captured at a step outside the coming evaluation's window (e.g. a first step that was not
             # an evaluation step after all) must not leak into it

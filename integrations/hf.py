@@ -1,0 +1,259 @@
+"""``MonitorTrainerCallback``: spherewatch for the Hugging Face ``transformers.Trainer``.
+
+Example::
+
+    from spherewatch.integrations.hf import MonitorTrainerCallback
+
+    callback = MonitorTrainerCallback(module_path="bert.pooler", tap="pooler", every_n_steps=50)
+    trainer = Trainer(model=model, args=TrainingArguments(..., report_to=["tensorboard"]), callbacks=[callback])
+    trainer.train()
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import weakref
+from typing import Any, Dict, List, Optional, Sequence
+
+from transformers import TrainerCallback
+
+from spherewatch.config import MonitorConfig, load_config
+from spherewatch.integrations._common import add_capture_hook, split_sinks
+from spherewatch.monitor import Monitor
+
+try:  # transformers >= 4.41
+    from transformers.trainer_callback import ExportableState
+except ImportError:  # pragma: no cover - older transformers: no callback state in checkpoints
+    class ExportableState:  # type: ignore[no-redef]
+        """Stand-in for transformers' ExportableState (absent before 4.41)."""
+
+__all__ = ["MonitorTrainerCallback"]
+
+logger = logging.getLogger("spherewatch.integrations")
+
+# HF rebuilds a stateful callback from the JSON of `state()` when it restores a checkpoint
+# (`type(cb)(**state["args"])`, see `Trainer._load_callback_state`); callables (`on_alert`, `select`) and sink
+# objects cannot live in that JSON. The rebuilt instance takes them (and the rest of its settings) from the live
+# instance the user constructed for the same tap. Weak references only: nothing is kept alive by this table.
+_LIVE: "weakref.WeakValueDictionary[str, MonitorTrainerCallback]" = weakref.WeakValueDictionary()
+_MAX_FRAMES = 8
+
+
+def _report_to(args: Any) -> List[str]:
+    report_to = getattr(args, "report_to", None) or []
+    if isinstance(report_to, str):
+        report_to = [report_to]
+    return [str(r).lower() for r in report_to]
+
+
+class MonitorTrainerCallback(TrainerCallback, ExportableState):
+    """Watch embedding geometry during ``Trainer.train()``; alert (and optionally stop) when it collapses.
+
+    * **What is captured**: the output of the submodule at ``module_path`` (e.g. ``"bert.pooler"``,
+      ``"bert.encoder.layer.5"``; token outputs ``(B, T, H)`` are mean-pooled with the call's attention mask),
+      through a forward hook installed at ``on_train_begin`` on the model the Trainer trains (DDP and
+      ``torch.compile`` wrappers are looked through). Only training passes are taken (the model is in training
+      mode); evaluation passes never are. Without ``module_path``, feed ``callback.monitor.observe(z)`` yourself
+      (e.g. in a ``compute_loss`` override).
+    * **When**: at ``on_step_end`` with ``state.global_step`` (once per optimizer step: with gradient
+      accumulation one micro-batch per step is taken).
+    * **Where it logs**, on the main process only: into the event file of HF's ``TensorBoardCallback`` (its
+      ``tb_writer``) when that callback is active, and into the MLflow run of HF's ``MLflowCallback`` (the
+      active run; never a second run) when ``"mlflow"`` is in ``report_to``. With neither and no configured sink,
+      it writes ``<output_dir>/spherewatch/spherewatch.jsonl``.
+    * **Stopping**: ``control.should_training_stop = True`` once a rule with ``action="stop"`` has fired.
+    * **Checkpoints**: an ``ExportableState``: the Monitor's state is saved in ``trainer_state.json`` and,
+      with ``TrainingArguments(restore_callback_states_from_checkpoint=True)``, restored on resume. HF rebuilds
+      the callback from that JSON; callables and sink objects are taken from the callback you passed to the
+      resumed ``Trainer`` (matched by tap). A webhook URL is never written to checkpoints: give it again (config or
+      ``SPHEREWATCH_WEBHOOK_URL``).
+
+    Args:
+        config: a :class:`~spherewatch.MonitorConfig`, dict or config-file path.
+        module_path: dotted path of the watched submodule, relative to the model given to the Trainer.
+        tap: tap name in the log keys (default: ``config.default_tap``, ``"embeddings"``).
+        select: which part of the module's output holds the embeddings (see ``Monitor.watch``).
+        pool: pooling of ``(B, T, H)`` outputs (``"mean"``, ``"first"`` for [CLS], ``"last"``).
+        use_host_loggers: log into HF's TensorBoard writer and MLflow run.
+        sinks: more sinks: names (the ``sinks`` config field) and/or sink objects.
+        on_alert: callable(s) called with every fired :class:`~spherewatch.Alert`.
+        **overrides: ``MonitorConfig`` fields, e.g. ``every_n_steps=50``.
+
+    Attributes:
+        monitor: the :class:`~spherewatch.Monitor` of the current (or last) ``train()`` call.
+
+    Raises:
+        ValueError: an invalid config value; at ``on_train_begin``, a ``module_path`` that does not exist (the
+            message lists close matches).
+    """
+
+    def __init__(
+        self,
+        config: Any = None,
+        *,
+        module_path: Optional[str] = None,
+        tap: Optional[str] = None,
+        select: Any = None,
+        pool: Optional[str] = None,
+        use_host_loggers: bool = True,
+        sinks: Optional[Sequence[Any]] = None,
+        on_alert: Any = None,
+        _from_checkpoint: bool = False,
+        **overrides: Any,
+    ) -> None:
+        names, objects = split_sinks(sinks)
+        if names:
+            overrides["sinks"] = names
+        self.config: MonitorConfig = load_config(config, **overrides)
+        self.module_path = module_path
+        self.tap = tap or self.config.default_tap
+        self.select = select
+        self.pool = pool
+        self.use_host_loggers = bool(use_host_loggers)
+        self._user_sinks: List[Any] = objects
+        self._on_alert = on_alert
+        self.monitor: Optional[Monitor] = None
+        self._pending: Optional[Dict[str, Any]] = None
+        self._handle: Any = None
+        live = _LIVE.get(self.tap) if _from_checkpoint else None
+        if live is not None:
+            self._adopt(live)
+        elif not _from_checkpoint:
+            _LIVE[self.tap] = self
+
+    def _adopt(self, live: "MonitorTrainerCallback") -> None:
+        for name in ("config", "module_path", "select", "pool", "use_host_loggers", "_user_sinks", "_on_alert"):
+            setattr(self, name, getattr(live, name))
+
+    # ------------------------------------------------------------------ ExportableState
+    def state(self) -> Dict[str, Any]:
+        """``{"args": ..., "attributes": {"monitor_state": ...}}``, JSON-serialisable, for ``trainer_state.json``."""
+        args: Dict[str, Any] = {
+            "config": self.config.model_dump(mode="json", exclude_unset=True, exclude={"webhook_url"}),
+            "module_path": self.module_path,
+            "tap": self.tap,
+            "select": self.select if isinstance(self.select, (str, int)) else None,
+            "pool": self.pool,
+            "use_host_loggers": self.use_host_loggers,
+            "_from_checkpoint": True,
+        }
+        return {"args": args, "attributes": {"monitor_state": self.monitor_state}}
+
+    @property
+    def monitor_state(self) -> Optional[Dict[str, Any]]:
+        """The Monitor's ``state_dict()`` (or the state waiting to be loaded at ``on_train_begin``)."""
+        if self.monitor is not None:
+            return self.monitor.state_dict()
+        return self._pending
+
+    @monitor_state.setter
+    def monitor_state(self, state: Optional[Dict[str, Any]]) -> None:
+        self._pending = dict(state) if state else None
+        if self.monitor is not None and self._pending is not None:
+            self.monitor.load_state_dict(self._pending)
+            self._pending = None
+
+    # ------------------------------------------------------------------ host sinks
+    def _host_callbacks(self) -> List[Any]:
+        """The Trainer's callbacks: read from the ``CallbackHandler`` that is calling this callback now (a
+        callback is never handed the Trainer or the other callbacks)."""
+        frame = inspect.currentframe()
+        try:
+            caller = frame.f_back if frame is not None else None
+            for _ in range(_MAX_FRAMES):
+                if caller is None:
+                    break
+                callbacks = getattr(caller.f_locals.get("self"), "callbacks", None)
+                if isinstance(callbacks, list) and any(cb is self for cb in callbacks):
+                    return list(callbacks)
+                caller = caller.f_back
+            return []
+        finally:
+            del frame
+            caller = None
+
+    def _host_sinks(self, args: Any) -> List[Any]:
+        from spherewatch.sinks import MLflowSink, TensorBoardSink
+
+        prefix = self.config.prefix
+        report_to = _report_to(args)
+        out: List[Any] = []
+        writer = None
+        for cb in self._host_callbacks():
+            if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "tb_writer", None) is not None:
+                writer = cb.tb_writer
+                break
+        try:
+            if writer is not None:
+                out.append(TensorBoardSink(writer=writer, prefix=prefix))
+            elif "tensorboard" in report_to:
+                log_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs", "spherewatch")
+                logger.warning("spherewatch: HF's TensorBoard writer was not found; writing to %s instead.", log_dir)
+                out.append(TensorBoardSink(log_dir, prefix=prefix))
+        except Exception as exc:  # never take training down for a sink
+            logger.error("spherewatch: cannot log to TensorBoard (%s: %s); skipped.", type(exc).__name__, exc)
+        if "mlflow" in report_to:
+            try:
+                import mlflow
+
+                run = mlflow.active_run()
+                if run is None:
+                    logger.warning("spherewatch: report_to has 'mlflow' but no MLflow run is active "
+                                   "(DISABLE_MLFLOW_INTEGRATION?); not logging to MLflow.")
+                else:
+                    out.append(MLflowSink(tracking_uri=mlflow.get_tracking_uri(), run_id=run.info.run_id,
+                                          prefix=prefix))
+            except Exception as exc:
+                logger.error("spherewatch: cannot log to MLflow (%s: %s); skipped.", type(exc).__name__, exc)
+        return out
+
+    # ------------------------------------------------------------------ events
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Open the Monitor (with the host's sinks) and install the hook on ``model``'s ``module_path``."""
+        previous = self.monitor.state_dict() if self.monitor is not None else None
+        self._close()
+        sinks = self._host_sinks(args) if (self.use_host_loggers and state.is_world_process_zero) else []
+        sinks += self._user_sinks
+        cfg = self.config
+        if not sinks and cfg.sinks is None and not ({"log_dir", "jsonl_path"} & cfg.model_fields_set):
+            cfg = load_config(cfg, log_dir=os.path.join(str(args.output_dir), "spherewatch"))
+        self.monitor = Monitor(cfg, sinks=sinks or None, on_alert=self._on_alert)
+        if self._pending is None and previous is not None:  # a second train() with the same callback continues
+            self._pending = previous
+        if self._pending is not None:
+            self.monitor.load_state_dict(self._pending)
+            self._pending = None
+        if self.module_path is not None:
+            if model is None:
+                raise ValueError("MonitorTrainerCallback needs the model (on_train_begin got model=None) to watch "
+                                 f"{self.module_path!r}.")
+            from spherewatch.integrations.torch import resolve_module, unwrap_model
+
+            root = unwrap_model(model)
+            module = resolve_module(root, self.module_path)
+            self._handle = add_capture_hook(self.monitor, module, tap=self.tap, select=self.select, pool=self.pool,
+                                            when=lambda: root.training)
+        else:
+            logger.info("spherewatch: no module_path given; call `callback.monitor.observe(z)` to feed embeddings.")
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Step the Monitor at ``state.global_step``; request a stop when a stop rule fired."""
+        if self.monitor is not None:
+            self.monitor.step(int(state.global_step))
+            if self.monitor.should_stop:
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Remove the hook, flush and close the Monitor's sinks (the host's writer and run stay open)."""
+        self._close()
+        return control
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.monitor is not None:
+            self.monitor.close()
