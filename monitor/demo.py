@@ -156,8 +156,8 @@ DEMO_RUNS = (("simsiam-healthy", "simsiam"), ("simsiam-no-stopgrad", "simsiam_no
 
 def run_demo(
     *,
-    steps: int = 600,
-    every_n_steps: int = 20,
+    steps: int = 300,
+    every_n_steps: int = 10,
     log_dir: str = "runs",
     tracking_uri: str = "sqlite:///mlflow.db",
     report_dir: Optional[str] = "spherewatch_report",
