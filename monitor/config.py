@@ -80,8 +80,8 @@ class MonitorConfig(BaseModel):
     # metrics
     preset: Literal["cheap", "standard", "full"] = "standard"
     metrics: Optional[Tuple[str, ...]] = Field(None, description="explicit metric list (overrides preset)")
-    uniformity_t: float = Field(2.0, gt=0)
-    alignment_alpha: float = Field(2.0, gt=0)
+    uniformity_t: float = Field(2.0, gt=0, allow_inf_nan=False)
+    alignment_alpha: float = Field(2.0, gt=0, allow_inf_nan=False)
     num_classes: Optional[int] = Field(None, ge=2, description="for nc1; avoids a host sync")
     # capture
     pool: Literal["mean", "first", "last"] = Field(
@@ -105,7 +105,7 @@ class MonitorConfig(BaseModel):
     alerts: bool = Field(True, description="evaluate alert rules")
     rules: Optional[Tuple[Rule, ...]] = Field(None, description="alert rules; default: spherewatch.alerts.default_rules()")
     webhook_url: Optional[SecretStr] = Field(None, description="Slack-compatible webhook; or SPHEREWATCH_WEBHOOK_URL")
-    webhook_timeout: float = Field(5.0, gt=0)
+    webhook_timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
     warn: bool = Field(True, description="emit a CollapseWarning for every alert")
     # behaviour
     strict: bool = Field(False, description="raise on internal failures instead of reporting and carrying on")
@@ -119,6 +119,22 @@ class MonitorConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; use any of: {', '.join(METRICS)}")
         return tuple(dict.fromkeys(value))
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, value):
+        names = [r.name for r in value or ()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"alert rule names must be unique, got {twice} more than once; give each rule a distinct `name=`"
+            )
+        return value
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sinks(cls, value):
+        return value if value is None else tuple(dict.fromkeys(value))  # ("jsonl", "jsonl") would log twice
 
     @field_validator("prefix", "default_tap")
     @classmethod
@@ -196,7 +212,13 @@ def _read_file(path: Path) -> Dict[str, Any]:
             import yaml
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError("Reading YAML config needs `pyyaml`: pip install 'spherewatch[config]'.") from err
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}  # safe_load: plain data only, tags that build objects are refused
+        except yaml.YAMLError as err:
+            raise ValueError(
+                f"Cannot read config file {str(path)!r}: {err} (only plain YAML data is accepted: tags such as "
+                "!!python/object are refused, the file is parsed, never evaluated)."
+            ) from err
     elif suffix == ".toml":
         try:
             import tomllib

@@ -23,6 +23,7 @@ __all__ = ["Monitor"]
 logger = logging.getLogger("spherewatch")
 
 _STATE_VERSION = 1
+_SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
 
 def _dynamo_disable(fn):
     """Run ``fn`` eagerly even inside a torch.compile'd model: the capture path is never traced. Imported lazily
@@ -90,6 +91,14 @@ class Monitor:
                 sinks = (sinks,)
             names = tuple(s for s in sinks if isinstance(s, str))
             objects = [s for s in sinks if not isinstance(s, str)]
+            for obj in objects:  # a bad object would otherwise fail at the first write and take every sink with it
+                missing = [m for m in _SINK_METHODS if not callable(getattr(obj, m, None))]
+                if missing:
+                    raise TypeError(
+                        f"Expected sink names ('tensorboard', 'mlflow', 'jsonl', 'memory') or sink objects with "
+                        f"{', '.join(_SINK_METHODS)} (see spherewatch.sinks.Sink); {type(obj).__name__} lacks "
+                        f"{', '.join(missing)}."
+                    )
             if names or not objects:
                 overrides["sinks"] = names
         self.config: MonitorConfig = load_config(config, **overrides)
@@ -100,6 +109,7 @@ class Monitor:
         self._captured: Dict[str, int] = {}
         self._epoch = 0
         self._last_step: Optional[int] = None
+        self._stepping: Optional[int] = None  # the step being evaluated (faults raised there carry it)
         self._next_eval: Optional[int] = None
         self._next_spectral: Optional[int] = None
         self._evaluations = 0
@@ -166,11 +176,12 @@ class Monitor:
         self._reported.add(part)
         logger.error("spherewatch: %s failed (%s: %s); %s. Training continues.", part, type(exc).__name__, exc,
                      consequence, exc_info=exc)
+        step = self._stepping if self._stepping is not None else self._last_step
         alert = Alert(
             rule="monitor_fault",
             key=f"{self.config.prefix}/monitor/{part}",
             value=float("nan"),
-            step=-1 if self._last_step is None else self._last_step,
+            step=-1 if step is None else step,
             severity="warning",
             message=f"spherewatch {part} failed ({type(exc).__name__}: {exc}); {consequence}. Training continues.",
         )
@@ -321,7 +332,11 @@ class Monitor:
         due = s >= self._next_eval or (first and self.config.sample_first_step and self._evaluations == 0)
         fired: List[Alert] = []
         if due:
-            fired = self._evaluate(s)
+            self._stepping = s
+            try:
+                fired = self._evaluate(s)
+            finally:
+                self._stepping = None
             self._next_eval = self._schedule.next_after(s)
             self.last_evaluation_step = s
         elif self._next_eval - s >= self.config.window_steps:

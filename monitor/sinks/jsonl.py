@@ -15,7 +15,7 @@ from spherewatch.sinks.base import Sink, as_float_array
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
-__all__ = ["JsonlSink", "decode_float", "encode_float", "open_private_append", "read_jsonl"]
+__all__ = ["JsonlSink", "decode_float", "encode_float", "make_private_dirs", "open_private_append", "read_jsonl"]
 
 logger = logging.getLogger("spherewatch.sinks")
 
@@ -60,22 +60,27 @@ def dumps_line(record: Mapping[str, Any]) -> bytes:
     return (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+def make_private_dirs(folder: str) -> None:
+    """Create ``folder`` and its missing parents with mode ``0o755`` (reduced by the umask, never world-writable)."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for name in reversed(missing):  # os.makedirs applies `mode` to the leaf only
+        try:
+            os.mkdir(name, 0o755)
+        except FileExistsError:
+            pass
+
+
 def open_private_append(path: str) -> int:
     """Open ``path`` for appending (creating it and its parent folders) without world-write permission.
 
     Files are created with mode ``0o644`` and folders with ``0o755`` (both further reduced by the umask);
     an existing file keeps its permissions. Returns a raw file descriptor.
     """
-    missing = []
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for folder in reversed(missing):  # os.makedirs applies `mode` to the leaf only
-        try:
-            os.mkdir(folder, 0o755)
-        except FileExistsError:
-            pass
+    make_private_dirs(os.path.dirname(os.path.abspath(path)))
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
@@ -129,7 +134,19 @@ class JsonlSink(Sink):
         self._check_open()
         data = dumps_line(record)  # encode fully before writing: a bad record writes nothing
         assert self._fd is not None
-        write_all(self._fd, data)
+        view, written = memoryview(data), 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError:
+            # disk full / file too large after a partial write: cut the partial line off, or the retried record
+            # would be glued to it and the reader would skip both
+            if written:
+                try:
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+                except OSError:
+                    logger.warning("JsonlSink: could not remove a partly written line from %s.", self.path)
+            raise
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Append a ``scalars`` record (see :meth:`Sink.log_scalars`)."""

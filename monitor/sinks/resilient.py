@@ -419,6 +419,13 @@ class ResilientSink(Sink):
     def _spool_failed(self, exc: BaseException) -> None:
         self._spool_broken = True
         self._close_spool_fd()
+        # the file no longer follows the queue (records delivered later would stay in it): remove it, or the next
+        # ResilientSink opened on it would deliver them a second time
+        for path in (self.spool_path, f"{self.spool_path}.tmp"):
+            try:
+                os.remove(path)  # type: ignore[arg-type]
+            except OSError:
+                pass
         logger.warning(
             "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory only.",
             self.spool_path, self.name, type(exc).__name__, exc,

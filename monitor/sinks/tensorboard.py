@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from spherewatch.sinks.base import Sink, as_float_array, split_key
+from spherewatch.sinks.jsonl import make_private_dirs
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -49,6 +51,12 @@ class TensorBoardSink(Sink):
     Anything with ``add_scalar``/``add_histogram``/``add_text``/``flush`` works. The host owns that writer:
     :meth:`close` flushes it and never closes it. A host that writes its own custom-scalars layout can
     pass ``custom_scalars=False``.
+
+    A writer this sink opens is flushed after every call, so a write error (disk full, folder gone) is raised
+    by the call that failed and :class:`~spherewatch.sinks.ResilientSink` keeps that record. A writer that
+    failed is replaced by a new one (a new event file in ``log_dir``) at the next call, so the sink recovers
+    once the folder is writable again. Folders it creates are ``0o755`` and its event files lose group and
+    world write permission, whatever the umask.
 
     Args:
         log_dir: folder for a new ``SummaryWriter`` (default ``runs/spherewatch``); ignored with ``writer``.
@@ -103,8 +111,44 @@ class TensorBoardSink(Sink):
                     "TensorBoardSink needs `tensorboard`: pip install 'spherewatch[tensorboard]'."
                 ) from err
             self.log_dir = log_dir or "runs/spherewatch"
-            self._writer = SummaryWriter(log_dir=self.log_dir)
+            self._summary_writer = SummaryWriter
             self._owns_writer = True
+            self._broken = False
+            self._writer = self._open_writer()
+
+    def _open_writer(self) -> Any:
+        """A new ``SummaryWriter`` on ``log_dir``: folders created ``0o755``, the event file not group/world
+        writable (SummaryWriter would create them ``0o777``/``0o666`` less the umask)."""
+        make_private_dirs(self.log_dir)
+        writer = self._summary_writer(log_dir=self.log_dir)
+        event_writer = getattr(getattr(writer, "file_writer", None), "event_writer", None)
+        path = getattr(event_writer, "_file_name", None)
+        if isinstance(path, str) and os.path.exists(path):
+            mode = os.stat(path).st_mode & 0o7777
+            if mode & 0o022:
+                os.chmod(path, mode & ~0o022)
+        return writer
+
+    def _writing(self, write: Any) -> None:
+        """Run ``write()``; an owned writer is replaced first if it failed before, and flushed after, so that
+        its (asynchronous) write errors surface here."""
+        if not self._owns_writer:
+            write()
+            return
+        if self._broken:
+            try:
+                self._writer.close()
+            except Exception:  # the failed writer may fail to close too
+                pass
+            self._writer = self._open_writer()  # raises while log_dir is still unusable
+            self._broken = False
+            logger.info("TensorBoardSink: opened a new event file in %s after a write error.", self.log_dir)
+        try:
+            write()
+            self._writer.flush()
+        except Exception:
+            self._broken = True
+            raise
 
     @property
     def writer(self) -> Any:
@@ -137,9 +181,13 @@ class TensorBoardSink(Sink):
         """``add_scalar`` for every key (the first call also writes the custom-scalars layout)."""
         self._check_open()
         items = [(str(k), float(v)) for k, v in scalars.items()]
-        self._write_layout_once([k for k, _ in items])
-        for key, value in items:
-            self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
+
+        def write() -> None:
+            self._write_layout_once([k for k, _ in items])
+            for key, value in items:
+                self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
+
+        self._writing(write)
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """``add_histogram`` of the finite values.
@@ -154,7 +202,7 @@ class TensorBoardSink(Sink):
             raise ValueError(
                 f"Cannot log histogram {key!r} at step {step}: none of its {arr.size} values is finite."
             )
-        self._writer.add_histogram(str(key), finite, global_step=int(step), walltime=wall_time)
+        self._writing(lambda: self._writer.add_histogram(str(key), finite, global_step=int(step), walltime=wall_time))
 
     def log_alert(self, alert: Alert) -> None:
         """Queue the alert's markdown; :meth:`flush` writes one text per step under ``<prefix>/alerts``.
@@ -166,25 +214,24 @@ class TensorBoardSink(Sink):
         self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
 
     def _write_alerts(self) -> None:
-        pending, self._pending_alerts = self._pending_alerts, {}
-        for step, items in sorted(pending.items()):
+        for step, items in sorted(self._pending_alerts.items()):
             self._writer.add_text(
                 f"{self.prefix.rstrip('/')}/alerts", "\n\n---\n\n".join(text for _, text in items),
                 global_step=step, walltime=max(t for t, _ in items),
             )
+        self._writer.flush()
+        self._pending_alerts = {}  # kept until written: a failed flush writes them again to the next writer
 
     def flush(self) -> None:
         """Write queued alerts and flush the writer's event files."""
         if not self._closed:
-            self._write_alerts()
-            self._writer.flush()
+            self._writing(self._write_alerts)
 
     def close(self) -> None:
         """Flush; close the writer only if this sink opened it. Idempotent."""
         if self._closed:
             return
-        self._write_alerts()
-        self._writer.flush()
+        self._writing(self._write_alerts)
         if self._owns_writer:
             self._writer.close()
         self._closed = True

@@ -1,0 +1,186 @@
+"""Fault row 3: the webhook endpoint answers 500, 429 + Retry-After, or hangs past the timeout, through the Monitor.
+
+A real ``http.server`` on 127.0.0.1 plays the endpoint. Sending happens on the channel's own thread, so each
+``monitor.step`` stays fast whatever the endpoint does; each alert is delivered exactly once once it answers; the
+queue is bounded; and the URL (a secret) shows up nowhere.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from reliability._harness import TinyTrainer
+
+import spherewatch as sw
+
+SECRET = "T0000/B0000/reliabilitySECRETtoken"
+EVERY = 2
+NAN_STEPS = (4, 10)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Endpoint:
+    """A scriptable webhook endpoint. Behaviours, consumed in order: ("status", code, headers), ("hang", seconds);
+    then 200. ``hang_all`` makes every request hang until released."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.plan = collections.deque()
+        self.requests = []  # dicts: delivery id, answer ("hang" or the status), text
+        self.release = threading.Event()
+        self.hang_all = False
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with endpoint.lock:
+                    behaviour = endpoint.plan.popleft() if endpoint.plan else ("status", 200, {})
+                    if endpoint.hang_all:
+                        behaviour = ("hang", 60.0)
+                    endpoint.requests.append({
+                        "id": self.headers.get("X-Spherewatch-Delivery-Id"), "text": body["text"],
+                        "answer": behaviour[1] if behaviour[0] == "status" else "hang",
+                    })
+                if behaviour[0] == "hang":
+                    endpoint.release.wait(behaviour[1])
+                    behaviour = ("status", 200, {})
+                try:
+                    self.send_response(behaviour[1])
+                    for k, v in behaviour[2].items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:  # the client gave up (timeout)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{SECRET}"
+
+    def answered_ok(self):
+        """Delivery id -> number of requests of that alert answered 200 at once (not after a hang)."""
+        with self.lock:
+            return collections.Counter(r["id"] for r in self.requests if r["answer"] == 200)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def endpoint():
+    ep = Endpoint()
+    yield ep
+    ep.close()
+
+
+def _nan_batches(step, z1, z2):
+    if step in NAN_STEPS:
+        z1 = z1.detach().clone()
+        z1[:2] = float("nan")
+    return z1, z2
+
+
+def _assert_secret_nowhere(mon, records, *texts):
+    places = {
+        "logs": "\n".join(r.getMessage() for r in records),
+        "repr(monitor)": repr(mon),
+        "repr(config)": repr(mon.config),
+        "str(config)": str(mon.config),
+        "config JSON": mon.config.model_dump_json(),
+        "config dict": str(mon.config.model_dump()),
+        **{f"text {i}": t for i, t in enumerate(texts)},
+    }
+    for where, text in places.items():
+        assert SECRET not in text and "reliabilitySECRET" not in text, f"the webhook URL leaked into {where}"
+
+
+TROUBLE = {
+    "500 twice": [("status", 500, {}), ("status", 500, {})],
+    "429 with Retry-After": [("status", 429, {"Retry-After": "1"})],
+    "hangs past the timeout": [("hang", 5.0)],
+}
+
+
+@pytest.mark.parametrize("trouble", list(TROUBLE))
+def test_webhook_trouble_never_slows_training_and_each_alert_arrives_exactly_once(
+    trouble, endpoint, make_monitor, spherewatch_logs
+):
+    endpoint.plan.extend(TROUBLE[trouble])
+    fired = []
+    mon = make_monitor(sinks=("memory",), every_n_steps=EVERY, webhook_url=endpoint.url, webhook_timeout=1.0,
+                       on_alert=fired.append)
+    trainer = TinyTrainer().run(mon, range(14), embeddings=_nan_batches)
+    assert trainer.steps_done == list(range(14))
+    assert max(trainer.step_seconds) < 0.5, "a step waited for the webhook"
+    assert {a.step for a in trainer.fired} == set(NAN_STEPS) and all(a.rule == "nonfinite" for a in trainer.fired)
+    started = time.monotonic()
+    mon.close()  # drains the channel's queue (at most 5 s)
+    assert time.monotonic() - started < 6.0
+
+    assert fired == trainer.fired  # the callable channel got the same alerts, once each; no monitor_fault
+    delivered = endpoint.answered_ok()
+    assert len(delivered) == len(trainer.fired) and set(delivered.values()) == {1}
+    texts = [r["text"] for r in endpoint.requests if r["answer"] == 200]
+    for a in trainer.fired:
+        assert sum(f"`{a.key}`" in t and f"at step {a.step}" in t for t in texts) == 1, a
+    assert mon.faults == {}
+    _assert_secret_nowhere(mon, spherewatch_logs.records, *(a.message for a in fired))
+
+
+def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, make_monitor, spherewatch_logs):
+    endpoint.hang_all = True  # every request hangs until the test ends
+    mon = make_monitor(sinks=("memory",), every_n_steps=1, webhook_url=endpoint.url, webhook_timeout=1.0)
+
+    def every_other_batch_has_nan(step, z1, z2):
+        if step % 2:
+            z1 = z1.detach().clone()
+            z1[0] = float("nan")
+        return z1, z2
+
+    trainer = TinyTrainer(batch=8).run(mon, range(400), embeddings=every_other_batch_has_nan)
+    assert len(trainer.fired) > 1000  # more than the queue holds (1000)
+    assert max(trainer.step_seconds) < 0.5
+    dropping = [r for r in spherewatch_logs.records if "dropping new alerts" in r.getMessage()]
+    assert len(dropping) == 1 and dropping[0].levelno == logging.WARNING  # logged once, not per alert
+    started = time.monotonic()
+    mon.close()  # gives up after its 5 s budget instead of waiting for 1000 hung requests
+    assert time.monotonic() - started < 8.0
+    assert len(endpoint.requests) <= 10
+    _assert_secret_nowhere(mon, spherewatch_logs.records)
+
+
+def test_webhook_url_stays_secret_in_errors_logs_and_reprs(endpoint, make_monitor, spherewatch_logs, monkeypatch):
+    endpoint.plan.extend([("status", 404, {})] * 4)  # given up on at once, with a log line
+    mon = make_monitor(sinks=("memory",), every_n_steps=EVERY, webhook_url=endpoint.url, webhook_timeout=1.0)
+    TinyTrainer().run(mon, range(6), embeddings=_nan_batches)
+    mon.close()
+    gave_up = [r for r in spherewatch_logs.records if "giving up" in r.getMessage()]
+    assert gave_up and all("/***" in r.getMessage() for r in gave_up)
+    _assert_secret_nowhere(mon, spherewatch_logs.records)
+
+    # a URL the channel refuses: the error says why, without the URL
+    with pytest.raises(ValueError) as info:
+        sw.Monitor(sinks=("memory",), webhook_url=f"ftp://127.0.0.1/{SECRET}")
+    assert "https://host/path" in str(info.value)
+    _assert_secret_nowhere(mon, spherewatch_logs.records, str(info.value), repr(info.value))
+    monkeypatch.setenv("SPHEREWATCH_WEBHOOK_URL", f"ftp://127.0.0.1/{SECRET}")  # the same from the environment
+    with pytest.raises(ValueError) as info:
+        sw.Monitor(sinks=("memory",))
+    _assert_secret_nowhere(mon, spherewatch_logs.records, str(info.value))
