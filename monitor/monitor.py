@@ -428,8 +428,9 @@ class Monitor:
         elif not self._warned_empty:
             self._warned_empty = True
             logger.warning(
-                "spherewatch: nothing was captured before step %d. Call `monitor.observe(z)` after the forward pass, "
-                "or `monitor.watch(module)` before training.", s,
+                "spherewatch: no usable embeddings reached the monitor for the evaluation at step %d. Call "
+                "`monitor.observe(z)` after the forward pass on every step (or `monitor.watch(module)` before "
+                "training); batches that were empty or rejected are not counted.", s,
             )
         if distributed:
             try:
