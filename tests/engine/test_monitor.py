@@ -307,4 +307,4 @@ def test_nothing_captured_warns_once(caplog):
     with caplog.at_level(logging.WARNING, logger="spherewatch"):
         for s in range(3):
             mon.step(s)
-    assert sum("nothing was captured" in r.getMessage() for r in caplog.records) == 1
+    assert sum("no usable embeddings reached the monitor" in r.getMessage() for r in caplog.records) == 1
