@@ -93,7 +93,10 @@ def main() -> None:
         return
     ns = (1024, 4096) if args.quick else (1024, 4096, 8192, 16384)
     print(f"threads={args.threads}; time = best of runs; peak = extra peak RSS in a fresh process\n")
-    header = f"{'metric':<15}{'N':>7}{'D':>5} | {'ours s':>8}{'ref s':>9}{'speed-up':>9} | {'ours MB':>8}{'ref MB':>9}{'mem ratio':>10} | {'|diff|':>8}"
+    header = (
+        f"{'metric':<15}{'N':>7}{'D':>5} | {'ours s':>8}{'ref s':>9}{'speed-up':>9} | "
+        f"{'ours MB':>8}{'ref MB':>9}{'mem ratio':>10} | {'|diff|':>8}"
+    )
     print(header)
     print("-" * len(header))
     for metric, (ours_name, ref_name) in IMPLS.items():

@@ -3,8 +3,8 @@
 >>> import spherewatch as sw
 >>> mon = sw.Monitor(every_n_steps=10, sinks=("memory",), warn=False)
 """
-from spherewatch._version import __version__
 from spherewatch import metrics
+from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.errors import CollapseWarning, SpherewatchError

@@ -451,7 +451,7 @@ class Monitor:
             by_device[v.device].append(k)
         values: Dict[str, float] = {}
         hist_values: Dict[str, List[float]] = {}
-        for device, keys in by_device.items():
+        for keys in by_device.values():
             parts = [(tensors[k] if k in tensors else hists[k]).detach().float().reshape(-1) for k in keys]
             flat = torch.cat(parts).cpu().tolist()
             i = 0

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from spherewatch.errors import SpherewatchError
 
 if TYPE_CHECKING:
-    from spherewatch.alerts.alert import Alert
     from typing_extensions import Self
+
+    from spherewatch.alerts.alert import Alert
 
 __all__ = ["Sink", "as_float_array", "split_key"]
 
@@ -68,7 +70,7 @@ class Sink(abc.ABC):
     def log_alert(self, alert: Alert) -> None:
         """Record a fired :class:`~spherewatch.alerts.alert.Alert` (at ``alert.step``, ``alert.time``)."""
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - optional hook: sinks without buffers need not override it
         """Push buffered data to its destination. The default does nothing."""
 
     def close(self) -> None:

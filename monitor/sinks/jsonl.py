@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from spherewatch.sinks.base import Sink, as_float_array, split_key
 from spherewatch.sinks.jsonl import make_private_dirs
 

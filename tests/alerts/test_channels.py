@@ -3,6 +3,7 @@ import logging
 import warnings
 
 import pytest
+
 from spherewatch.alerts import Alert, AlertDispatcher, CallableChannel, Channel, LoggingChannel
 from spherewatch.errors import CollapseWarning, SpherewatchError
 

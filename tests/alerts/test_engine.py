@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+
 from spherewatch.alerts import (
     AlertEngine,
     DegradationRule,

@@ -3,6 +3,7 @@ import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from spherewatch.alerts import (
     Alert,
     AlertDispatcher,

@@ -3,6 +3,7 @@ import json
 
 import pydantic
 import pytest
+
 from spherewatch.alerts import (
     DEFAULT_RULE_SETTINGS,
     RULE_ADAPTER,

@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from spherewatch.alerts import Alert, AlertDispatcher, WebhookChannel
 
 SECRET = "T0000/B0000/XXXXsecretTOKENxxxx"

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from reference_metrics import align_loss, nc1_numpy
 
 from spherewatch.metrics import alignment, nc1
-
-from reference_metrics import align_loss, nc1_numpy
 
 
 @pytest.mark.parametrize("alpha", [1.0, 2.0, 3.0])

@@ -2,10 +2,9 @@ import math
 
 import pytest
 import torch
+from reference_metrics import rankme
 
 from spherewatch.metrics import effective_rank, effective_rank_from_gram
-
-from reference_metrics import rankme
 
 
 @pytest.mark.parametrize("n,d", [(2, 5), (64, 128), (128, 128), (300, 64), (4096, 128), (1000, 512)])

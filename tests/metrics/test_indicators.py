@@ -3,10 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_metrics import normalized64
 
 from spherewatch.metrics import dead_dimensions, mean_cosine, nonfinite_fraction, norm_stats, normalized_std
-
-from reference_metrics import normalized64
 
 
 def test_normalized_std_matches_loop_reference():

@@ -3,10 +3,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference_metrics import normalized64
 
 from spherewatch.metrics import alpha_req, collapsed_dimensions, spectrum
-
-from reference_metrics import normalized64
 
 
 def test_spectrum_matches_numpy_covariance_eigenvalues():

@@ -2,11 +2,10 @@ import math
 
 import pytest
 import torch
+from reference_metrics import uniform_loss, uniform_on_sphere, uniformity_closed_form  # noqa: E402
 
 from spherewatch.metrics import uniformity, uniformity_estimate
 from spherewatch.metrics.uniformity import EXACT_MAX_ROWS
-
-from reference_metrics import uniform_loss, uniform_on_sphere, uniformity_closed_form  # noqa: E402
 
 
 @pytest.mark.parametrize("n,d,t", [(2, 3, 2.0), (7, 5, 2.0), (300, 16, 2.0), (513, 64, 1.0), (1000, 128, 5.0)])

@@ -5,6 +5,7 @@ import stat
 
 import numpy as np
 import pytest
+
 from spherewatch.alerts.alert import Alert
 from spherewatch.errors import SpherewatchError
 from spherewatch.sinks import JsonlSink, read_jsonl

@@ -1,4 +1,5 @@
 import numpy as np
+
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MemorySink
 

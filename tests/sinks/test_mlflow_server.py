@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
+
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MLflowSink, ResilientSink
 

@@ -8,6 +8,7 @@ pytest.importorskip("mlflow")
 
 import mlflow
 from mlflow import MlflowClient
+
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MLflowSink, ResilientSink
 

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+
 from spherewatch.alerts.alert import Alert
 from spherewatch.errors import SpherewatchError
 from spherewatch.sinks import JsonlSink, MemorySink, ResilientSink, read_jsonl

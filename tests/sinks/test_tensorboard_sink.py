@@ -3,11 +3,12 @@ import pytest
 
 pytest.importorskip("tensorboard")
 
-from spherewatch.alerts.alert import Alert
-from spherewatch.sinks import TensorBoardSink
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch.utils.tensorboard import SummaryWriter
+
+from spherewatch.alerts.alert import Alert
+from spherewatch.sinks import TensorBoardSink
 
 SIZE_ALL = {"compressedHistograms": 0, "images": 0, "audio": 0, "scalars": 0, "histograms": 0, "tensors": 0}
 
