@@ -17,18 +17,14 @@ import subprocess
 import sys
 import time
 
+from _peak import peak_extra_mb, reset_peak, rss_kb  # noqa: E402 - benchmarks/ is on sys.path (script dir)
+
 IMPLS = {
     "uniformity": ("spherewatch", "pdist reference"),
     "effective_rank": ("spherewatch", "svdvals reference"),
 }
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 def _child(metric: str, impl: str, n: int, d: int, threads: int, repeats: int) -> dict:
@@ -52,17 +48,12 @@ def _child(metric: str, impl: str, n: int, d: int, threads: int, repeats: int) -
         fn = (lambda: M.effective_rank(x)) if impl == "spherewatch" else ref
     small = torch.randn(64, 16)
     M.uniformity(small), M.effective_rank(small)  # library warm-up outside the measured peak
-    base = _rss_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        can_reset = True
-    except OSError:
-        can_reset = False
+    base = rss_kb("VmRSS")
+    can_reset = reset_peak()
     t0 = time.perf_counter()
     value = float(fn())
     first = time.perf_counter() - t0
-    peak_mb = (_rss_kb("VmHWM") - base) / 1024 if can_reset else float("nan")
+    peak_mb = peak_extra_mb(base, can_reset)
     times = [first]
     if first < 5.0:
         for _ in range(repeats):

@@ -39,15 +39,11 @@ import sys
 import tempfile
 import time
 
+from _peak import peak_extra_mb, reset_peak, rss_kb  # noqa: E402 - benchmarks/ is on sys.path (script dir)
+
 CONFIGS = ("bare", "default", "full")
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 class _Setup:
@@ -195,13 +191,8 @@ def _child_mem(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         import_s = 0.0
         run = _Run(args.child_mem, args, tmp, defer_monitor=True)  # the baseline holds model, optimizer and data
-        base = _rss_kb("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            can_reset = True
-        except OSError:
-            can_reset = False
+        base = rss_kb("VmRSS")
+        can_reset = reset_peak()
         if args.child_mem != "bare":
             t0 = time.perf_counter()
             import spherewatch  # noqa: F401  (its import is part of the monitor's cost)
@@ -211,7 +202,7 @@ def _child_mem(args) -> dict:
         for step in range(args.steps):
             run.step(step)
         r = run.close()
-        r["peak_mb"] = (_rss_kb("VmHWM") - base) / 1024 if can_reset else float("nan")
+        r["peak_mb"] = peak_extra_mb(base, can_reset)
         r["import_s"] = import_s
     return r
 

@@ -31,28 +31,17 @@ import subprocess
 import sys
 import time
 
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
+from _peak import peak_extra_mb, reset_peak, rss_kb  # noqa: E402 - benchmarks/ is on sys.path (script dir)
 
 
 def _measure(fn, repeats: int) -> dict:
     """Peak extra RSS of the first call, best time over the first call and ``repeats`` more (if it is fast)."""
-    base = _rss_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        can_reset = True
-    except OSError:
-        can_reset = False
+    base = rss_kb("VmRSS")
+    can_reset = reset_peak()
     t0 = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
-    peak_mb = (_rss_kb("VmHWM") - base) / 1024 if can_reset else float("nan")
+    peak_mb = peak_extra_mb(base, can_reset)
     times = [first]
     if first < 5.0:
         for _ in range(repeats):
