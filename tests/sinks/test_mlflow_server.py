@@ -1,95 +1,19 @@
 """Against a real `mlflow server` on 127.0.0.1: log, read back, survive a server restart (one module-scoped server)."""
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
 pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
+from mlflow_server import MlflowServer
 
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MLflowSink, ResilientSink
 
 U = "spherewatch/embeddings/uniformity"
 R = "spherewatch/embeddings/effective_rank"
-HEALTH_TIMEOUT_S = 90.0
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    """`mlflow server` over a SQLite store in its own process group; can be stopped and restarted."""
-
-    def __init__(self, workdir, template_db):
-        self.workdir = workdir
-        self.db = workdir / "server.db"
-        shutil.copyfile(template_db, self.db)  # already migrated: no schema work at start
-        self.artifacts = workdir / "served-artifacts"
-        self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        self.proc = None
-
-    def start(self):
-        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job runner: starts ~2x faster
-        env.pop("MLFLOW_TRACKING_URI", None)
-        cmd = [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.db}",
-            "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1",
-        ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        self.stop()
-        pytest.fail(f"mlflow server did not answer /health within {HEALTH_TIMEOUT_S:.0f} s:\n{self._log_tail()}")
-
-    def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)  # the whole group: uvicorn workers included
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._kill_leftovers()
-        self.proc = None
-
-    def _kill_leftovers(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def _log_tail(self):
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(no log)"
 
 
 @pytest.fixture(scope="module")
