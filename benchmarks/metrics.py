@@ -15,9 +15,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-from _peak import peak_extra_mb, reset_peak, rss_kb  # noqa: E402 - benchmarks/ is on sys.path (script dir)
+from _peak import measure  # noqa: E402 - benchmarks/ is on sys.path (script dir)
 
 IMPLS = {
     "uniformity": ("spherewatch", "pdist reference"),
@@ -48,19 +47,8 @@ def _child(metric: str, impl: str, n: int, d: int, threads: int, repeats: int) -
         fn = (lambda: M.effective_rank(x)) if impl == "spherewatch" else ref
     small = torch.randn(64, 16)
     M.uniformity(small), M.effective_rank(small)  # library warm-up outside the measured peak
-    base = rss_kb("VmRSS")
-    can_reset = reset_peak()
-    t0 = time.perf_counter()
-    value = float(fn())
-    first = time.perf_counter() - t0
-    peak_mb = peak_extra_mb(base, can_reset)
-    times = [first]
-    if first < 5.0:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return {"time": min(times), "peak_mb": max(peak_mb, 0.0), "value": value}
+    out, best, peak_mb = measure(fn, repeats)
+    return {"time": best, "peak_mb": peak_mb, "value": float(out)}
 
 
 def _run(metric, impl, n, d, threads, repeats):

@@ -31,28 +31,17 @@ import subprocess
 import sys
 import time
 
-from _peak import peak_extra_mb, reset_peak, rss_kb  # noqa: E402 - benchmarks/ is on sys.path (script dir)
+from _peak import measure  # noqa: E402 - benchmarks/ is on sys.path (script dir)
 
 
 def _measure(fn, repeats: int) -> dict:
     """Peak extra RSS of the first call, best time over the first call and ``repeats`` more (if it is fast)."""
-    base = rss_kb("VmRSS")
-    can_reset = reset_peak()
-    t0 = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t0
-    peak_mb = peak_extra_mb(base, can_reset)
-    times = [first]
-    if first < 5.0:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+    out, best, peak_mb = measure(fn, repeats)
     if isinstance(out, tuple):
         value, extra = float(out[0]), float(out[1])
     else:
         value, extra = float(out), float("nan")
-    return {"time": min(times), "peak_mb": max(peak_mb, 0.0), "value": value, "extra": extra}
+    return {"time": best, "peak_mb": peak_mb, "value": value, "extra": extra}
 
 
 def _child(kind: str, impl: str, n: int, d: int, k: int, threads: int, repeats: int) -> dict:
