@@ -1,13 +1,10 @@
 """WebhookChannel against a real local HTTP server (http.server on 127.0.0.1, free port)."""
-import collections
-import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from webhook_server import WebhookEndpoint
 
 from spherewatch.alerts import Alert, AlertDispatcher, WebhookChannel
 
@@ -15,81 +12,9 @@ SECRET = "T0000/B0000/XXXXsecretTOKENxxxx"
 FAST = {"timeout": 2.0, "backoff_initial": 0.05, "backoff_max": 0.2}
 
 
-class Hook:
-    """A scriptable webhook endpoint. Behaviours: ("status", code, headers) or ("hang", seconds)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.plan = collections.deque()
-        self.requests = []  # dicts: time, answer, body, headers
-        self.release = threading.Event()
-        self.arrived = threading.Condition(self.lock)
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with hook.lock:
-                    behaviour = hook.plan.popleft() if hook.plan else ("status", 200, {})
-                    record = {"time": time.monotonic(), "body": json.loads(body), "headers": dict(self.headers),
-                              "path": self.path, "answer": behaviour[1] if behaviour[0] == "status" else "hang"}
-                    hook.requests.append(record)
-                    hook.arrived.notify_all()
-                if behaviour[0] == "hang":
-                    hook.release.wait(behaviour[1])
-                    behaviour = ("status", 200, {})
-                try:
-                    self.send_response(behaviour[1])
-                    for k, v in behaviour[2].items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{SECRET}"
-
-    def script(self, *behaviours):
-        with self.lock:
-            self.plan.extend(behaviours)
-
-    def reset(self):
-        self.release.set()
-        with self.lock:
-            self.plan.clear()
-            self.requests.clear()
-        self.release = threading.Event()
-
-    def wait_for(self, n, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while len(self.requests) < n and time.monotonic() < deadline:
-                self.arrived.wait(deadline - time.monotonic())
-            return len(self.requests) >= n
-
-    def texts(self, answer=200):
-        with self.lock:
-            return [r["body"]["text"] for r in self.requests if r["answer"] == answer]
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def server():
-    hook = Hook()
+    hook = WebhookEndpoint(SECRET)
     yield hook
     hook.close()
 

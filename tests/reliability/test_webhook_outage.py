@@ -6,15 +6,12 @@ queue is bounded; and the URL (a secret) shows up nowhere.
 """
 from __future__ import annotations
 
-import collections
-import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from reliability._harness import TinyTrainer
+from webhook_server import WebhookEndpoint
 
 import spherewatch as sw
 
@@ -25,67 +22,9 @@ NAN_STEPS = (4, 10)
 pytestmark = pytest.mark.timeout(120)
 
 
-class Endpoint:
-    """A scriptable webhook endpoint. Behaviours, consumed in order: ("status", code, headers), ("hang", seconds);
-    then 200. ``hang_all`` makes every request hang until released."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.plan = collections.deque()
-        self.requests = []  # dicts: delivery id, answer ("hang" or the status), text
-        self.release = threading.Event()
-        self.hang_all = False
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                with endpoint.lock:
-                    behaviour = endpoint.plan.popleft() if endpoint.plan else ("status", 200, {})
-                    if endpoint.hang_all:
-                        behaviour = ("hang", 60.0)
-                    endpoint.requests.append({
-                        "id": self.headers.get("X-Spherewatch-Delivery-Id"), "text": body["text"],
-                        "answer": behaviour[1] if behaviour[0] == "status" else "hang",
-                    })
-                if behaviour[0] == "hang":
-                    endpoint.release.wait(behaviour[1])
-                    behaviour = ("status", 200, {})
-                try:
-                    self.send_response(behaviour[1])
-                    for k, v in behaviour[2].items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", "2")
-                    self.end_headers()
-                    self.wfile.write(b"ok")
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.block_on_close = False
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{SECRET}"
-
-    def answered_ok(self):
-        """Delivery id -> number of requests of that alert answered 200 at once (not after a hang)."""
-        with self.lock:
-            return collections.Counter(r["id"] for r in self.requests if r["answer"] == 200)
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
 def endpoint():
-    ep = Endpoint()
+    ep = WebhookEndpoint(SECRET)
     yield ep
     ep.close()
 
