@@ -19,6 +19,7 @@ from spherewatch.monitor import Monitor
 from spherewatch.sinks.base import Sink
 
 __all__ = [
+    "open_monitor",
     "LightningMonitorCallbackCore",
     "LoggerSink",
     "MonitorSinks",
@@ -213,6 +214,14 @@ class MonitorSinks(Sink):
         self._closed = True
 
 
+def open_monitor(config: MonitorConfig, sinks: List[Any], default_root: str, on_alert: Any) -> Monitor:
+    """The adapters' Monitor: writes to ``sinks`` (the host's loggers and the user's sink objects); with neither and
+    no sink or folder configured, to JSONL under ``<default_root>/spherewatch`` instead of the working directory."""
+    if not sinks and config.sinks is None and not ({"log_dir", "jsonl_path"} & config.model_fields_set):
+        config = load_config(config, log_dir=os.path.join(str(default_root), "spherewatch"))
+    return Monitor(config, sinks=sinks or None, on_alert=on_alert)
+
+
 def evaluation_config(config: MonitorConfig, tap: str) -> MonitorConfig:
     """The config of a Monitor that evaluates once per call to ``step`` (epoch-level embeddings) under ``tap``,
     writing only to the sinks it is handed."""
@@ -351,10 +360,8 @@ class LightningMonitorCallbackCore:
         self._close()
         sinks = self._host_sinks(trainer) if (self.use_loggers and trainer.is_global_zero) else []
         sinks += self._user_sinks
-        cfg = self.config
-        if not sinks and cfg.sinks is None and not ({"log_dir", "jsonl_path"} & cfg.model_fields_set):
-            cfg = load_config(cfg, log_dir=os.path.join(str(trainer.default_root_dir), "spherewatch"))
-        self.monitor = Monitor(cfg, sinks=sinks or None, on_alert=self._on_alert)
+        self.monitor = open_monitor(self.config, sinks, trainer.default_root_dir, self._on_alert)
+        cfg = self.monitor.config  # with the host's folder filled in
         if self.val_tap is not None:
             self.val_monitor = Monitor(evaluation_config(cfg, self.val_tap), sinks=[MonitorSinks(self.monitor)],
                                        on_alert=self._on_alert)

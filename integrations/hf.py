@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from transformers import TrainerCallback
 
 from spherewatch.config import MonitorConfig, load_config
-from spherewatch.integrations._common import add_capture_hook, split_sinks
+from spherewatch.integrations._common import add_capture_hook, open_monitor, split_sinks
 from spherewatch.monitor import Monitor
 
 try:  # transformers >= 4.41
@@ -215,10 +215,7 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
         self._close()
         sinks = self._host_sinks(args) if (self.use_host_loggers and state.is_world_process_zero) else []
         sinks += self._user_sinks
-        cfg = self.config
-        if not sinks and cfg.sinks is None and not ({"log_dir", "jsonl_path"} & cfg.model_fields_set):
-            cfg = load_config(cfg, log_dir=os.path.join(str(args.output_dir), "spherewatch"))
-        self.monitor = Monitor(cfg, sinks=sinks or None, on_alert=self._on_alert)
+        self.monitor = open_monitor(self.config, sinks, args.output_dir, self._on_alert)
         if self._pending is None and previous is not None:  # a second train() with the same callback continues
             self._pending = previous
         if self._pending is not None:
