@@ -10,16 +10,14 @@ Example::
 """
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 import weakref
 from typing import Any, Dict, List, Optional, Sequence
 
 from transformers import TrainerCallback
 
 from spherewatch.config import MonitorConfig, load_config
-from spherewatch.integrations._common import add_capture_hook, open_monitor, split_sinks
+from spherewatch.integrations._sinks import calling_callbacks, hf_host_sinks, open_monitor, split_sinks
 from spherewatch.monitor import Monitor
 
 try:  # transformers >= 4.41
@@ -37,14 +35,6 @@ logger = logging.getLogger("spherewatch.integrations")
 # objects cannot live in that JSON. The rebuilt instance takes them (and the rest of its settings) from the live
 # instance the user constructed for the same tap. Weak references only: nothing is kept alive by this table.
 _LIVE: "weakref.WeakValueDictionary[str, MonitorTrainerCallback]" = weakref.WeakValueDictionary()
-_MAX_FRAMES = 8
-
-
-def _report_to(args: Any) -> List[str]:
-    report_to = getattr(args, "report_to", None) or []
-    if isinstance(report_to, str):
-        report_to = [report_to]
-    return [str(r).lower() for r in report_to]
 
 
 class MonitorTrainerCallback(TrainerCallback, ExportableState):
@@ -154,66 +144,13 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
             self.monitor.load_state_dict(self._pending)
             self._pending = None
 
-    # ------------------------------------------------------------------ host sinks
-    def _host_callbacks(self) -> List[Any]:
-        """The Trainer's callbacks: read from the ``CallbackHandler`` that is calling this callback now (a
-        callback is never handed the Trainer or the other callbacks)."""
-        frame = inspect.currentframe()
-        try:
-            caller = frame.f_back if frame is not None else None
-            for _ in range(_MAX_FRAMES):
-                if caller is None:
-                    break
-                callbacks = getattr(caller.f_locals.get("self"), "callbacks", None)
-                if isinstance(callbacks, list) and any(cb is self for cb in callbacks):
-                    return list(callbacks)
-                caller = caller.f_back
-            return []
-        finally:
-            del frame
-            caller = None
-
-    def _host_sinks(self, args: Any) -> List[Any]:
-        from spherewatch.sinks import MLflowSink, TensorBoardSink
-
-        prefix = self.config.prefix
-        report_to = _report_to(args)
-        out: List[Any] = []
-        writer = None
-        for cb in self._host_callbacks():
-            if type(cb).__name__ == "TensorBoardCallback" and getattr(cb, "tb_writer", None) is not None:
-                writer = cb.tb_writer
-                break
-        try:
-            if writer is not None:
-                out.append(TensorBoardSink(writer=writer, prefix=prefix))
-            elif "tensorboard" in report_to:
-                log_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs", "spherewatch")
-                logger.warning("spherewatch: HF's TensorBoard writer was not found; writing to %s instead.", log_dir)
-                out.append(TensorBoardSink(log_dir, prefix=prefix))
-        except Exception as exc:  # never take training down for a sink
-            logger.error("spherewatch: cannot log to TensorBoard (%s: %s); skipped.", type(exc).__name__, exc)
-        if "mlflow" in report_to:
-            try:
-                import mlflow
-
-                run = mlflow.active_run()
-                if run is None:
-                    logger.warning("spherewatch: report_to has 'mlflow' but no MLflow run is active "
-                                   "(DISABLE_MLFLOW_INTEGRATION?); not logging to MLflow.")
-                else:
-                    out.append(MLflowSink(tracking_uri=mlflow.get_tracking_uri(), run_id=run.info.run_id,
-                                          prefix=prefix))
-            except Exception as exc:
-                logger.error("spherewatch: cannot log to MLflow (%s: %s); skipped.", type(exc).__name__, exc)
-        return out
-
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Open the Monitor (with the host's sinks) and install the hook on ``model``'s ``module_path``."""
         previous = self.monitor.state_dict() if self.monitor is not None else None
         self._close()
-        sinks = self._host_sinks(args) if (self.use_host_loggers and state.is_world_process_zero) else []
+        sinks = (hf_host_sinks(calling_callbacks(self), args, self.config.prefix)
+                 if (self.use_host_loggers and state.is_world_process_zero) else [])
         sinks += self._user_sinks
         self.monitor = open_monitor(self.config, sinks, args.output_dir, self._on_alert)
         if self._pending is None and previous is not None:  # a second train() with the same callback continues
@@ -229,8 +166,8 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
 
             root = unwrap_model(model)
             module = resolve_module(root, self.module_path)
-            self._handle = add_capture_hook(self.monitor, module, tap=self.tap, select=self.select, pool=self.pool,
-                                            when=lambda: root.training)
+            self._handle = self.monitor.watch(module, self.tap, select=self.select, pool=self.pool,
+                                              when=lambda: root.training)
         else:
             logger.info("spherewatch: no module_path given; call `callback.monitor.observe(z)` to feed embeddings.")
         return control

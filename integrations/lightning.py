@@ -14,7 +14,7 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
-from spherewatch.integrations._common import LightningMonitorCallbackCore
+from spherewatch.integrations._lightning_core import LightningMonitorCallbackCore
 
 __all__ = ["MonitorCallback"]
 
@@ -64,7 +64,8 @@ class MonitorCallback(LightningMonitorCallbackCore, Callback):
     Attributes:
         monitor: the :class:`~spherewatch.Monitor` of the current (or last) fit: ``monitor.alerts``,
             ``monitor.last_values``.
-        val_monitor: the Monitor of the validation-epoch metrics (``None`` without ``val_tap``).
+        val_monitor: the Monitor that evaluates the validation epochs (``Monitor.evaluate_now``): the same object as
+            ``monitor`` (``None`` without ``val_tap``).
 
     Raises:
         ValueError: neither or both of ``module_path`` / ``output_key``; an invalid config value; at

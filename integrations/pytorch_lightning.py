@@ -14,7 +14,7 @@ from __future__ import annotations
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger
 
-from spherewatch.integrations._common import LightningMonitorCallbackCore
+from spherewatch.integrations._lightning_core import LightningMonitorCallbackCore
 
 __all__ = ["MonitorCallback"]
 

@@ -158,8 +158,4 @@ def watch_path(
     if not isinstance(monitor, Monitor):
         raise TypeError(f"Expected a spherewatch.Monitor as `monitor`, got {type(monitor).__name__}.")
     module = resolve_module(model, path)
-    if not train_only:
-        return monitor.watch(module, tap, select=select, pool=pool)
-    from spherewatch.integrations._common import add_capture_hook
-
-    return add_capture_hook(monitor, module, tap=tap, select=select, pool=pool, when=lambda: module.training)
+    return monitor.watch(module, tap, select=select, pool=pool, when=(lambda: module.training) if train_only else None)

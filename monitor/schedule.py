@@ -1,7 +1,9 @@
 """When to evaluate: a pure function of the global step, identical on every rank."""
 from __future__ import annotations
 
-__all__ = ["Schedule"]
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+__all__ = ["Schedule", "StepClock"]
 
 
 class Schedule:
@@ -35,3 +37,61 @@ class Schedule:
 
     def is_due(self, step: int) -> bool:
         return self.next_after(step - 1) == step
+
+
+class StepClock:
+    """The Monitor's position in the schedule: which step this is, whether it is evaluated, whether the coming
+    forward passes are captured (``armed``), and when the spectral metrics are next due. Decided from the step
+    alone, so every rank agrees."""
+
+    def __init__(self, config: Any) -> None:
+        self.schedule = Schedule(config.every_n_steps, config.start_step, config.log_spaced)
+        self.spectral_schedule = Schedule(config.spectral_every_n_steps or config.every_n_steps, config.start_step)
+        self.window = int(config.window_steps)
+        self.sample_first = bool(config.sample_first_step)
+        self.last_step: Optional[int] = None
+        self.next_eval: Optional[int] = None
+        self.next_spectral: Optional[int] = None
+        self.evaluations = 0
+        self.armed = self.sample_first or self.schedule.next_after(-1) < self.window
+
+    def begin(self, global_step: Optional[int]) -> Tuple[int, bool]:
+        """``(step, due)`` for a call to ``Monitor.step(global_step)``."""
+        s = (0 if self.last_step is None else self.last_step + 1) if global_step is None else int(global_step)
+        first = self.last_step is None
+        if not first and s <= self.last_step:  # restarted counter without load_state_dict
+            self.next_eval = None
+        if self.next_eval is None:
+            self.next_eval = self.schedule.next_after(s - 1)
+        due = s >= self.next_eval or (first and self.sample_first and self.evaluations == 0)
+        return s, due
+
+    def spectral_due(self, s: int) -> bool:
+        return self.next_spectral is None or s >= self.next_spectral
+
+    def evaluated(self, s: int, spectral: bool) -> None:
+        """An evaluation ran at ``s`` (``spectral``: with the eigen-decomposition metrics)."""
+        if spectral:
+            self.next_spectral = self.spectral_schedule.next_after(s)
+        self.evaluations += 1
+
+    def end(self, s: int, due: bool) -> bool:
+        """Close step ``s``; True when the rows buffered so far fall outside the next evaluation's window."""
+        if due:
+            self.next_eval = self.schedule.next_after(s)
+        stale = not due and self.next_eval - s >= self.window
+        self.last_step = s
+        self.armed = self.next_eval - (s + 1) < self.window
+        return stale
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"last_step": self.last_step, "next_eval": self.next_eval, "next_spectral": self.next_spectral,
+                "evaluations": self.evaluations}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.last_step = state.get("last_step")
+        self.next_eval = state.get("next_eval")
+        self.next_spectral = state.get("next_spectral")
+        self.evaluations = int(state.get("evaluations", 0))
+        if self.last_step is not None and self.next_eval is not None:
+            self.armed = self.next_eval - (self.last_step + 1) < self.window

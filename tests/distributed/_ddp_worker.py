@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 import spherewatch as sw
-import spherewatch.monitor as monitor_module
+import spherewatch.evaluation as monitor_module  # where compute_tap_metrics is called
 from spherewatch import distributed as sw_dist
 from spherewatch.alerts import NonFiniteRule, ThresholdRule
 

@@ -137,7 +137,7 @@ def test_validation_passes_never_enter_the_training_tap(tmp_path):
     assert [s for s, _ in train] == list(range(1, 13)) and max(v for _, v in train) < 0.9
     val = mem.history("spherewatch/val_embeddings/mean_cosine")  # constant rows: mean cosine 1
     assert [s for s, _ in val] == [6, 12] and all(v == pytest.approx(1.0, abs=1e-4) for _, v in val)
-    assert hooked.val_monitor.captures["val_embeddings"] == 2  # one epoch-sized batch per validation epoch
+    assert hooked.monitor.captures["val_embeddings"] == 2  # one epoch-sized batch per validation epoch
     keyed_mem = keyed.monitor.sinks[-1]
     assert [s for s, _ in keyed_mem.history("spherewatch/val_out/mean_cosine")] == [6, 12]
     assert keyed_mem.history("spherewatch/out/mean_cosine")[0][1] < 0.9

@@ -1,0 +1,135 @@
+"""Where the adapters log: the host's own writers and runs, wrapped as spherewatch sinks, and the Monitor that
+writes to them. Nothing here imports a training framework (the sinks import their backends when built)."""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, List, Optional, Sequence, Tuple
+
+from spherewatch.config import MonitorConfig, load_config
+from spherewatch.monitor import Monitor
+from spherewatch.sinks.base import Sink
+
+__all__ = ["LoggerSink", "calling_callbacks", "hf_host_sinks", "lightning_host_sinks", "open_monitor", "split_sinks"]
+
+logger = logging.getLogger("spherewatch.integrations")
+
+
+def split_sinks(sinks: Optional[Sequence[Any]]) -> Tuple[Tuple[str, ...], List[Any]]:
+    """``sinks=`` as the Monitor takes it: names (config field) and sink objects."""
+    if sinks is None:
+        return (), []
+    if isinstance(sinks, (str, Sink)):
+        sinks = (sinks,)
+    names = tuple(s for s in sinks if isinstance(s, str))
+    return names, [s for s in sinks if not isinstance(s, str)]
+
+
+class LoggerSink(Sink):
+    """Scalars through a Lightning logger's ``log_metrics`` (CSVLogger, WandbLogger, ...): histograms and alerts
+    have no common logger API and are left to the Monitor's other sinks and alert channels."""
+
+    def __init__(self, host_logger: Any) -> None:
+        super().__init__()
+        self.logger = host_logger
+        self.name = "lightning_" + type(host_logger).__name__.lower()
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: Optional[float] = None) -> None:
+        self._check_open()
+        self.logger.log_metrics({str(k): float(v) for k, v in scalars.items()}, step=int(step))
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: Optional[float] = None) -> None:
+        self._check_open()
+
+    def log_alert(self, alert: Any) -> None:
+        self._check_open()
+
+    def flush(self) -> None:
+        if not self._closed and callable(getattr(self.logger, "save", None)):
+            self.logger.save()
+
+
+def _guarded(what: str, build: Any, out: List[Any]) -> None:
+    try:
+        out.append(build())
+    except Exception as exc:  # never take training down for a sink
+        logger.error("spherewatch: cannot log through %s (%s: %s); it is skipped.", what, type(exc).__name__, exc)
+
+
+def lightning_host_sinks(loggers: Sequence[Any], tensorboard_types: tuple, mlflow_types: tuple, prefix: str) -> List[Any]:
+    """A sink for each of a Lightning trainer's loggers: its TensorBoard writer, its MLflow run (no second run),
+    or its ``log_metrics``."""
+    from spherewatch.sinks import MLflowSink, TensorBoardSink
+
+    out: List[Any] = []
+    for host in loggers:
+        if isinstance(host, tensorboard_types):
+            _guarded(type(host).__name__, lambda h=host: TensorBoardSink(writer=h.experiment, prefix=prefix), out)
+        elif isinstance(host, mlflow_types):
+            _guarded(type(host).__name__,
+                     lambda h=host: MLflowSink(tracking_uri=h._tracking_uri, run_id=h.run_id, prefix=prefix), out)
+        else:
+            out.append(LoggerSink(host))
+    return out
+
+
+def calling_callbacks(callback: Any, max_frames: int = 8) -> List[Any]:
+    """The HF Trainer's callbacks, read from the ``CallbackHandler`` that is calling ``callback`` now (a callback
+    is never handed the Trainer or the other callbacks)."""
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back if frame is not None else None
+        for _ in range(max_frames):
+            if caller is None:
+                break
+            callbacks = getattr(caller.f_locals.get("self"), "callbacks", None)
+            if isinstance(callbacks, list) and any(cb is callback for cb in callbacks):
+                return list(callbacks)
+            caller = caller.f_back
+        return []
+    finally:
+        del frame
+        caller = None
+
+
+def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str) -> List[Any]:
+    """The HF Trainer's own writers: the ``TensorBoardCallback``'s ``tb_writer`` and the active MLflow run of its
+    ``MLflowCallback`` (never a second run), as ``args.report_to`` asks."""
+    from spherewatch.sinks import MLflowSink, TensorBoardSink
+
+    report_to = getattr(args, "report_to", None) or []
+    report_to = [str(r).lower() for r in ([report_to] if isinstance(report_to, str) else report_to)]
+    output_dir = args.output_dir
+    out: List[Any] = []
+    writer = next((cb.tb_writer for cb in callbacks if type(cb).__name__ == "TensorBoardCallback"
+                   and getattr(cb, "tb_writer", None) is not None), None)
+    if writer is not None:
+        _guarded("TensorBoard", lambda: TensorBoardSink(writer=writer, prefix=prefix), out)
+    elif "tensorboard" in report_to:
+        log_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(output_dir, "runs", "spherewatch")
+        logger.warning("spherewatch: HF's TensorBoard writer was not found; writing to %s instead.", log_dir)
+        _guarded("TensorBoard", lambda: TensorBoardSink(log_dir, prefix=prefix), out)
+    if "mlflow" in report_to:
+        _guarded("MLflow", lambda: _hf_mlflow_sink(MLflowSink, prefix), out)
+    return [s for s in out if s is not None]
+
+
+def _hf_mlflow_sink(sink_type: Any, prefix: str) -> Any:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        logger.warning("spherewatch: report_to has 'mlflow' but no MLflow run is active "
+                       "(DISABLE_MLFLOW_INTEGRATION?); not logging to MLflow.")
+        return None
+    return sink_type(tracking_uri=mlflow.get_tracking_uri(), run_id=run.info.run_id, prefix=prefix)
+
+
+def open_monitor(config: MonitorConfig, sinks: List[Any], default_root: str, on_alert: Any) -> Monitor:
+    """The adapters' Monitor: writes to ``sinks`` (the host's loggers and the user's sink objects); with neither and
+    no sink or folder configured, to JSONL under ``<default_root>/spherewatch`` instead of the working directory."""
+    if not sinks and config.sinks is None and not ({"log_dir", "jsonl_path"} & config.model_fields_set):
+        config = load_config(config, log_dir=os.path.join(str(default_root), "spherewatch"))
+    return Monitor(config, sinks=sinks or None, on_alert=on_alert)

@@ -1,0 +1,107 @@
+"""One evaluation: the rows of every tap (gathered across ranks) -> the metrics -> one readback to the host."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Dict, List, Mapping, Tuple
+
+import torch
+
+from spherewatch import distributed as dist_utils
+from spherewatch.compute import compute_tap_metrics
+
+__all__ = ["Evaluator", "readback"]
+
+Rows = Tuple[Any, Any, Any]
+
+
+def readback(tensors: Mapping[str, torch.Tensor], hists: Mapping[str, torch.Tensor]):
+    """``(values, hist_values)`` as Python floats: one device-to-host copy per device for every value."""
+    by_device: Dict[torch.device, List[str]] = defaultdict(list)
+    for k, v in tensors.items():
+        by_device[v.device].append(k)
+    for k, v in hists.items():
+        by_device[v.device].append(k)
+    values: Dict[str, float] = {}
+    hist_values: Dict[str, List[float]] = {}
+    for keys in by_device.values():
+        parts = [(tensors[k] if k in tensors else hists[k]).detach().float().reshape(-1) for k in keys]
+        flat = torch.cat(parts).cpu().tolist()
+        i = 0
+        for k, p in zip(keys, parts):
+            n = p.numel()
+            if k in tensors:
+                values[k] = flat[i]
+            else:
+                hist_values[k] = flat[i : i + n]
+            i += n
+    return values, hist_values
+
+
+class Evaluator:
+    """Computes the configured metrics of each tap's rows and reads them back once.
+
+    Under ``torch.distributed`` every rank calls :meth:`evaluate` at the same step (the schedule depends on the
+    step alone); the taps are united and the rows gathered across ranks, with the same collectives on every rank
+    whatever its local rows.
+    """
+
+    def __init__(self, config: Any, faults: Any) -> None:
+        self.config = config
+        self._faults = faults
+        #: whether any tap had usable rows at the latest evaluation
+        self.had_rows = False
+
+    def evaluate(self, rows_by_tap: Mapping[str, Rows], *, spectral: bool, seed: int):
+        """``(values, hist_values)`` keyed ``<prefix>/<tap>/<metric>``; empty when no tap had usable rows."""
+        cfg = self.config
+        distributed = dist_utils.is_distributed()
+        taps = list(rows_by_tap)
+        if distributed:
+            try:
+                taps = dist_utils.union_names(taps)
+            except Exception as exc:
+                self._faults.report("distributed", exc, "this evaluation was skipped")
+                return {}, {}
+        self.had_rows = False
+        tensors: Dict[str, torch.Tensor] = {}
+        hists: Dict[str, torch.Tensor] = {}
+        for tap in taps:
+            rows = rows_by_tap.get(tap, (None, None, None))
+            if distributed:
+                try:
+                    rows = dist_utils.gather_rows(rows, max_rows=cfg.max_samples, seed=seed)
+                except Exception as exc:
+                    self._faults.report("distributed", exc, "this tap was skipped at this step")
+                    rows = (None, None, None)
+            z, z_pos, labels = rows
+            if z is None:
+                continue
+            self.had_rows = True
+            try:
+                sc, hi = compute_tap_metrics(
+                    z, z_pos, labels, cfg.metric_names, spectral=spectral, t=cfg.uniformity_t,
+                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes,
+                )
+            except Exception as exc:
+                self._faults.report(f"metrics:{tap}", exc, "its metrics were skipped at this step")
+                continue
+            base = f"{cfg.prefix}/{tap}/"
+            tensors.update({base + k: v for k, v in sc.items()})
+            hists.update({base + k: v for k, v in hi.items()})
+        if not tensors:
+            return {}, {}
+        try:
+            return readback(tensors, hists)
+        except Exception as exc:
+            self._faults.report("readback", exc, "this evaluation was skipped")
+            return {}, {}
+
+    def any_stop(self, local: bool) -> bool:
+        """The stop decision, OR-reduced across ranks (a collective: every rank calls it at every evaluation)."""
+        if not dist_utils.is_distributed():
+            return local
+        try:
+            return dist_utils.any_true(local)
+        except Exception as exc:
+            self._faults.report("distributed", exc, "the stop decision stays local")
+            return local
