@@ -114,6 +114,8 @@ def _add_stderr(scalars: Dict[str, torch.Tensor], z: torch.Tensor, z_pos: Option
         if name == "alignment":
             se = block_stderr(lambda x, y: M.alignment(x, y, alpha), z, z_pos, blocks=blocks) if z_pos is not None else None
         else:
-            se = block_stderr(fns[name], z, blocks=blocks, min_rows=8 if name == "effective_rank" else 4)
+            # a block of fewer rows than dimensions caps the rank at the block size: no estimate then
+            min_rows = max(8, z.shape[1]) if name == "effective_rank" else 4
+            se = block_stderr(fns[name], z, blocks=blocks, min_rows=min_rows)
         if se is not None:
             scalars[f"{name}_stderr"] = se.to(scalars[name].dtype)

@@ -213,13 +213,14 @@ class Monitor:
         """Hand over a batch of embeddings ``(N, D)`` (and optionally its paired view and labels).
 
         Cheap to call on every step: it returns at once unless this is a capture step. At most one batch per tap
-        is taken per step (gradient accumulation and re-computation do not double count). ``(B, T, H)`` tensors
+        is taken per step (gradient accumulation and re-computation do not double count) unless
+        ``every_micro_batch`` is set: then every batch of the step is taken, up to ``max_samples`` rows. ``(B, T, H)`` tensors
         need ``pool=`` ('mean', 'first' or 'last').
         """
         if not self._armed or self._closed:
             return
         tap = tap or self.config.default_tap
-        if self._captured.get(tap) == self._epoch:
+        if self._captured.get(tap) == self._epoch and not self.config.every_micro_batch:
             return
         self._captured[tap] = self._epoch
         try:
@@ -296,7 +297,7 @@ class Monitor:
 
         @_dynamo_disable
         def _take(output: Any, kwargs: Mapping[str, Any]) -> None:
-            if self._captured.get(tap) == self._epoch or self._closed:
+            if (self._captured.get(tap) == self._epoch and not self.config.every_micro_batch) or self._closed:
                 return
             self._captured[tap] = self._epoch
             try:
