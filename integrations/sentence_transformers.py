@@ -18,7 +18,7 @@ What is captured (``module_path``, relative to the ``SentenceTransformer``):
   module (``Dense``, ``Normalize``).
 * ``"0"`` (the ``Transformer`` module): its ``token_embeddings`` ``(B, T, H)``, pooled over the real tokens with
   the batch's ``attention_mask`` (``pool=`` as for any tap).
-* Deeper paths (``"0.auto_model"``, ``"0.model.encoder"``): *not captured*. sentence-transformers calls the Hugging
+* Deeper paths (``"0.model"``, ``"0.model.encoder"``): *not captured*. sentence-transformers calls the Hugging
   Face model's ``forward()`` directly, which skips forward hooks; the callback reports this once, at the first
   evaluation step, naming the paths that work.
 

@@ -44,7 +44,7 @@ SCENARIOS: Dict[str, Scenario] = {
     "simclr": Scenario("simclr", False, what="healthy SimCLR (NT-Xent, tau=0.2)"),
     "simsiam": Scenario("simsiam", False, what="healthy SimSiam (predictor + stop-gradient)"),
     "byol": Scenario("byol", False, what="healthy BYOL (predictor + momentum 0.99 target)"),
-    "vicreg": Scenario("vicreg", False, what="healthy VICReg (25/25/1)"),
+    "vicreg": Scenario("vicreg", False, what="healthy VICReg (invariance 5, variance 25, covariance 1)"),
     "simsiam_no_stopgrad": Scenario("simsiam", True, {"stopgrad": False}, what="SimSiam, stop-gradient removed"),
     "simsiam_no_predictor": Scenario("simsiam", True, {"predictor": False}, what="SimSiam, predictor removed"),
     "byol_no_predictor": Scenario("byol", True, {"predictor": False}, what="BYOL, predictor removed"),
@@ -172,8 +172,13 @@ def neg_cos(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p, z, dim=1).mean()
 
 
-def vicreg(z1: torch.Tensor, z2: torch.Tensor, *, var_weight: float = 25.0, inv_weight: float = 25.0,
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, *, var_weight: float = 25.0, inv_weight: float = 5.0,
            cov_weight: float = 1.0) -> torch.Tensor:
+    """VICReg: ``inv * MSE(z1, z2) + var * sum_views mean_d relu(1 - std_d) / 2 + cov * off-diagonal cov^2 / D``.
+
+    The paper's invariance weight is 25; on these strongly augmented 8x8 images 25 pulls the embeddings onto a few
+    directions (effective rank 6 of 32, kNN accuracy 0.63), 5 trains a healthy encoder (rank 19, kNN 0.88).
+    """
     inv = F.mse_loss(z1, z2)
     var = 0.0
     cov = 0.0
@@ -263,7 +268,7 @@ def _apply(model: SSLMethod, opt: torch.optim.Optimizer, change: Dict[str, objec
             model.settings[k] = v
 
 
-LR = {"simclr": 0.05, "simsiam": 0.05, "byol": 0.05, "vicreg": 0.01}
+LR = {"simclr": 0.05, "simsiam": 0.05, "byol": 0.05, "vicreg": 0.02}
 BATCH = 128
 
 
