@@ -6,10 +6,10 @@ import pytest
 
 from spherewatch.alerts import (
     DEFAULT_RULE_SETTINGS,
-    CollapseRule,
-    DriftRule,
     RULE_ADAPTER,
+    CollapseRule,
     DegradationRule,
+    DriftRule,
     NonFiniteRule,
     ThresholdRule,
     TrendRule,
