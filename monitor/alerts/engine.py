@@ -44,7 +44,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     ),
     "mean_cosine": (
         "embeddings are becoming parallel — possible collapse",
-        "the negatives of the loss, the learning rate and the augmentations",
+        "the learning rate, the loss (the negatives of contrastive losses; the stop-gradient and predictor of "
+        "SimSiam/BYOL-style ones) and the augmentations",
     ),
     "alignment": (
         "positive pairs are drifting apart",

@@ -54,7 +54,10 @@ SCENARIOS: Dict[str, Scenario] = {
     "simclr_narrow_projector": Scenario("simclr", True, {"narrow": 2}, what="SimCLR, projector narrowed to 2"),
     "simsiam_weight_decay": Scenario("simsiam", True, {"weight_decay": 0.5}, what="SimSiam, weight decay 0.5"),
     "simclr_lr_blowup": Scenario("simclr", True, {"lr_scale": 300.0}, what="SimCLR, learning rate x300"),
-    "simclr_temperature": Scenario("simclr", True, {"tau": 20.0}, what="SimCLR, temperature 0.2 -> 20"),
+    "simclr_temperature_low": Scenario("simclr", True, {"tau": 0.01}, what="SimCLR, temperature 0.2 -> 0.01"),
+    # induced, but the probe sees no collapse within 200 steps at tau=20 (the gradients shrink like 1/tau): it counts
+    # as a negative, on which the monitor must stay silent
+    "simclr_temperature_high": Scenario("simclr", True, {"tau": 20.0}, what="SimCLR, temperature 0.2 -> 20"),
 }
 
 
