@@ -329,7 +329,8 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #:
 #: * ``uniformity_degradation`` / ``rank_collapse`` (warning): :class:`DriftRule` — the reference is taken once
 #:   the metric has settled after the initial transient; a change must exceed 4x the run's own noise (logged
-#:   standard error + observed variability) and cover a quarter of the distance to complete collapse.
+#:   standard error + observed variability) and cover a quarter of the distance to complete collapse;
+#:   ``uniformity_degradation_persists`` / ``rank_collapse_persists`` (critical): the same, three evaluations in a row.
 #: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` — complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
@@ -342,6 +343,15 @@ DEFAULT_RULE_SETTINGS = {
     "rank_collapse": dict(
         kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
         patience=1, hysteresis=0.1, severity="warning",
+    ),
+    # the same drifts, critical once they have held for three evaluations in a row
+    "uniformity_degradation_persists": dict(
+        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
+        patience=3, hysteresis=0.1, severity="critical",
+    ),
+    "rank_collapse_persists": dict(
+        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
+        patience=3, hysteresis=0.1, severity="critical",
     ),
     "mean_cosine_collapse": dict(
         kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
@@ -369,8 +379,8 @@ def default_rules() -> tuple[Any, ...]:
 
     Example:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
-        ['uniformity_degradation', 'rank_collapse', 'mean_cosine_collapse', 'uniformity_collapse',
-         'rank_one_collapse', 'normalized_std_collapse', 'nonfinite']
+        ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
+         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():

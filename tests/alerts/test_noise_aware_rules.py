@@ -116,3 +116,11 @@ def test_rows_and_stderr_are_logged_beside_the_metrics():
         assert math.isfinite(float(scalars[f"{name}_stderr"])) and float(scalars[f"{name}_stderr"]) >= 0
     few, _ = compute_tap_metrics(z[:8], None, None, ("uniformity",), spectral=False)
     assert "uniformity_stderr" not in few and float(few["rows"]) == 8
+
+
+def test_a_drift_that_persists_escalates_to_critical_at_the_third_evaluation():
+    ranks = [53, 40, 30, 27, 26.8, 27.1, 26.9, 12.0, 11.5, 11.8]
+    rows = [{"effective_rank": r, "effective_rank_stderr": 0.2} for r in ranks]
+    fired = _feed(AlertEngine(default_rules()), rows)
+    assert [(a.rule, a.step, a.severity) for a in fired] == [
+        ("rank_collapse", 350, "warning"), ("rank_collapse_persists", 450, "critical")]

@@ -21,8 +21,8 @@ from spherewatch.alerts import (
 def test_default_rules_watch_uniformity_rank_and_nonfinite():
     rules = {r.name: r for r in default_rules()}
     assert list(rules) == [
-        "uniformity_degradation", "rank_collapse", "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse",
-        "normalized_std_collapse", "nonfinite",
+        "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
+        "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse", "nonfinite",
     ]
     uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
     assert isinstance(uni, DriftRule) and (uni.metric, uni.direction, uni.collapsed, uni.severity) == (
@@ -31,6 +31,8 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     # no default compares with the best value ever seen or with a fixed level of a healthy metric
     assert not any(isinstance(r, (DegradationRule, ThresholdRule)) for r in rules.values())
     assert rules["mean_cosine_collapse"].severity == "warning" and rules["mean_cosine_collapse"].patience == 1
+    for name in ("uniformity_degradation_persists", "rank_collapse_persists"):  # escalation with persistence
+        assert rules[name].severity == "critical" and rules[name].patience == 3
     for name in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse"):
         assert isinstance(rules[name], CollapseRule) and rules[name].severity == "critical"
         assert rules[name].patience == 2  # critical only once the collapse persists
