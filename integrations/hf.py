@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.integrations._sinks import calling_callbacks, hf_host_sinks, open_monitor, split_sinks
+from spherewatch.integrations.torch import unwrap_model
 from spherewatch.monitor import Monitor
 
 try:  # transformers >= 4.41
@@ -47,7 +48,7 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
       mode); evaluation passes never are. Without ``module_path``, feed ``callback.monitor.observe(z)`` yourself
       (e.g. in a ``compute_loss`` override).
     * **When**: at ``on_step_end`` with ``state.global_step`` (once per optimizer step: with gradient
-      accumulation one micro-batch per step is taken).
+      accumulation one micro-batch per step is taken, every one with ``every_micro_batch=True``).
     * **Where it logs**, on the main process only: into the event file of HF's ``TensorBoardCallback`` (its
       ``tb_writer``) when that callback is active, and into the MLflow run of HF's ``MLflowCallback`` (the
       active run; never a second run) when ``"mlflow"`` is in ``report_to``. With neither and no configured sink,
@@ -158,11 +159,18 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
         if self._pending is not None:
             self.monitor.load_state_dict(self._pending)
             self._pending = None
-        if self.module_path is not None:
+        from spherewatch.integrations.sentence_transformers import SentenceTransformerCapture, is_sentence_transformer
+
+        if model is not None and is_sentence_transformer(unwrap_model(model)):  # module_path None = sentence embedding
+            root = unwrap_model(model)
+            self._handle = SentenceTransformerCapture(
+                self.monitor, root, self.module_path, tap=self.tap, pool=self.pool or self.config.pool,
+                when=lambda: root.training, report=self.monitor.report_fault)
+        elif self.module_path is not None:
             if model is None:
                 raise ValueError("MonitorTrainerCallback needs the model (on_train_begin got model=None) to watch "
                                  f"{self.module_path!r}.")
-            from spherewatch.integrations.torch import resolve_module, unwrap_model
+            from spherewatch.integrations.torch import resolve_module
 
             root = unwrap_model(model)
             module = resolve_module(root, self.module_path)
@@ -175,6 +183,8 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         """Step the Monitor at ``state.global_step``; request a stop when a stop rule fired."""
         if self.monitor is not None:
+            if hasattr(self._handle, "before_step"):  # sentence-transformers: lone anchors, never-fired check
+                self._handle.before_step(int(state.global_step))
             self.monitor.step(int(state.global_step))
             if self.monitor.should_stop:
                 control.should_training_stop = True

@@ -7,6 +7,7 @@ import torch
 
 import spherewatch.metrics as M
 from spherewatch.config import SPECTRAL_METRICS
+from spherewatch.metrics.stderr import block_stderr
 
 __all__ = ["compute_tap_metrics"]
 
@@ -25,11 +26,14 @@ def compute_tap_metrics(
     """Return ``(scalars, histograms)``: 0-d and 1-D tensors on ``z``'s device, keyed by metric name.
 
     Metrics that need what is missing (a paired view, labels, at least two rows) are left out; the
-    eigen-decomposition metrics only when ``spectral`` is true.
+    eigen-decomposition metrics only when ``spectral`` is true. ``rows`` (the number of rows behind the values)
+    is always there; ``<metric>_stderr`` sits beside the metrics listed in :data:`STDERR_METRICS` (see
+    :func:`_add_stderr`).
     """
     scalars: Dict[str, torch.Tensor] = {}
     hists: Dict[str, torch.Tensor] = {}
     n = z.shape[0]
+    scalars["rows"] = torch.full((), float(n), device=z.device)
     want = set(names)
     if "nonfinite_fraction" in want:
         scalars["nonfinite_fraction"] = M.nonfinite_fraction(z)
@@ -81,4 +85,37 @@ def compute_tap_metrics(
             scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
         for name in hists:
             hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
+    _add_stderr(scalars, z, z_pos, t=t, alpha=alpha)
     return scalars, hists
+
+
+# ------------------------------------------------------------------------------------------- standard errors
+#: Metrics logged with a ``<metric>_stderr`` beside them, and the number of disjoint row blocks used for each.
+#: The spectral ones use fewer blocks (each block costs one small decomposition; 4 blocks of N/4 rows cost about
+#: what the full decomposition costs).
+STDERR_METRICS: Dict[str, int] = {
+    "uniformity": 8, "mean_cosine": 8, "normalized_std": 8, "alignment": 8, "effective_rank": 4,
+}
+
+
+def _add_stderr(scalars: Dict[str, torch.Tensor], z: torch.Tensor, z_pos: Optional[torch.Tensor], *, t: float,
+                alpha: float) -> None:
+    """Add ``<metric>_stderr`` (batch-means standard error from disjoint row blocks, on device, no host sync) for
+    the metrics of :data:`STDERR_METRICS` present in ``scalars``; nothing when there are too few rows."""
+    fns = {
+        "uniformity": lambda x: M.uniformity(x, t),
+        "mean_cosine": M.mean_cosine,
+        "normalized_std": M.normalized_std,
+        "effective_rank": M.effective_rank,
+    }
+    for name, blocks in STDERR_METRICS.items():
+        if name not in scalars:
+            continue
+        if name == "alignment":
+            se = block_stderr(lambda x, y: M.alignment(x, y, alpha), z, z_pos, blocks=blocks) if z_pos is not None else None
+        else:
+            # a block of fewer rows than dimensions caps the rank at the block size: no estimate then
+            min_rows = max(8, z.shape[1]) if name == "effective_rank" else 4
+            se = block_stderr(fns[name], z, blocks=blocks, min_rows=min_rows)
+        if se is not None:
+            scalars[f"{name}_stderr"] = se.to(scalars[name].dtype)

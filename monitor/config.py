@@ -76,6 +76,11 @@ class MonitorConfig(BaseModel):
     window_steps: int = Field(
         1, ge=1, description="consecutive steps captured before each evaluation; rows are reservoir-sampled across them"
     )
+    every_micro_batch: bool = Field(
+        False, description="take every batch of a capture step (gradient accumulation: all micro-batches, up to "
+        "max_samples rows, reservoir-sampled), not only the first; recomputed forwards (gradient checkpointing) "
+        "are then taken twice"
+    )
     seed: int = 0
     # metrics
     preset: Literal["cheap", "standard", "full"] = "standard"

@@ -127,8 +127,9 @@ class Monitor:
         """Hand over a batch of embeddings ``(N, D)`` (and optionally its paired view and labels).
 
         Cheap to call on every step: it returns at once unless this is a capture step. At most one batch per tap
-        is taken per step (gradient accumulation and re-computation do not double count). ``(B, T, H)`` tensors
-        need ``pool=`` ('mean', 'first' or 'last').
+        is taken per step (gradient accumulation and re-computation do not double count) unless
+        ``every_micro_batch`` is set: then every batch of the step is taken, up to ``max_samples`` rows.
+        ``(B, T, H)`` tensors need ``pool=`` ('mean', 'first' or 'last').
         """
         self._sampler.observe(z, z_pos, tap=tap, labels=labels, pool=pool)
 

@@ -93,7 +93,8 @@ class Sampler:
 
     # ------------------------------------------------------------------ taking rows
     def _first_this_step(self, tap: str) -> bool:
-        if self._captured.get(tap) == self._epoch:
+        """Whether ``tap`` may take this batch: the first of the step, or any with ``every_micro_batch``."""
+        if self._captured.get(tap) == self._epoch and not self.config.every_micro_batch:
             return False
         self._captured[tap] = self._epoch
         return True

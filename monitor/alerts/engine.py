@@ -8,7 +8,15 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from spherewatch.alerts.alert import Alert
-from spherewatch.alerts.rules import DegradationRule, NonFiniteRule, ThresholdRule, TrendRule, parse_rules
+from spherewatch.alerts.rules import (
+    CollapseRule,
+    DegradationRule,
+    DriftRule,
+    NonFiniteRule,
+    ThresholdRule,
+    TrendRule,
+    parse_rules,
+)
 
 __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
 
@@ -21,8 +29,8 @@ _HINTS: dict[str, tuple[str, str]] = {
     "uniformity": (
         "embeddings are losing spread on the sphere — possible collapse",
         (
-            "the negatives and temperature of the loss, the learning rate, and that the stop-gradient / "
-            "predictor is still in place"
+            "the learning rate, the loss (for contrastive losses the negatives and the temperature; for "
+            "SimSiam/BYOL-style losses the stop-gradient and the predictor) and the augmentations"
         ),
     ),
     "effective_rank": (
@@ -31,11 +39,13 @@ _HINTS: dict[str, tuple[str, str]] = {
     ),
     "normalized_std": (
         "embeddings are converging to one direction — possible complete collapse",
-        "the stop-gradient / predictor (SimSiam, BYOL), the learning rate and the augmentations",
+        "the learning rate, the loss (the stop-gradient and predictor of SimSiam/BYOL-style losses; the negatives "
+        "of contrastive ones) and the augmentations",
     ),
     "mean_cosine": (
         "embeddings are becoming parallel — possible collapse",
-        "the negatives of the loss, the learning rate and the augmentations",
+        "the learning rate, the loss (the negatives of contrastive losses; the stop-gradient and predictor of "
+        "SimSiam/BYOL-style ones) and the augmentations",
     ),
     "alignment": (
         "positive pairs are drifting apart",
@@ -96,6 +106,7 @@ class _KeyState:
     prev: float | None = None  # trend: previous value
     slope: float | None = None  # trend: smoothed slope
     alert: Alert | None = None  # the alert that fired, while firing
+    ev: dict = dataclasses.field(default_factory=dict)  # evaluator state of drift / collapse rules (JSON-able)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "alert"}
@@ -128,6 +139,7 @@ class _KeyState:
             prev=_float_from_json(d.get("prev")),
             slope=_float_from_json(d.get("slope")),
             alert=alert,
+            ev=dict(d.get("ev") or {}),
         )
 
 
@@ -177,6 +189,7 @@ class AlertEngine:
         self.prefix = prefix.strip("/")
         self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
+        self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -213,6 +226,7 @@ class AlertEngine:
         if not values:
             return fired
         per_rule: dict[str, list[Alert]] = {}
+        self._sample = values
         for key, raw in values.items():
             route = self._route(key)
             if route is None:
@@ -298,8 +312,8 @@ class AlertEngine:
                 breach, rearm, msg = self._eval_degradation(rule, st, value, metric, tap, step)
             elif isinstance(rule, TrendRule):
                 breach, rearm, msg = self._eval_trend(rule, st, value, metric, tap, step)
-            else:  # pragma: no cover - parse_rules admits only the kinds above
-                raise TypeError(f"unsupported rule type {type(rule).__name__}")
+            else:
+                breach, rearm, msg = self._eval_noise_aware(rule, st, key, value, metric, tap, step)
 
         if st.status == FIRING:
             if rearm:
@@ -394,6 +408,93 @@ class AlertEngine:
             msg = (
                 f"{metric} is {verb} fast: smoothed change {s:+.3g} per sample (limit {rule.slope:g}), now "
                 f"{_fmt(value)} at step {step} (tap '{tap}'): {what}. Check {check}."
+            )
+        return breach, rearm, msg
+
+    # --------------------------------------------------------------------- rules that know the run's own noise
+    def _eval_noise_aware(self, rule: Any, st: _KeyState, key: str, value: float, metric: str, tap: str, step: int):
+        se = self._stderr(key)
+        if isinstance(rule, DriftRule):
+            return self._eval_drift(rule, st.ev, value, se, metric, tap, step)
+        if isinstance(rule, CollapseRule):
+            return self._eval_collapse(rule, st.ev, value, se, metric, tap, step)
+        raise TypeError(f"unsupported rule type {type(rule).__name__}")  # pragma: no cover - parse_rules admits none
+
+    def _stderr(self, key: str) -> float:
+        """The standard error logged beside ``key`` in this sample (``<key>_stderr``), 0 when absent."""
+        try:
+            se = float(self._sample.get(key + "_stderr", 0.0))
+        except (TypeError, ValueError):
+            return 0.0
+        return se if math.isfinite(se) and se > 0 else 0.0
+
+    @staticmethod
+    def _eval_drift(rule: DriftRule, ev: dict, value: float, se: float, metric: str, tap: str, step: int):
+        bad = 1.0 if rule.direction == "rise" else -1.0
+        prev = ev.get("prev")  # [value, se] of the previous sample
+        ev["prev"] = [value, se]
+        ref = ev.get("ref")
+        if ref is None:  # still in the initial transient: find out whether it is over
+            if prev is None:
+                return False, True, None
+            delta, last = value - prev[0], ev.get("delta")
+            biggest = float(ev.get("biggest", 0.0))
+            ev["delta"], ev["biggest"] = delta, max(biggest, abs(delta))
+            within_noise = abs(delta) <= rule.z * math.sqrt(se * se + prev[1] * prev[1])
+            turned = last is not None and delta * last < 0
+            slowed = last is not None and abs(delta) <= rule.settle_ratio * biggest
+            if within_noise or turned or slowed:
+                ev.update(ref=value, ref_se=se, ref_step=step, obs_var=0.0)
+            return False, True, None  # the settling sample itself is never compared
+        ref_se, obs_var = float(ev.get("ref_se", 0.0)), float(ev.get("obs_var", 0.0))
+        noise = math.sqrt(se * se + ref_se * ref_se + obs_var)
+        room = abs(rule.collapsed - ref)
+        limit = max(rule.z * noise, rule.fraction * room)
+        dev = bad * (value - ref)
+        breach = dev > limit
+        rearm = dev <= limit - rule.hysteresis * room
+        if not breach and prev is not None:
+            # the run's own variability around its level: moving average of half the squared step-to-step change
+            obs_var = 0.7 * obs_var + 0.3 * 0.5 * (value - prev[0]) ** 2
+            ev["obs_var"] = obs_var
+            level = 0.5 * (value + prev[0])
+            if bad * (level - ref) < 0:  # a better level than the reference (smoothed over two samples): follow it
+                ev.update(ref=level, ref_se=se, ref_step=step)
+        msg = None
+        if breach:
+            what, check = _hint(metric)
+            verb = "rose" if rule.direction == "rise" else "fell"
+            lost = f"{dev / room:.0%} of the way to collapse ({_fmt(rule.collapsed)})" if room > 0 else "toward collapse"
+            times = f"{dev / noise:.1f}x" if noise > 0 else "far beyond"
+            msg = (
+                f"{metric} {verb} from its settled level {_fmt(ref)} (step {ev.get('ref_step')}) to {_fmt(value)} at "
+                f"step {step} (tap '{tap}'): {lost}, {times} the run's noise ({_fmt(noise)}). {what}. Check {check}."
+            )
+        return breach, rearm, msg
+
+    @staticmethod
+    def _eval_collapse(rule: CollapseRule, ev: dict, value: float, se: float, metric: str, tap: str, step: int):
+        dist = abs(value - rule.collapsed)
+        far = max(float(ev.get("far", 0.0)), dist)
+        ev["far"] = far
+        margin = rule.margin * far if rule.relative else rule.margin
+        prev = ev.get("prev")  # [distance, se] of the previous sample
+        ev["prev"] = [dist, se]
+        in_zone = dist <= margin
+        rearm = dist > margin * (1.0 + rule.hysteresis)
+        if not in_zone or prev is None:
+            return False, rearm, None
+        prev_dist, prev_se = float(prev[0]), float(prev[1])
+        fell_in = prev_dist > margin
+        recovering = (dist - prev_dist) > max(rule.z * math.sqrt(se * se + prev_se * prev_se), 0.02 * margin)
+        breach = fell_in or not recovering
+        msg = None
+        if breach:
+            what, check = _hint(metric)
+            how = "fell into" if fell_in else "stays in"
+            msg = (
+                f"{metric} {how} the collapse zone at step {step} (tap '{tap}'): {_fmt(value)}, within "
+                f"{_fmt(margin)} of the collapsed value {_fmt(rule.collapsed)} and not recovering. {what}. Check {check}."
             )
         return breach, rearm, msg
 

@@ -40,7 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "DEFAULT_RULE_SETTINGS",
     "RULE_ADAPTER",
+    "CollapseRule",
     "DegradationRule",
+    "DriftRule",
     "NonFiniteRule",
     "Rule",
     "ThresholdRule",
@@ -191,6 +193,87 @@ class TrendRule(_RuleBase):
         return f"{_metric_stem(self.metric)}_trend"
 
 
+class DriftRule(_RuleBase):
+    """Fires when a metric has drifted from the run's own settled level by more than its noise and a share of
+    the distance to complete collapse.
+
+    How it decides, per key (counted in samples of that key):
+
+    1. **Settling** (the reference is taken after the initial transient, decided from the run itself). With
+       ``d_k`` the change from the previous sample, the metric has *settled* at sample ``k`` once ``d_k`` is
+       within ``z`` standard errors (``sqrt(se_k^2 + se_{k-1}^2)``), or points the other way than ``d_{k-1}``
+       (the transient has turned), or is at most ``settle_ratio`` of the largest change seen so far (it has
+       slowed down). Before that the rule never breaches: during the random-initialisation transient
+       (effective rank falling 53 -> 27 while a contrastive loss falls, a transformer's mean cosine recovering
+       from 0.94) nothing is a degradation; :class:`CollapseRule` watches the transient for complete collapse.
+    2. **Reference**: the value at the settling sample. Afterwards the reference follows the mean of the last two
+       samples when that is *better* (a smoothed best after the transient), never when it is worse.
+    3. **Breach**: with ``dev`` the change from the reference in the unhealthy ``direction`` and
+       ``noise = sqrt(se^2 + se_ref^2 + var_obs)`` (``se`` the logged ``<metric>_stderr`` at the rows used, 0 if
+       not logged; ``var_obs`` a moving average of half the squared step-to-step change since settling, the
+       run's observed variability), the rule breaches when ``dev > max(z * noise, fraction * |collapsed - ref|)``:
+       the change must be beyond the run's own noise *and* must have covered ``fraction`` of the distance from
+       the reference to the completely collapsed value ``collapsed`` (uniformity 0, effective rank 1).
+    4. **Re-arm** once ``dev <= limit - hysteresis * |collapsed - ref|``.
+
+    Example:
+        >>> DriftRule(metric="effective_rank", direction="fall", collapsed=1.0).name
+        'effective_rank_drift'
+    """
+
+    kind: Literal["drift"] = "drift"
+    direction: Literal["rise", "fall"] = Field(..., description="the unhealthy direction")
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    fraction: float = Field(0.25, gt=0, le=1, description="share of the distance ref -> collapsed that fires")
+    z: float = Field(4.0, ge=0, allow_inf_nan=False, description="noise multiples a change must exceed")
+    settle_ratio: float = Field(0.5, gt=0, lt=1, description="settled once a change is this share of the largest "
+                                                              "change seen (or turns, or is within noise)")
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftRule:
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_drift"
+
+
+class CollapseRule(_RuleBase):
+    """Fires when a metric is at (or next to) its completely collapsed value and is not recovering.
+
+    How it decides, per key: the value is *in the collapse zone* when ``|value - collapsed| <= margin``
+    (``relative=True``: ``margin`` is a share of the farthest distance from ``collapsed`` this key has reached,
+    for metrics without a scale-free healthy value such as normalized std). A sample *breaches* when it is in
+    the zone and the previous sample gives no sign of recovery: the previous value was outside the zone (the run
+    just fell in) or the distance from ``collapsed`` did not grow by more than ``z`` standard errors
+    (``sqrt(se^2 + se_prev^2)`` from the logged ``<metric>_stderr``) and by at least 2% of the margin. The very
+    first sample of a key never breaches: a transformer starts anisotropic (mean cosine 0.94 at step 1) and
+    recovers, which is not a collapse. Severity escalates with persistence through ``patience``: the default
+    rules have a warning at the first breaching sample and a critical rule that needs two in a row.
+    Re-arm once out of the zone by ``hysteresis * margin``.
+
+    Example:
+        >>> CollapseRule(metric="mean_cosine", collapsed=1.0, margin=0.1).name
+        'mean_cosine_collapse'
+    """
+
+    kind: Literal["collapse"] = "collapse"
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    margin: float = Field(..., gt=0, allow_inf_nan=False, description="width of the collapse zone")
+    relative: bool = Field(False, description="margin is a share of the farthest distance from `collapsed` seen")
+    z: float = Field(2.0, ge=0, allow_inf_nan=False, description="standard errors a recovery must exceed")
+
+    @model_validator(mode="after")
+    def _check(self) -> CollapseRule:
+        if self.relative and self.margin >= 1:
+            raise ValueError(f"a relative `margin` is a share below 1, got {self.margin}")
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_collapse"
+
+
 class NonFiniteRule(_RuleBase):
     """Fires when a matching metric is NaN or +-Inf (default: any metric, severity ``critical``).
 
@@ -214,8 +297,11 @@ class NonFiniteRule(_RuleBase):
         return "nonfinite" if self.metric == "*" else f"{_metric_stem(self.metric)}_nonfinite"
 
 
-#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | nonfinite`` validates into it.
-Rule = Annotated[Union[ThresholdRule, DegradationRule, TrendRule, NonFiniteRule], Field(discriminator="kind")]
+#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | nonfinite`` validates
+#: into it.
+Rule = Annotated[
+    Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, NonFiniteRule], Field(discriminator="kind")
+]
 #: Validates a dict (``RULE_ADAPTER.validate_python``); use :func:`parse_rules` for a list.
 RULE_ADAPTER: TypeAdapter = TypeAdapter(Rule, config=ConfigDict(title="Rule"))
 _RULES_ADAPTER: TypeAdapter = TypeAdapter(tuple[Rule, ...], config=ConfigDict(title="rules"))
@@ -237,38 +323,64 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 
 
 # --------------------------------------------------------------------------------------------- default rules
-#: The numbers behind :func:`default_rules`, in one place (tuned against the scenario suite).
+#: The numbers behind :func:`default_rules`, in one place (checked against the scenario suites:
+#: tests/engine/test_scenarios.py on generated data, tests/scenarios/ and benchmarks/scenarios.py on real
+#: frameworks). No default compares with the best value ever seen or with a fixed level of a healthy metric:
+#:
+#: * ``uniformity_degradation`` / ``rank_collapse`` (warning): :class:`DriftRule` — the reference is taken once
+#:   the metric has settled after the initial transient; a change must exceed 4x the run's own noise (logged
+#:   standard error + observed variability) and cover a quarter of the distance to complete collapse;
+#:   ``uniformity_degradation_persists`` / ``rank_collapse_persists`` (critical): the same, three evaluations in a row.
+#: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
+#:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
+#:   :class:`CollapseRule` — complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
+#:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run.
 DEFAULT_RULE_SETTINGS = {
-    # Tuned on the scenario suite (tests/engine/test_scenarios.py, spherewatch.demo): healthy runs lose at most
-    # ~25% of their best uniformity spread and ~40% of their best effective rank (the random-init transient),
-    # collapsing runs lose 50-85% within one sampling interval of the onset. Patience 1 so that an alert comes
-    # within one interval; warm-up 0 so that a collapse in the first interval (SimSiam without stop-gradient
-    # collapses in ~10 steps) is still measured against the initial state.
     "uniformity_degradation": dict(
-        kind="degradation", metric="uniformity", direction="rise", fraction=0.5, reference="best",
-        warmup=0, patience=1, cooldown=0, hysteresis=0.1, min_drop=0.05, severity="warning",
-    ),
-    "uniformity_collapse": dict(
-        # absolute safety net (t=2): mean pair kernel above e^-0.5, i.e. mean cosine ~0.9 — collapsed whatever
-        # the history (a monitor attached to a run that had already collapsed)
-        kind="threshold", metric="uniformity", above=-0.5, patience=1, hysteresis=0.1, severity="critical",
+        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
+        patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="degradation", metric="effective_rank", direction="fall", fraction=0.5, reference="best",
-        warmup=0, patience=1, cooldown=0, hysteresis=0.1, min_drop=1.0, severity="warning",
+        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
+        patience=1, hysteresis=0.1, severity="warning",
+    ),
+    # the same drifts, critical once they have held for three evaluations in a row
+    "uniformity_degradation_persists": dict(
+        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
+        patience=3, hysteresis=0.1, severity="critical",
+    ),
+    "rank_collapse_persists": dict(
+        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
+        patience=3, hysteresis=0.1, severity="critical",
+    ),
+    "mean_cosine_collapse": dict(
+        kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
+        severity="warning",
+    ),
+    "uniformity_collapse": dict(
+        # t=2: uniformity >= -4 (1 - mean cosine), so the zone matches mean cosine > 0.9
+        kind="collapse", metric="uniformity", collapsed=0.0, margin=0.4, patience=2, hysteresis=0.5,
+        severity="critical",
+    ),
+    "rank_one_collapse": dict(
+        kind="collapse", metric="effective_rank", collapsed=1.0, margin=0.5, patience=2, hysteresis=0.5,
+        severity="critical",
+    ),
+    "normalized_std_collapse": dict(
+        kind="collapse", metric="normalized_std", collapsed=0.0, margin=0.1, relative=True, patience=2,
+        hysteresis=0.5, severity="critical",
     ),
     "nonfinite": dict(kind="nonfinite", metric="*", severity="critical"),
 }
 
 
 def default_rules() -> tuple[Any, ...]:
-    """The rules that are on by default: uniformity degradation and collapse, rank collapse, non-finite metrics.
-
-    Numbers live in :data:`DEFAULT_RULE_SETTINGS`.
+    """The rules that are on by default (see :data:`DEFAULT_RULE_SETTINGS` for how each decides).
 
     Example:
-        >>> [r.name for r in default_rules()]
-        ['uniformity_degradation', 'uniformity_collapse', 'rank_collapse', 'nonfinite']
+        >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
+        ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
+         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():

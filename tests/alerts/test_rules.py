@@ -7,7 +7,9 @@ import pytest
 from spherewatch.alerts import (
     DEFAULT_RULE_SETTINGS,
     RULE_ADAPTER,
+    CollapseRule,
     DegradationRule,
+    DriftRule,
     NonFiniteRule,
     ThresholdRule,
     TrendRule,
@@ -17,17 +19,25 @@ from spherewatch.alerts import (
 
 
 def test_default_rules_watch_uniformity_rank_and_nonfinite():
-    rules = default_rules()
-    assert [r.name for r in rules] == ["uniformity_degradation", "uniformity_collapse", "rank_collapse", "nonfinite"]
-    uni, uni_abs, rank, nonfinite = rules
-    assert (uni.metric, uni.direction, uni.fraction, uni.reference) == ("uniformity", "rise", 0.5, "best")
-    assert (uni.warmup, uni.patience, uni.severity) == (0, 1, "warning")
-    assert isinstance(uni_abs, ThresholdRule) and uni_abs.above == -0.5
-    assert (rank.metric, rank.direction, rank.fraction, rank.warmup, rank.patience) == (
-        "effective_rank", "fall", 0.5, 0, 1,
-    )
-    assert isinstance(nonfinite, NonFiniteRule) and nonfinite.severity == "critical"
-    assert set(DEFAULT_RULE_SETTINGS) == {r.name for r in rules}
+    rules = {r.name: r for r in default_rules()}
+    assert list(rules) == [
+        "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
+        "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse", "nonfinite",
+    ]
+    uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
+    assert isinstance(uni, DriftRule) and (uni.metric, uni.direction, uni.collapsed, uni.severity) == (
+        "uniformity", "rise", 0.0, "warning")
+    assert isinstance(rank, DriftRule) and (rank.metric, rank.direction, rank.collapsed) == ("effective_rank", "fall", 1.0)
+    # no default compares with the best value ever seen or with a fixed level of a healthy metric
+    assert not any(isinstance(r, (DegradationRule, ThresholdRule)) for r in rules.values())
+    assert rules["mean_cosine_collapse"].severity == "warning" and rules["mean_cosine_collapse"].patience == 1
+    for name in ("uniformity_degradation_persists", "rank_collapse_persists"):  # escalation with persistence
+        assert rules[name].severity == "critical" and rules[name].patience == 3
+    for name in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse"):
+        assert isinstance(rules[name], CollapseRule) and rules[name].severity == "critical"
+        assert rules[name].patience == 2  # critical only once the collapse persists
+    assert isinstance(rules["nonfinite"], NonFiniteRule) and rules["nonfinite"].severity == "critical"
+    assert set(DEFAULT_RULE_SETTINGS) == set(rules)
 
 
 @pytest.mark.parametrize(

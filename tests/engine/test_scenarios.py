@@ -11,7 +11,7 @@ from spherewatch.demo import SCENARIOS, run_scenario
 
 SEEDS = (0, 1, 2)
 STEPS = 400
-COLLAPSE_RULES = {"uniformity_degradation", "uniformity_collapse", "rank_collapse", "nonfinite"}
+COLLAPSE_RULES = set(sw.alerts.DEFAULT_RULE_SETTINGS)
 
 
 def _run(name, seed):

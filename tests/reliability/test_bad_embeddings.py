@@ -88,7 +88,7 @@ def test_odd_but_valid_batches_are_handled_without_a_fault(case, make_monitor, s
     assert all(math.isfinite(v) for v in bad.values()), bad
     assert not [a for a in fired if a.rule == "nonfinite"]
     if case == "a single row":  # pair metrics need two rows: only the per-row statistics are logged
-        assert {k.rsplit("/", 1)[1] for k in bad} == {"nonfinite_fraction", "norm_mean", "norm_std", "norm_min",
+        assert {k.rsplit("/", 1)[1] for k in bad} == {"rows", "nonfinite_fraction", "norm_mean", "norm_std", "norm_min",
                                                      "norm_max"}
         return
     assert bad[U] == pytest.approx(M.uniformity(z.detach().float()).item(), rel=1e-5)
