@@ -16,6 +16,7 @@ from spherewatch.capture import Selector, extract_embeddings
 from spherewatch.compute import compute_tap_metrics
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.errors import SpherewatchError
+from spherewatch.keys import config_params
 from spherewatch.schedule import Schedule
 
 __all__ = ["Monitor"]
@@ -130,6 +131,7 @@ class Monitor:
         self._warned_empty = False
         self._extra_sinks = objects
         self._sinks: Optional[List[Any]] = None  # opened lazily, on rank zero, at the first write
+        self._config_logged = False  # the configuration is logged as run parameters with the first write
         callbacks = [] if on_alert is None else ([on_alert] if callable(on_alert) else list(on_alert))
         self._alert_engine = None
         self._dispatcher = None
@@ -493,6 +495,7 @@ class Monitor:
                 elif name == "mlflow":
                     sink = MLflowSink(cfg.tracking_uri, run_id=cfg.run_id, experiment_name=cfg.experiment_name,
                                       run_name=cfg.run_name, prefix=cfg.prefix)
+                    sink.report_artifacts = True  # the report's HTML and PNGs as artifacts at close()
                 elif name == "jsonl":
                     sink = JsonlSink(cfg.resolved_jsonl_path)
                 else:
@@ -543,6 +546,9 @@ class Monitor:
             except Exception as exc:
                 self._fault("sinks", exc, "nothing is written")
                 self._sinks = []
+        if not self._config_logged:
+            self._config_logged = True
+            self.log_params(config_params(self.config))
         for sink in self._sinks:
             try:
                 sink.log_scalars(s, values)
@@ -554,6 +560,30 @@ class Monitor:
                 sink.flush()
             except Exception as exc:  # ResilientSink only raises under strict
                 self._fault(f"sink:{getattr(sink, 'name', '?')}", exc)
+
+    # ------------------------------------------------------------------ the host's own values (H11: what is seen)
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        """Log the host's own scalars (e.g. ``{"train/loss": 0.41}``) through the monitor's sinks, beside its
+        metrics: a loss that keeps improving while the geometry collapses is what the dashboards should show.
+        Keys are written as given (a key like ``train/loss`` joins the "Collapse overview"); rank zero only."""
+        if self._closed or not values:
+            return
+        self._write(int(step), {str(k): float(v) for k, v in values.items()}, {}, [])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log run parameters (hyperparameters) to every sink that keeps them (MLflow params, a TensorBoard text,
+        a JSONL ``params`` record). Existing MLflow params are never overwritten. Rank zero only; never raises
+        (a failure is reported once as a fault)."""
+        if dist_utils.rank() != 0 or self._closed:
+            return
+        for sink in self.sinks:
+            fn = getattr(sink, "log_params", None)
+            if not callable(fn):
+                continue
+            try:
+                fn(dict(params))
+            except Exception as exc:
+                self._fault(f"sink:{getattr(sink, 'name', '?')}:params", exc, "its parameters were not logged")
 
     # ------------------------------------------------------------------ state
     @property

@@ -31,8 +31,12 @@ def monitored_run(tmp_path_factory) -> MonitoredRun:
     from spherewatch.demo import run_scenario
 
     tmp = tmp_path_factory.mktemp("monitored-run")
+    import torch
+
     level = logging.getLogger("spherewatch").level
     logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are asserted on, not printed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: two threads on a busy 2-core machine run ~10x slower
     try:
         monitor = sw.Monitor(
             every_n_steps=10, preset="full", sinks=("jsonl", "tensorboard", "mlflow"), log_dir=str(tmp),
@@ -43,6 +47,7 @@ def monitored_run(tmp_path_factory) -> MonitoredRun:
         monitor.close()
     finally:
         logging.getLogger("spherewatch").setLevel(level)
+        torch.set_num_threads(threads)
     assert any(a.severity == "critical" for a in result.alerts), "the collapsing scenario should fire an alert"
     return MonitoredRun(tmp, tmp / "spherewatch.jsonl", f"sqlite:///{tmp}/mlflow.db", run_id, result.alerts)
 
