@@ -583,7 +583,7 @@ class Monitor:
             try:
                 fn(dict(params))
             except Exception as exc:
-                self._fault(f"sink:{getattr(sink, 'name', '?')}:params", exc, "its parameters were not logged")
+                self._fault(f"sink:{getattr(sink, 'name', '?')}", exc, "its parameters were not logged")
 
     # ------------------------------------------------------------------ state
     @property

@@ -258,6 +258,7 @@ class MLflowSink(Sink):
         self._evaluations = 0
         self._spectra_history: dict[str, list[dict[str, Any]]] = {}
         self._params_logged: set[str] = set()
+        self._pending_params: dict[str, str] = {}
         self.report_artifacts = False  # the Monitor turns it on for the sinks it opens
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
@@ -276,8 +277,10 @@ class MLflowSink(Sink):
         if own and not self._started:
             if self.created_run:
                 self._mark_training_experiment()
-            metrics.append(self._Metric(alert_count_key(self.prefix), float(self._fired), timestamp, int(step)))
+            values[alert_count_key(self.prefix)] = float(self._fired)
+            metrics = [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)]
             tags = tuple(self._state_tags())
+        self._send_params()
         if metrics:
             self._log_metrics(metrics, tags=tags)
         if own:
@@ -298,22 +301,27 @@ class MLflowSink(Sink):
             logger.debug("MLflowSink: could not tag the experiment as model training: %s", err)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log run parameters (``{name: value}``, values as strings of at most 500 characters). A parameter the
-        run already holds is never overwritten (MLflow params are immutable, and the host's are the host's):
-        it is skipped. The Monitor logs its configuration here with the prefix ``spherewatch.``."""
+        """Queue run parameters (``{name: value}``, values as strings of at most 500 characters); they are sent with the
+        next :meth:`log_scalars` (so an outage delays them like any record, and the resilient wrapper retries them).
+        A parameter the run already holds is never overwritten (MLflow params are immutable, and the host's are the
+        host's): it is skipped. The Monitor logs its configuration here with the prefix ``spherewatch.``."""
+        self._check_open()
+        for k, v in params.items():
+            if str(k) not in self._params_logged:
+                self._pending_params.setdefault(str(k), str(v)[:_MAX_PARAM_LENGTH])
+
+    def _send_params(self) -> None:
+        """Send the queued params the run does not hold yet (raises like any MLflow call; kept queued then)."""
         from mlflow.entities import Param
 
-        self._check_open()
+        if not self._pending_params:
+            return
         existing = set(self._client.get_run(self.run_id).data.params)
-        todo = []
-        for k, v in params.items():
-            k = str(k)
-            if k in existing or k in self._params_logged:
-                continue
-            todo.append(Param(k, str(v)[:_MAX_PARAM_LENGTH]))
-            self._params_logged.add(k)
+        todo = [Param(k, v) for k, v in self._pending_params.items() if k not in existing]
         for start in range(0, len(todo), 100):  # MLflow's log_batch limit on params
             self._client.log_batch(self.run_id, params=todo[start:start + 100], synchronous=True)
+        self._params_logged.update(self._pending_params)
+        self._pending_params = {}
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """Keep the spectrum of ``key``: the latest in ``spherewatch/spectra.json`` and every one (thinned to at most
@@ -443,6 +451,7 @@ class MLflowSink(Sink):
         """Flush; end the run (``FINISHED``) only if this sink created it. Idempotent."""
         if self._closed:
             return
+        self._send_params()
         self._write_spectra()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())

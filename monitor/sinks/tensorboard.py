@@ -277,7 +277,8 @@ class TensorBoardSink(Sink):
         own = any(split_key(k, self.prefix) is not None for k, _ in items)
         count_key = alert_count_key(self.prefix)
         if own and not self._count_started:
-            items.append((count_key, float(len(self._counted))))
+            values[count_key] = float(len(self._counted))
+            items = [(k, values[k]) for k in order_keys(values, self.prefix)]
 
         def write() -> None:
             if own:
