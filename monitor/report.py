@@ -163,7 +163,10 @@ def _load_jsonl(path: str, prefix: str) -> RunData:
     if not _own(scalars, prefix) and not spectra:
         raise _no_records_error(f"The JSONL file {path!r}", list(data["scalars"]) + list(data["histograms"]), prefix)
     full = os.path.abspath(path)
-    name = os.path.join(os.path.basename(os.path.dirname(full)), os.path.basename(full))
+    folder = os.path.basename(os.path.dirname(full))
+    # the Monitor's default file name says nothing: the run is its folder (runs/<run>/spherewatch.jsonl)
+    name = folder if os.path.basename(full) == "spherewatch.jsonl" and folder else os.path.join(
+        folder, os.path.basename(full))
     return RunData("jsonl", full, scalars, spectra, _sort_alerts(data["alerts"]), name=name,
                    params=_jsonl_params(path))
 

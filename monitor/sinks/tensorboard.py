@@ -233,24 +233,29 @@ class TensorBoardSink(Sink):
                 self._writer.add_custom_scalars(layout)
 
     def _scalar_summary(self, items: list[tuple[str, float]]) -> Any:
-        """One ``Summary`` with every value of the step; a tag's first value carries its one-line description
-        (TensorBoard shows the description of a tag's first point)."""
+        """One ``Summary`` with every value of the step. A tag's first value also goes out once as a tensor-style
+        scalar carrying the tag's one-line description, placed before it: TensorBoard takes a tag's metadata from its
+        first value, and its default (fast) loader keeps a description only on tensor-style values. Every point stays
+        a classic ``simple_value`` (what ``EventAccumulator.Scalars`` and other readers expect)."""
         from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 
         from spherewatch.keys import describe
 
         values = []
         for key, value in items:
-            v = Summary.Value(tag=key, simple_value=value)
             if key not in self._described:
                 self._described.add(key)
                 info = describe(key, self.prefix)
                 if info is not None:
-                    v.metadata.CopyFrom(SummaryMetadata(
-                        display_name=key, summary_description=info.one_line,
+                    metadata = SummaryMetadata(
+                        summary_description=info.one_line,
                         plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
-                    ))
-            values.append(v)
+                    )
+                    tensor = TensorProto(dtype="DT_FLOAT", float_val=[value], tensor_shape=TensorShapeProto())
+                    values.append(Summary.Value(tag=key, tensor=tensor, metadata=metadata))
+            values.append(Summary.Value(tag=key, simple_value=value))
         return Summary(value=values)
 
     def _count_alerts(self, alert: Alert) -> bool:
