@@ -1,16 +1,19 @@
-"""A self-contained HTML page and PNG figures of a monitored run (``spherewatch report``).
+"""A self-contained HTML page and PNG figures of one monitored run, or several compared (``spherewatch report``).
 
-The run is read back from any of the places the Monitor writes to:
+The runs are read back from any of the places the Monitor writes to:
 
-* a JSONL file written by :class:`~spherewatch.sinks.JsonlSink` (every value, every spectrum, every alert);
+* a JSONL file written by :class:`~spherewatch.sinks.JsonlSink` (every value, every spectrum, every alert, params);
 * a TensorBoard log dir (scalars, the ``spectrum`` histograms, the alert texts);
-* an MLflow run id (metric histories, the ``spherewatch/alerts.json`` artifact and the latest spectrum in
-  ``spherewatch/spectra.json``).
+* an MLflow run id (metric histories, params, the ``spherewatch/alerts.json`` artifact and the spectra in
+  ``spherewatch/spectra_history.json``, or only the latest in ``spherewatch/spectra.json`` for older runs).
 
-Figures: the metric curves (one panel per metric, every tap, alerts marked at their step and coloured by
-severity), the trajectory in the alignment–uniformity plane (Wang & Isola, 2020) and the eigenvalue
-spectrum over time (Jing et al., 2022). They are written as PNG files and embedded in ``report.html`` as
-data URIs, so the page works on its own (attach it to an issue, mail it, open it offline).
+The page opens with a verdict per run ("collapse detected at step 10, critical at step 20" / "healthy: no alerts
+in 300 steps") and the collapse overview (uniformity, effective rank and the host's training loss when it was
+logged). Figures: the metric curves in order of importance (every run on shared axes, alerts marked at their step
+and coloured by severity, fixed rule thresholds as dashed lines), the trajectory in the alignment–uniformity plane
+(Wang & Isola, 2020) and the eigenvalue spectrum over time (Jing et al., 2022), one colour scale for every run.
+They are written as PNG files and embedded in ``report.html`` as data URIs, so the page works on its own (attach
+it to an issue, mail it, open it offline); it reads at 900 px without horizontal scrolling.
 
 matplotlib (``pip install 'spherewatch[report]'``) is imported only when a report is built, and only
 through its object-oriented API with the Agg canvas: the user's pyplot backend and state are left alone.

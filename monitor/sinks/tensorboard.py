@@ -26,6 +26,9 @@ _WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
 def alert_markdown(alert: Alert) -> str:
     """Render an alert as the markdown shown in TensorBoard's Text tab."""
     value = f"{alert.value:.6g}" if math.isfinite(alert.value) else str(alert.value)
+    if getattr(alert, "status", "fired") == "resolved":  # not an alert header: readers do not count it as fired
+        text = f"**Resolved** ({alert.severity}) at step {alert.step}: `{alert.rule}` on `{alert.key}` = {value}"
+        return text + (f"\n\n{alert.message}" if alert.message else "")
     text = (
         f"**{alert.severity.upper()}** at step {alert.step}: `{alert.rule}` on `{alert.key}` = {value}"
         f" (action: {alert.action})"
