@@ -156,6 +156,8 @@ DEMO_EXPERIMENT = "spherewatch-demo"
 LOSS_KEY = "train/loss"
 LOSS_EVERY = 5  # the training loss is logged every 5 steps (beside the metrics, every 10)
 MAX_ALERT_LINE = 160
+# MLflow 3's model-training view of an experiment, on the runs' charts (its default is the GenAI overview)
+MLFLOW_CHARTS_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
 
 def _hyperparameters(scenario: str, steps: int, batch_size: int, seed: int) -> Dict[str, object]:
@@ -438,7 +440,7 @@ def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_d
     print("      http://localhost:6006/#custom_scalars   (Custom Scalars: the collapse overview first)", file=out)
     print(f"  {mlflow} ui --backend-store-uri {tracking_uri} --port 5000", file=out)
     if experiment_id is not None:
-        print(f"      http://127.0.0.1:5000/#/experiments/{experiment_id}/runs   (the runs, their charts and tags)",
-              file=out)
+        print(f"      http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?{MLFLOW_CHARTS_VIEW}"
+              "   (model training: the runs' charts)", file=out)
     if report:
         print(f"  report (both runs on shared axes): {report}", file=out)

@@ -101,8 +101,9 @@ class MLflowSink(Sink):
 
     * scalars: metrics with the keys as given (MLflow accepts ``/`` in keys), one ``log_batch`` per
       :meth:`log_scalars` call, timestamped with ``wall_time``;
-    * scalars are sent in order of importance (:func:`spherewatch.keys.order_keys`), so MLflow's default
-      charts and columns start with uniformity, effective rank, mean cosine, alignment;
+    * scalars are sent in order of importance (:func:`spherewatch.keys.order_keys`), so what MLflow takes from the
+      first logged key (the compare page's parallel-coordinates default, the metrics list of a run) starts with
+      uniformity, effective rank, mean cosine, alignment (its chart view sorts charts by key within a section);
     * histograms: MLflow has no histogram type, so spectra go to JSON artifacts: the latest per key in
       ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) and every one in
       ``spherewatch/spectra_history.json`` (``{key: [{"step", "time", "values"}, ...]}``, thinned to at most 512
