@@ -199,6 +199,14 @@ class TensorBoardSink(Sink):
         overview[ALERTS_INFO.title] = ["Multiline", [f"^{re.escape(prefix)}/alerts/count$"]]
         return {c: charts for c, charts in categories.items() if charts}
 
+    def _proto_file_writer(self) -> Any:
+        """The event file writer of a torch ``SummaryWriter`` (which takes tensorboard's own protos: closed categories,
+        descriptions); ``None`` for other writers (tensorboardX has protos of its own), which get the plain calls."""
+        if not type(self._writer).__module__.startswith("torch.utils.tensorboard"):
+            return None
+        get = getattr(self._writer, "_get_file_writer", None)
+        return get() if callable(get) else None
+
     def _layout_proto(self, keys: list[str]) -> Any:
         from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -219,8 +227,8 @@ class TensorBoardSink(Sink):
         self._layout_written = True  # once, even if this host writer has no custom-scalars support
         if not self._custom_scalars:
             return
-        file_writer = getattr(self._writer, "_get_file_writer", None)
-        if callable(file_writer):  # torch's SummaryWriter: the layout proto itself (categories can be closed)
+        file_writer = self._proto_file_writer()
+        if file_writer is not None:  # torch's SummaryWriter: the layout proto itself (categories can be closed)
             from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
             from tensorboard.compat.proto.tensor_pb2 import TensorProto
             from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -228,7 +236,7 @@ class TensorBoardSink(Sink):
             tensor = TensorProto(dtype="DT_STRING", string_val=[self._layout_proto(keys).SerializeToString()],
                                  tensor_shape=TensorShapeProto())
             metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
-            file_writer().add_summary(Summary(value=[
+            file_writer.add_summary(Summary(value=[
                 Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]))
         elif callable(getattr(self._writer, "add_custom_scalars", None)):
             layout = self.layout(keys)
@@ -291,9 +299,9 @@ class TensorBoardSink(Sink):
         def write() -> None:
             if own:
                 self._write_layout_once([k for k, _ in items])
-            file_writer = getattr(self._writer, "_get_file_writer", None)
-            if callable(file_writer):
-                file_writer().add_summary(self._scalar_summary(items), int(step), wall_time)
+            file_writer = self._proto_file_writer()
+            if file_writer is not None:
+                file_writer.add_summary(self._scalar_summary(items), int(step), wall_time)
             else:
                 for key, value in items:
                     self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)

@@ -116,7 +116,7 @@ def test_tensorboard_receives_keys_in_order_of_importance(tmp_path):
 
     (path,) = tmp_path.glob("events.out.tfevents.*")
     tags = [v.tag for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
-    scalar_tags = [t for t in tags if t.startswith("spherewatch/")]
+    scalar_tags = list(dict.fromkeys(t for t in tags if t.startswith("spherewatch/")))  # first points: twice
     assert scalar_tags == [U, R, COUNT, C, N]
 
 
@@ -224,3 +224,33 @@ def test_mlflow_run_the_monitor_owns_gets_the_verdict_config_params_and_the_repo
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     report = {a.path for a in client.list_artifacts(run_id, "spherewatch/report")}
     assert {"spherewatch/report/report.html", "spherewatch/report/overview.png"} <= report
+
+
+def test_a_writer_other_than_torchs_gets_plain_calls_in_the_same_order():
+    from spherewatch.sinks import TensorBoardSink
+
+    class Writer:  # e.g. tensorboardX's SummaryWriter: its own protos, so only the public methods are used
+        def __init__(self):
+            self.calls = []
+
+        def add_scalar(self, tag, value, global_step=None, walltime=None):
+            self.calls.append(("scalar", tag))
+
+        def add_custom_scalars(self, layout):
+            self.calls.append(("layout", list(layout)))
+
+        def add_histogram(self, *args, **kwargs):
+            pass
+
+        def add_text(self, *args, **kwargs):
+            pass
+
+        def flush(self):
+            pass
+
+    writer = Writer()
+    sink = TensorBoardSink(writer=writer)
+    sink.log_scalars(1, _values(1))
+    sink.close()
+    assert writer.calls[0] == ("layout", ["Collapse overview", "Spectrum", "Health checks"])
+    assert [tag for kind, tag in writer.calls[1:]] == [U, R, COUNT, C, N]
