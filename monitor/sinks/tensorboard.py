@@ -105,6 +105,8 @@ class TensorBoardSink(Sink):
         self._counted: set[tuple[Any, ...]] = set()
         self._pending_counts: dict[int, tuple[float, int]] = {}
         self._count_started = False
+        self._hparams: dict[str, Any] = {}
+        self._hparams_written = False
         if writer is not None:
             missing = [m for m in _WRITER_METHODS if not callable(getattr(writer, m, None))]
             if missing:
@@ -299,6 +301,7 @@ class TensorBoardSink(Sink):
         def write() -> None:
             if own:
                 self._write_layout_once([k for k, _ in items])
+                self._write_hparams([k for k, _ in items])
             file_writer = self._proto_file_writer()
             if file_writer is not None:
                 file_writer.add_summary(self._scalar_summary(items), int(step), wall_time)
@@ -320,6 +323,26 @@ class TensorBoardSink(Sink):
         tag = f"{self.prefix.rstrip('/')}/params" if own else "hparams"
         rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in params.items())
         self._writing(lambda: self._writer.add_text(tag, "| parameter | value |\n|---|---|\n" + rows, global_step=0))
+        if not own:  # the host's hyperparameters also go to the HParams tab, beside the overview metrics
+            self._hparams.update({str(k): v for k, v in params.items()})
+
+    def _write_hparams(self, keys: list[str]) -> None:
+        """The HParams tab: this run's hyperparameters with the overview metrics (their latest values) as columns, so
+        runs compare side by side. Written once, with the first spherewatch values (torch's SummaryWriter only)."""
+        from spherewatch.keys import CATEGORIES, alert_count_key, describe
+
+        file_writer = self._proto_file_writer()
+        if not self._hparams or self._hparams_written or file_writer is None:
+            return
+        self._hparams_written = True
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = [k for k in keys if split_key(k, self.prefix) is not None
+                   and getattr(describe(k, self.prefix), "category", None) == CATEGORIES[0]]
+        metrics.append(alert_count_key(self.prefix))
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self._hparams.items()}
+        for summary in hparams(values, {k: 0.0 for k in dict.fromkeys(metrics)}):
+            file_writer.add_summary(summary)
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """``add_histogram`` of the finite values.

@@ -254,3 +254,18 @@ def test_a_writer_other_than_torchs_gets_plain_calls_in_the_same_order():
     sink.close()
     assert writer.calls[0] == ("layout", ["Collapse overview", "Spectrum", "Health checks"])
     assert [tag for kind, tag in writer.calls[1:]] == [U, R, COUNT, C, N]
+
+
+def test_the_hosts_hyperparameters_reach_the_hparams_tab_with_the_overview_metrics(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from spherewatch.sinks import TensorBoardSink
+
+    with TensorBoardSink(str(tmp_path)) as sink:
+        sink.log_params({"lr": 0.05, "scenario": "simsiam"})
+        sink.log_scalars(1, _values(1))
+    acc = _read(tmp_path)
+    content = acc.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {h.name for h in experiment.hparam_infos} == {"lr", "scenario"}
+    assert [m.name.tag for m in experiment.metric_infos] == [U, R, COUNT]
