@@ -572,8 +572,8 @@ class Monitor:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run parameters (hyperparameters) to every sink that keeps them (MLflow params, a TensorBoard text,
-        a JSONL ``params`` record). Existing MLflow params are never overwritten. Rank zero only; never raises
-        (a failure is reported once as a fault)."""
+        a JSONL ``params`` record). Existing MLflow params are never overwritten. Rank zero only. A failure is a fault
+        of that sink (reported once; raised under ``strict``)."""
         if dist_utils.rank() != 0 or self._closed:
             return
         for sink in self.sinks:
