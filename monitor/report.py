@@ -790,7 +790,7 @@ text-align:left;vertical-align:top;overflow-wrap:break-word}th{background:#fafaf
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .sev{font-weight:600;color:#fff;border-radius:3px;padding:1px 6px;white-space:nowrap}
 td.run{min-width:7em}
-.sev-info{background:#1f77b4}.sev-warning{background:#ff8c00}.sev-critical{background:#d62728}
+.sev-resolved{background:#2b9348}.sev-info{background:#1f77b4}.sev-warning{background:#ff8c00}.sev-critical{background:#d62728}
 .missing{color:#616161;font-style:italic}.meta{color:#616161;overflow-wrap:anywhere}
 #verdict{list-style:none;padding:0;margin:12px 0}
 #verdict li{font-size:20px;font-weight:600;padding:10px 14px;margin:6px 0;border-radius:6px;border-left:8px solid}
@@ -817,9 +817,11 @@ def _alerts_html(runs: List[RunData]) -> str:
     for data in runs:
         for a in data.alerts:
             run_cell = f"<td class=\"run\">{html.escape(data.name)}</td>" if several else ""
+            resolved = getattr(a, "status", "fired") == "resolved"
+            badge = ('<span class="sev sev-resolved">resolved</span>' if resolved else
+                     f'<span class="sev sev-{html.escape(a.severity)}">{html.escape(a.severity)}</span>')
             rows.append(
-                f"<tr>{run_cell}<td class=\"num\">{a.step}</td><td><span class=\"sev sev-{html.escape(a.severity)}\">"
-                f"{html.escape(a.severity)}</span></td><td><code>{html.escape(a.rule)}</code> on "
+                f"<tr>{run_cell}<td class=\"num\">{a.step}</td><td>{badge}</td><td><code>{html.escape(a.rule)}</code> on "
                 f"<code>{html.escape(a.key)}</code> = {_fmt(a.value)}<br>{html.escape(a.message or a.rule)}</td></tr>"
             )
     if not rows:
