@@ -44,4 +44,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check monitor integrations tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) runs mlruns mlflow.db lightning_logs .pytest_cache
+	rm -rf $(VENV) runs mlruns mlflow.db lightning_logs spherewatch_report .pytest_cache

@@ -100,10 +100,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from spherewatch.report import build_report
 
     try:
-        result = build_report(args.run, args.out, tracking_uri=args.tracking_uri)
+        result = build_report(list(args.run), args.out, tracking_uri=args.tracking_uri)
     except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
         print(f"spherewatch report: error: {err}", file=sys.stderr)
         return 2
+    for name, text in result["verdicts"].items():
+        print(f"{name}: {text}")
     print(f"report: {result['html']}")
     for fig in result["figures"]:
         print(f"figure: {fig}")
@@ -122,7 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spherewatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="train a healthy and a collapsing encoder, monitored (about a minute)")
+    demo = sub.add_parser("demo", help="train a healthy and a collapsing encoder, monitored (under a minute); "
+                          "replaces the previous demo's runs")
     demo.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
     demo.add_argument("--every", type=int, default=10, help="evaluate every N steps (default 10)")
     demo.add_argument("--log-dir", default="runs", help="TensorBoard/JSONL root (default ./runs)")
@@ -143,8 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ana.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk when streaming large files")
     ana.add_argument("--t", type=float, default=2.0, help="uniformity kernel scale (default 2)")
-    rep = sub.add_parser("report", help="HTML page and PNG figures of a run (JSONL file, TensorBoard dir or MLflow run id)")
-    rep.add_argument("run", help="a spherewatch JSONL file, a TensorBoard log dir, or an MLflow run id")
+    rep = sub.add_parser("report", help="HTML page and PNG figures of one run or several compared (JSONL file, "
+                         "TensorBoard dir or MLflow run id)")
+    rep.add_argument("run", nargs="+", help="spherewatch JSONL files, TensorBoard log dirs or MLflow run ids; several "
+                     "are drawn on shared axes")
     rep.add_argument("--out", default="spherewatch_report", help="output folder (default ./spherewatch_report)")
     rep.add_argument("--tracking-uri", default=None, help="MLflow store for a run id (default sqlite:///mlflow.db)")
     return parser

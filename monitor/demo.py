@@ -152,6 +152,85 @@ def run_scenario(
 
 
 DEMO_RUNS = (("simsiam-healthy", "simsiam"), ("simsiam-no-stopgrad", "simsiam_no_stopgrad"))
+DEMO_EXPERIMENT = "spherewatch-demo"
+LOSS_KEY = "train/loss"
+LOSS_EVERY = 5  # the training loss is logged every 5 steps (beside the metrics, every 10)
+MAX_ALERT_LINE = 160
+# MLflow 3's model-training view of an experiment, on the runs' charts (its default is the GenAI overview)
+MLFLOW_CHARTS_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
+
+
+def _hyperparameters(scenario: str, steps: int, batch_size: int, seed: int) -> Dict[str, object]:
+    kind = SCENARIOS[scenario]
+    return {
+        "demo.scenario": scenario, "demo.loss": kind.loss, "demo.stop_gradient": kind.stop_gradient,
+        "demo.optimizer": "SGD(momentum=0.9)", "demo.lr": kind.lr, "demo.weight_decay": kind.weight_decay,
+        "demo.batch_size": batch_size, "demo.steps": steps, "demo.seed": seed,
+    }
+
+
+def _replace_previous_runs(log_dir: str, report_dir: Optional[str], tracking_uri: str, experiment_name: str) -> int:
+    """Remove what an earlier demo left under the same names: its TensorBoard/JSONL folders, its reports, its MLflow
+    runs (deleted, as the UI's delete does). Returns the number of MLflow runs removed."""
+    import os
+    import shutil
+
+    names = [name for name, _ in DEMO_RUNS]
+    for name in names:
+        for root in (log_dir, report_dir):
+            if root and os.path.isdir(os.path.join(root, name)):
+                shutil.rmtree(os.path.join(root, name))
+    if report_dir and os.path.isfile(os.path.join(report_dir, "report.html")):
+        shutil.rmtree(report_dir)
+    if tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri[len("sqlite:///"):]):
+        return 0  # a fresh store: nothing to replace
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return 0
+    if experiment.lifecycle_stage != "active":
+        client.restore_experiment(experiment.experiment_id)
+    old = client.search_runs([experiment.experiment_id], max_results=1000)
+    removed = 0
+    for run in old:
+        if run.info.run_name in names:
+            client.delete_run(run.info.run_id)
+            removed += 1
+    return removed
+
+
+def _executable(name: str, module: str) -> str:
+    """How to run ``name`` as printed: the venv's own script (relative when under the current folder), else
+    ``python -m module`` with this interpreter."""
+    import os
+    import shutil
+    import sys
+
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(local) and os.access(local, os.X_OK):
+        rel = os.path.relpath(local)
+        return rel if not rel.startswith("..") else local
+    if sys.prefix == sys.base_prefix and shutil.which(name):  # no virtualenv: the one on PATH is this one's
+        return name
+    return f"{sys.executable} -m {module}"
+
+
+def _compact(alert) -> str:
+    """``step 10 warning  uniformity rose above ...`` without the advice (printed once per run)."""
+    first = (alert.message or alert.rule).split(": ", 1)[0].split(" Check ", 1)[0].rstrip(".")
+    line = f"step {alert.step:>4} {alert.severity:<8} {first}"
+    return line if len(line) <= MAX_ALERT_LINE else line[: MAX_ALERT_LINE - 1] + "…"
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= MAX_ALERT_LINE else line[: MAX_ALERT_LINE - 1] + "…"
+
+
+def _advice(alert) -> str:
+    message = alert.message or ""
+    return message.split(": ", 1)[1].strip() if ": " in message else ""
 
 
 def run_demo(
@@ -161,14 +240,22 @@ def run_demo(
     log_dir: str = "runs",
     tracking_uri: str = "sqlite:///mlflow.db",
     report_dir: Optional[str] = "spherewatch_report",
-    experiment_name: str = "spherewatch-demo",
+    experiment_name: str = DEMO_EXPERIMENT,
     seed: int = 0,
     progress: bool = True,
     out=None,
 ) -> Dict[str, dict]:
     """Train a healthy and a collapsing SimSiam encoder side by side, monitored, logged to TensorBoard
-    (``<log_dir>/<run>``), MLflow (``tracking_uri``, one run each in ``experiment_name``) and JSONL, then print a
-    summary and write a report per run. Returns per run: final values, alerts, MLflow run id, paths."""
+    (``<log_dir>/<run>``), MLflow (``tracking_uri``, one run each in ``experiment_name``) and JSONL with their
+    training loss and hyperparameters, then print a summary and write one report comparing both runs.
+
+    Every call starts clean: it replaces what an earlier demo left under the same names (the two run folders and
+    reports are removed, the two MLflow runs deleted), so a second demo shows exactly what the first did.
+    The progress bar is drawn only on a terminal (``progress`` and ``out.isatty()``), once setup (imports, stores,
+    event files) is done, so its ETA is the training's.
+
+    Returns per run: final values, alerts, MLflow run id, experiment id, paths.
+    """
     import logging
     import os
     import sys
@@ -177,21 +264,19 @@ def run_demo(
     import spherewatch as sw
 
     out = out or sys.stdout
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    threads = torch.get_num_threads()
+    # One thread: these matrices are small, and two OpenMP threads on a busy 2-core machine run ~10x slower.
+    torch.set_num_threads(1)
     results: Dict[str, dict] = {}
-    sw_logger = logging.getLogger("spherewatch")
-    level = sw_logger.level
-    sw_logger.setLevel(logging.ERROR)  # alerts are summarised below instead of interleaved with the progress bar
-    try:
-        bar = None
-        if progress:
-            try:
-                from tqdm import tqdm
+    setup_start = time.time()
+    import mlflow  # noqa: F401 - imported before its loggers are quietened (its import configures them)
 
-                bar = tqdm(total=steps * len(DEMO_RUNS), unit="step", desc="demo", file=out)
-            except ModuleNotFoundError:  # pragma: no cover
-                bar = None
-        start = time.time()
+    quiet = {name: logging.getLogger(name).level for name in ("spherewatch", "mlflow", "alembic")}
+    for name in quiet:  # alerts are summarised below; MLflow's and alembic's INFO lines would break the bar
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        replaced = _replace_previous_runs(log_dir, report_dir, tracking_uri, experiment_name)
+        monitors = []
         for run_name, scenario in DEMO_RUNS:
             fired: List = []
             mon = sw.Monitor(
@@ -199,17 +284,45 @@ def run_demo(
                 log_dir=os.path.join(log_dir, run_name), tracking_uri=tracking_uri, experiment_name=experiment_name,
                 run_name=run_name, warn=False, on_alert=fired.append,
             )
+            for sink in mon.sinks:  # open the stores and event files now: setup, not training time
+                if getattr(sink, "name", "") == "mlflow":
+                    sink.report_artifacts = False  # the demo attaches its comparison report instead (below)
+            mon.log_params(_hyperparameters(scenario, steps, 256, seed))
+            monitors.append((run_name, scenario, mon, fired))
+        _warm_up()
+        setup = time.time() - setup_start
+        bar = None
+        if progress and getattr(out, "isatty", lambda: False)():
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps * len(DEMO_RUNS), unit="step", desc="demo", file=out, leave=False)
+            except ModuleNotFoundError:  # pragma: no cover
+                bar = None
+        start = time.time()
+        for run_name, scenario, mon, fired in monitors:
+            run_start = time.time()
             if bar is not None:
                 bar.set_postfix_str(run_name)
-            run_scenario(scenario, mon, steps=steps, seed=seed,
-                         on_step=(lambda s, loss: bar.update(1)) if bar is not None else None)
+
+            def on_step(step: int, loss: float, mon=mon) -> None:
+                if step % LOSS_EVERY == 0 or step == 1:
+                    mon.log(step, {LOSS_KEY: loss})
+                if bar is not None:
+                    bar.update(1)
+
+            result = run_scenario(scenario, mon, steps=steps, seed=seed, on_step=on_step)
             mlflow_sink = next((s for s in mon.sinks if getattr(s, "name", "") == "mlflow"), None)
             run_id = getattr(mlflow_sink, "run_id", None)
             mon.close()
+            if bar is None:
+                print(f"  {run_name}: {steps} steps in {time.time() - run_start:.0f} s", file=out)
             results[run_name] = {
                 "scenario": scenario,
                 "values": dict(mon.last_values),
-                "alerts": [a for a in fired if a.rule != "monitor_fault"],
+                "losses": result.losses,
+                "alerts": [a for a in fired if a.rule != "monitor_fault"
+                           and getattr(a, "status", "fired") != "resolved"],
                 "faults": dict(mon.faults),
                 "mlflow_run_id": run_id,
                 "jsonl": mon.config.resolved_jsonl_path,
@@ -218,44 +331,116 @@ def run_demo(
         if bar is not None:
             bar.close()
         elapsed = time.time() - start
+        report = None
+        if report_dir:
+            report = _comparison_report(results, report_dir, tracking_uri, out)
     finally:
-        sw_logger.setLevel(level)
-    if report_dir:
-        from spherewatch.report import build_report
-
-        for run_name, res in results.items():
-            try:
-                res["report"] = build_report(res["jsonl"], os.path.join(report_dir, run_name))["html"]
-            except Exception as err:  # the demo's report is a bonus, never a crash
-                res["report"] = None
-                print(f"(report for {run_name} failed: {err})", file=out)
-    _print_summary(results, elapsed, log_dir, tracking_uri, out)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+        torch.set_num_threads(threads)
+    experiment_id = _experiment_id(tracking_uri, experiment_name)
+    for res in results.values():
+        res["experiment_id"] = experiment_id
+        res["report"] = report
+    _print_summary(results, setup, elapsed, log_dir, tracking_uri, experiment_id, report, replaced, out)
     return results
 
 
-def _print_summary(results: Dict[str, dict], elapsed: float, log_dir: str, tracking_uri: str, out) -> None:
-    keys = ["alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dimensions"]
-    rows = [["run"] + keys + ["alerts"]]
+def _warm_up() -> None:
+    """Pay the first-call costs (lazy imports, LAPACK and autograd start-up) before the progress bar starts, so its
+    ETA is the training's from the first step on."""
+    from spherewatch.compute import compute_tap_metrics
+    from spherewatch.config import METRICS
+
+    z = torch.randn(64, 16)
+    compute_tap_metrics(z, z + 0.1, None, METRICS, spectral=True)
+    run_scenario("simsiam", None, steps=1, batch_size=32, probe_every=1)
+
+
+def _comparison_report(results: Dict[str, dict], report_dir: str, tracking_uri: str, out) -> Optional[str]:
+    """One report of both runs on shared axes, also attached to each MLflow run (``spherewatch/report/``)."""
+    from spherewatch.report import build_report
+
+    try:
+        report = build_report([res["jsonl"] for res in results.values()], report_dir, names=list(results))["html"]
+    except Exception as err:  # the demo's report is a bonus, never a crash
+        print(f"(the report failed: {type(err).__name__}: {err})", file=out)
+        return None
+    try:
+        from mlflow import MlflowClient
+
+        from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
+
+        client = MlflowClient(tracking_uri)
+        for res in results.values():
+            if res["mlflow_run_id"]:
+                client.log_artifacts(res["mlflow_run_id"], report_dir, REPORT_ARTIFACT_DIR)
+    except Exception as err:  # pragma: no cover - the report stays on disk
+        print(f"(the report could not be attached to the MLflow runs: {err})", file=out)
+    return report
+
+
+def _experiment_id(tracking_uri: str, experiment_name: str) -> Optional[str]:
+    try:
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+    except Exception:  # pragma: no cover - MLflow missing or the store unreadable: no deep link
+        return None
+    return None if experiment is None else experiment.experiment_id
+
+
+def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: str,
+                   experiment_id: Optional[str], report: Optional[str], replaced: int, out) -> None:
+    keys = ["uniformity", "effective_rank", "mean_cosine", "alignment"]
+    rows = [["run"] + keys + ["loss", "alerts", "verdict"]]
     for run_name, res in results.items():
         vals = res["values"]
+        alerts = res["alerts"]
+        verdict = (f"collapsed at step {min(a.step for a in alerts)}" if alerts else "healthy")
         rows.append([run_name] + [
             f"{vals.get(f'spherewatch/embeddings/{k}', float('nan')):.4g}" for k in keys
-        ] + [str(len(res["alerts"]))])
+        ] + [f"{res['losses'][-1]:.3g}" if res["losses"] else "nan", str(len(alerts)), verdict])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s)\n", file=out)
+    print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s training, {setup:.0f} s setup)",
+          file=out)
+    if replaced:
+        print(f"(replaced the previous demo: {replaced} MLflow run(s) deleted, run folders rewritten)", file=out)
+    print(file=out)
     for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+        print("  ".join(c.ljust(w) if i in (0, len(row) - 1) else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))).rstrip(), file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
+    collapsing = [r for r in results.values() if r["alerts"]]
+    if collapsing and any(not r["alerts"] for r in results.values()):
+        print("\nThe collapsing run's loss looks as good as (or better than) the healthy run's: only the geometry "
+              "shows the collapse.", file=out)
     print("\nAlerts:", file=out)
     for run_name, res in results.items():
         if not res["alerts"]:
             print(f"  {run_name}: none", file=out)
+            continue
+        print(f"  {run_name}:", file=out)
+        advice: List[str] = []
         for a in res["alerts"]:
-            print(f"  {run_name}: step {a.step} [{a.severity}] {a.message}", file=out)
-    print("\nWhere to look:", file=out)
-    print(f"  tensorboard --logdir {log_dir}", file=out)
-    print(f"  mlflow ui --backend-store-uri {tracking_uri}", file=out)
-    for run_name, res in results.items():
-        if res.get("report"):
-            print(f"  report ({run_name}): {res['report']}", file=out)
+            print(f"    {_compact(a)}", file=out)
+            hint = _advice(a)
+            if hint and hint not in advice:
+                advice.append(hint)
+        for hint in advice[:2]:
+            what, _, check = hint.partition(" Check ")
+            print(_clip(f"    what it means: {what}"), file=out)
+            if check:
+                print(_clip(f"      check: {check}"), file=out)
+    tensorboard = _executable("tensorboard", "tensorboard.main")
+    mlflow = _executable("mlflow", "mlflow")
+    print("\nWhere to look (run these, then open the URLs):", file=out)
+    print(f"  {tensorboard} --logdir {log_dir}", file=out)
+    print("      http://localhost:6006/#custom_scalars   (Custom Scalars: the collapse overview first)", file=out)
+    print(f"  {mlflow} ui --backend-store-uri {tracking_uri} --port 5000", file=out)
+    if experiment_id is not None:
+        print(f"      http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?{MLFLOW_CHARTS_VIEW}"
+              "   (model training: the runs' charts)", file=out)
+    if report:
+        print(f"  report (both runs on shared axes): {report}", file=out)

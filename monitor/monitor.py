@@ -238,6 +238,22 @@ class Monitor:
         self._faults.raise_deferred()
         return dict(values)
 
+    # ------------------------------------------------------------------ the host's own values
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        """Log the host's own scalars (e.g. ``{"train/loss": 0.41}``) through the monitor's sinks, beside its
+        metrics: a loss that keeps improving while the geometry collapses is what the dashboards should show.
+        Keys are written as given (a key like ``train/loss`` joins the "Collapse overview"); rank zero only."""
+        if self._closed or not values:
+            return
+        self._writer.submit(int(step), {str(k): float(v) for k, v in values.items()}, {}, [])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log run parameters (hyperparameters) to every sink that keeps them (MLflow params, a TensorBoard text,
+        a JSONL ``params`` record). Existing MLflow params are never overwritten. Rank zero only."""
+        if self._closed:
+            return
+        self._writer.submit_params(dict(params))
+
     # ------------------------------------------------------------------ state
     @property
     def should_stop(self) -> bool:

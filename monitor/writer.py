@@ -53,6 +53,7 @@ class RecordWriter:
         self._faults = faults
         self._sinks: Optional[List[Any]] = None  # opened lazily, on rank zero, at the first write
         self._closed = False
+        self._config_logged = False  # the configuration is logged as run parameters with the first write
 
     def _open(self) -> List[Any]:
         from spherewatch.sinks import JsonlSink, MemorySink, MLflowSink, ResilientSink, TensorBoardSink
@@ -68,6 +69,7 @@ class RecordWriter:
                 elif name == "mlflow":
                     sink = MLflowSink(cfg.tracking_uri, run_id=cfg.run_id, experiment_name=cfg.experiment_name,
                                       run_name=cfg.run_name, prefix=cfg.prefix)
+                    sink.report_artifacts = True  # the report's HTML and PNGs as artifacts at close()
                 elif name == "jsonl":
                     sink = JsonlSink(cfg.resolved_jsonl_path)
                 else:
@@ -118,10 +120,28 @@ class RecordWriter:
                 return s
         raise KeyError(f"No {name!r} sink; open ones: {[getattr(s, 'name', type(s).__name__) for s in self.sinks]}.")
 
-    def submit(self, step: int, values: Dict[str, float], hists: Dict[str, List[float]], alerts: Sequence[Alert]) -> None:
-        """Write one evaluation's records (rank zero only)."""
+    def submit_params(self, params: Dict[str, Any]) -> None:
+        """Run parameters to every sink that keeps them (``log_params``), rank zero only."""
         if dist_utils.rank() != 0 or self._closed:
             return
+        for sink in self._opened():
+            fn = getattr(getattr(sink, "inner", sink), "log_params", None)
+            if not callable(fn):
+                continue
+            try:
+                fn(dict(params))
+            except Exception as exc:
+                self._faults.report(f"sink:{getattr(sink, 'name', '?')}", exc, "its parameters were not logged")
+
+    def submit(self, step: int, values: Dict[str, float], hists: Dict[str, List[float]], alerts: Sequence[Alert]) -> None:
+        """Write one evaluation's records (rank zero only); the configuration goes out as run parameters first."""
+        if dist_utils.rank() != 0 or self._closed:
+            return
+        if not self._config_logged:
+            from spherewatch.keys import config_params
+
+            self._config_logged = True
+            self.submit_params(config_params(self.config))
         for sink in self._opened():
             try:
                 sink.log_scalars(step, values)

@@ -170,6 +170,11 @@ class JsonlSink(Sink):
         record["value"] = encode_float(record["value"])
         self._write({"type": "alert", **record})
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Append a ``params`` record: ``{"type": "params", "time": ..., "params": {name: value}}`` (H11)."""
+        self._check_open()
+        self._write({"type": "params", "time": time.time(), "params": {str(k): str(v) for k, v in params.items()}})
+
     def flush(self) -> None:
         """``fsync`` the file (records are already written to the OS one by one)."""
         if self._fd is not None:

@@ -15,14 +15,27 @@ from spherewatch.sinks.jsonl import encode_float
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
-__all__ = ["ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "SPECTRA_ARTIFACT", "MLflowSink"]
+__all__ = [
+    "ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "FIRST_ALERT_STEP_TAG", "PARAM_PREFIX",
+    "REPORT_ARTIFACT_DIR", "SPECTRA_ARTIFACT", "SPECTRA_HISTORY_ARTIFACT", "WORST_SEVERITY_TAG", "MLflowSink",
+]
 
 logger = logging.getLogger("spherewatch.sinks")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ALERTS_ARTIFACT = "spherewatch/alerts.json"
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
+SPECTRA_HISTORY_ARTIFACT = "spherewatch/spectra_history.json"
+REPORT_ARTIFACT_DIR = "spherewatch/report"
 ALERT_STATE_TAG = "spherewatch.alert_state"
+WORST_SEVERITY_TAG = "spherewatch.worst_severity"
+FIRST_ALERT_STEP_TAG = "spherewatch.first_alert_step"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+PARAM_PREFIX = "spherewatch."
+_SEVERITY_RANK = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
+_MAX_SPECTRA_PER_KEY = 512  # the history is thinned (every other one dropped) beyond this
+_MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
@@ -88,13 +101,24 @@ class MLflowSink(Sink):
 
     * scalars: metrics with the keys as given (MLflow accepts ``/`` in keys), one ``log_batch`` per
       :meth:`log_scalars` call, timestamped with ``wall_time``;
-    * histograms: MLflow has no histogram type, so the latest spectrum per key is kept and written as
-      the JSON artifact ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) on
-      :meth:`close` and on :meth:`flush` when a spectrum changed and the last write is at least
-      ``artifact_interval`` seconds old (the Monitor flushes after every sampling step);
-    * alerts: the tag ``spherewatch.alert_state`` = severity of the latest alert, the metric
-      ``<prefix>/alerts/count`` = cumulative number of alerts, at the alert's step, and the JSON
-      artifact ``spherewatch/alerts.json`` (list of all alerts so far, rewritten on each alert).
+    * scalars are sent in order of importance (:func:`spherewatch.keys.order_keys`), so what MLflow takes from the
+      first logged key (the compare page's parallel-coordinates default, the metrics list of a run) starts with
+      uniformity, effective rank, mean cosine, alignment (its chart view sorts charts by key within a section);
+    * histograms: MLflow has no histogram type, so spectra go to JSON artifacts: the latest per key in
+      ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) and every one in
+      ``spherewatch/spectra_history.json`` (``{key: [{"step", "time", "values"}, ...]}``, thinned to at most 512
+      per key), written on :meth:`close` and on :meth:`flush` when a spectrum changed and the last write is at
+      least ``artifact_interval`` seconds old (the Monitor flushes after every sampling step);
+    * alerts: the tags ``spherewatch.alert_state`` = the worst severity among the alerts still open (``ok``
+      from the first evaluation on, and again once every alert has resolved), ``spherewatch.worst_severity``
+      = the worst ever fired, ``spherewatch.first_alert_step``; the metric ``<prefix>/alerts/count`` =
+      cumulative number of fired alerts (0 from the first evaluation), at the alert's step; the JSON artifact
+      ``spherewatch/alerts.json`` (every alert so far, rewritten on each alert);
+    * params: :meth:`log_params` (the Monitor logs its configuration as ``spherewatch.*`` params), never
+      overwriting a param the run already holds;
+    * at :meth:`close`: the run's description (tag ``mlflow.note.content``) = :meth:`verdict`, only on a run
+      this sink created; and, when matplotlib is installed and ``report_artifacts`` is true (the Monitor turns it
+      on), the ``spherewatch report`` of the run (``report.html`` and its PNGs) under ``spherewatch/report/``.
 
     Non-finite values: metrics go to MLflow as they are (it stores NaN and clips +/-inf); in the JSON
     artifacts they are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
@@ -158,6 +182,7 @@ class MLflowSink(Sink):
         self._spectra_dirty = False
         self._spectra_written_at = -math.inf
         self.artifact_interval = float(artifact_interval)
+        self._view_state()
 
         active = mlflow.active_run() if run_id is None else None
         if run_id is not None:
@@ -221,43 +246,189 @@ class MLflowSink(Sink):
             self._client.log_batch(self.run_id, metrics=chunk, tags=list(tags) if start == 0 else [],
                                    synchronous=True)
 
+    # ------------------------------------------------------------------ what is logged (spherewatch.keys)
+    def _view_state(self) -> None:
+        """State of what this sink shows: the alert state, the spectrum history, the verdict."""
+        self._open_alerts: dict[tuple[str, str], str] = {}  # (rule, key) -> severity, of alerts not resolved
+        self._worst = "ok"
+        self._first_alert_step: int | None = None
+        self._first_critical_step: int | None = None
+        self._fired = 0
+        self._started = False  # alert state and count logged (at the first spherewatch values)
+        self._steps: list[int] = []  # first and last step with spherewatch values
+        self._evaluations = 0
+        self._spectra_history: dict[str, list[dict[str, Any]]] = {}
+        self._params_logged: set[str] = set()
+        self._pending_params: dict[str, str] = {}
+        self.report_artifacts = False  # the Monitor turns it on for the sinks it opens
+
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
-        """One ``log_batch`` with every key (chunks of 1000 metrics beyond that)."""
+        """One ``log_batch`` with every key, in order of importance (:func:`spherewatch.keys.order_keys`; chunks of
+        1000 metrics beyond that). The first call holding spherewatch keys also logs ``<prefix>/alerts/count`` = 0
+        and the tag ``spherewatch.alert_state`` = ``ok`` (a healthy run reads ``ok``/0, not blank)."""
+        from spherewatch.keys import alert_count_key, order_keys
+        from spherewatch.sinks.base import split_key
+
         self._check_open()
         timestamp = round((time.time() if wall_time is None else float(wall_time)) * 1000)
-        metrics = [self._Metric(str(k), float(v), timestamp, int(step)) for k, v in scalars.items()]
+        values = {str(k): float(v) for k, v in scalars.items()}
+        metrics = [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)]
+        own = any(split_key(k, self.prefix) is not None for k in values)
+        tags: tuple[Any, ...] = ()
+        if own and not self._started:
+            if self.created_run:
+                self._mark_training_experiment()
+            values[alert_count_key(self.prefix)] = float(self._fired)
+            metrics = [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)]
+            tags = tuple(self._state_tags())
+        self._send_params()
         if metrics:
-            self._log_metrics(metrics)
+            self._log_metrics(metrics, tags=tags)
+        if own:
+            self._started = True
+            self._evaluations += 1
+            self._steps = [min(self._steps[0], int(step)) if self._steps else int(step),
+                           max(self._steps[-1], int(step)) if self._steps else int(step)]
+
+    def _mark_training_experiment(self) -> None:
+        """Tag the experiment as model training (``mlflow.experimentKind``) unless it says otherwise, so MLflow 3's
+        UI opens it on the runs and their charts instead of the empty GenAI overview. Best effort."""
+        try:
+            experiment_id = self._client.get_run(self.run_id).info.experiment_id
+            experiment = self._client.get_experiment(experiment_id)
+            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+                self._client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        except Exception as err:  # an old server without the tag, a read-only experiment: only the default view
+            logger.debug("MLflowSink: could not tag the experiment as model training: %s", err)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Queue run parameters (``{name: value}``, values as strings of at most 500 characters); they are sent with the
+        next :meth:`log_scalars` (so an outage delays them like any record, and the resilient wrapper retries them).
+        A parameter the run already holds is never overwritten (MLflow params are immutable, and the host's are the
+        host's): it is skipped. The Monitor logs its configuration here with the prefix ``spherewatch.``."""
+        self._check_open()
+        for k, v in params.items():
+            if str(k) not in self._params_logged:
+                self._pending_params.setdefault(str(k), str(v)[:_MAX_PARAM_LENGTH])
+
+    def _send_params(self) -> None:
+        """Send the queued params the run does not hold yet (raises like any MLflow call; kept queued then)."""
+        from mlflow.entities import Param
+
+        if not self._pending_params:
+            return
+        existing = set(self._client.get_run(self.run_id).data.params)
+        todo = [Param(k, v) for k, v in self._pending_params.items() if k not in existing]
+        for start in range(0, len(todo), 100):  # MLflow's log_batch limit on params
+            self._client.log_batch(self.run_id, params=todo[start:start + 100], synchronous=True)
+        self._params_logged.update(self._pending_params)
+        self._pending_params = {}
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
-        """Keep the latest spectrum of ``key``; written to ``spherewatch/spectra.json`` on flush/close."""
+        """Keep the spectrum of ``key``: the latest in ``spherewatch/spectra.json`` and every one (thinned to at most
+        512 per key) in ``spherewatch/spectra_history.json``, written on flush/close."""
         self._check_open()
         arr = as_float_array(values)
-        self._spectra[str(key)] = {
+        record = {
             "step": int(step),
             "time": time.time() if wall_time is None else float(wall_time),
             "values": [encode_float(v) for v in arr.tolist()],
         }
+        self._spectra[str(key)] = record
+        history = self._spectra_history.setdefault(str(key), [])
+        if not history or history[-1]["step"] != record["step"]:  # a replay adds nothing
+            history.append(record)
+        if len(history) > _MAX_SPECTRA_PER_KEY:
+            del history[1:-1:2]  # keep the first and the latest, every other one between
         self._spectra_dirty = True
 
+    def _state_tags(self) -> list[Any]:
+        """``alert_state`` (worst severity of the alerts still open, ``ok`` when none), ``worst_severity`` (worst ever
+        fired) and ``first_alert_step`` (once an alert fired)."""
+        state = max(self._open_alerts.values(), key=lambda sev: _SEVERITY_RANK.get(sev, 0), default="ok")
+        tags = [self._RunTag(ALERT_STATE_TAG, state), self._RunTag(WORST_SEVERITY_TAG, self._worst)]
+        if self._first_alert_step is not None:
+            tags.append(self._RunTag(FIRST_ALERT_STEP_TAG, str(self._first_alert_step)))
+        return tags
+
     def log_alert(self, alert: Alert) -> None:
-        """Set the alert-state tag, log the cumulative alert count, rewrite ``spherewatch/alerts.json``."""
+        """Update the alert tags, log the cumulative count of fired collapse alerts, rewrite
+        ``spherewatch/alerts.json``. A resolved alert (``alert.status == "resolved"``) closes the open one of the same
+        rule and key; faults of the monitor itself are listed in the JSON but change neither state nor count."""
+        from spherewatch.keys import alert_count_key
+
         self._check_open()
-        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity)
-        if alert_id not in self._alert_ids:
+        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
+        new = alert_id not in self._alert_ids
+        if new:
             self._alerts.append(alert)
             self._alert_ids[alert_id] = len(self._alerts)
-        count = self._alert_ids[alert_id]
-        metric = self._Metric(f"{self.prefix}/alerts/count", float(count), round(alert.time * 1000),
-                              int(alert.step))
-        tag = self._RunTag(ALERT_STATE_TAG, str(self._alerts[-1].severity))
-        self._log_metrics([metric], tags=(tag,))
+        resolved = getattr(alert, "status", "fired") == "resolved"
+        fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
+        metrics = []
+        if new and not fault:
+            if resolved:
+                self._open_alerts.pop((alert.rule, alert.key), None)
+            else:
+                self._fired += 1
+                self._open_alerts[(alert.rule, alert.key)] = str(alert.severity)
+                if _SEVERITY_RANK.get(str(alert.severity), 0) > _SEVERITY_RANK[self._worst]:
+                    self._worst = str(alert.severity)
+                if self._first_alert_step is None or alert.step < self._first_alert_step:
+                    self._first_alert_step = int(alert.step)
+                if alert.severity == "critical" and (self._first_critical_step is None
+                                                     or alert.step < self._first_critical_step):
+                    self._first_critical_step = int(alert.step)
+        if not fault and not resolved:
+            metrics.append(self._Metric(alert_count_key(self.prefix), float(self._fired),
+                                        round(alert.time * 1000), int(alert.step)))
+        self._log_metrics(metrics, tags=tuple(self._state_tags()))
         records = []
         for a in self._alerts:
             d = a.to_dict()
             d["value"] = encode_float(d["value"])
             records.append(d)
         self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
+
+    def verdict(self) -> str:
+        """One paragraph for the run's description: collapsed or healthy, when, and where to look."""
+        first, last = (self._steps[0], self._steps[-1]) if self._steps else (None, None)
+        span = f"steps {first}–{last}" if first is not None else "no evaluation yet"
+        if self._first_alert_step is None:
+            head = f"**spherewatch: healthy** — no collapse alert in {self._evaluations} evaluations ({span})."
+        else:
+            head = f"**spherewatch: collapse detected at step {self._first_alert_step}**"
+            if self._first_critical_step is not None and self._first_critical_step != self._first_alert_step:
+                head += f", critical at step {self._first_critical_step}"
+            elif self._first_critical_step is not None:
+                head += " (critical)"
+            head += f" — {self._fired} alert(s) in {self._evaluations} evaluations ({span})."
+            shown = [a for a in self._alerts
+                     if getattr(a, "status", "fired") != "resolved" and a.rule != "monitor_fault"][:2]
+            if shown:
+                head += " First: " + "; ".join(
+                    f"step {a.step} {a.severity} `{a.rule}` on `{a.key}`" for a in shown) + "."
+        return (head + " Charts: the `spherewatch` section (uniformity, effective rank, mean cosine, alignment); "
+                "alerts: the tags `spherewatch.*` and the artifact `spherewatch/alerts.json`; the full report: "
+                f"`{REPORT_ARTIFACT_DIR}/report.html`.")
+
+    def _write_report(self) -> None:
+        """``spherewatch report`` of this run as artifacts (``spherewatch/report/``): best effort, never raises."""
+        import tempfile
+
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return
+        try:
+            from spherewatch.report import build_report
+
+            with tempfile.TemporaryDirectory(prefix="spherewatch-report-") as tmp:
+                build_report(self.run_id, tmp, tracking_uri=self.tracking_uri, prefix=self.prefix)
+                self._client.log_artifacts(self.run_id, tmp, REPORT_ARTIFACT_DIR)
+        except Exception as err:  # the report is a bonus: the run's data is already logged
+            logger.warning("MLflowSink: could not attach the report to run %s (%s: %s).", self.run_id,
+                           type(err).__name__, err)
 
     @property
     def alerts(self) -> list[Alert]:
@@ -272,6 +443,8 @@ class MLflowSink(Sink):
     def _write_spectra(self) -> None:
         if self._spectra_dirty:
             self._client.log_text(self.run_id, json.dumps(self._spectra, allow_nan=False), SPECTRA_ARTIFACT)
+            self._client.log_text(self.run_id, json.dumps(self._spectra_history, allow_nan=False),
+                                  SPECTRA_HISTORY_ARTIFACT)
             self._spectra_dirty = False
             self._spectra_written_at = time.monotonic()
 
@@ -279,7 +452,12 @@ class MLflowSink(Sink):
         """Flush; end the run (``FINISHED``) only if this sink created it. Idempotent."""
         if self._closed:
             return
+        self._send_params()
         self._write_spectra()
+        if self.created_run:  # the monitor owns the run: its description is the verdict
+            self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
+        if self.report_artifacts and self._started:
+            self._write_report()
         if self.created_run:
             self._client.set_terminated(self.run_id, status="FINISHED")
         self._closed = True

@@ -26,6 +26,9 @@ _WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
 def alert_markdown(alert: Alert) -> str:
     """Render an alert as the markdown shown in TensorBoard's Text tab."""
     value = f"{alert.value:.6g}" if math.isfinite(alert.value) else str(alert.value)
+    if getattr(alert, "status", "fired") == "resolved":  # not an alert header: readers do not count it as fired
+        text = f"**Resolved** ({alert.severity}) at step {alert.step}: `{alert.rule}` on `{alert.key}` = {value}"
+        return text + (f"\n\n{alert.message}" if alert.message else "")
     text = (
         f"**{alert.severity.upper()}** at step {alert.step}: `{alert.rule}` on `{alert.key}` = {value}"
         f" (action: {alert.action})"
@@ -42,10 +45,16 @@ class TensorBoardSink(Sink):
       out, since a histogram cannot bin them; the NaN itself is caught by the non-finite alert rule).
     * Alerts: markdown text under the tag ``<prefix>/alerts`` at the alert's step (Text tab), written at
       :meth:`flush`, one text per step holding all of that step's alerts.
-    * A custom-scalars layout (Custom Scalars tab), written once on the first :meth:`log_scalars` call:
-      category ``<prefix>``, one multi-line chart per metric whose regex gathers every tap of that metric
-      (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``). Metrics first logged later still
-      appear in the Scalars tab, just not in that layout.
+    * Keys are written in order of importance (:mod:`spherewatch.keys`); the first point of every known tag
+      carries a one-line description (what it measures, its collapsed and its healthy value), shown by
+      TensorBoard next to the chart.
+    * The alert count: ``<prefix>/alerts/count``, 0 from the first evaluation, then the cumulative number of
+      fired alerts at each alert's step (as in MLflow).
+    * A custom-scalars layout (Custom Scalars tab), written once with the first spherewatch keys: categories
+      "Collapse overview" (uniformity, effective rank, mean cosine, alignment, the host's training loss, the
+      alert count), "Spectrum" and "Health checks" (closed by default); one multi-line chart per metric whose
+      regex gathers every tap of that metric (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``).
+      Metrics first logged later still appear in the Scalars tab, just not in that layout.
 
     Reusing the host's writer (Lightning's ``TensorBoardLogger.experiment``, Hugging Face's
     ``TensorBoardCallback.tb_writer``) keeps everything in the run's own event files: pass it as ``writer``.
@@ -91,6 +100,13 @@ class TensorBoardSink(Sink):
         self._custom_scalars = custom_scalars
         self._layout_written = False
         self._pending_alerts: dict[int, list[tuple[float, str]]] = {}
+        # what is logged (spherewatch.keys): descriptions on first points, the alert counter
+        self._described: set[str] = set()
+        self._counted: set[tuple[Any, ...]] = set()
+        self._pending_counts: dict[int, tuple[float, int]] = {}
+        self._count_started = False
+        self._hparams: dict[str, Any] = {}
+        self._hparams_written = False
         if writer is not None:
             missing = [m for m in _WRITER_METHODS if not callable(getattr(writer, m, None))]
             if missing:
@@ -157,38 +173,176 @@ class TensorBoardSink(Sink):
         return self._writer
 
     def layout(self, keys: list[str]) -> dict[str, dict[str, list[Any]]]:
-        """The custom-scalars layout for ``keys``: one multi-line chart per metric, across taps."""
-        charts: dict[str, list[Any]] = {}
-        for key in keys:
-            parts = split_key(key, self.prefix)
-            if parts is None:
+        """The custom-scalars layout for ``keys`` as ``{category: {chart title: ["Multiline", [regex]]}}``.
+
+        Categories follow :data:`spherewatch.keys.CATEGORIES` ("Collapse overview", "Spectrum", "Health
+        checks"); charts follow the catalogue's priority, one per metric with a line per tap, titled with the
+        catalogue's short title. "Collapse overview" always holds the host's training loss (any tag outside the
+        prefix matching :data:`spherewatch.keys.LOSS_PATTERN`, e.g. ``train/loss``) and the alert count.
+        """
+        from spherewatch.keys import ALERTS_INFO, CATEGORIES, LOSS_INFO, LOSS_PATTERN, describe, order_keys
+
+        prefix = self.prefix.rstrip("/")
+        categories: dict[str, dict[str, list[Any]]] = {c: {} for c in CATEGORIES}
+        overview = categories[CATEGORIES[0]]
+        for key in order_keys(keys, prefix):
+            parts = split_key(key, prefix)
+            if parts is None or parts[0] == "alerts":
                 continue
+            info = describe(key, prefix)
             metric = parts[1]
-            pattern = f"^{re.escape(self.prefix.rstrip('/'))}/[^/]+/{re.escape(metric)}$"
-            charts.setdefault(metric, ["Multiline", [pattern]])
-        return {self.prefix.rstrip("/"): charts} if charts else {}
+            title = info.title if info is not None else metric
+            category = info.category if info is not None else CATEGORIES[-1]
+            if info is not None and info.metric == "spectrum":
+                continue  # a histogram: shown in the Histograms/Distributions tabs
+            pattern = f"^{re.escape(prefix)}/[^/]+/{re.escape(metric)}$"
+            categories[category].setdefault(title, ["Multiline", [pattern]])
+        overview[LOSS_INFO.title] = ["Multiline", [f"(?!{re.escape(prefix)}/)" + LOSS_PATTERN.lstrip("^")]]
+        overview[ALERTS_INFO.title] = ["Multiline", [f"^{re.escape(prefix)}/alerts/count$"]]
+        return {c: charts for c, charts in categories.items() if charts}
+
+    def _proto_file_writer(self) -> Any:
+        """The event file writer of a torch ``SummaryWriter`` (which takes tensorboard's own protos: closed categories,
+        descriptions); ``None`` for other writers (tensorboardX has protos of its own), which get the plain calls."""
+        if not type(self._writer).__module__.startswith("torch.utils.tensorboard"):
+            return None
+        get = getattr(self._writer, "_get_file_writer", None)
+        return get() if callable(get) else None
+
+    def _layout_proto(self, keys: list[str]) -> Any:
+        from tensorboard.plugins.custom_scalar import layout_pb2
+
+        from spherewatch.keys import CATEGORIES
+
+        categories = []
+        for title, charts in self.layout(keys).items():
+            categories.append(layout_pb2.Category(
+                title=title, closed=title == CATEGORIES[-1],  # health checks: closed by default
+                chart=[layout_pb2.Chart(title=name, multiline=layout_pb2.MultilineChartContent(tag=regexes))
+                       for name, (_, regexes) in charts.items()],
+            ))
+        return layout_pb2.Layout(category=categories)
 
     def _write_layout_once(self, keys: list[str]) -> None:
         if self._layout_written:
             return
         self._layout_written = True  # once, even if this host writer has no custom-scalars support
-        if not self._custom_scalars or not callable(getattr(self._writer, "add_custom_scalars", None)):
+        if not self._custom_scalars:
             return
-        layout = self.layout(keys)
-        if layout:
-            self._writer.add_custom_scalars(layout)
+        file_writer = self._proto_file_writer()
+        if file_writer is not None:  # torch's SummaryWriter: the layout proto itself (categories can be closed)
+            from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+            from tensorboard.compat.proto.tensor_pb2 import TensorProto
+            from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+            tensor = TensorProto(dtype="DT_STRING", string_val=[self._layout_proto(keys).SerializeToString()],
+                                 tensor_shape=TensorShapeProto())
+            metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+            file_writer.add_summary(Summary(value=[
+                Summary.Value(tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]))
+        elif callable(getattr(self._writer, "add_custom_scalars", None)):
+            layout = self.layout(keys)
+            if layout:
+                self._writer.add_custom_scalars(layout)
+
+    def _scalar_summary(self, items: list[tuple[str, float]]) -> Any:
+        """One ``Summary`` with every value of the step. A tag's first value also goes out once as a tensor-style
+        scalar carrying the tag's one-line description, placed before it: TensorBoard takes a tag's metadata from its
+        first value, and its default (fast) loader keeps a description only on tensor-style values. Every point stays
+        a classic ``simple_value`` (what ``EventAccumulator.Scalars`` and other readers expect)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+        from spherewatch.keys import describe
+
+        values = []
+        for key, value in items:
+            if key not in self._described:
+                self._described.add(key)
+                info = describe(key, self.prefix)
+                if info is not None:
+                    metadata = SummaryMetadata(
+                        summary_description=info.one_line,
+                        plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+                    )
+                    tensor = TensorProto(dtype="DT_FLOAT", float_val=[value], tensor_shape=TensorShapeProto())
+                    values.append(Summary.Value(tag=key, tensor=tensor, metadata=metadata))
+            values.append(Summary.Value(tag=key, simple_value=value))
+        return Summary(value=values)
+
+    def _count_alerts(self, alert: Alert) -> bool:
+        """Count a fired collapse alert once (a replayed or resolved alert is not counted again)."""
+        if getattr(alert, "status", "fired") == "resolved" or getattr(alert, "kind", "collapse") == "fault":
+            return False
+        if alert.rule == "monitor_fault":
+            return False
+        alert_id = (alert.rule, alert.key, alert.step, alert.time)
+        if alert_id in self._counted:
+            return False
+        self._counted.add(alert_id)
+        return True
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
-        """``add_scalar`` for every key (the first call also writes the custom-scalars layout)."""
+        """Every key in order of importance (:func:`spherewatch.keys.order_keys`), a tag's first point with its
+        description. The first call holding spherewatch keys also writes the custom-scalars layout and the alert
+        count 0 (so a healthy run shows 0, not nothing)."""
+        from spherewatch.keys import alert_count_key, order_keys
+
         self._check_open()
-        items = [(str(k), float(v)) for k, v in scalars.items()]
+        values = {str(k): float(v) for k, v in scalars.items()}
+        items = [(k, values[k]) for k in order_keys(values, self.prefix)]
+        own = any(split_key(k, self.prefix) is not None for k, _ in items)
+        count_key = alert_count_key(self.prefix)
+        if own and not self._count_started:
+            values[count_key] = float(len(self._counted))
+            items = [(k, values[k]) for k in order_keys(values, self.prefix)]
 
         def write() -> None:
-            self._write_layout_once([k for k, _ in items])
-            for key, value in items:
-                self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
+            if own:
+                self._write_layout_once([k for k, _ in items])
+                self._write_hparams([k for k, _ in items])
+            file_writer = self._proto_file_writer()
+            if file_writer is not None:
+                file_writer.add_summary(self._scalar_summary(items), int(step), wall_time)
+            else:
+                for key, value in items:
+                    self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
+            if own:
+                self._count_started = True
 
         self._writing(write)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Run parameters as a markdown table in the Text tab: tag ``<prefix>/params`` (the Monitor's configuration,
+        ``spherewatch.*``) or ``hparams`` (the host's), one text per call at step 0."""
+        self._check_open()
+        if not params:
+            return
+        own = all(str(k).startswith(f"{self.prefix.rstrip('/')}.") for k in params)
+        tag = f"{self.prefix.rstrip('/')}/params" if own else "hparams"
+        rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in params.items())
+        self._writing(lambda: self._writer.add_text(tag, "| parameter | value |\n|---|---|\n" + rows, global_step=0))
+        if not own:  # the host's hyperparameters also go to the HParams tab, beside the overview metrics
+            self._hparams.update({str(k): v for k, v in params.items()})
+
+    def _write_hparams(self, keys: list[str]) -> None:
+        """The HParams tab: this run's hyperparameters with the overview metrics (their latest values) as columns, so
+        runs compare side by side. Written once, with the first spherewatch values (torch's SummaryWriter only)."""
+        from spherewatch.keys import CATEGORIES, alert_count_key, describe
+
+        file_writer = self._proto_file_writer()
+        if not self._hparams or self._hparams_written or file_writer is None:
+            return
+        self._hparams_written = True
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = [k for k in keys if split_key(k, self.prefix) is not None
+                   and getattr(describe(k, self.prefix), "category", None) == CATEGORIES[0]]
+        metrics.append(alert_count_key(self.prefix))
+        values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self._hparams.items()}
+        for summary in hparams(values, {k: 0.0 for k in dict.fromkeys(metrics)}):
+            file_writer.add_summary(summary)
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """``add_histogram`` of the finite values.
@@ -206,15 +360,23 @@ class TensorBoardSink(Sink):
         self._writing(lambda: self._writer.add_histogram(str(key), finite, global_step=int(step), walltime=wall_time))
 
     def log_alert(self, alert: Alert) -> None:
-        """Queue the alert's markdown; :meth:`flush` writes one text per step under ``<prefix>/alerts``.
+        """Queue the alert's markdown; :meth:`flush` writes one text per step under ``<prefix>/alerts``, and the
+        cumulative count of fired alerts under ``<prefix>/alerts/count`` (as in MLflow).
 
         TensorBoard's default (fast) loader serves one text per tag and step, so several alerts of one step are
         joined into one text instead of hiding each other.
         """
         self._check_open()
         self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
+        if self._count_alerts(alert):
+            self._pending_counts[int(alert.step)] = (alert.time, len(self._counted))
 
     def _write_alerts(self) -> None:
+        from spherewatch.keys import alert_count_key
+
+        for step, (when, count) in sorted(self._pending_counts.items()):
+            self._writer.add_scalar(alert_count_key(self.prefix), float(count), global_step=step, walltime=when)
+        self._pending_counts = {}
         for step, items in sorted(self._pending_alerts.items()):
             self._writer.add_text(
                 f"{self.prefix.rstrip('/')}/alerts", "\n\n---\n\n".join(text for _, text in items),

@@ -22,26 +22,64 @@ def test_metrics_table():
     assert "complete collapse" in out.stdout and "uniformity" in out.stdout
 
 
-def test_demo_at_reduced_size_alerts_on_the_collapsing_run_only(tmp_path):
-    out = subprocess.run(
-        CLI + ["demo", "--steps", "120", "--every", "20", "--no-progress"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+def _demo(cwd):
+    out = subprocess.run(CLI + ["demo", "--steps", "60", "--every", "10"], capture_output=True, text=True, timeout=600,
+                         cwd=cwd)
     assert out.returncode == 0, out.stdout + out.stderr
-    text = out.stdout
-    assert "simsiam-healthy: none" in text
-    assert "simsiam-no-stopgrad: step" in text and "uniformity" in text
-    assert "tensorboard --logdir runs" in text and "mlflow ui --backend-store-uri sqlite:///mlflow.db" in text
-    assert (tmp_path / "mlflow.db").exists()
-    for run in ("simsiam-healthy", "simsiam-no-stopgrad"):
-        assert list((tmp_path / "runs" / run).glob("events.out.tfevents.*")), run
-        assert (tmp_path / "runs" / run / "spherewatch.jsonl").exists()
-        assert (tmp_path / "spherewatch_report" / run / "report.html").exists()
+    return out.stdout
+
+
+def test_demo_tells_the_story_and_a_second_run_shows_the_same(tmp_path):
+    import shlex
+
     from mlflow.tracking import MlflowClient
 
+    from spherewatch.sinks.jsonl import read_jsonl
+
+    first = _demo(tmp_path)
+    assert "simsiam-healthy: none" in first
+    assert "simsiam-no-stopgrad" in first and "collapsed at step" in first  # the verdict column
+    assert "\r" not in first  # no progress bar without a terminal
+    alert_lines = [line for line in first.splitlines() if line.startswith("    step ")]
+    assert alert_lines and all(len(line) <= 160 for line in first.splitlines())
+    assert sum("what it means:" in line for line in first.splitlines()) <= 2  # the advice once, not per alert
+
+    second = _demo(tmp_path)
+    assert "replaced the previous demo: 2 MLflow run(s) deleted" in second
+
+    def table(text):
+        return [line for line in text.splitlines() if line.startswith("simsiam-")]
+
+    assert table(first) == table(second)  # the same story, not twice the runs
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("spherewatch-demo")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["simsiam-healthy", "simsiam-no-stopgrad"]
-    for r in runs:
-        assert "spherewatch/embeddings/uniformity" in r.data.metrics
+    by_name = {r.info.run_name: r for r in runs}
+    healthy, collapsing = by_name["simsiam-healthy"].data, by_name["simsiam-no-stopgrad"].data
+    assert healthy.tags["spherewatch.alert_state"] == "ok" and healthy.metrics["spherewatch/alerts/count"] == 0
+    assert collapsing.tags["spherewatch.worst_severity"] == "critical"
+    import re
+
+    first_alert = re.search(r"simsiam-no-stopgrad .*collapsed at step (\d+)", first).group(1)
+    assert collapsing.tags["spherewatch.first_alert_step"] == first_alert  # the tag and the table agree
+    for data in (healthy, collapsing):
+        assert "train/loss" in data.metrics and "spherewatch/embeddings/uniformity" in data.metrics
+        assert data.params["demo.lr"] == "0.05" and data.params["spherewatch.every_n_steps"] == "10"
+    assert not by_name["simsiam-healthy"].data.tags["mlflow.note.content"].find("healthy") < 0
+    for run in ("simsiam-healthy", "simsiam-no-stopgrad"):
+        assert len(list((tmp_path / "runs" / run).glob("events.out.tfevents.*"))) == 1, run  # one event file
+        logged = read_jsonl(tmp_path / "runs" / run / "spherewatch.jsonl")
+        assert len({(a.rule, a.step) for a in logged["alerts"]}) == len(logged["alerts"])  # no alert twice
+        assert "train/loss" in logged["scalars"]
+    assert (tmp_path / "spherewatch_report" / "report.html").exists()
+    assert f"#/experiments/{exp.experiment_id}/runs" in second
+
+    # the printed commands work as printed
+    commands = [line.strip() for line in second.splitlines()
+                if line.strip().split(" ")[0].endswith(("tensorboard", "mlflow")) or " -m " in line]
+    assert len(commands) == 2, second
+    for command in commands:
+        argv = shlex.split(command) + ["--help"]  # parses every option, starts no server
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr[-500:])

@@ -31,8 +31,12 @@ def monitored_run(tmp_path_factory) -> MonitoredRun:
     from spherewatch.demo import run_scenario
 
     tmp = tmp_path_factory.mktemp("monitored-run")
+    import torch
+
     level = logging.getLogger("spherewatch").level
     logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are asserted on, not printed
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: two threads on a busy 2-core machine run ~10x slower
     try:
         monitor = sw.Monitor(
             every_n_steps=10, preset="full", sinks=("jsonl", "tensorboard", "mlflow"), log_dir=str(tmp),
@@ -43,6 +47,7 @@ def monitored_run(tmp_path_factory) -> MonitoredRun:
         monitor.close()
     finally:
         logging.getLogger("spherewatch").setLevel(level)
+        torch.set_num_threads(threads)
     assert any(a.severity == "critical" for a in result.alerts), "the collapsing scenario should fire an alert"
     return MonitoredRun(tmp, tmp / "spherewatch.jsonl", f"sqlite:///{tmp}/mlflow.db", run_id, result.alerts)
 
@@ -89,3 +94,24 @@ def assert_png_shows_something(path) -> np.ndarray:
 def png_shows_something():
     """The checker :func:`assert_png_shows_something` (fixtures are how tests here share helpers)."""
     return assert_png_shows_something
+
+
+@pytest.fixture(scope="session")
+def mlflow_template_db(tmp_path_factory):
+    """A fully migrated, empty MLflow SQLite database (migrations cost seconds; copying ~0.05 s)."""
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, mlflow_template_db):
+    """A fresh SQLite tracking URI for one test."""
+    import shutil
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_template_db, db)
+    return f"sqlite:///{db}"

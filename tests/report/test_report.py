@@ -19,7 +19,7 @@ from spherewatch.sinks.jsonl import JsonlSink
 U = "spherewatch/embeddings/uniformity"
 A = "spherewatch/embeddings/alignment"
 S = "spherewatch/embeddings/spectrum"
-FIGURES = ["metrics.png", "alignment_uniformity.png", "spectrum.png"]
+FIGURES = ["overview.png", "metrics.png", "alignment_uniformity.png", "spectrum.png"]
 
 
 def _source(run, kind):
@@ -35,7 +35,7 @@ KINDS = pytest.mark.parametrize("kind", ["jsonl", "tensorboard", "mlflow"])
 
 # --------------------------------------------------------------------------------------------- from each source
 @KINDS
-def test_report_writes_the_three_figures_as_pngs_that_show_something(reports, kind, png_shows_something):
+def test_report_writes_the_four_figures_as_pngs_that_show_something(reports, kind, png_shows_something):
     result = reports[kind]
     assert [os.path.basename(p) for p in result["figures"]] == FIGURES
     for path in result["figures"]:
@@ -48,7 +48,7 @@ def test_report_html_embeds_every_figure_and_works_alone(reports, kind):
     result = reports[kind]
     with open(result["html"], encoding="utf-8") as f:
         page = f.read()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
     embedded = _embedded_pngs(page)
     for path, data in zip(result["figures"], embedded):
         with open(path, "rb") as f:
@@ -69,7 +69,8 @@ def test_report_html_lists_final_values_and_the_alerts(reports, kind, monitored_
     alerts = page[page.index('<table id="alerts">'):page.index("</table>", page.index('<table id="alerts">'))]
     for fired in monitored_run.alerts:
         row = re.search(rf'<tr><td class="num">{fired.step}</td><td><span class="sev sev-{fired.severity}">'
-                        rf"{fired.severity}</span></td><td><code>{fired.rule}</code>", alerts)
+                        rf"{fired.severity}</span></td><td><code>{fired.rule}</code> on <code>{fired.key}</code>",
+                        alerts)
         assert row is not None, f"alert {fired.rule} at step {fired.step} not listed ({kind})"
     assert "possible collapse" in alerts  # the alert's message, not just its name
     source = {"jsonl": str(monitored_run.jsonl), "tensorboard": str(monitored_run.log_dir),
@@ -94,7 +95,7 @@ def test_all_three_sources_read_back_the_same_run(monitored_run):
             (a.step, a.severity, a.rule, a.key) for a in reference.alerts
         ], kind
     assert [s for s, _ in runs["tensorboard"].spectra[S]] == [s for s, _ in reference.spectra[S]]
-    assert [s for s, _ in runs["mlflow"].spectra[S]] == [120]  # MLflow keeps the latest spectrum only
+    assert [s for s, _ in runs["mlflow"].spectra[S]] == [s for s, _ in reference.spectra[S]]  # spectra_history.json
 
 
 def test_tensorboard_spectrum_is_reconstructed_to_within_one_bucket(monitored_run):
@@ -121,7 +122,7 @@ def test_cli_report_prints_the_page_and_figures(monitored_run, tmp_path, capsys)
     assert main(["report", str(monitored_run.jsonl), "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'cli' / 'report.html'}" in out
-    assert out.count("figure: ") == 3
+    assert out.count("figure: ") == 4
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
 
@@ -154,8 +155,8 @@ def test_report_without_alignment_or_spectrum_says_so_and_drops_stale_figures(tm
     (out / "notes.txt").write_text("keep me")
     path = _write_jsonl(tmp_path / "run.jsonl", alignment=False)
     result = build_report(path, out)
-    assert [os.path.basename(p) for p in result["figures"]] == ["metrics.png"]
-    assert sorted(os.listdir(out)) == ["metrics.png", "notes.txt", "report.html"]
+    assert [os.path.basename(p) for p in result["figures"]] == ["overview.png", "metrics.png"]
+    assert sorted(os.listdir(out)) == ["metrics.png", "notes.txt", "overview.png", "report.html"]
     page = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="no-alignment"' in page and "Alignment was not logged" in page
     assert 'id="no-spectrum"' in page and "No spectrum was logged" in page
@@ -167,10 +168,10 @@ def test_report_draws_a_trajectory_per_tap_and_a_heatmap_per_spectrum(tmp_path, 
     result = build_report(path, tmp_path / "out")
     names = [os.path.basename(p) for p in result["figures"]]
     assert names == FIGURES
-    two = png_shows_something(result["figures"][1])
-    one = png_shows_something(reports["jsonl"]["figures"][1])  # a single tap
+    two = png_shows_something(result["figures"][2])
+    one = png_shows_something(reports["jsonl"]["figures"][2])  # a single tap
     assert two.shape[1] > 1.8 * one.shape[1]  # one alignment-uniformity panel per tap, side by side
-    png_shows_something(result["figures"][2])
+    png_shows_something(result["figures"][3])
 
 
 def test_report_survives_non_finite_values_and_alert_values(tmp_path, png_shows_something):
@@ -179,7 +180,7 @@ def test_report_survives_non_finite_values_and_alert_values(tmp_path, png_shows_
     result = build_report(path, tmp_path / "out")
     png_shows_something(result["figures"][0])
     page = open(result["html"], encoding="utf-8").read()
-    assert '<td class="num">nan</td><td>embeddings are not finite</td>' in page
+    assert "= nan<br>embeddings are not finite</td>" in page
     data = load_run(path)
     assert math.isinf(dict(data.scalars[U])[25]) and math.isnan(data.alerts[0].value)
 
@@ -202,7 +203,7 @@ def test_prefix_selects_the_keys_of_another_monitor(tmp_path):
     with pytest.raises(ValueError, match=r"prefix 'spherewatch'.*myprefix/enc/uniformity.*prefix="):
         build_report(path, tmp_path / "out")
     result = build_report(path, tmp_path / "out", prefix="myprefix")
-    assert len(result["figures"]) == 2
+    assert len(result["figures"]) == 3
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -340,3 +341,76 @@ def test_tensorboard_texts_holding_several_alerts_are_all_read(tmp_path):
         ("text", "info", 30, "log", "a note in another format"),
     ]
     assert alerts[0].value == pytest.approx(-0.4) and math.isnan(alerts[1].value)
+
+
+# --------------------------------------------------------------------------------------------- verdict, comparison
+def test_verdict_says_when_it_collapsed_or_that_it_stayed_healthy(tmp_path):
+    from spherewatch.report import verdict
+
+    healthy = load_run(_write_jsonl(tmp_path / "healthy.jsonl"))
+    assert verdict(healthy) == "healthy: no alerts in 45 steps"
+    alerts = [Alert("uniformity_degradation", U, -1.0, 10, "warning", "losing spread", 1.7e9),
+              Alert("uniformity_collapse", U, -0.4, 20, "critical", "collapsed", 1.7e9 + 1)]
+    collapsed = load_run(_write_jsonl(tmp_path / "collapsed.jsonl", alerts=alerts))
+    assert verdict(collapsed) == "collapse detected at step 10, critical at step 20"
+
+
+def test_several_runs_share_one_page_with_a_verdict_each(tmp_path, png_shows_something):
+    healthy = _write_jsonl(tmp_path / "healthy.jsonl", spectrum=True)
+    alert = Alert("uniformity_collapse", U, -0.4, 20, "critical", "collapsed", 1.7e9)
+    collapsed = _write_jsonl(tmp_path / "collapsed.jsonl", spectrum=True, alerts=[alert])
+    result = build_report([healthy, collapsed], tmp_path / "out", names=["healthy", "collapsing"])
+    assert result["verdicts"] == {"healthy": "healthy: no alerts in 45 steps",
+                                  "collapsing": "collapse detected at step 20 (critical)"}
+    page = open(result["html"], encoding="utf-8").read()
+    banner = page[page.index('<ul id="verdict">'):page.index("</ul>")]
+    assert 'class="healthy"' in banner and "healthy: healthy: no alerts in 45 steps" in banner
+    assert 'class="collapsed"' in banner and "collapsing: collapse detected at step 20" in banner
+    assert page.index('id="verdict"') < page.index("Collapse overview") < page.index('<table id="alerts">')
+    assert "<th>run</th>" in page and "<th>healthy: final</th>" in page and "<th>collapsing: final</th>" in page
+    for path in result["figures"]:
+        png_shows_something(path)
+
+
+def test_the_hosts_loss_is_read_back_and_drawn_in_the_overview(tmp_path):
+    path = tmp_path / "run.jsonl"
+    with JsonlSink(path) as sink:
+        for step in range(0, 50, 5):
+            sink.log_scalars(step, {U: -3.0 + step / 20})
+            sink.log_scalars(step, {"train/loss": 1.0 - step / 50, "not_a_metric": 3.0})
+    data = load_run(path)
+    assert set(data.scalars) == {U, "train/loss"}  # the loss is kept, other host keys are not
+    plain = build_report(path, tmp_path / "out")
+    from matplotlib.image import imread
+
+    with_loss = imread(plain["figures"][0])
+    assert with_loss.shape[1] > 1.4 * 500  # two panels: uniformity and the loss
+
+
+def test_threshold_lines_come_from_the_rules_the_run_logged(tmp_path):
+    from spherewatch.config import MonitorConfig
+    from spherewatch.keys import config_params
+    from spherewatch.report import _threshold_lines
+
+    path = _write_jsonl(tmp_path / "run.jsonl")
+    from spherewatch.alerts.rules import default_rules
+
+    margin = next(r.margin for r in default_rules() if r.name == "uniformity_collapse")
+    # defaults: the edge of the uniformity collapse zone
+    assert ("uniformity_collapse", "uniformity", "above", -margin) in _threshold_lines(load_run(path))
+    config = MonitorConfig(rules=[{"kind": "threshold", "name": "rank_floor", "metric": "effective_rank",
+                                   "below": 8.0}])
+    with JsonlSink(tmp_path / "custom.jsonl") as sink:
+        sink.log_params(config_params(config))
+        sink.log_scalars(0, {U: -3.0})
+    assert _threshold_lines(load_run(tmp_path / "custom.jsonl")) == [("rank_floor", "effective_rank", "below", 8.0)]
+
+
+def test_cli_report_compares_several_runs(monitored_run, tmp_path, capsys):
+    from spherewatch.cli import main
+
+    other = _write_jsonl(tmp_path / "healthy.jsonl")
+    assert main(["report", str(monitored_run.jsonl), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "collapse detected at step" in out and "healthy: no alerts in 45 steps" in out
+    assert (tmp_path / "cmp" / "report.html").is_file()

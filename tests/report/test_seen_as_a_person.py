@@ -16,10 +16,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from chromium_browser import CHROMIUM_CANDIDATES, Browser
 
 U = "spherewatch/embeddings/uniformity"
 START_TIMEOUT_S = 60.0
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 def _free_port() -> int:
@@ -102,10 +102,21 @@ def test_tensorboard_serves_the_spherewatch_scalars_and_custom_scalars_layout(te
     np.testing.assert_allclose([p[2] for p in points], [v for _, v in expected[U]], rtol=1e-6)
 
     layout = _get_json(f"{base}/data/plugin/custom_scalars/layout")
-    category = next(c for c in layout["category"] if c["title"] == "spherewatch")
-    charts = {c["title"]: c["multiline"]["tag"] for c in category["chart"]}
+    assert [c["title"] for c in layout["category"]] == ["Collapse overview", "Spectrum", "Health checks"]
+    charts = {c["title"]: c["multiline"]["tag"] for c in layout["category"][0]["chart"]}
     assert charts["uniformity"] == ["^spherewatch/[^/]+/uniformity$"]
-    assert {"alignment", "effective_rank", "mean_cosine"} <= set(charts)
+    assert {"alignment", "effective rank", "mean cosine", "training loss (host)", "alerts fired"} <= set(charts)
+    assert layout["category"][-1].get("closed") is True
+
+
+def test_tensorboard_serves_a_description_for_every_spherewatch_tag(tensorboard_server, monitored_run):
+    from spherewatch.keys import describe
+
+    tags = _get_json(f"{tensorboard_server}/data/plugin/scalars/tags")["."]
+    for tag, meta in tags.items():
+        info = describe(tag)
+        if info is not None:
+            assert info.description in meta["description"] and "Healthy:" in meta["description"], tag
 
 
 def _alert_texts(base: str):
@@ -183,3 +194,72 @@ def test_report_renders_with_its_figures_in_headless_chromium(reports, tmp_path,
     with_figures, without = _saturated_colours(str(shot)), _saturated_colours(str(bare))
     assert with_figures[1] > 500 and with_figures[1] > 4 * without[1], (with_figures, without)
     assert with_figures[0] > 3 * without[0], (with_figures, without)
+
+
+# --------------------------------------------------------------------------------------------- rendered pages
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the rendered-page tests, driven over the DevTools protocol."""
+    chromium = _chromium()
+    b = Browser(chromium, str(tmp_path_factory.mktemp("chromium-profile")))
+    yield b
+    b.close()
+
+
+def test_tensorboard_custom_scalars_page_shows_the_collapse_overview_first(tensorboard_server, browser, tmp_path):
+    browser.resize(1280, 1600)
+    browser.goto(f"{tensorboard_server}/#custom_scalars")
+    text = browser.wait_for_text("Collapse overview", "Spectrum", "Health checks", "Matches", timeout=90)
+    browser.screenshot(str(tmp_path / "custom_scalars.png"))
+    overview, spectrum, health = (text.index(t) for t in ("Collapse overview", "Spectrum", "Health checks"))
+    assert overview < spectrum < health
+    first_category = text[overview:spectrum]
+    for chart in ("uniformity", "effective rank", "mean cosine", "alignment", "alerts fired"):
+        assert f"\n{chart}\n" in first_category, chart
+    assert first_category.index("\nuniformity\n") < first_category.index("\neffective rank\n")
+    # "Health checks" is closed: none of its charts is drawn
+    assert "spherewatch/embeddings/norm_mean" not in text[health:]
+
+
+def test_mlflow_run_page_shows_the_params_and_the_alert_tags(monitored_run, browser, tmp_path):
+    from mlflow import MlflowClient
+    from mlflow_server import MlflowServer
+
+    run = MlflowClient(monitored_run.tracking_uri).get_run(monitored_run.run_id)
+    assert run.data.tags["spherewatch.alert_state"] in ("warning", "critical")
+    server = MlflowServer(tmp_path, monitored_run.log_dir / "mlflow.db")  # serves a copy of the run's store
+    server.start()
+    try:
+        browser.resize(1280, 1600)
+        browser.goto(f"{server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+        text = browser.wait_for_text("spherewatch.every_n_steps", "spherewatch.alert_state", timeout=90)
+        browser.screenshot(str(tmp_path / "mlflow_run.png"))
+    finally:
+        server.stop()
+    assert "spherewatch.worst_severity" in text and "spherewatch.first_alert_step" in text
+    assert "critical" in text
+    assert "collapse detected at step" in text  # the run's description: the verdict
+
+
+def _no_horizontal_overflow(browser, page: str) -> dict:
+    browser.resize(900, 1200)
+    browser.goto("file://" + os.path.abspath(page))
+    browser.wait_for_text("spherewatch report", timeout=30)
+    return browser.evaluate(
+        "({scroll: document.documentElement.scrollWidth, view: window.innerWidth,"
+        " wide: [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right >"
+        " window.innerWidth + 1).map(e => e.tagName + '.' + e.className).slice(0, 5)})")
+
+
+def test_report_reads_at_900_px_without_horizontal_overflow(reports, monitored_run, browser, tmp_path):
+    from spherewatch.report import build_report
+
+    single = _no_horizontal_overflow(browser, reports["jsonl"]["html"])
+    assert single["scroll"] <= single["view"] and not single["wide"], single
+    compared = build_report([str(monitored_run.jsonl), str(monitored_run.log_dir)], tmp_path / "cmp",
+                            names=["from JSONL", "from TensorBoard"])
+    both = _no_horizontal_overflow(browser, compared["html"])
+    assert both["scroll"] <= both["view"] and not both["wide"], both
+    text = browser.text()
+    assert text.index("from JSONL: collapse detected at step") < text.index("Collapse overview")
+    browser.screenshot(str(tmp_path / "report_900.png"))

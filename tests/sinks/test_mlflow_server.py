@@ -78,7 +78,7 @@ def test_resilient_mlflow_sink_survives_a_server_restart_without_loss_or_duplica
     run = client.get_run(inner.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["spherewatch.alert_state"] == "warning"
-    assert _history(client, inner.run_id, "spherewatch/alerts/count") == [(14, 1.0)]
+    assert _history(client, inner.run_id, "spherewatch/alerts/count") == [(0, 0.0), (14, 1.0)]  # 0 from the start
     with open(client.download_artifacts(inner.run_id, "spherewatch/alerts.json", str(tmp_path))) as f:
         assert [a["step"] for a in json.load(f)] == [14]
     with open(client.download_artifacts(inner.run_id, "spherewatch/spectra.json", str(tmp_path))) as f:

@@ -1,0 +1,250 @@
+"""The metric catalogue: every key the Monitor logs, in order of importance, with what it means.
+
+One place defines how keys are built, in which order they are logged and shown, which category of the
+dashboards they belong to and how to read them. TensorBoard's custom-scalars layout and tag descriptions,
+the order of keys sent to TensorBoard and MLflow, and the panels of ``spherewatch report`` all read it.
+
+Key scheme (public API, stable): ``<prefix>/<tap>/<metric>``, e.g. ``spherewatch/embeddings/uniformity``
+(default prefix ``spherewatch``, default tap ``embeddings``); the alert counter is ``<prefix>/alerts/count``.
+The keys stay as they are so that dashboards, rules and saved runs keep working; the *display* is short
+instead: chart titles are the catalogue's ``title`` ("uniformity", "effective rank"), one chart per
+metric with a line per tap.
+
+Categories, in this order:
+
+* ``Collapse overview``: the four numbers that answer "did it collapse" (uniformity, effective rank, mean
+  cosine, alignment), the host's training loss when one is logged beside them (a loss that keeps improving
+  while these degrade is the signature of collapse), and the alert count;
+* ``Spectrum``: the eigenvalue spectrum and what is derived from it (dimensional collapse);
+* ``Health checks``: everything else (norms, non-finite values, dead dimensions, ...), closed by default.
+
+Example:
+    >>> from spherewatch.keys import describe, order_keys
+    >>> order_keys(["spherewatch/embeddings/norm_mean", "spherewatch/embeddings/uniformity"])
+    ['spherewatch/embeddings/uniformity', 'spherewatch/embeddings/norm_mean']
+    >>> describe("spherewatch/embeddings/effective_rank").category
+    'Collapse overview'
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Dict, Iterable, List, Optional, Tuple
+
+__all__ = [
+    "CATEGORIES",
+    "CATALOGUE",
+    "LOSS_PATTERN",
+    "ALERTS_INFO",
+    "LOSS_INFO",
+    "MetricInfo",
+    "alert_count_key",
+    "describe",
+    "is_loss_key",
+    "metric_key",
+    "metric_rank",
+    "order_keys",
+    "parse_key",
+]
+
+OVERVIEW, SPECTRUM, HEALTH = "Collapse overview", "Spectrum", "Health checks"
+#: Dashboard categories, in display order.
+CATEGORIES: Tuple[str, ...] = (OVERVIEW, SPECTRUM, HEALTH)
+
+#: The host's loss, matched on keys outside the monitor's prefix (``loss``, ``train/loss``, ``train_loss``,
+#: ``val_loss_epoch``...). A regular expression matched from the start of the tag (as TensorBoard does).
+LOSS_PATTERN = r"^(?:[\w.-]+[/_])*loss(?:[/_][\w.-]+)*$"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo:
+    """What one metric is and how to read it.
+
+    Attributes:
+        metric: the metric part of the key (``uniformity``).
+        title: short chart title (``uniformity``, ``effective rank``).
+        category: one of :data:`CATEGORIES`.
+        description: one line: what it measures.
+        collapsed: its value when the embeddings have collapsed.
+        healthy: its value on healthy embeddings.
+    """
+
+    metric: str
+    title: str
+    category: str
+    description: str
+    collapsed: str
+    healthy: str
+
+    @property
+    def one_line(self) -> str:
+        """``description`` plus how to read it, in one line (TensorBoard's tag description)."""
+        return f"{self.description} Collapsed: {self.collapsed}. Healthy: {self.healthy}."
+
+
+def _m(metric: str, title: str, category: str, description: str, collapsed: str, healthy: str) -> MetricInfo:
+    return MetricInfo(metric, title, category, description, collapsed, healthy)
+
+
+#: Every metric the Monitor logs, most important first.
+CATALOGUE: Tuple[MetricInfo, ...] = (
+    _m("uniformity", "uniformity", OVERVIEW,
+       "log mean exp(-t·|x_i - x_j|²) over pairs of normalised embeddings: how spread out they are.",
+       "near 0 (all points in one spot)", "about -4 for t=2 in high dimension (spread over the sphere)"),
+    _m("effective_rank", "effective rank", OVERVIEW,
+       "RankMe, exp(entropy) of the normalised singular values: how many dimensions are used.",
+       "near 1", "close to the dimension D (biased low when N is not much larger than D)"),
+    _m("mean_cosine", "mean cosine", OVERVIEW,
+       "mean cosine similarity between different embeddings of a batch.",
+       "near 1 (all point the same way)", "near 0 (about 0.3 for ReLU features)"),
+    _m("alignment", "alignment", OVERVIEW,
+       "mean |x - x⁺|^alpha between the two views of a pair: how close positives are.",
+       "0 (trivially: everything is one point; read it with uniformity)", "small, with uniformity low"),
+    _m("spectrum", "spectrum", SPECTRUM,
+       "eigenvalues of the covariance of the normalised embeddings (a histogram per step).",
+       "one large eigenvalue, the rest near 0", "a slowly decaying spectrum"),
+    _m("collapsed_dimensions", "collapsed dimensions", SPECTRUM,
+       "number of covariance eigenvalues below 1e-5 of the largest (Jing et al. 2022).",
+       "D - 1", "0"),
+    _m("effective_rank_centered", "effective rank (centred)", SPECTRUM,
+       "effective rank of the mean-centred embeddings (ignores a shared offset).",
+       "near 1", "a large fraction of D"),
+    _m("alpha_req", "alpha-ReQ decay", SPECTRUM,
+       "power-law decay exponent of the eigenvalue spectrum (Agrawal et al. 2022).",
+       "large (fast decay), with a poor fit", "around 1"),
+    _m("alpha_req_r2", "alpha-ReQ fit R²", SPECTRUM,
+       "R² of the power-law fit behind alpha-ReQ (how much to trust it).",
+       "any", "near 1"),
+    _m("lidar", "LiDAR", SPECTRUM,
+       "effective rank of the linear discriminant of the embeddings (Thilak et al. 2024).",
+       "near 1", "large"),
+    _m("normalized_std", "normalised std", HEALTH,
+       "mean over dimensions of the std over rows of the normalised embeddings.",
+       "0", "near 1/sqrt(D)"),
+    _m("uniformity_pos", "uniformity (paired view)", HEALTH,
+       "uniformity of the second view of each pair.", "near 0", "about -4 for t=2"),
+    _m("nonfinite_fraction", "non-finite fraction", HEALTH,
+       "fraction of embedding entries that are NaN or infinite.", "above 0 (diverged)", "0"),
+    _m("dead_dimensions", "dead dimensions", HEALTH,
+       "fraction of dimensions that are constant over the batch.", "1", "0"),
+    _m("nc1", "NC1 (class collapse)", HEALTH,
+       "within-class over between-class variability (neural collapse, needs labels).",
+       "large (classes mixed)", "small (classes separable)"),
+    _m("norm_mean", "norm mean", HEALTH, "mean L2 norm of the raw embeddings.",
+       "0 or exploding", "stable over training"),
+    _m("norm_std", "norm std", HEALTH, "std of the L2 norms of the raw embeddings.", "0 or exploding", "stable"),
+    _m("norm_min", "norm min", HEALTH, "smallest L2 norm of the raw embeddings.", "0", "well above 0"),
+    _m("norm_max", "norm max", HEALTH, "largest L2 norm of the raw embeddings.", "exploding", "stable"),
+)
+_BY_METRIC: Dict[str, MetricInfo] = {info.metric: info for info in CATALOGUE}
+_RANK: Dict[str, int] = {info.metric: i for i, info in enumerate(CATALOGUE)}
+_LOSS = re.compile(LOSS_PATTERN)
+
+LOSS_INFO = MetricInfo("loss", "training loss (host)", OVERVIEW,
+                       "the host's own loss, logged beside the geometry.",
+                       "often still improving while the embeddings collapse", "improving")
+ALERTS_INFO = MetricInfo("alerts/count", "alerts fired", OVERVIEW,
+                         "cumulative number of collapse alerts fired by spherewatch.", "1 or more", "0")
+
+
+def metric_key(metric: str, tap: str = "embeddings", prefix: str = "spherewatch") -> str:
+    """The log key of ``metric`` on ``tap``: ``<prefix>/<tap>/<metric>``.
+
+    Example:
+        >>> metric_key("uniformity")
+        'spherewatch/embeddings/uniformity'
+    """
+    return f"{prefix.rstrip('/')}/{tap}/{metric}"
+
+
+def alert_count_key(prefix: str = "spherewatch") -> str:
+    """The cumulative alert counter, ``<prefix>/alerts/count`` (TensorBoard and MLflow)."""
+    return f"{prefix.rstrip('/')}/alerts/count"
+
+
+def parse_key(key: str, prefix: str = "spherewatch") -> Optional[Tuple[str, str]]:
+    """``(tap, metric)`` of ``<prefix>/<tap>/<metric>``; ``None`` for other keys (the metric may hold ``/``).
+
+    Example:
+        >>> parse_key("spherewatch/encoder/effective_rank")
+        ('encoder', 'effective_rank')
+    """
+    head = prefix.rstrip("/") + "/"
+    if not key.startswith(head):
+        return None
+    tap, sep, metric = key[len(head):].partition("/")
+    if not tap or not sep or not metric:
+        return None
+    return tap, metric
+
+
+def is_loss_key(key: str, prefix: str = "spherewatch") -> bool:
+    """Whether ``key`` looks like the host's loss (outside the monitor's prefix).
+
+    Example:
+        >>> [is_loss_key(k) for k in ("train/loss", "train_loss", "loss", "spherewatch/embeddings/uniformity")]
+        [True, True, True, False]
+    """
+    return not key.startswith(prefix.rstrip("/") + "/") and _LOSS.match(key) is not None
+
+
+def describe(key: str, prefix: str = "spherewatch") -> Optional[MetricInfo]:
+    """The catalogue entry of a key (a metric of any tap, the alert count or the host's loss); ``None`` if unknown."""
+    if key == alert_count_key(prefix):
+        return ALERTS_INFO
+    if is_loss_key(key, prefix):
+        return LOSS_INFO
+    parts = parse_key(key, prefix)
+    return _BY_METRIC.get(parts[1]) if parts is not None else None
+
+
+def _priority(key: str, prefix: str) -> Tuple[int, int, str]:
+    parts = parse_key(key, prefix)
+    if key == alert_count_key(prefix):
+        return (0, len(CATALOGUE) + 1, key)
+    if is_loss_key(key, prefix):
+        return (0, _RANK["alignment"] + 1, key)  # right after the overview metrics
+    if parts is None:
+        return (2, len(CATALOGUE) + 2, key)
+    rank = _RANK.get(parts[1], len(CATALOGUE))
+    category = CATEGORIES.index(_BY_METRIC[parts[1]].category) if parts[1] in _BY_METRIC else 2
+    return (category, rank, f"{parts[1]}\0{parts[0]}")
+
+
+def order_keys(keys: Iterable[str], prefix: str = "spherewatch") -> List[str]:
+    """``keys`` in order of importance: category, then catalogue rank, then tap; unknown keys last."""
+    return sorted(keys, key=lambda k: _priority(k, prefix))
+
+
+def metric_rank(metric: str) -> int:
+    """Position of ``metric`` in the catalogue (unknown metrics after every known one)."""
+    return _RANK.get(metric, len(CATALOGUE))
+
+
+#: Prefix of the Monitor's configuration among the run's parameters (MLflow params, TensorBoard text).
+PARAM_PREFIX = "spherewatch."
+_SECRET_FIELDS = ("webhook_url", "tracking_uri", "run_id", "spool_dir", "jsonl_path", "log_dir")
+
+
+def config_params(config) -> Dict[str, str]:
+    """The Monitor's configuration as flat run parameters, ``spherewatch.<field>`` (secrets and paths left out;
+    the metrics and the alert rules by name).
+
+    Example:
+        >>> from spherewatch.config import MonitorConfig
+        >>> config_params(MonitorConfig(every_n_steps=10))["spherewatch.every_n_steps"]
+        '10'
+    """
+    dumped = config.model_dump(exclude=set(_SECRET_FIELDS) | {"rules", "metrics"})
+    params = {f"{PARAM_PREFIX}{k}": ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+              for k, v in dumped.items()}
+    params[f"{PARAM_PREFIX}metrics"] = ",".join(config.metric_names)
+    rules = list(config.alert_rules)
+    params[f"{PARAM_PREFIX}rules"] = ",".join(str(getattr(r, "name", r)) for r in rules)
+    for rule in rules:  # each rule's settings, so that a report can draw its thresholds
+        dump = getattr(rule, "model_dump", None)
+        if callable(dump):
+            text = json.dumps(dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+            params[f"{PARAM_PREFIX}rule.{rule.name}"] = text
+    return params
