@@ -40,12 +40,13 @@ def near_collapse_rows(n: int, d: int, noise: float, seed: int = 0) -> torch.Ten
 
 
 @pytest.mark.parametrize("a", [0.5, 0.75, 1.0, 1.5])
-@pytest.mark.parametrize("n,d", [(160, 128), (640, 512), (960, 768), (1280, 1024), (512, 2048), (512, 4096)])
+@pytest.mark.parametrize("n,d", [(160, 128), (640, 512), (960, 768), (1280, 1024), (256, 2048), (256, 4096)])
 def test_effective_rank_of_a_power_law_matches_fp64_svd(a, n, d):
     x = power_law_rows(n, d, a, seed=d).float()
     # the raw matrix has singular values exactly i^-a: the fp64 value is known in closed form too
     exact = erank_of_singular_values(torch.arange(1, min(n, d) + 1, dtype=torch.float64) ** -a)
-    assert ref_erank(x, False, False) == pytest.approx(exact, rel=1e-6)
+    if d <= 512:  # the generator is right (checked where the extra SVD is cheap)
+        assert ref_erank(x, False, False) == pytest.approx(exact, rel=1e-6)
     assert effective_rank(x, normalize=False).item() == pytest.approx(exact, rel=REL)
     assert effective_rank(x).item() == pytest.approx(ref_erank(x, True, False), rel=REL)
 
@@ -66,19 +67,20 @@ def test_effective_rank_settings_match_fp64_svd_at_d_1024(normalize, center):
 
 
 @pytest.mark.parametrize("k", [1, 8, 64])
-@pytest.mark.parametrize("n,d", [(1280, 1024), (512, 4096)])
+@pytest.mark.parametrize("n,d", [(1280, 1024), (256, 4096)])
 def test_exact_rank_k_reads_k(k, n, d):
     g = torch.Generator().manual_seed(k)
     u = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))[0]
     x = (u @ v.T * 3.0).float()  # k equal singular values, the rest exactly 0
     assert abs(effective_rank(x, normalize=False).item() - k) <= 1e-3 * k
-    assert abs(effective_rank(x, normalize=False, center=True).item() - ref_erank(x, False, True)) <= 1e-3 * k
+    if n < d:  # centring removes one direction of the span: compare with the SVD (cheap here, N < D)
+        assert abs(effective_rank(x, normalize=False, center=True).item() - ref_erank(x, False, True)) <= 1e-3 * k
     assert effective_rank(x).item() == pytest.approx(ref_erank(x, True, False), rel=REL)
 
 
 @pytest.mark.parametrize("noise", [1e-2, 1e-3, 1e-4, 1e-5])
-@pytest.mark.parametrize("n,d", [(4096, 128), (1280, 1024), (512, 2048)])
+@pytest.mark.parametrize("n,d", [(4096, 128), (640, 512), (256, 2048)])
 def test_near_collapse_matches_fp64_svd(noise, n, d):
     x = near_collapse_rows(n, d, noise, seed=n)
     for normalize in (False, True):
@@ -95,7 +97,7 @@ def test_near_collapse_case_of_the_issue():
     assert effective_rank(x, normalize=False).item() == pytest.approx(ref, rel=REL)
 
 
-@pytest.mark.parametrize("n,d", [(4096, 128), (512, 1024), (1280, 1024)])
+@pytest.mark.parametrize("n,d", [(4096, 128), (640, 512), (256, 1024)])
 def test_isotropic_data_matches_fp64_svd(n, d):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(d))
     for center in (False, True):
@@ -121,7 +123,7 @@ def test_streamed_fp64_grams_match_fp64_svd():
 
 
 @pytest.mark.parametrize("a", [0.5, 1.0, 1.5])
-@pytest.mark.parametrize("n,d", [(1280, 1024), (512, 2048)])
+@pytest.mark.parametrize("n,d", [(1280, 1024), (256, 2048)])
 def test_spectrum_matches_fp64_svd(a, n, d):
     x = (power_law_rows(n, d, a, seed=d) + 0.02).float()
     ref = covariance_spectrum64(x)
@@ -170,7 +172,7 @@ def test_monitor_path_uses_the_same_accurate_functions():
     # compute_tap_metrics (single process, and after the DDP row gather) calls these functions on the rows
     from spherewatch.compute import compute_tap_metrics
 
-    x = power_law_rows(1280, 1024, 0.75, seed=9).float()
+    x = power_law_rows(640, 512, 0.75, seed=9).float()
     scalars, hists = compute_tap_metrics(
         x, None, None, ["effective_rank", "effective_rank_centered", "spectrum", "alpha_req"], spectral=True
     )
