@@ -129,3 +129,23 @@ def nc1_fp64(x: torch.Tensor, labels: torch.Tensor) -> float:
     lam, vec = lam[-(c - 1):], vec[:, -(c - 1):]
     pinv = (vec / lam) @ vec.T
     return float(torch.trace(sigma_w @ pinv) / c)
+
+
+def lidar_fp64(views: torch.Tensor, delta: float = 1e-4, eps: float = 0.0, normalize: bool = True) -> float:
+    """LiDAR written out as in the paper / stable-pretraining's callback, in fp64, D x D throughout."""
+    z = views.double()
+    if normalize:
+        z = F.normalize(z, dim=2)
+    b, v, d = z.shape
+    mu = z.mean(1)
+    a = mu - mu.mean(0)
+    sb = a.T @ a / (b - 1)
+    w = (z - mu[:, None]).reshape(-1, d)
+    sw = w.T @ w / (b * (v - 1)) + delta * torch.eye(d, dtype=torch.float64)
+    lw, vw = torch.linalg.eigh(sw)
+    inv_sqrt = (vw / lw.sqrt()) @ vw.T
+    m = inv_sqrt @ sb @ inv_sqrt
+    lam = torch.linalg.eigvalsh(0.5 * (m + m.T)).clamp(min=0) + eps
+    p = lam / lam.sum()
+    p = p[p > 0]
+    return math.exp(-(p * p.log()).sum().item())

@@ -5,7 +5,9 @@ input's device and never synchronises with the host, so the Monitor can batch th
 """
 from spherewatch.metrics.alignment import alignment
 from spherewatch.metrics.effective_rank import effective_rank, effective_rank_from_gram
+from spherewatch.metrics._linalg import DecompositionFallbackWarning
 from spherewatch.metrics.indicators import dead_dimensions, mean_cosine, nonfinite_fraction, norm_stats, normalized_std
+from spherewatch.metrics.lidar import lidar
 from spherewatch.metrics.nc1 import nc1
 from spherewatch.metrics.spectrum import AlphaReQ, alpha_req, collapsed_dimensions, spectrum, spectrum_from_moments
 from spherewatch.metrics.uniformity import UniformityEstimate, uniformity, uniformity_estimate
@@ -28,4 +30,6 @@ __all__ = [
     "alpha_req",
     "AlphaReQ",
     "nc1",
+    "lidar",
+    "DecompositionFallbackWarning",
 ]

@@ -96,7 +96,7 @@ def _fallback(what: str, fn, g: torch.Tensor, err: Optional[BaseException]):
     )
     try:
         return fn(g.detach().to("cpu", torch.float64))
-    except Exception as cpu_err:  # pragma: no cover - LAPACK fp64 on a finite symmetric matrix
+    except Exception as cpu_err:  # LAPACK fp64 on a finite symmetric matrix: not seen in practice
         raise torch.linalg.LinAlgError(f"{what} failed on the device and on the CPU: {cpu_err}") from cpu_err
 
 
