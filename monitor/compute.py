@@ -81,4 +81,10 @@ def compute_tap_metrics(
             scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
         for name in hists:
             hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
+        if "lidar" in want and z_pos is not None:
+            # LiDAR (issue 10): the two views of each row are one surrogate class; NaN when any row of either is
+            pos_ok = torch.isfinite(z_pos).all(dim=1, keepdim=True)
+            views = torch.stack([z, torch.where(pos_ok, z_pos, torch.zeros_like(z_pos))], dim=1)
+            value = M.lidar(views)
+            scalars["lidar"] = torch.where(any_bad | ~pos_ok.all(), nan.to(value.dtype), value)
     return scalars, hists

@@ -203,19 +203,26 @@ class Monitor:
 
     def observe(
         self,
-        z: torch.Tensor,
+        z: Optional[torch.Tensor] = None,
         z_pos: Optional[torch.Tensor] = None,
         *,
         tap: Optional[str] = None,
         labels: Optional[torch.Tensor] = None,
         pool: Optional[str] = None,
+        views: Optional[torch.Tensor] = None,
     ) -> None:
         """Hand over a batch of embeddings ``(N, D)`` (and optionally its paired view and labels).
 
         Cheap to call on every step: it returns at once unless this is a capture step. At most one batch per tap
         is taken per step (gradient accumulation and re-computation do not double count). ``(B, T, H)`` tensors
         need ``pool=`` ('mean', 'first' or 'last').
+
+        ``views=`` takes the augmented views of each sample as one ``(B, V, D)`` tensor, ``V >= 2``, instead of
+        ``z, z_pos`` (pass ``z=None``): views 0 and 1 are buffered as ``z`` and ``z_pos`` (``lidar`` then uses
+        those two; for more views per sample call :func:`spherewatch.metrics.lidar` directly).
         """
+        if (views is None) == (z is None) or (views is not None and z_pos is not None):
+            raise SpherewatchError("Pass either `z` (and optionally `z_pos`) or `views=` (B, V, D), not both.")
         if not self._armed or self._closed:
             return
         tap = tap or self.config.default_tap
@@ -223,6 +230,11 @@ class Monitor:
             return
         self._captured[tap] = self._epoch
         try:
+            if views is not None:
+                if not isinstance(views, torch.Tensor) or views.ndim != 3 or views.shape[1] < 2:
+                    got = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
+                    raise ValueError(f"Expected `views` for tap {tap!r} of shape (B, V, D) with V >= 2, got {got}.")
+                z, z_pos = views[:, 0], views[:, 1]
             self._capture(tap, z, z_pos, labels, pool)
         except Exception as exc:
             self._fault(f"capture:{tap}", exc, "this batch was not recorded")
