@@ -179,3 +179,14 @@ def test_monitor_path_uses_the_same_accurate_functions():
     assert scalars["effective_rank"].item() == pytest.approx(ref_erank(x, True, False), rel=REL)
     assert scalars["effective_rank_centered"].item() == pytest.approx(ref_erank(x, True, True), rel=REL)
     assert M.alpha_req(hists["spectrum"]).alpha.item() == pytest.approx(scalars["alpha_req"].item())
+
+
+def test_fp64_input_is_never_modified():
+    x = torch.randn(50, 8, dtype=torch.float64) + 3
+    before = x.clone()
+    for normalize in (False, True):
+        for center in (False, True):
+            effective_rank(x, normalize=normalize, center=center)
+    effective_rank(x[:5], center=True)  # N < D path
+    spectrum(x)
+    assert torch.equal(x, before)
