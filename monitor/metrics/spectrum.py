@@ -84,8 +84,11 @@ def collapsed_dimensions(x: torch.Tensor, *, threshold: float = 1e-5) -> torch.T
         threshold: relative threshold (default ``1e-5``, METRICS.md).
 
     Returns:
-        0-d fp32 tensor (a count, as float so it logs like every other scalar). 0 = healthy; ``D - 1`` =
-        complete collapse onto a point... or a line (a single direction carries all variance). Note that
+        0-d fp32 tensor (a count, as float so it logs like every other scalar). 0 = healthy; ``D - k`` =
+        dimensional collapse onto a k-dimensional subspace (``D - 1``: a single direction carries all the
+        variance). It is relative to ``lambda_max``, so it does **not** see collapse toward a point: rows
+        shrinking onto one vector with some jitter left read 0 (the demo's collapsing SimSiam run does), and an
+        exactly constant batch reads 0 too (no variance at all); watch ``mean_cosine`` / ``uniformity`` for that.
         ``N <= D`` rows force at least ``D - N + 1`` zero eigenvalues: use ``N > D`` samples.
 
     Example:
@@ -113,10 +116,12 @@ def alpha_req(x: torch.Tensor, *, window: Tuple[int, int] = (11, 100), rtol: flo
         rtol: eigenvalues below ``rtol * lambda_1`` are outside the numerical rank and excluded.
 
     Returns:
-        ``AlphaReQ(alpha, r2)``: 0-d tensors. ``alpha ~ 0`` = white spectrum; ``alpha ~ 1`` typical of good
-        representations; large ``alpha`` with a poor fit (low ``r2``) = collapse. NaN when fewer than two ranks
-        of the window are inside the numerical rank (the spectrum is collapsed below the window). Depends on
-        N/D: compare values at a fixed N.
+        ``AlphaReQ(alpha, r2)``: 0-d tensors (fp32; fp64 for an fp64 spectrum). ``alpha ~ 0`` = white spectrum;
+        ``alpha ~ 1`` typical of good representations at large D; large ``alpha`` with a poor fit (low ``r2``) =
+        dimensional collapse. NaN when fewer than two ranks of the window are inside the numerical rank (the
+        spectrum is collapsed below the window). It reads the *shape* of the centred spectrum: when rows collapse
+        toward a point, the jitter left is whiter than a trained spectrum and ``alpha`` *falls* (the demo's
+        collapsing run). Depends on N/D and D: compare values at a fixed N.
 
     Example:
         >>> import torch
