@@ -71,3 +71,17 @@ def test_when_the_cpu_fails_too_the_error_is_raised_not_nan(monkeypatch):
     monkeypatch.setattr(torch.linalg, "eigvalsh", broken)
     with pytest.warns(DecompositionFallbackWarning), pytest.raises(torch.linalg.LinAlgError, match="on the CPU"):
         M.effective_rank(X)
+
+
+def test_compute_tap_metrics_hands_the_fallback_to_the_caller(monkeypatch):
+    from spherewatch.compute import compute_tap_metrics
+
+    names = ["effective_rank", "spectrum", "alpha_req"]
+    expected, _ = compute_tap_metrics(X, None, None, names, spectral=True)
+    _failing_once(monkeypatch, "eigvalsh", "nan")
+    fallbacks = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecompositionFallbackWarning)  # collected, not emitted
+        scalars, _ = compute_tap_metrics(X, None, None, names, spectral=True, fallbacks=fallbacks)
+    assert len(fallbacks) == 1 and isinstance(fallbacks[0], DecompositionFallbackWarning)
+    assert scalars["effective_rank"].item() == pytest.approx(expected["effective_rank"].item())
