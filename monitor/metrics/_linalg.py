@@ -7,9 +7,11 @@ of fp32 inputs are exact in fp64) and decomposing it in fp64 resolves singular v
 ``sigma_max``: on every regime of issue 10 (isotropic, power laws, exact rank 1/8/64, near collapse down to 1e-5
 noise) the effective rank is within 1.2e-5 relative of an fp64 SVD at D <= 1024, where fp32 ``svdvals`` and QR
 then SVD of R are within 1.3e-4 (their spurious singular values at ``eps32 * sigma_max`` add entropy on exactly
-low-rank data). It is also the fastest route on CPU for ``N >= D``: the Gram is a GEMM (only its upper block
-triangle is computed) and the ``D x D`` eigenproblem is small, while ``svdvals`` of a tall matrix does a
-Householder QR of all N rows first. Grams add up across batches and ranks, so the route streams.
+low-rank data). Speed on one CPU thread (``benchmarks/metrics.py --only rank``): 1.1-1.9x faster than fp32
+``svdvals`` at D = 1024-2048 (the Gram is a GEMM, only its upper block triangle from D = 1024, and the ``D x D``
+eigenproblem is small, while ``svdvals`` of a tall matrix runs a Householder QR of all N rows first), 0.74-1.36x at
+D <= 512, where the fp64 copy of the rows costs as much as fp32 ``svdvals``. Grams add up across batches and
+ranks, so the route streams.
 
 GPU safety: ``eigvalsh``/``eigh`` can fail or mis-converge on large low-rank matrices on CUDA (pytorch #94772,
 #105359) and CUDA has no bf16 decompositions (#98308). Every decomposition here runs on an fp64 copy; when the
