@@ -131,7 +131,7 @@ def rank_table(ns, ds, a: float, threads: int, repeats: int) -> None:
                 print(f"{n:>6}{d:>6} | failed: {why}", flush=True)
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            rel = lambda v: abs(v - r["fp64"]) / r["fp64"]  # noqa: E731
+            rel = lambda v, ref=r["fp64"]: abs(v - ref) / ref  # noqa: E731
             print(f"{n:>6}{d:>6} | {r['t_ours']:>11.3f}{r['t_svd32']:>10.3f}{r['t_svd32'] / r['t_ours']:>8.2f}x | "
                   f"{r['fp64']:>9.2f}{rel(r['ours']):>10.1e}{rel(r['svd32']):>12.1e}"
                   f"{rel(r['old']):>9.1e} ({r['old']:.0f})", flush=True)

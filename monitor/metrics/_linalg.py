@@ -24,7 +24,6 @@ import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["DecompositionFallbackWarning", "gram64", "rows_gram64", "eigvalsh64", "eigh64"]
 

@@ -32,8 +32,9 @@ def nc1(x: torch.Tensor, labels: torch.Tensor, *, num_classes: Optional[int] = N
             (one sync; see :class:`~spherewatch.metrics.DecompositionFallbackWarning`).
 
     Returns:
-        0-d fp32 tensor (fp64 for fp64 input) on the input's device. Small = tight, well separated classes (desired in supervised training; in
-        self-supervised training it measures class separability); large = classes overlap.
+        0-d fp32 tensor (fp64 for fp64 input) on the input's device. Small = tight, well separated classes
+        (desired in supervised training; in self-supervised training it measures class separability); large =
+        classes overlap.
 
     Example:
         >>> import torch

@@ -57,7 +57,7 @@ def test_dimensional_collapse_is_what_the_centred_family_measures():
 
 def test_demo_collapsing_run_reads_as_documented():
     # the README's "collapsed" column on the demo's own collapsing scenario (SimSiam without stop-gradient)
-    from spherewatch.demo import make_data, Encoder, augment, _loss, SCENARIOS
+    from spherewatch.demo import SCENARIOS, Encoder, _loss, augment, make_data
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)

@@ -7,8 +7,8 @@ import torch
 import spherewatch as sw
 import spherewatch.metrics as M
 from spherewatch import SpherewatchError
-from spherewatch.sinks.memory import MemorySink
 from spherewatch.config import PRESETS
+from spherewatch.sinks.memory import MemorySink
 
 
 def _views(b=256, v=2, d=16, seed=0):
