@@ -8,7 +8,8 @@ runs the same code on the CPU at a small size, to check the script (those are no
    ``standard`` / ``full`` presets' per-tap compute (what one evaluation runs, with a paired view), on bf16 input
    (upcast to fp32; the decompositions run on fp64 Grams). Beside them the references: Wang & Isola's
    ``torch.pdist`` uniformity and RankMe from ``torch.linalg.svdvals``, both on the fp32 normalised rows. Time:
-   best of a first call and ``--repeats`` more (none when the first takes over 5 s), each bracketed by ``torch.cuda.synchronize()``. Memory: peak of
+   best of a first call and ``--repeats`` more (none when the first takes over 5 s), each bracketed by
+   ``torch.cuda.synchronize()``. Memory: peak of
    ``torch.cuda.max_memory_allocated()`` during the first call above what was allocated before it (the input
    excluded). A reference that runs out of memory is reported as such.
 2. Training loop: a SimCLR-style ResNet-like CNN on 32x32 images (bf16 autocast, batch 512, two views, NT-Xent,
