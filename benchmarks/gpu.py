@@ -6,9 +6,10 @@ runs the same code on the CPU at a small size, to check the script (those are no
 
 1. Kernels: ``uniformity`` exact and pooled (with its standard error), ``effective_rank``, ``spectrum``, and the
    ``standard`` / ``full`` presets' per-tap compute (what one evaluation runs, with a paired view), on bf16 input
-   (they compute in fp32). Beside them the references: Wang & Isola's ``torch.pdist`` uniformity and RankMe from
-   ``torch.linalg.svdvals``, both on the fp32 normalised rows. Time: best of a first call and ``--repeats`` more
-   (none when the first takes over 5 s), each bracketed by ``torch.cuda.synchronize()``. Memory: peak of
+   (upcast to fp32; the decompositions run on fp64 Grams). Beside them the references: Wang & Isola's
+   ``torch.pdist`` uniformity and RankMe from ``torch.linalg.svdvals``, both on the fp32 normalised rows. Time:
+   best of a first call and ``--repeats`` more (none when the first takes over 5 s), each bracketed by
+   ``torch.cuda.synchronize()``. Memory: peak of
    ``torch.cuda.max_memory_allocated()`` during the first call above what was allocated before it (the input
    excluded). A reference that runs out of memory is reported as such.
 2. Training loop: a SimCLR-style ResNet-like CNN on 32x32 images (bf16 autocast, batch 512, two views, NT-Xent,
@@ -109,7 +110,7 @@ def kernels(args, device) -> None:
         ("uniformity, pooled, chunk 2048 (spherewatch)", lambda: tuple(M.uniformity_estimate(x))),
         ("uniformity, torch.pdist reference (fp32)",
          lambda: torch.pdist(F.normalize(x.float(), dim=1), p=2).pow(2).mul(-2.0).exp().mean().log()),
-        ("effective_rank (spherewatch, Gram + eigvalsh)", lambda: M.effective_rank(x)),
+        ("effective_rank (spherewatch, fp64 Gram + eigvalsh)", lambda: M.effective_rank(x)),
         ("effective_rank, svdvals reference (fp32)", rankme_svdvals),
         ("spectrum (spherewatch)", lambda: M.spectrum(x)[0]),
         ("standard preset compute (one tap, paired)",

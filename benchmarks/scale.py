@@ -73,9 +73,9 @@ def _child(kind: str, impl: str, n: int, d: int, k: int, threads: int, repeats: 
     batches = torch.randn(k, n, d, generator=gen)  # what the model produced; not counted
 
     def streamed():
-        gram = torch.zeros(d, d)
+        gram = torch.zeros(d, d, dtype=torch.float64)  # fp64: an fp32 Gram loses the spectrum's tail (issue 10)
         for b in range(k):
-            z = F.normalize(batches[b], dim=1)
+            z = F.normalize(batches[b].double(), dim=1)
             gram.addmm_(z.T, z)  # batch b can be dropped now: only the D x D Gram is kept
         return effective_rank_from_gram(gram)
 

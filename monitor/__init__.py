@@ -1,5 +1,10 @@
 """spherewatch: watch the geometry of embeddings while a model trains, and alert when they collapse.
 
+``spherewatch.Monitor`` samples embedding batches on a schedule, computes the metrics of ``spherewatch.metrics``
+on the training device (one read-back per evaluation step) and sends them to the sinks and the alert rules.
+``spherewatch.metrics`` holds the metrics as plain functions; its docstring says which normalise rows, what
+shapes they return and which synchronise with the host (the eigen-decomposition ones, once per decomposition).
+
 >>> import spherewatch as sw
 >>> mon = sw.Monitor(every_n_steps=10, sinks=("memory",), warn=False)
 """

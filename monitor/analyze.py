@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import spherewatch.metrics as M
+from spherewatch.metrics._linalg import gram64
 from spherewatch.metrics.effective_rank import effective_rank_from_gram
 from spherewatch.metrics.spectrum import spectrum_from_moments
 
@@ -204,7 +205,7 @@ def analyze(
     # ---- streamed: exact sufficient statistics; pooled uniformity
     d = emb.cols
     n = 0
-    gram = torch.zeros(d, d, dtype=torch.float64)
+    m2 = torch.zeros(d, d, dtype=torch.float64)
     s1 = torch.zeros(d, dtype=torch.float64)
     s2 = torch.zeros(d, dtype=torch.float64)
     raw_sum = torch.zeros(d, dtype=torch.float64)
@@ -230,8 +231,13 @@ def analyze(
             norm_n += int(fin.sum())
             norm_min, norm_max = min(norm_min, float(nf.min())), max(norm_max, float(nf.max()))
         zh = M._validation.normalize_rows(chunk)
-        zd = zh.double()
-        gram += zd.T @ zd
+        zd = torch.nn.functional.normalize(chunk.double(), dim=1)
+        # centred moments with Chan's merge, in fp64 (subtracting n * mean mean^T from a raw Gram at the end
+        # cancels digits near collapse); the raw Gram is rebuilt from them without cancellation
+        chunk_mean = zd.mean(0)
+        chunk_m2 = gram64(zd - chunk_mean)
+        delta = chunk_mean - s1 / max(n, 1)
+        m2 += chunk_m2 + torch.outer(delta, delta) * (n * m / (n + m))
         s1 += zd.sum(0)
         s2 += (zd * zd).sum(0)
         raw_sum += chunk.double().sum(0)
@@ -247,7 +253,7 @@ def analyze(
     if bar is not None:
         bar.close()
     mean = s1 / n
-    m2 = gram - n * torch.outer(mean, mean)
+    gram = m2 + n * torch.outer(mean, mean)
     lam = spectrum_from_moments(n, mean, m2)
     means = np.array(kern_sums) / np.array(kern_pairs)
     kmean = float(np.sum(kern_sums) / np.sum(kern_pairs))

@@ -1,7 +1,8 @@
 """Which metrics to compute for one tap on one evaluation step; pure tensor work, no host sync."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,6 +23,7 @@ def compute_tap_metrics(
     t: float = 2.0,
     alpha: float = 2.0,
     num_classes: Optional[int] = None,
+    fallbacks: Optional[List[BaseException]] = None,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Return ``(scalars, histograms)``: 0-d and 1-D tensors on ``z``'s device, keyed by metric name.
 
@@ -29,7 +31,22 @@ def compute_tap_metrics(
     eigen-decomposition metrics only when ``spectral`` is true. ``rows`` (the number of rows behind the values)
     is always there; ``<metric>_stderr`` sits beside the metrics listed in :data:`STDERR_METRICS` (see
     :func:`_add_stderr`).
+
+    ``fallbacks``: when a list is given, every :class:`~spherewatch.metrics.DecompositionFallbackWarning` raised
+    here (a device solver failed and the decomposition was recomputed on the CPU in fp64; the values are valid)
+    is appended to it instead of being emitted, for the caller to report once through its fault path.
     """
+    if fallbacks is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", M.DecompositionFallbackWarning)
+            out = compute_tap_metrics(z, z_pos, labels, names, spectral=spectral, t=t, alpha=alpha,
+                                      num_classes=num_classes)
+        for w in caught:
+            if issubclass(w.category, M.DecompositionFallbackWarning):
+                fallbacks.append(w.message)
+            else:  # anything else goes on as it came
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        return out
     scalars: Dict[str, torch.Tensor] = {}
     hists: Dict[str, torch.Tensor] = {}
     n = z.shape[0]
@@ -85,6 +102,12 @@ def compute_tap_metrics(
             scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
         for name in hists:
             hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
+        if "lidar" in want and z_pos is not None:
+            # LiDAR (issue 10): the two views of each row are one surrogate class; NaN when any row of either is
+            pos_ok = torch.isfinite(z_pos).all(dim=1, keepdim=True)
+            views = torch.stack([z, torch.where(pos_ok, z_pos, torch.zeros_like(z_pos))], dim=1)
+            value = M.lidar(views)
+            scalars["lidar"] = torch.where(any_bad | ~pos_ok.all(), nan.to(value.dtype), value)
     _add_stderr(scalars, z, z_pos, t=t, alpha=alpha)
     return scalars, hists
 

@@ -30,10 +30,11 @@ METRICS: Tuple[str, ...] = (
     "nonfinite_fraction",
     "norm_stats",
     "nc1",
+    "lidar",
 )
 #: Metrics that need an eigen-decomposition (they follow ``spectral_every_n_steps``).
 SPECTRAL_METRICS = frozenset(
-    {"effective_rank", "effective_rank_centered", "collapsed_dimensions", "spectrum", "alpha_req"}
+    {"effective_rank", "effective_rank_centered", "collapsed_dimensions", "spectrum", "alpha_req", "lidar"}
 )
 #: Cost presets. ``cheap``: O(N D), no decomposition. ``standard``: + uniformity and RankMe. ``full``: everything.
 PRESETS: Dict[str, Tuple[str, ...]] = {

@@ -77,14 +77,18 @@ class Evaluator:
             if z is None:
                 continue
             self.had_rows = True
+            fallbacks: List[BaseException] = []
             try:
                 sc, hi = compute_tap_metrics(
                     z, z_pos, labels, cfg.metric_names, spectral=spectral, t=cfg.uniformity_t,
-                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes,
+                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes, fallbacks=fallbacks,
                 )
             except Exception as exc:
                 self._faults.report(f"metrics:{tap}", exc, "its metrics were skipped at this step")
                 continue
+            finally:
+                for w in fallbacks[:1]:  # a device solver failed; the values were recomputed on the CPU in fp64
+                    self._faults.report(f"metrics:{tap}:decomposition", w, "recomputed on the CPU in float64")
             base = f"{cfg.prefix}/{tap}/"
             tensors.update({base + k: v for k, v in sc.items()})
             hists.update({base + k: v for k, v in hi.items()})

@@ -122,16 +122,21 @@ class Monitor:
         """True while the coming forward passes are captured (a capture step)."""
         return self._sampler.armed
 
-    def observe(self, z: torch.Tensor, z_pos: Optional[torch.Tensor] = None, *, tap: Optional[str] = None,
-                labels: Optional[torch.Tensor] = None, pool: Optional[str] = None) -> None:
+    def observe(self, z: Optional[torch.Tensor] = None, z_pos: Optional[torch.Tensor] = None, *,
+                tap: Optional[str] = None, labels: Optional[torch.Tensor] = None, pool: Optional[str] = None,
+                views: Optional[torch.Tensor] = None) -> None:
         """Hand over a batch of embeddings ``(N, D)`` (and optionally its paired view and labels).
 
         Cheap to call on every step: it returns at once unless this is a capture step. At most one batch per tap
         is taken per step (gradient accumulation and re-computation do not double count) unless
         ``every_micro_batch`` is set: then every batch of the step is taken, up to ``max_samples`` rows.
         ``(B, T, H)`` tensors need ``pool=`` ('mean', 'first' or 'last').
+
+        ``views=`` takes the augmented views of each sample as one ``(B, V, D)`` tensor, ``V >= 2``, instead of
+        ``z, z_pos`` (pass ``z=None``): views 0 and 1 are buffered as ``z`` and ``z_pos`` (``lidar`` then uses
+        those two; for more views per sample call :func:`spherewatch.metrics.lidar` directly).
         """
-        self._sampler.observe(z, z_pos, tap=tap, labels=labels, pool=pool)
+        self._sampler.observe(z, z_pos, tap=tap, labels=labels, pool=pool, views=views)
 
     def watch(self, module: torch.nn.Module, tap: Optional[str] = None, *, select: Selector = None,
               pool: Optional[str] = None, when: Optional[Callable[[], bool]] = None):

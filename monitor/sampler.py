@@ -9,6 +9,7 @@ import torch
 
 from spherewatch.buffer import RowReservoir
 from spherewatch.capture import Selector, extract_embeddings
+from spherewatch.errors import SpherewatchError
 
 __all__ = ["Sampler", "make_forward_hook", "validate_batch"]
 
@@ -99,14 +100,21 @@ class Sampler:
         self._captured[tap] = self._epoch
         return True
 
-    def observe(self, z: Any, z_pos: Any = None, *, tap: Optional[str] = None, labels: Any = None,
-                pool: Optional[str] = None) -> None:
+    def observe(self, z: Any = None, z_pos: Any = None, *, tap: Optional[str] = None, labels: Any = None,
+                pool: Optional[str] = None, views: Any = None) -> None:
+        if (views is None) == (z is None) or (views is not None and z_pos is not None):
+            raise SpherewatchError("Pass either `z` (and optionally `z_pos`) or `views=` (B, V, D), not both.")
         if not self.armed or self.closed:
             return
         tap = tap or self.config.default_tap
         if not self._first_this_step(tap):
             return
         try:
+            if views is not None:
+                if not isinstance(views, torch.Tensor) or views.ndim != 3 or views.shape[1] < 2:
+                    got = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
+                    raise ValueError(f"Expected `views` for tap {tap!r} of shape (B, V, D) with V >= 2, got {got}.")
+                z, z_pos = views[:, 0], views[:, 1]
             self.add(tap, z, z_pos, labels, pool)
         except Exception as exc:
             self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")

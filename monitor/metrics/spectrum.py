@@ -5,7 +5,8 @@ from typing import NamedTuple, Tuple
 
 import torch
 
-from spherewatch.metrics._validation import as_embeddings, normalize_rows
+from spherewatch.metrics._linalg import eigvalsh64, rows_gram64
+from spherewatch.metrics._validation import as_embeddings
 
 __all__ = ["spectrum", "spectrum_from_moments", "collapsed_dimensions", "alpha_req", "AlphaReQ"]
 
@@ -29,10 +30,14 @@ class AlphaReQ(NamedTuple):
 
 
 def spectrum_from_moments(n: int, mean: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-    """Descending covariance eigenvalues from streamed moments: ``mean`` (D,) and ``m2 = sum (z - mean)(z - mean)^T``."""
-    cov = m2 / max(n - 1, 1)
-    lam = torch.linalg.eigvalsh(0.5 * (cov + cov.T))
-    return lam.flip(0).clamp(min=0)
+    """Descending covariance eigenvalues from streamed moments: ``mean`` (D,) and ``m2 = sum (z - mean)(z - mean)^T``.
+
+    ``m2`` should be accumulated in fp64 (Chan merges of per-chunk centred Grams); it is decomposed with an fp64
+    ``eigvalsh`` (CPU fallback, ``DecompositionFallbackWarning``). Returns fp32 ``(D,)`` clamped at 0, on ``m2``'s
+    device.
+    """
+    lam = eigvalsh64(m2) / max(n - 1, 1)
+    return lam.flip(0).clamp(min=0).to(torch.float32)
 
 
 def spectrum(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,9 @@ def spectrum(x: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(D,)`` fp32 tensor on the input's device (clamped at 0). Their sum is the total variance
-        ``~ 1 - ||mean||^2``.
+        ``~ 1 - ||mean||^2``. Computed from an fp64 Gram of the centred rows and an fp64 ``eigvalsh`` (the
+        ``N x N`` Gram when ``N < D``), accurate down to ~1e-15 of ``lambda_max`` (see :func:`effective_rank`
+        for the measurements); the decomposition synchronises with the host on GPUs.
 
     How to read it: healthy isotropic embeddings have all eigenvalues near ``1/D``; dimensional collapse shows
     as a tail of eigenvalues at numerical zero (see :func:`collapsed_dimensions`). With ``N <= D`` at most
@@ -61,10 +68,12 @@ def spectrum(x: torch.Tensor) -> torch.Tensor:
     Reference: Jing et al., "Understanding Dimensional Collapse in Contrastive Self-supervised Learning", ICLR 2022.
     """
     x = as_embeddings(x)
-    z = normalize_rows(x)
-    mean = z.mean(dim=0)
-    zc = z - mean
-    return spectrum_from_moments(z.shape[0], mean, zc.T @ zc)
+    m2 = rows_gram64(x, normalize=True, center=True, side="smaller")  # same non-zero eigenvalues either side
+    lam = spectrum_from_moments(x.shape[0], None, m2)
+    d = x.shape[1]
+    if lam.shape[0] < d:  # N < D: the other D - N eigenvalues are exactly 0
+        lam = torch.cat([lam, lam.new_zeros(d - lam.shape[0])])
+    return lam
 
 
 def collapsed_dimensions(x: torch.Tensor, *, threshold: float = 1e-5) -> torch.Tensor:
@@ -75,8 +84,11 @@ def collapsed_dimensions(x: torch.Tensor, *, threshold: float = 1e-5) -> torch.T
         threshold: relative threshold (default ``1e-5``, METRICS.md).
 
     Returns:
-        0-d fp32 tensor (a count, as float so it logs like every other scalar). 0 = healthy; ``D - 1`` =
-        complete collapse onto a point... or a line (a single direction carries all variance). Note that
+        0-d fp32 tensor (a count, as float so it logs like every other scalar). 0 = healthy; ``D - k`` =
+        dimensional collapse onto a k-dimensional subspace (``D - 1``: a single direction carries all the
+        variance). It is relative to ``lambda_max``, so it does **not** see collapse toward a point: rows
+        shrinking onto one vector with some jitter left read 0 (the demo's collapsing SimSiam run does), and an
+        exactly constant batch reads 0 too (no variance at all); watch ``mean_cosine`` / ``uniformity`` for that.
         ``N <= D`` rows force at least ``D - N + 1`` zero eigenvalues: use ``N > D`` samples.
 
     Example:
@@ -104,10 +116,12 @@ def alpha_req(x: torch.Tensor, *, window: Tuple[int, int] = (11, 100), rtol: flo
         rtol: eigenvalues below ``rtol * lambda_1`` are outside the numerical rank and excluded.
 
     Returns:
-        ``AlphaReQ(alpha, r2)``: 0-d tensors. ``alpha ~ 0`` = white spectrum; ``alpha ~ 1`` typical of good
-        representations; large ``alpha`` with a poor fit (low ``r2``) = collapse. NaN when fewer than two ranks
-        of the window are inside the numerical rank (the spectrum is collapsed below the window). Depends on
-        N/D: compare values at a fixed N.
+        ``AlphaReQ(alpha, r2)``: 0-d tensors (fp32; fp64 for an fp64 spectrum). ``alpha ~ 0`` = white spectrum;
+        ``alpha ~ 1`` typical of good representations at large D; large ``alpha`` with a poor fit (low ``r2``) =
+        dimensional collapse. NaN when fewer than two ranks of the window are inside the numerical rank (the
+        spectrum is collapsed below the window). It reads the *shape* of the centred spectrum: when rows collapse
+        toward a point, the jitter left is whiter than a trained spectrum and ``alpha`` *falls* (the demo's
+        collapsing run). Depends on N/D and D: compare values at a fixed N.
 
     Example:
         >>> import torch
@@ -126,8 +140,8 @@ def alpha_req(x: torch.Tensor, *, window: Tuple[int, int] = (11, 100), rtol: flo
     if d < hi:
         hi = d
         lo = max(1, min(lo, d // 10))
-    ranks = torch.arange(1, d + 1, device=lam.device, dtype=torch.float32)
-    lamf = lam.to(torch.float32)
+    ranks = torch.arange(1, d + 1, device=lam.device, dtype=torch.float64)
+    lamf = lam.to(torch.float64)  # the weighted fit in fp64: cheap, and no round-off in the sums
     inside = (ranks >= lo) & (ranks <= hi) & (lamf > rtol * lamf[0]) & (lamf > 0)
     w = torch.where(inside, 1.0 / ranks, torch.zeros_like(ranks))
     lx = torch.log(ranks)
@@ -143,4 +157,5 @@ def alpha_req(x: torch.Tensor, *, window: Tuple[int, int] = (11, 100), rtol: flo
     nan = torch.full_like(slope, float("nan"))
     alpha = torch.where(enough, -slope, nan)
     r2 = torch.where(enough & (syy > 0), sxy * sxy / (sxx * syy), torch.where(enough, torch.ones_like(slope), nan))
-    return AlphaReQ(alpha, r2)
+    out_dtype = torch.float64 if lam.dtype == torch.float64 else torch.float32
+    return AlphaReQ(alpha.to(out_dtype), r2.to(out_dtype))
