@@ -32,13 +32,6 @@ __all__ = [
 
 logger = logging.getLogger("spherewatch.integrations")
 
-try:  # the capture path runs eagerly even inside a torch.compile'd model (as in Monitor.watch)
-    from torch._dynamo import disable as _dynamo_disable
-except Exception:  # pragma: no cover - very old torch
-    def _dynamo_disable(fn):  # type: ignore[no-redef]
-        return fn
-
-
 # ------------------------------------------------------------------------------------------------ faults
 def report_fault(monitor: Monitor, part: str, exc: BaseException, consequence: str = "skipped") -> None:
     """Report a capture failure the way the Monitor reports its own: once per ``part`` (log + alert channels);
@@ -48,19 +41,16 @@ def report_fault(monitor: Monitor, part: str, exc: BaseException, consequence: s
 
 # ------------------------------------------------------------------------------------------------ hooks
 def add_output_hook(
-    module: torch.nn.Module, fire: Callable[[], bool], take: Callable[[Any, Mapping], None]
+    module: torch.nn.Module, fire: Callable[[], bool], take: Callable[[Any, Mapping], None], monitor: Monitor,
+    *, training_only: bool = False,
 ) -> torch.utils.hooks.RemovableHandle:
     """Register a forward hook that calls ``take(output, kwargs)`` when ``fire()`` is true.
 
-    ``fire`` must be cheap (it runs on every forward pass; a flag check). ``take`` runs eagerly (never traced by
-    ``torch.compile``).
+    ``fire`` must be cheap (it runs on every forward pass; a flag check). Inside a ``torch.compile``'d region
+    (``fullgraph=True`` included) neither is traced: the output is kept and ``take`` runs eagerly at ``monitor``'s
+    next ``step()`` (see :meth:`Monitor.output_hook`).
     """
-    take = _dynamo_disable(take)
-
-    def hook(mod: torch.nn.Module, args: Any, kwargs: Mapping, output: Any) -> None:
-        if fire():
-            take(output, kwargs)
-
+    hook = monitor.output_hook(fire, take, training_only=training_only)
     return module.register_forward_hook(hook, with_kwargs=True)
 
 
@@ -95,7 +85,7 @@ def add_capture_hook(
             return
         monitor.observe(z, tap=tap)
 
-    return add_output_hook(module, lambda: monitor.armed, take)
+    return add_output_hook(module, lambda: monitor.armed, take, monitor, training_only=True)
 
 
 class RowCollector:
@@ -397,7 +387,7 @@ class LightningMonitorCallbackCore:
                     return
                 self._val_rows.add(z)
 
-        self._handle = add_output_hook(module, fire, take)
+        self._handle = add_output_hook(module, fire, take, mon)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_global_step = trainer.global_step

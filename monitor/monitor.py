@@ -25,14 +25,39 @@ logger = logging.getLogger("spherewatch")
 _STATE_VERSION = 1
 _SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
 
-def _dynamo_disable(fn):
-    """Run ``fn`` eagerly even inside a torch.compile'd model: the capture path is never traced. Imported lazily
-    (``torch._dynamo`` costs seconds at import), only when a module is watched."""
-    try:
-        from torch._dynamo import disable
-    except Exception:  # pragma: no cover - very old torch
-        return fn
-    return disable(fn)
+def _is_compiling() -> bool:
+    """True while ``torch.compile`` (dynamo) traces the calling code. Cheap in eager mode (a flag read)."""
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(fn()) if fn is not None else False
+
+
+def deferred_output_hook(
+    pending: Dict[Any, Any], key: Any, fire: Callable[[], bool], take: Callable[[Any, Mapping[str, Any]], None],
+    *, training_only: bool = False,
+) -> Callable[..., None]:
+    """A forward hook ``(module, args, kwargs, output)`` that is safe inside ``torch.compile(fullgraph=True)``.
+
+    Eagerly it calls ``take(output, kwargs)`` when ``fire()`` is true. While dynamo traces it, it only stores
+    ``(take, output, attention_mask)`` under ``pending[key]`` -- a dict store that dynamo replays after the graph
+    has run, so there is no graph break, no guard on ``fire()``'s flag and no recompile when the monitor arms or
+    disarms. The owner calls ``take`` on what is pending, eagerly, at its next ``step()``; the first forward pass
+    since the last step is kept, as in eager mode. ``training_only`` skips passes of a module in eval mode
+    (``take`` runs at ``step()``, when the module is usually back in training mode, so it cannot tell).
+    """
+
+    def hook(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if _is_compiling():
+            if training_only and not mod.training:  # a guarded constant for dynamo: no recompile per step
+                return
+            mask = kwargs.get("attention_mask") if kwargs else None
+            # setdefault: the first forward pass of the step wins, as in eager mode (gradient accumulation)
+            pending.setdefault(key, (take, output.detach() if isinstance(output, torch.Tensor) else output,
+                                     {} if mask is None else {"attention_mask": mask}))
+            return
+        if fire():
+            take(output, kwargs)
+
+    return hook
 
 
 class _RankZeroChannel:
@@ -120,6 +145,9 @@ class Monitor:
         self._deferred: Optional[SpherewatchError] = None
         self._closed = False
         self._handles: List[Any] = []
+        # outputs of watched modules seen while torch.compile traced them, taken eagerly at the next step()
+        self._pending_outputs: Dict[Any, Any] = {}
+        self._hooks_made = 0
         self._reported: set = set()
         self.faults: Dict[str, int] = defaultdict(int)
         self.captures: Dict[str, int] = defaultdict(int)
@@ -216,6 +244,9 @@ class Monitor:
         is taken per step (gradient accumulation and re-computation do not double count). ``(B, T, H)`` tensors
         need ``pool=`` ('mean', 'first' or 'last').
         """
+        if _is_compiling():  # inside torch.compile: a dict store dynamo can trace; taken eagerly at step()
+            self._pending_outputs.setdefault(f"observe:{tap}", (self._take_observed, (z, z_pos, tap, labels, pool), {}))
+            return
         if not self._armed or self._closed:
             return
         tap = tap or self.config.default_tap
@@ -226,6 +257,10 @@ class Monitor:
             self._capture(tap, z, z_pos, labels, pool)
         except Exception as exc:
             self._fault(f"capture:{tap}", exc, "this batch was not recorded")
+
+    def _take_observed(self, args: Any, kwargs: Mapping[str, Any]) -> None:
+        z, z_pos, tap, labels, pool = args
+        self.observe(z, z_pos, tap=tap, labels=labels, pool=pool)
 
     def _validate_batch(self, tap: str, z: Any, name: str, pool: Optional[str]) -> torch.Tensor:
         if not isinstance(z, torch.Tensor):
@@ -278,7 +313,9 @@ class Monitor:
         """Capture the output of ``module`` with a forward hook, installed once and armed only on capture steps.
 
         Args:
-            module: any ``nn.Module`` (install before ``torch.compile``: hooks added afterwards never fire).
+            module: any ``nn.Module`` (install before ``torch.compile``: hooks added afterwards never fire). Safe
+                inside ``torch.compile(fullgraph=True)``: there the hook keeps the output and the rows are taken at
+                the next :meth:`step` (no graph break, no recompile; see :func:`deferred_output_hook`).
             tap: name used in the log keys (default ``config.default_tap``).
             select: which part of a tuple / dict / HF ``ModelOutput`` output holds the embeddings: a key, an index
                 or a callable (default: the tensor itself, element 0 of a tuple, or the first of
@@ -294,9 +331,8 @@ class Monitor:
         tap = tap or self.config.default_tap
         pool = pool or self.config.pool
 
-        @_dynamo_disable
         def _take(output: Any, kwargs: Mapping[str, Any]) -> None:
-            if self._captured.get(tap) == self._epoch or self._closed:
+            if not self._armed or self._captured.get(tap) == self._epoch or self._closed:
                 return
             self._captured[tap] = self._epoch
             try:
@@ -307,13 +343,33 @@ class Monitor:
             except Exception as exc:
                 self._fault(f"capture:{tap}", exc, "this batch was not recorded")
 
-        def hook(mod, args, kwargs, output):
-            if self._armed:
-                _take(output, kwargs)
-
+        hook = self.output_hook(lambda: self._armed, _take)
         handle = module.register_forward_hook(hook, with_kwargs=True)
         self._handles.append(handle)
         return handle
+
+    def output_hook(
+        self, fire: Callable[[], bool], take: Callable[[Any, Mapping[str, Any]], None], *, training_only: bool = False
+    ) -> Callable[..., None]:
+        """A forward hook calling ``take(output, kwargs)`` when ``fire()`` is true, safe under ``torch.compile``
+        (``fullgraph=True`` included): inside a compiled region the output is kept and ``take`` runs eagerly at the
+        next :meth:`step`. For adapters; register it with ``module.register_forward_hook(hook, with_kwargs=True)``."""
+        self._hooks_made += 1
+        return deferred_output_hook(self._pending_outputs, f"hook:{self._hooks_made}", fire, take,
+                                    training_only=training_only)
+
+    def take_pending_outputs(self) -> None:
+        """Take, eagerly, the outputs that watched modules produced inside a ``torch.compile``'d region since the
+        last step (``step()`` does this first; adapters that evaluate without ``step()`` may call it)."""
+        if not self._pending_outputs:
+            return
+        pending = list(self._pending_outputs.values())
+        self._pending_outputs.clear()
+        for take, output, kwargs in pending:
+            try:
+                take(output, kwargs)
+            except Exception as exc:  # take() reports its own failures; this is the last line of defence
+                self._fault("capture", exc, "this batch was not recorded")
 
     # ------------------------------------------------------------------ stepping
     def step(self, global_step: Optional[int] = None) -> List[Alert]:
@@ -323,6 +379,7 @@ class Monitor:
         """
         if self._closed:
             return []
+        self.take_pending_outputs()
         s = (0 if self._last_step is None else self._last_step + 1) if global_step is None else int(global_step)
         first = self._last_step is None
         if not first and s <= self._last_step:  # restarted counter without load_state_dict
