@@ -1,14 +1,51 @@
-"""Which metrics to compute for one tap on one evaluation step; pure tensor work, no host sync."""
+"""Which metrics to compute for one tap on one evaluation step; pure tensor work, no host sync.
+
+Two guarantees live here (the metric functions themselves stay pure, see :mod:`spherewatch.metrics`):
+
+* **One failing metric drops only itself.** Every metric runs on its own; an exception (e.g. ``linalg.eigh``
+  failing to converge on a collapsed spectrum) is recorded in ``failures`` under the metric's name and the other
+  metrics of the tap are still returned. Metrics derived from a failed one (``collapsed_dimensions`` and
+  ``alpha_req`` from ``spectrum``) are dropped with it, under the name of the one that failed.
+* **Degenerate input reads as collapsed, never as healthy.** A row whose L2 norm is at most :data:`NORM_FLOOR`
+  (``1e-6``, absolute) carries no usable direction (fp16 cannot represent most such rows; a decomposition of
+  them works at rounding level). Such rows are all treated as **one and the same point** (a fixed unit vector)
+  before the geometry metrics run, so an all-zero or near-zero batch reads: ``mean_cosine`` 1,
+  ``uniformity`` 0, ``normalized_std`` 0, ``effective_rank`` 1, ``dead_dimensions`` 1 and
+  ``collapsed_dimensions`` D -- complete collapse -- instead of "isotropic". Their share is logged as
+  ``zero_norm_fraction`` (with ``norm_stats``), computed on the raw rows like ``norm_stats`` and
+  ``nonfinite_fraction``. A spectrum whose total variance is at most :data:`SPREAD_FLOOR` (all rows on one point)
+  counts every dimension as collapsed (a relative cut below ``λ_max = 0`` would count none).
+"""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
 import spherewatch.metrics as M
 from spherewatch.config import SPECTRAL_METRICS
 
-__all__ = ["compute_tap_metrics"]
+__all__ = ["compute_tap_metrics", "NORM_FLOOR", "SPREAD_FLOOR", "DERIVED_KEYS"]
+
+#: Rows with an L2 norm at most this (absolute) are degenerate: all treated as one point.
+NORM_FLOOR = 1e-6
+#: A spectrum of L2-normalised rows whose eigenvalues sum to at most this has every dimension collapsed.
+SPREAD_FLOOR = 1e-8
+#: Keys logged besides the metric names themselves (metric -> extra keys), for rule validation and the docs.
+DERIVED_KEYS: Dict[str, Tuple[str, ...]] = {
+    "norm_stats": ("norm_mean", "norm_std", "norm_min", "norm_max", "zero_norm_fraction"),
+    "alpha_req": ("alpha_req_r2",),
+}
+
+
+def _one_point(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in fp32 with its degenerate rows (finite norm <= NORM_FLOOR) replaced by one fixed unit vector, and
+    the mask of those rows ``(N, 1)``."""
+    x = x.float()
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    tiny = norms <= NORM_FLOOR  # NaN/Inf rows compare False: they are the nonfinite rule's business
+    point = torch.full((1, x.shape[1]), x.shape[1] ** -0.5, dtype=x.dtype, device=x.device)
+    return torch.where(tiny, point, x), tiny
 
 
 def compute_tap_metrics(
@@ -21,64 +58,120 @@ def compute_tap_metrics(
     t: float = 2.0,
     alpha: float = 2.0,
     num_classes: Optional[int] = None,
+    failures: Optional[Dict[str, BaseException]] = None,
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """Return ``(scalars, histograms)``: 0-d and 1-D tensors on ``z``'s device, keyed by metric name.
 
     Metrics that need what is missing (a paired view, labels, at least two rows) are left out; the
     eigen-decomposition metrics only when ``spectral`` is true.
+
+    Args:
+        failures: a dict that receives ``{metric name: exception}`` for every metric that raised; the others are
+            still computed and returned. ``None``: the first failure is raised once every other metric has run
+            (for direct callers that want an error).
     """
+    sink: Dict[str, BaseException] = {} if failures is None else failures
     scalars: Dict[str, torch.Tensor] = {}
     hists: Dict[str, torch.Tensor] = {}
+
+    def run(name: str, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - one metric must never take the others down
+            sink[name] = exc
+            return None
+
     n = z.shape[0]
     want = set(names)
     if "nonfinite_fraction" in want:
-        scalars["nonfinite_fraction"] = M.nonfinite_fraction(z)
+        v = run("nonfinite_fraction", lambda: M.nonfinite_fraction(z))
+        if v is not None:
+            scalars["nonfinite_fraction"] = v
     if "norm_stats" in want:
-        for k, v in M.norm_stats(z).items():
-            scalars[k] = v
+        stats = run("norm_stats", lambda: M.norm_stats(z))
+        if stats is not None:
+            scalars.update(stats)
     if n < 2:
+        _finish(failures, sink)
         return scalars, hists
-    if "alignment" in want and z_pos is not None:
-        scalars["alignment"] = M.alignment(z, z_pos, alpha)
+    point = run("norm_floor", lambda: _one_point(z))
+    if point is None:  # pragma: no cover - a norm cannot fail where norm_stats did not
+        _finish(failures, sink)
+        return scalars, hists
+    zz, tiny = point
+    if "norm_stats" in want:
+        scalars["zero_norm_fraction"] = tiny.float().mean()
+    zp = None
+    if z_pos is not None:
+        zp = run("alignment" if "alignment" in want else "uniformity_pos", lambda: _one_point(z_pos)[0])
+
+    def scalar(name: str, fn: Callable[[], torch.Tensor]) -> None:
+        v = run(name, fn)
+        if v is not None:
+            scalars[name] = v
+
+    if "alignment" in want and zp is not None:
+        scalar("alignment", lambda: M.alignment(zz, zp, alpha))
     if "uniformity" in want:
-        scalars["uniformity"] = M.uniformity(z, t)
-    if "uniformity_pos" in want and z_pos is not None:
-        scalars["uniformity_pos"] = M.uniformity(z_pos, t)
+        scalar("uniformity", lambda: M.uniformity(zz, t))
+    if "uniformity_pos" in want and zp is not None:
+        scalar("uniformity_pos", lambda: M.uniformity(zp, t))
     if "normalized_std" in want:
-        scalars["normalized_std"] = M.normalized_std(z)
+        scalar("normalized_std", lambda: M.normalized_std(zz))
     if "mean_cosine" in want:
-        scalars["mean_cosine"] = M.mean_cosine(z)
+        scalar("mean_cosine", lambda: M.mean_cosine(zz))
     if "dead_dimensions" in want:
-        scalars["dead_dimensions"] = M.dead_dimensions(z)
+        scalar("dead_dimensions", lambda: M.dead_dimensions(zz))
     if "nc1" in want and labels is not None:
         try:  # without num_classes, nc1 reads labels.max() (one host sync, on evaluation steps only)
-            scalars["nc1"] = M.nc1(z, labels, num_classes=num_classes)
+            scalars["nc1"] = M.nc1(zz, labels, num_classes=num_classes)
         except ValueError:  # fewer than two classes in this sample: nothing to measure
             pass
+        except Exception as exc:  # noqa: BLE001
+            sink["nc1"] = exc
     if spectral and want & SPECTRAL_METRICS:
-        # LAPACK refuses non-finite input: decompose with those rows zeroed, then report NaN for the whole
-        # spectral family when any row was non-finite (no host sync: masks, not branches).
-        finite_rows = torch.isfinite(z).all(dim=1, keepdim=True)
-        any_bad = ~finite_rows.all()
-        z = torch.where(finite_rows, z, torch.zeros_like(z))
-        spectral_start = len(scalars)
-        if "effective_rank" in want:
-            scalars["effective_rank"] = M.effective_rank(z)
-        if "effective_rank_centered" in want:
-            scalars["effective_rank_centered"] = M.effective_rank(z, center=True)
-        if want & {"spectrum", "collapsed_dimensions", "alpha_req"}:
-            lam = M.spectrum(z)
+        _spectral(zz, want, scalars, hists, run)
+    _finish(failures, sink)
+    return scalars, hists
+
+
+def _spectral(z, want, scalars, hists, run) -> None:
+    # LAPACK refuses non-finite input: decompose with those rows zeroed, then report NaN for the whole
+    # spectral family when any row was non-finite (no host sync: masks, not branches).
+    finite_rows = torch.isfinite(z).all(dim=1, keepdim=True)
+    any_bad = ~finite_rows.all()
+    z = torch.where(finite_rows, z, torch.zeros_like(z))
+    done = []
+    for name, kw in (("effective_rank", {}), ("effective_rank_centered", {"center": True})):
+        if name in want:
+            v = run(name, lambda kw=kw: M.effective_rank(z, **kw))
+            if v is not None:
+                scalars[name] = v
+                done.append(name)
+    if want & {"spectrum", "collapsed_dimensions", "alpha_req"}:
+        lam = run("spectrum", lambda: M.spectrum(z))
+        if lam is not None:
             if "spectrum" in want:
                 hists["spectrum"] = lam
             if "collapsed_dimensions" in want:
-                scalars["collapsed_dimensions"] = M.collapsed_dimensions(lam)
+                cd = run("collapsed_dimensions", lambda: M.collapsed_dimensions(lam))
+                if cd is not None:  # every row on one point: every dimension collapsed (see SPREAD_FLOOR)
+                    everything = torch.full_like(cd, float(lam.numel()))
+                    scalars["collapsed_dimensions"] = torch.where(lam.sum() <= SPREAD_FLOOR, everything, cd)
+                    done.append("collapsed_dimensions")
             if "alpha_req" in want:
-                fit = M.alpha_req(lam)
-                scalars["alpha_req"] = fit.alpha
-                scalars["alpha_req_r2"] = fit.r2
-        nan = torch.full((), float("nan"), device=z.device)
-        for name in list(scalars)[spectral_start:]:
-            scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
-        for name in hists:
-            hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
-    return scalars, hists
+                fit = run("alpha_req", lambda: M.alpha_req(lam))
+                if fit is not None:
+                    scalars["alpha_req"] = fit.alpha
+                    scalars["alpha_req_r2"] = fit.r2
+                    done += ["alpha_req", "alpha_req_r2"]
+    nan = torch.full((), float("nan"), device=z.device)
+    for name in done:
+        scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
+    for name in hists:
+        hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
+
+
+def _finish(failures: Optional[Dict[str, BaseException]], sink: Dict[str, BaseException]) -> None:
+    if failures is None and sink:
+        raise next(iter(sink.values()))

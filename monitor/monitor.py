@@ -10,12 +10,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import torch
 
 from spherewatch import distributed as dist_utils
+from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
 from spherewatch.buffer import RowReservoir
 from spherewatch.capture import Selector, extract_embeddings
 from spherewatch.compute import compute_tap_metrics
 from spherewatch.config import MonitorConfig, load_config
-from spherewatch.errors import SpherewatchError
+from spherewatch.faults import FaultReporter
 from spherewatch.schedule import Schedule
 
 __all__ = ["Monitor"]
@@ -58,23 +59,6 @@ def deferred_output_hook(
             take(output, kwargs)
 
     return hook
-
-
-class _RankZeroChannel:
-    """Deliver through ``inner`` on rank zero only (a webhook posts once per alert, not once per rank)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def send(self, alert: Alert) -> None:
-        if dist_utils.rank() == 0:
-            self.inner.send(alert)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self.inner.close(timeout)
-
-    def __repr__(self) -> str:
-        return f"RankZero({self.inner!r})"
 
 
 class Monitor:
@@ -141,87 +125,47 @@ class Monitor:
         first = self._schedule.next_after(-1)
         self._armed = cfg.sample_first_step or first < cfg.window_steps
         self._should_stop = False
-        self._defer_strict = False  # inside a distributed evaluation: strict failures wait for the last collective
-        self._deferred: Optional[SpherewatchError] = None
         self._closed = False
         self._handles: List[Any] = []
         # outputs of watched modules seen while torch.compile traced them, taken eagerly at the next step()
         self._pending_outputs: Dict[Any, Any] = {}
         self._hooks_made = 0
-        self._reported: set = set()
-        self.faults: Dict[str, int] = defaultdict(int)
         self.captures: Dict[str, int] = defaultdict(int)
         self.last_values: Dict[str, float] = {}
         #: step of the latest evaluation (decided from the step alone: the same on every rank)
         self.last_evaluation_step: Optional[int] = None
-        self.alerts: List[Alert] = []
         self._warned_empty = False
         self._extra_sinks = objects
         self._sinks: Optional[List[Any]] = None  # opened lazily, on rank zero, at the first write
         callbacks = [] if on_alert is None else ([on_alert] if callable(on_alert) else list(on_alert))
-        self._alert_engine = None
-        self._dispatcher = None
-        self._setup_alerts(callbacks)
-
-    # ------------------------------------------------------------------ setup
-    def _setup_alerts(self, callbacks: List[Callable[[Alert], Any]]) -> None:
-        from spherewatch.alerts.channels import AlertDispatcher, CallableChannel, LoggingChannel
-        from spherewatch.alerts.engine import AlertEngine
-
-        cfg = self.config
-        self._alert_engine = AlertEngine(cfg.alert_rules, prefix=cfg.prefix)
-        # logging, warnings and the webhook on rank zero only; user callables on every rank (they may act locally)
-        channels: List[Any] = [_RankZeroChannel(LoggingChannel(warn=cfg.warn))]
-        channels += [CallableChannel(fn) for fn in callbacks]
-        url = cfg.webhook_url.get_secret_value() if cfg.webhook_url is not None else os.environ.get(
-            "SPHEREWATCH_WEBHOOK_URL"
-        )
-        if url:
-            from spherewatch.alerts.webhook import WebhookChannel
-
-            channels.append(_RankZeroChannel(WebhookChannel(url, timeout=cfg.webhook_timeout)))
-        self._dispatcher = AlertDispatcher(channels, strict=cfg.strict, on_error=self._channel_error)
-
-    def _channel_error(self, channel: Any, exc: BaseException) -> None:
-        """Count a channel failure (the dispatcher already logged it once)."""
-        inner = getattr(channel, "inner", channel)
-        self.faults[f"channel:{type(inner).__name__}"] += 1
+        self._faults = FaultReporter(cfg, lambda alerts: self._alerting.dispatch(alerts), self._fault_step)
+        #: failures per part, every one counted (reports are bounded: see spherewatch.faults)
+        self.faults: Dict[str, int] = self._faults.counts
+        self._alerting = AlertPipeline(cfg, callbacks, self._faults)
 
     # ------------------------------------------------------------------ faults
+    def _fault_step(self) -> Optional[int]:
+        """The step a failure belongs to: the one being evaluated, else the one being trained (never -1)."""
+        if self._stepping is not None:
+            return self._stepping
+        if self._last_step is not None:
+            return self._last_step + 1
+        return self.config.start_step
+
     def _fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
-        """Report a failure once per part (log + alert channels), or raise under ``strict``."""
-        self.faults[part] += 1
-        if self.config.strict:
-            err = SpherewatchError(f"spherewatch {part} failed: {type(exc).__name__}: {exc}")
-            if self._defer_strict:  # step() raises it once this rank has reached every collective
-                if self._deferred is None:
-                    err.__cause__ = exc
-                    self._deferred = err
-                return
-            raise err from exc
-        if part in self._reported:
-            return
-        self._reported.add(part)
-        logger.error("spherewatch: %s failed (%s: %s); %s. Training continues.", part, type(exc).__name__, exc,
-                     consequence, exc_info=exc)
-        step = self._stepping if self._stepping is not None else self._last_step
-        alert = Alert(
-            rule="monitor_fault",
-            key=f"{self.config.prefix}/monitor/{part}",
-            value=float("nan"),
-            step=-1 if step is None else step,
-            severity="warning",
-            message=f"spherewatch {part} failed ({type(exc).__name__}: {exc}); {consequence}. Training continues.",
-        )
-        try:
-            self._dispatcher.dispatch([alert])
-        except Exception:  # pragma: no cover - the dispatcher already isolates channels
-            pass
+        self._faults.report(part, exc, consequence)
 
     def report_fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
-        """Report a failure of ``part`` the way the Monitor reports its own (for adapters): once per part, to the
-        log and the alert channels; raises :class:`SpherewatchError` under ``strict``."""
-        self._fault(part, exc, consequence)
+        """Report a failure of ``part`` the way the Monitor reports its own (for adapters): once per part and
+        kind of failure (see :mod:`spherewatch.faults`), as a ``MonitorFault``; raises :class:`SpherewatchError`
+        under ``strict``."""
+        self._faults.report(part, exc, consequence)
+
+    @property
+    def alerts(self) -> List[Alert]:
+        """The latest alert events (fired, reminders, resolved), oldest first; bounded (the last
+        :data:`~spherewatch.alerting.HISTORY_LIMIT`), the sinks keep every one."""
+        return list(self._alerting.history)
 
     # ------------------------------------------------------------------ capture
     @property
@@ -301,6 +245,7 @@ class Monitor:
             labels = None if labels is None else labels.to(buf._z.device)
         buf.add(z, z_pos, labels)
         self.captures[tap] += 1
+        self._faults.recovered(f"capture:{tap}")
 
     def watch(
         self,
@@ -404,9 +349,8 @@ class Monitor:
         self._last_step = s
         self._epoch += 1
         self._armed = self._next_eval - (s + 1) < self.config.window_steps
-        if self._deferred is not None:
-            err, self._deferred = self._deferred, None
-            raise err
+        self._faults.raise_deferred()
+        self._alerting.raise_escalated()  # a CollapseWarning escalated by a warnings filter: raised here, in user code
         return fired
 
     def _taps(self) -> List[str]:
@@ -420,11 +364,8 @@ class Monitor:
             return self._evaluate_step(s)
         # strict under DDP: raising at the first failure would leave the other ranks waiting in a collective (and
         # this rank off their schedule); step() raises it once the evaluation and the schedule update are done
-        self._defer_strict = True
-        try:
+        with self._faults.deferring():
             return self._evaluate_step(s)
-        finally:
-            self._defer_strict = False
 
     def _evaluate_step(self, s: int) -> List[Alert]:
         cfg = self.config
@@ -432,6 +373,7 @@ class Monitor:
         spectral = self._next_spectral is None or s >= self._next_spectral
         tensors: Dict[str, torch.Tensor] = {}
         hists: Dict[str, torch.Tensor] = {}
+        had_rows = False
         try:
             taps = self._taps()
         except Exception as exc:
@@ -455,14 +397,21 @@ class Monitor:
             z, z_pos, labels = rows
             if z is None:
                 continue
+            had_rows = True
+            failures: Dict[str, BaseException] = {}
             try:
                 sc, hi = compute_tap_metrics(
                     z, z_pos, labels, cfg.metric_names, spectral=spectral, t=cfg.uniformity_t,
-                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes,
+                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes, failures=failures,
                 )
             except Exception as exc:
                 self._fault(f"metrics:{tap}", exc, "its metrics were skipped at this step")
                 continue
+            self._faults.recovered(f"metrics:{tap}")
+            for name, exc in failures.items():  # one failing metric drops only itself
+                self._fault(f"metric:{tap}/{name}", exc, f"{name} was not logged at this step; the other metrics were")
+            for name in sc:
+                self._faults.recovered(f"metric:{tap}/{name}")
             base = f"{cfg.prefix}/{tap}/"
             tensors.update({base + k: v for k, v in sc.items()})
             hists.update({base + k: v for k, v in hi.items()})
@@ -478,11 +427,11 @@ class Monitor:
                 self._fault("readback", exc, "this evaluation was skipped")
                 values, hist_values = {}, {}
             if values:
-                fired = self._alerts_for(s, values)
-                stop_local = any(a.action == "stop" for a in fired)
+                fired = self._alerting.update(s, values)
+                stop_local = any(a.action == "stop" and a.status == "fired" for a in fired)
                 self.last_values = values
                 self._write(s, values, hist_values, fired)
-        elif not self._warned_empty:
+        elif not self._warned_empty and not had_rows:  # rows that only failed in the metrics were reported as such
             self._warned_empty = True
             logger.warning(
                 "spherewatch: no usable embeddings reached the monitor for the evaluation at step %d. Call "
@@ -520,20 +469,6 @@ class Monitor:
                     hist_values[k] = flat[i : i + n]
                 i += n
         return values, hist_values
-
-    def _alerts_for(self, s: int, values: Dict[str, float]) -> List[Alert]:
-        try:
-            fired = list(self._alert_engine.update(s, values))
-        except Exception as exc:
-            self._fault("alerts", exc, "alert rules were skipped at this step")
-            return []
-        if fired:
-            self.alerts.extend(fired)
-            try:
-                self._dispatcher.dispatch(fired)
-            except Exception as exc:
-                self._fault("alert channels", exc)
-        return fired
 
     # ------------------------------------------------------------------ sinks
     def _open_sinks(self) -> List[Any]:
@@ -632,8 +567,7 @@ class Monitor:
             "next_spectral": self._next_spectral,
             "evaluations": self._evaluations,
             "should_stop": self._should_stop,
-            "alert_engine": self._alert_engine.state_dict(),
-            "alerts": [a.to_dict() for a in self.alerts],
+            **self._alerting.state_dict(),  # "alert_engine", "alerts" (the bounded history)
             "last_values": dict(self.last_values),
         }
 
@@ -645,9 +579,7 @@ class Monitor:
         self._next_spectral = state.get("next_spectral")
         self._evaluations = int(state.get("evaluations", 0))
         self._should_stop = bool(state.get("should_stop", False))
-        if "alert_engine" in state:
-            self._alert_engine.load_state_dict(state["alert_engine"])
-        self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]
+        self._alerting.load_state_dict(state)
         self.last_values = dict(state.get("last_values", {}))
         if self._last_step is not None and self._next_eval is not None:
             self._armed = self._next_eval - (self._last_step + 1) < self.config.window_steps
@@ -671,7 +603,7 @@ class Monitor:
             except Exception as exc:
                 self._fault(f"sink:{getattr(sink, 'name', '?')}", exc, "it may not have flushed")
         try:
-            self._dispatcher.close()
+            self._alerting.close()
         except Exception as exc:  # pragma: no cover
             self._fault("alert channels", exc)
 

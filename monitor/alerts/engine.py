@@ -14,7 +14,10 @@ __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
 
 #: States of one (rule, key) pair.
 OK, PENDING, FIRING = "ok", "pending", "firing"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+#: Consecutive samples back inside the threshold (by the rule's hysteresis margin) that resolve an open alert.
+RESOLVE_AFTER = 3
+_SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 # What a degradation of a metric means, and what to check. Unknown metrics get the generic entry.
 _HINTS: dict[str, tuple[str, str]] = {
@@ -96,6 +99,8 @@ class _KeyState:
     prev: float | None = None  # trend: previous value
     slope: float | None = None  # trend: smoothed slope
     alert: Alert | None = None  # the alert that fired, while firing
+    held: int = 0  # samples the open alert's condition has held (its `count`)
+    clear: int = 0  # consecutive samples back inside by the hysteresis margin, while firing
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "alert"}
@@ -128,23 +133,32 @@ class _KeyState:
             prev=_float_from_json(d.get("prev")),
             slope=_float_from_json(d.get("slope")),
             alert=alert,
+            held=int(d.get("held", 1 if status == FIRING else 0)),
+            clear=int(d.get("clear", 0)),
         )
 
 
 class AlertEngine:
     """Evaluates alert rules on logged values and decides when each one fires.
 
-    One state machine runs per (rule, key), counted in samples of that key::
+    One state machine runs per (rule, key), counted in samples of that key. A condition that persists is ONE
+    open alert, whatever the number of evaluations::
 
-        ok --breach--> pending (count < patience) --patience reached--> firing: emit ONE Alert
-        firing --still breaching or inside the hysteresis band--> firing (nothing emitted)
-        firing --back inside the threshold by the hysteresis margin--> ok (re-armed)
-        ok/pending --breach, patience reached, cooldown over--> firing again
+        ok --breach--> pending (count < patience) --patience reached--> firing: emit ONE Alert (status "fired")
+        firing --still breaching--> firing: nothing, or a reminder (status "fired", `count` = samples held so far)
+                                    once every `cooldown` samples when `cooldown` > 0
+        firing --inside the hysteresis band, or a breach again--> firing (the clear run starts over)
+        firing --back inside by the hysteresis margin on RESOLVE_AFTER (3) samples in a row--> ok:
+                                    emit the "resolved" event (status "resolved", `count` = samples held)
+        ok/pending --breach, patience reached, `cooldown` samples since the last notification--> firing again
 
-    A breach ends a pending run when a non-breaching sample arrives. ``cooldown`` counts samples since the last
-    fire; a breach that reaches ``patience`` inside the cooldown fires on the first sample after it (if the
-    condition still holds). Warm-up, references and non-finite handling are described in
-    :mod:`spherewatch.alerts.rules`.
+    So a condition that flaps (NaN on every other batch) stays one open alert instead of one alert per bad
+    sample. A breach ends a pending run when a non-breaching sample arrives. Every emitted alert carries
+    ``open_severity``: the worst severity still open after this update (``"ok"`` when none). Warm-up,
+    references and non-finite handling are described in :mod:`spherewatch.alerts.rules`.
+
+    ``loss_family`` (``"contrastive"``, ``"non_contrastive"``, ``"supervised"``, or ``None``: unknown) picks the
+    advice at the end of each message (see :mod:`spherewatch.alerts.advice`); unknown keeps it neutral.
 
     Only keys ``<prefix>/<tap>/<metric>`` are considered: ``tap`` is the first path segment after the prefix,
     ``metric`` the rest (``spherewatch/encoder/norm_stats/mean`` -> tap ``encoder``, metric ``norm_stats/mean``).
@@ -164,7 +178,10 @@ class AlertEngine:
         uniformity rose from -3.5 (best, step 1) to -1.2 (66% worse) at step 3 (tap 'embeddings'): embeddings are ...
     """
 
-    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch") -> None:
+    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None) -> None:
+        from spherewatch.alerts.advice import check_family
+
+        self.loss_family = check_family(loss_family)
         self._rules = parse_rules(list(rules))
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -232,7 +249,25 @@ class AlertEngine:
                     per_rule.setdefault(rule.name, []).append(alert)
         for rule in self._rules:
             fired.extend(per_rule.get(rule.name, ()))
+        if fired:
+            worst = self.open_severity()
+            stamped = {id(a): dataclasses.replace(a, open_severity=worst) for a in fired}
+            for states in self._states.values():  # the open alert kept in the state is the one delivered
+                for st in states.values():
+                    if st.alert is not None and id(st.alert) in stamped:
+                        st.alert = stamped[id(st.alert)]
+            fired = [stamped[id(a)] for a in fired]
         return fired
+
+    def open_severity(self) -> str:
+        """The worst severity among the open (firing) alerts, ``"ok"`` when none is open."""
+        worst = None
+        for states in self._states.values():
+            for st in states.values():
+                if st.status == FIRING and st.alert is not None:
+                    if worst is None or _SEVERITY_ORDER.get(st.alert.severity, 1) > _SEVERITY_ORDER.get(worst, 1):
+                        worst = st.alert.severity
+        return worst or OK
 
     def reset(self) -> None:
         """Forget all state (references, counters, firing pairs)."""
@@ -301,10 +336,10 @@ class AlertEngine:
             else:  # pragma: no cover - parse_rules admits only the kinds above
                 raise TypeError(f"unsupported rule type {type(rule).__name__}")
 
+        if msg is not None:
+            msg = self._advise(msg, metric)
         if st.status == FIRING:
-            if rearm:
-                st.status, st.count, st.alert = OK, 0, None
-            return None
+            return self._while_firing(rule, st, key, step, value, breach, rearm, msg)
         if not breach:
             st.status, st.count = OK, 0
             return None
@@ -317,9 +352,41 @@ class AlertEngine:
             rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
             action=rule.action,
         )
-        st.status, st.alert, st.last_fire = FIRING, alert, st.n
+        st.status, st.alert, st.last_fire, st.held, st.clear = FIRING, alert, st.n, 1, 0
         st.fires += 1
         return alert
+
+    @staticmethod
+    def _while_firing(rule, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool, msg):
+        """An open alert: count, remind per cooldown, resolve after RESOLVE_AFTER clear samples."""
+        if breach:
+            st.held += 1
+            st.clear = 0
+            if rule.cooldown > 0 and st.last_fire is not None and st.n - st.last_fire >= rule.cooldown:
+                st.last_fire = st.n
+                return Alert(
+                    rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
+                    message=msg or rule.name, action="log", count=st.held,  # a reminder never stops twice
+                )
+            return None
+        st.clear = st.clear + 1 if rearm else 0
+        if st.clear < RESOLVE_AFTER:
+            return None
+        opened = st.alert
+        resolved = Alert(
+            rule=rule.name, key=key, value=value, step=step, severity=opened.severity if opened else rule.severity,
+            message=(f"{rule.name} on {key} resolved at step {step}: back inside the threshold on {st.clear} "
+                     f"samples in a row (opened at step {opened.step if opened else '?'}, held {st.held} samples)"),
+            status="resolved", count=st.held,
+        )
+        st.status, st.count, st.alert, st.held, st.clear = OK, 0, None, 0, 0
+        return resolved
+
+    def _advise(self, msg: str, metric: str) -> str:
+        """Swap the ``Check ...`` advice of ``msg`` for the one that fits the loss family (neutral when unknown)."""
+        from spherewatch.alerts.advice import advise
+
+        return advise(msg, _hint(metric)[1], metric, self.loss_family)
 
     # Each evaluator returns (breach, rearm, message-if-it-fires) and updates the references it owns.
     @staticmethod
