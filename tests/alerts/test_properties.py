@@ -4,7 +4,6 @@ import math
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spherewatch.alerts.engine import RESOLVE_AFTER
 from spherewatch.alerts import (
     Alert,
     AlertDispatcher,
@@ -14,6 +13,7 @@ from spherewatch.alerts import (
     NonFiniteRule,
     ThresholdRule,
 )
+from spherewatch.alerts.engine import RESOLVE_AFTER
 
 KEY = "spherewatch/embeddings/m"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
