@@ -15,7 +15,7 @@ from spherewatch.alerts.alert import Alert
 from spherewatch.buffer import RowReservoir
 from spherewatch.capture import Selector, extract_embeddings
 from spherewatch.compute import compute_tap_metrics
-from spherewatch.config import MonitorConfig, load_config
+from spherewatch.config import _KEY_SAFE, MonitorConfig, load_config
 from spherewatch.faults import FaultReporter
 from spherewatch.schedule import Schedule
 
@@ -25,6 +25,14 @@ logger = logging.getLogger("spherewatch")
 
 _STATE_VERSION = 1
 _SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
+
+def _check_tap(tap: Any) -> str:
+    """A tap name is part of every key ``<prefix>/<tap>/<metric>``: letters, digits, ``_ . -`` only."""
+    if not isinstance(tap, str) or not _KEY_SAFE.match(tap):
+        raise ValueError(f"Expected a tap name made of letters, digits, '_', '.' and '-' (it is part of the log keys "
+                         f"<prefix>/<tap>/<metric>), got {tap!r}.")
+    return tap
+
 
 def _is_compiling() -> bool:
     """True while ``torch.compile`` (dynamo) traces the calling code. Cheap in eager mode (a flag read)."""
@@ -198,6 +206,7 @@ class Monitor:
             return
         self._captured[tap] = self._epoch
         try:
+            _check_tap(tap)
             self._capture(tap, z, z_pos, labels, pool)
         except Exception as exc:
             self._fault(f"capture:{tap}", exc, "this batch was not recorded")
@@ -238,6 +247,7 @@ class Monitor:
                 raise TypeError(f"Expected integer `labels`, got {labels.dtype}.")
         buf = self._buffers.get(tap)
         if buf is None:
+            self._check_buffer_bytes(tap, z, z_pos)
             buf = self._buffers[tap] = RowReservoir(self.config.max_samples, seed=self.config.seed + len(self._buffers))
         if buf._z is not None and buf._z.device != z.device:  # e.g. embeddings moved: follow the first device
             z = z.to(buf._z.device)
@@ -246,6 +256,18 @@ class Monitor:
         buf.add(z, z_pos, labels)
         self.captures[tap] += 1
         self._faults.recovered(f"capture:{tap}")
+
+    def _check_buffer_bytes(self, tap: str, z: torch.Tensor, z_pos: Optional[torch.Tensor]) -> None:
+        """Refuse a tap whose buffer would exceed ``max_buffer_bytes`` -- before anything is allocated."""
+        cfg = self.config
+        views = 1 if z_pos is None else 2
+        need = cfg.max_samples * int(z.shape[1]) * 4 * views  # rows are kept in fp32
+        if need > cfg.max_buffer_bytes:
+            raise MemoryError(
+                f"the buffer of tap {tap!r} would take {need / 2**20:.1f} MiB (max_samples={cfg.max_samples} x "
+                f"D={int(z.shape[1])} x 4 bytes x {views} view(s)), more than max_buffer_bytes="
+                f"{cfg.max_buffer_bytes}; lower `max_samples` or raise `max_buffer_bytes`"
+            )
 
     def watch(
         self,
@@ -273,7 +295,7 @@ class Monitor:
         """
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"Expected an nn.Module to watch, got {type(module).__name__}.")
-        tap = tap or self.config.default_tap
+        tap = _check_tap(tap or self.config.default_tap)
         pool = pool or self.config.pool
 
         def _take(output: Any, kwargs: Mapping[str, Any]) -> None:
