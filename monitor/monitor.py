@@ -445,6 +445,7 @@ class Monitor:
         if tensors:
             try:
                 values, hist_values = self._readback(tensors, hists)
+                self._faults.recovered("readback")
             except Exception as exc:
                 self._fault("readback", exc, "this evaluation was skipped")
                 values, hist_values = {}, {}

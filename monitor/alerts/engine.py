@@ -62,6 +62,12 @@ _HINTS["effective_rank_centered"] = _HINTS["effective_rank"]
 _GENERIC_HINT = ("the metric moved in the unhealthy direction", "the training curves around this step")
 
 
+def _clear_window(st: _KeyState) -> int:
+    """Clear samples in a row that resolve an open alert: RESOLVE_AFTER, doubled each time the condition came back
+    soon after resolving (so a condition that flaps opens O(log n) alerts over n samples, not one per flap)."""
+    return RESOLVE_AFTER * 2 ** min(st.reopens, 20)
+
+
 def _hint(metric: str) -> tuple[str, str]:
     return _HINTS.get(metric, _GENERIC_HINT)
 
@@ -101,6 +107,8 @@ class _KeyState:
     alert: Alert | None = None  # the alert that fired, while firing
     held: int = 0  # samples the open alert's condition has held (its `count`)
     clear: int = 0  # consecutive samples back inside by the hysteresis margin, while firing
+    reopens: int = 0  # times it opened again soon after resolving (a flapping condition): doubles the clear window
+    resolved_n: int | None = None  # `n` when it last resolved
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "alert"}
@@ -135,6 +143,8 @@ class _KeyState:
             alert=alert,
             held=int(d.get("held", 1 if status == FIRING else 0)),
             clear=int(d.get("clear", 0)),
+            reopens=int(d.get("reopens", 0)),
+            resolved_n=d.get("resolved_n"),
         )
 
 
@@ -149,7 +159,9 @@ class AlertEngine:
                                     once every `cooldown` samples when `cooldown` > 0
         firing --inside the hysteresis band, or a breach again--> firing (the clear run starts over)
         firing --back inside by the hysteresis margin on RESOLVE_AFTER (3) samples in a row--> ok:
-                                    emit the "resolved" event (status "resolved", `count` = samples held)
+                                    emit the "resolved" event (status "resolved", `count` = samples held);
+                                    the window doubles each time the alert re-opens within twice the window
+                                    after resolving (a flapping condition), and is back to 3 after a quiet spell
         ok/pending --breach, patience reached, `cooldown` samples since the last notification--> firing again
 
     So a condition that flaps (NaN on every other batch) stays one open alert instead of one alert per bad
@@ -352,6 +364,10 @@ class AlertEngine:
             rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
             action=rule.action,
         )
+        if st.resolved_n is not None and st.n - st.resolved_n <= 2 * _clear_window(st):
+            st.reopens += 1  # back soon after it resolved: the same condition flapping, resolve more slowly
+        else:
+            st.reopens = 0
         st.status, st.alert, st.last_fire, st.held, st.clear = FIRING, alert, st.n, 1, 0
         st.fires += 1
         return alert
@@ -370,7 +386,7 @@ class AlertEngine:
                 )
             return None
         st.clear = st.clear + 1 if rearm else 0
-        if st.clear < RESOLVE_AFTER:
+        if st.clear < _clear_window(st):
             return None
         opened = st.alert
         resolved = Alert(
@@ -379,7 +395,7 @@ class AlertEngine:
                      f"samples in a row (opened at step {opened.step if opened else '?'}, held {st.held} samples)"),
             status="resolved", count=st.held,
         )
-        st.status, st.count, st.alert, st.held, st.clear = OK, 0, None, 0, 0
+        st.status, st.count, st.alert, st.held, st.clear, st.resolved_n = OK, 0, None, 0, 0, st.n
         return resolved
 
     def _advise(self, msg: str, metric: str) -> str:
