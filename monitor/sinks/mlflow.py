@@ -92,7 +92,7 @@ class MLflowSink(Sink):
       the JSON artifact ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) on
       :meth:`close` and on :meth:`flush` when a spectrum changed and the last write is at least
       ``artifact_interval`` seconds old (the Monitor flushes after every sampling step);
-    * alerts: the tag ``spherewatch.alert_state`` = severity of the latest alert, the metric
+    * alerts: the tag ``spherewatch.alert_state`` = the worst severity still open (``ok`` once resolved), the metric
       ``<prefix>/alerts/count`` = cumulative number of alerts, at the alert's step, and the JSON
       artifact ``spherewatch/alerts.json`` (list of all alerts so far, rewritten on each alert).
 
@@ -250,7 +250,9 @@ class MLflowSink(Sink):
         count = self._alert_ids[alert_id]
         metric = self._Metric(f"{self.prefix}/alerts/count", float(count), round(alert.time * 1000),
                               int(alert.step))
-        tag = self._RunTag(ALERT_STATE_TAG, str(self._alerts[-1].severity))
+        # the worst severity still open after this event ("ok" once everything resolved); older alerts: their own
+        state = getattr(alert, "open_severity", None) or self._alerts[-1].severity
+        tag = self._RunTag(ALERT_STATE_TAG, str(state))
         self._log_metrics([metric], tags=(tag,))
         records = []
         for a in self._alerts:
