@@ -9,6 +9,10 @@ condition that persists is one open alert, see its docstring) and the channels a
 * the user's callables (``on_alert``), on every rank;
 * the webhook (``webhook_url`` or ``SPHEREWATCH_WEBHOOK_URL``), on rank zero only.
 
+"Resolved" events go to the logging channel (one ``info`` record), the sinks (``log_alert``, ``status ==
+"resolved"``) and :attr:`history`; callables, the webhook and the list ``Monitor.step`` returns get only alerts
+that fired (new ones and reminders), so code that acts on an alert never acts on a resolution.
+
 A warning a ``warnings`` filter escalated to an error (``warnings.simplefilter("error", CollapseWarning)``) is
 held until :meth:`raise_escalated` -- the Monitor calls it at the very end of ``step()``, after the alert was
 written to the sinks and every collective was reached -- so it is raised in the user's code, from
@@ -51,6 +55,26 @@ class _RankZeroChannel:
         return f"RankZero({self.inner!r})"
 
 
+class _FiredOnly:
+    """Deliver only alerts that fired (new ones and reminders), not "resolved" events: code that acts on an alert
+    (a callable that stops a job, a webhook that pages someone) must never act on a resolution."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def send(self, alert: Alert) -> None:
+        if getattr(alert, "status", "fired") != "resolved":
+            self.inner.send(alert)
+
+    def close(self, timeout: float = 5.0) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close(timeout)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
 class AlertPipeline:
     """Rules, state machine and channels of one Monitor (see the module docstring).
 
@@ -69,14 +93,14 @@ class AlertPipeline:
         self.engine = AlertEngine(config.alert_rules, prefix=config.prefix,
                                   loss_family=getattr(config, "loss_family", None))
         channels: List[Any] = [_RankZeroChannel(LoggingChannel(warn=config.warn), every_rank=("fault",))]
-        channels += [CallableChannel(fn) for fn in callbacks]
+        channels += [_FiredOnly(CallableChannel(fn)) for fn in callbacks]
         url = config.webhook_url.get_secret_value() if config.webhook_url is not None else os.environ.get(
             "SPHEREWATCH_WEBHOOK_URL"
         )
         if url:
             from spherewatch.alerts.webhook import WebhookChannel
 
-            channels.append(_RankZeroChannel(WebhookChannel(url, timeout=config.webhook_timeout)))
+            channels.append(_FiredOnly(_RankZeroChannel(WebhookChannel(url, timeout=config.webhook_timeout))))
         self.dispatcher = AlertDispatcher(channels, strict=config.strict, on_error=self._channel_error)
         self._history: Deque[Alert] = deque(maxlen=HISTORY_LIMIT)
         self._escalated: Optional[Warning] = None
@@ -115,7 +139,9 @@ class AlertPipeline:
 
     def _channel_error(self, channel: Any, exc: BaseException) -> None:
         """Count a channel failure (the dispatcher already logged it once)."""
-        inner = getattr(channel, "inner", channel)
+        inner = channel
+        while hasattr(inner, "inner"):
+            inner = inner.inner
         self.faults.counts[f"channel:{type(inner).__name__}"] += 1
 
     # ------------------------------------------------------------------ state

@@ -87,7 +87,7 @@ class FaultReporter:
         self._reported.add((part, kind))
         self._reports[part] += 1
         last = self._reports[part] >= MAX_REPORTS_PER_PART
-        text = _redact(f"spherewatch {part} failed ({kind}: {exc}); {consequence}. Training continues.")
+        text = _redact(f"spherewatch: {part} failed ({kind}: {exc}); {consequence}. Training continues.")
         if last:
             text += f" This part failed {MAX_REPORTS_PER_PART} times: later failures are only counted in Monitor.faults."
         logger.debug("spherewatch: traceback of the %s failure", part, exc_info=exc)

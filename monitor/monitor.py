@@ -34,10 +34,8 @@ def _check_tap(tap: Any) -> str:
     return tap
 
 
-def _is_compiling() -> bool:
-    """True while ``torch.compile`` (dynamo) traces the calling code. Cheap in eager mode (a flag read)."""
-    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(fn()) if fn is not None else False
+_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+"""True while ``torch.compile`` (dynamo) traces the calling code; a flag read in eager mode."""
 
 
 def deferred_output_hook(
@@ -342,7 +340,8 @@ class Monitor:
     def step(self, global_step: Optional[int] = None) -> List[Alert]:
         """Advance to ``global_step`` (call once per optimizer step, after it). Evaluates when due.
 
-        Returns the alerts fired at this step (usually empty).
+        Returns the alerts fired at this step (usually empty): new alerts and reminders of open ones, never
+        "resolved" events (those go to the sinks, the log and :attr:`alerts`).
         """
         if self._closed:
             return []
@@ -450,10 +449,11 @@ class Monitor:
                 self._fault("readback", exc, "this evaluation was skipped")
                 values, hist_values = {}, {}
             if values:
-                fired = self._alerting.update(s, values)
-                stop_local = any(a.action == "stop" and a.status == "fired" for a in fired)
+                events = self._alerting.update(s, values)  # fired, reminders and resolved: all go to the sinks
+                fired = [a for a in events if a.status == "fired"]
+                stop_local = any(a.action == "stop" for a in fired)
                 self.last_values = values
-                self._write(s, values, hist_values, fired)
+                self._write(s, values, hist_values, events)
         elif not self._warned_empty and not had_rows:  # rows that only failed in the metrics were reported as such
             self._warned_empty = True
             logger.warning(

@@ -57,8 +57,8 @@ class Alert:
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def __str__(self) -> str:
-        if self.kind == "fault":
-            return f"[spherewatch fault] step {self.step}: {self.message or self.rule}"
+        if self.kind == "fault":  # the message already starts with "spherewatch: <part> failed"
+            return f"{self.message or self.rule} (step {self.step})"
         if self.status == "resolved":
             return (f"[spherewatch resolved] step {self.step}: {self.rule} on {self.key} cleared "
                     f"({self.key}={self.value:.4g}, held for {self.count} sample(s))")

@@ -95,14 +95,18 @@ def test_escalating_collapse_warnings_leaves_faults_alone():
     mon.close()
 
 
-def test_alerts_resolve_and_sinks_get_the_resolved_event():
-    got = []
+def test_alerts_resolve_and_sinks_get_the_resolved_event(caplog):
+    got, returned = [], []
     mon = _monitor(warn=False, on_alert=got.append)
     batches = [_collapsed()] * 3 + [_healthy()] * 3
-    for s, z in enumerate(batches):
-        mon.observe(z)
-        mon.step(s)
-    assert [(a.status, a.step) for a in got] == [("fired", 0), ("resolved", 5)]
+    with caplog.at_level(logging.INFO, logger="spherewatch"):
+        for s, z in enumerate(batches):
+            mon.observe(z)
+            returned += mon.step(s)
+    assert [(a.status, a.step) for a in returned] == [("fired", 0)]  # user code never acts on a resolution
+    assert [(a.status, a.step) for a in got] == [("fired", 0)]
+    assert [(a.status, a.step) for a in mon.alerts] == [("fired", 0), ("resolved", 5)]
+    assert [r.levelno for r in caplog.records if "resolved" in r.getMessage()] == [logging.INFO]
     assert [(a.status, a.count, a.open_severity) for a in mon.sink("memory").alerts] == [
         ("fired", 1, "warning"), ("resolved", 3, "ok")]
     mon.close()

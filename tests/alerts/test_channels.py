@@ -45,7 +45,7 @@ def test_faults_are_monitor_fault_warnings_not_collapse_warnings(caplog):
     assert not issubclass(MonitorFault, CollapseWarning)
     LoggingChannel(warn=False).send(fault)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.ERROR, str(fault))]
-    assert str(fault).startswith("[spherewatch fault] step 3:")
+    assert str(fault) == "capture:x failed (step 3)"
 
 
 def test_warning_points_at_the_callers_line_outside_spherewatch():
