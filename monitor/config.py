@@ -220,8 +220,18 @@ class MonitorConfig(BaseModel):
     strict: bool = Field(False, description="raise on internal failures instead of reporting and carrying on")
 
     def __init__(self, **data: Any) -> None:
-        _precheck(data, type(self).model_fields)
+        _precheck(data, type(self).model_fields)  # errors located at the field
         super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precheck_validate(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):  # model_validate(...) does not go through __init__
+            try:
+                _precheck(data, cls.model_fields)
+            except ValidationError as err:
+                raise ValueError(str(err)) from None
+        return data
 
     @field_validator(*_NUMBER_FIELDS, mode="before")
     @classmethod
