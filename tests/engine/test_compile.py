@@ -69,7 +69,8 @@ def test_watch_adds_no_graph_break_and_no_recompile_in_default_mode():
     compiled = torch.compile(model, backend="aot_eager")
     _train(compiled, model.parameters(), mon)
     assert sum(counters["graph_break"].values()) == 0
-    assert counters["stats"]["unique_graphs"] == 1  # arming and disarming the hook does not recompile
+    assert counters["stats"]["unique_graphs"] == 1 and counters["stats"]["calls_captured"] == 4  # the whole model
+    assert counters["frames"]["total"] == 1  # arming and disarming the hook does not recompile
     assert mon.captures["h"] == 3
     mon.close()
 
