@@ -88,8 +88,9 @@ class Monitor:
 
     Off evaluation steps, :meth:`observe` and armed hooks cost a flag check. On the (few) capture steps rows are
     copied into a bounded on-device buffer; on evaluation steps the metrics run on the device and their values
-    come back to the host once. Nothing here takes the training run down: a failure is reported once (log and
-    alert channels) and that part is skipped or retried; ``strict=True`` raises a :class:`SpherewatchError`.
+    come back to the host once. Nothing here takes the training run down: a failure is reported once per part and
+    kind (a ``MonitorFault`` to the alert channels, see :mod:`spherewatch.faults`) and that part is skipped or
+    retried; ``strict=True`` raises a :class:`SpherewatchError`.
     """
 
     def __init__(
