@@ -7,17 +7,22 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from spherewatch.capture import Selector, extract_embeddings
-from spherewatch.sampler import make_forward_hook
 
 __all__ = ["RowCollector", "add_output_hook", "extract"]
 
 
 def add_output_hook(
-    module: torch.nn.Module, fire: Callable[[], bool], take: Callable[[Any, Mapping], None]
+    module: torch.nn.Module, fire: Callable[[], bool], take: Callable[[Any, Mapping], None], monitor: Any,
+    *, training_only: bool = False,
 ) -> torch.utils.hooks.RemovableHandle:
-    """Register a forward hook that calls ``take(output, kwargs)`` when ``fire()`` is true (a cheap flag check on
-    every forward pass; ``take`` runs eagerly, never traced by ``torch.compile``)."""
-    return module.register_forward_hook(make_forward_hook(fire, take), with_kwargs=True)
+    """Register a forward hook that calls ``take(output, kwargs)`` when ``fire()`` is true.
+
+    ``fire`` must be cheap (it runs on every forward pass; a flag check). Inside a ``torch.compile``'d region
+    (``fullgraph=True`` included) neither is traced: the output is kept and ``take`` runs eagerly at ``monitor``'s
+    next ``step()`` (see :meth:`Monitor.output_hook`).
+    """
+    hook = monitor.output_hook(fire, take, training_only=training_only)
+    return module.register_forward_hook(hook, with_kwargs=True)
 
 
 def extract(output: Any, kwargs: Optional[Mapping], select: Selector, pool: Optional[str]) -> torch.Tensor:

@@ -129,7 +129,7 @@ class LightningMonitorCallbackCore:
                 self._val_rows.add(z)
 
         self._handle = add_output_hook(resolve_module(pl_module, self.module_path),
-                                       lambda: mon.armed or self._val_open, take)
+                                       lambda: mon.armed or self._val_open, take, mon)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_global_step = trainer.global_step

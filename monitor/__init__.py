@@ -12,7 +12,7 @@ from spherewatch import metrics
 from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
 from spherewatch.config import MonitorConfig, load_config
-from spherewatch.errors import CollapseWarning, SpherewatchError
+from spherewatch.errors import CollapseWarning, MonitorFault, SpherewatchError
 from spherewatch.monitor import Monitor
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "load_config",
     "Alert",
     "CollapseWarning",
+    "MonitorFault",
     "SpherewatchError",
 ]

@@ -1,16 +1,22 @@
 """Typed, validated configuration of the :class:`~spherewatch.Monitor` (pydantic v2)."""
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
 
-__all__ = ["MonitorConfig", "PRESETS", "METRICS", "SPECTRAL_METRICS", "load_config", "ENV_PREFIX"]
+__all__ = [
+    "MonitorConfig", "PRESETS", "METRICS", "SPECTRAL_METRICS", "load_config", "ENV_PREFIX", "known_metric_keys",
+    "MAX_SAMPLES_CEILING", "MAX_CONFIG_DEPTH", "MAX_CONFIG_ITEMS", "MAX_CONFIG_FILE_BYTES",
+]
 
 ENV_PREFIX = "SPHEREWATCH_"
 
@@ -48,6 +54,98 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
 
 SinkName = Literal["tensorboard", "mlflow", "jsonl", "memory"]
 
+#: Largest ``max_samples`` accepted (rows kept per tap; 2**20 rows of 768 fp32 values are 3 GiB). The actual bytes
+#: (``max_samples`` x D x 4 per view) are checked against ``max_buffer_bytes`` at the first capture of a tap,
+#: before anything is allocated.
+MAX_SAMPLES_CEILING = 2**20
+#: Nesting depth and number of values (counting repeated YAML aliases each time) a config may hold: deeper or
+#: bigger input (a recursive structure, a "billion laughs" alias bomb) fails at once, naming the field.
+MAX_CONFIG_DEPTH = 16
+MAX_CONFIG_ITEMS = 10_000
+#: Config files larger than this are refused before they are parsed.
+MAX_CONFIG_FILE_BYTES = 1 << 20
+_KEY_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_PATH_FIELDS = ("log_dir", "jsonl_path", "spool_dir", "tracking_uri", "run_id", "experiment_name", "run_name")
+_NUMBER_FIELDS = ("every_n_steps", "start_step", "spectral_every_n_steps", "max_samples", "window_steps", "seed",
+                  "uniformity_t", "alignment_alpha", "num_classes", "webhook_timeout", "max_buffer_bytes")
+
+
+def known_metric_keys() -> Tuple[str, ...]:
+    """Every metric name a rule can watch (the ``<metric>`` of ``<prefix>/<tap>/<metric>``): the metrics, the keys
+    logged beside them (``norm_mean``, ``zero_norm_fraction``, ``alpha_req_r2``, ...), ``rows`` and each metric's
+    ``<metric>_stderr``."""
+    from spherewatch.compute import DERIVED_KEYS
+
+    names: List[str] = [m for m in METRICS if m != "norm_stats"]
+    for extra in DERIVED_KEYS.values():
+        names += extra
+    names.append("rows")
+    names += [f"{m}_stderr" for m in list(names)]
+    return tuple(dict.fromkeys(names))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _error(title: str, loc: Tuple[Any, ...], msg: str, value: Any = None) -> ValidationError:
+    """A pydantic ``ValidationError`` (a ``ValueError``) at ``loc`` with ``msg`` (for checks pydantic cannot do)."""
+    detail = InitErrorDetails(type=PydanticCustomError("value_error", "{msg}", {"msg": msg}), loc=loc,
+                              input=_short(value))
+    return ValidationError.from_exception_data(title, [detail])
+
+
+def _short(value: Any) -> Any:
+    """A small stand-in for a value in an error (a huge or recursive input must not be printed)."""
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, (str, bytes)) and len(value) > 200:
+        return value[:200]
+    return value if isinstance(value, (str, bytes, int, float, bool, type(None))) else type(value).__name__
+
+
+def _check_shape(field: str, value: Any) -> Optional[str]:
+    """Why ``value`` is too deep or too big for a config field (an iterative walk that stops early), or None."""
+    stack = [(value, 1)]
+    items = 0
+    while stack:
+        v, depth = stack.pop()
+        items += 1
+        if items > MAX_CONFIG_ITEMS:
+            return (f"holds more than {MAX_CONFIG_ITEMS} values (repeated YAML aliases count each time): refused "
+                    "before it is expanded")
+        if depth > MAX_CONFIG_DEPTH:
+            return f"is nested more than {MAX_CONFIG_DEPTH} levels deep (or refers to itself)"
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    return f"has a key {_short(k)!r} of type {type(k).__name__}; keys must be strings"
+                stack.append((x, depth + 1))
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, bytes):
+            return "is bytes; give a string"
+        elif isinstance(v, str) and "\x00" in v:
+            return "contains a NUL byte"
+    return None
+
+
+def _precheck(data: Mapping[Any, Any], fields: Iterable[str], title: str = "MonitorConfig") -> None:
+    """Keys are known strings (with "did you mean"), values are of bounded shape: else a ValidationError."""
+    fields = list(fields)
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise _error(title, (str(_short(key)),), f"config field names must be strings, got {type(key).__name__} "
+                         f"{_short(key)!r}", value)
+        if key not in fields:
+            raise _error(title, (key,), f"unknown config field {key!r}.{did_you_mean(key, fields)} "
+                         f"Fields: {', '.join(fields)}.", value)
+        why = _check_shape(key, value)
+        if why:
+            raise _error(title, (key,), f"`{key}` {why}.", value)
+
 
 class MonitorConfig(BaseModel):
     """Everything the Monitor does, validated once at construction.
@@ -73,7 +171,13 @@ class MonitorConfig(BaseModel):
         None, ge=1, description="cadence of the eigen-decomposition metrics (a multiple of every_n_steps; default: same)"
     )
     # sampling
-    max_samples: int = Field(4096, ge=2, description="rows kept per tap for one evaluation (the memory bound)")
+    max_samples: int = Field(
+        4096, ge=2, le=MAX_SAMPLES_CEILING, description="rows kept per tap for one evaluation (the memory bound)"
+    )
+    max_buffer_bytes: int = Field(
+        1 << 31, ge=1, description="bytes one tap's buffer may take (max_samples x D x 4 per view), checked at its "
+        "first capture before allocating; a bigger tap is reported and skipped"
+    )
     window_steps: int = Field(
         1, ge=1, description="consecutive steps captured before each evaluation; rows are reservoir-sampled across them"
     )
@@ -82,7 +186,7 @@ class MonitorConfig(BaseModel):
         "max_samples rows, reservoir-sampled), not only the first; recomputed forwards (gradient checkpointing) "
         "are then taken twice"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the row reservoirs")
     # metrics
     preset: Literal["cheap", "standard", "full"] = "standard"
     metrics: Optional[Tuple[str, ...]] = Field(None, description="explicit metric list (overrides preset)")
@@ -111,10 +215,46 @@ class MonitorConfig(BaseModel):
     alerts: bool = Field(True, description="evaluate alert rules")
     rules: Optional[Tuple[Rule, ...]] = Field(None, description="alert rules; default: spherewatch.alerts.default_rules()")
     webhook_url: Optional[SecretStr] = Field(None, description="Slack-compatible webhook; or SPHEREWATCH_WEBHOOK_URL")
-    webhook_timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
-    warn: bool = Field(True, description="emit a CollapseWarning for every alert")
+    webhook_timeout: float = Field(5.0, gt=0, le=300, allow_inf_nan=False, description="seconds per webhook request")
+    warn: bool = Field(
+        True, description="deliver each alert as one CollapseWarning (faults: MonitorFault); False: one log record"
+    )
+    loss_family: Optional[Literal["contrastive", "non_contrastive", "supervised"]] = Field(
+        None, description="what kind of loss trains the embeddings: picks the advice in alert messages (None: neutral)"
+    )
     # behaviour
     strict: bool = Field(False, description="raise on internal failures instead of reporting and carrying on")
+
+    def __init__(self, **data: Any) -> None:
+        _precheck(data, type(self).model_fields)  # errors located at the field
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precheck_validate(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):  # model_validate(...) does not go through __init__
+            try:
+                _precheck(data, cls.model_fields)
+            except ValidationError as err:
+                raise ValueError(str(err)) from None
+        return data
+
+    @field_validator(*_NUMBER_FIELDS, mode="before")
+    @classmethod
+    def _no_booleans(cls, value, info):
+        if isinstance(value, bool):  # True is an int to Python: every_n_steps=True would mean 1
+            raise ValueError(f"`{info.field_name}` must be a number, got the boolean {value!r}")
+        return value
+
+    @field_validator(*_PATH_FIELDS, mode="before")
+    @classmethod
+    def _clean_string(cls, value, info):
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError(f"`{info.field_name}` contains a NUL byte: {value[:80]!r}")
+            if len(value) > 4096:
+                raise ValueError(f"`{info.field_name}` is {len(value)} characters long; at most 4096")
+        return value
 
     @field_validator("metrics")
     @classmethod
@@ -123,7 +263,8 @@ class MonitorConfig(BaseModel):
             return value
         unknown = [m for m in value if m not in METRICS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; use any of: {', '.join(METRICS)}")
+            hint = did_you_mean(unknown[0], METRICS)
+            raise ValueError(f"unknown metric(s) {unknown};{hint} use any of: {', '.join(METRICS)}")
         return tuple(dict.fromkeys(value))
 
     @field_validator("rules")
@@ -135,6 +276,18 @@ class MonitorConfig(BaseModel):
             raise ValueError(
                 f"alert rule names must be unique, got {twice} more than once; give each rule a distinct `name=`"
             )
+        from fnmatch import fnmatchcase
+
+        known = known_metric_keys()
+        for i, rule in enumerate(value or ()):
+            pattern = rule.metric
+            if any(c in pattern for c in "*?["):
+                if not any(fnmatchcase(k, pattern) for k in known):
+                    raise ValueError(f"rule {i} ({rule.name!r}): metric pattern {pattern!r} matches no metric the "
+                                     f"monitor logs; known: {', '.join(known)}")
+            elif pattern not in known:
+                raise ValueError(f"rule {i} ({rule.name!r}): unknown metric {pattern!r}, it would never fire."
+                                 f"{did_you_mean(pattern, known)} Known: {', '.join(known)}")
         return value
 
     @field_validator("sinks")
@@ -147,7 +300,11 @@ class MonitorConfig(BaseModel):
     def _no_slash(cls, value: str):
         if "/" in value.strip("/"):
             raise ValueError(f"{value!r} must not contain '/' (keys are <prefix>/<tap>/<metric>)")
-        return value.strip("/")
+        value = value.strip("/")
+        if not _KEY_SAFE.match(value):
+            raise ValueError(f"{value!r} must be made of letters, digits, '_', '.' and '-' (it is part of every log "
+                             "key, <prefix>/<tap>/<metric>)")
+        return value
 
     @model_validator(mode="after")
     def _cross_field(self):
@@ -194,6 +351,11 @@ class MonitorConfig(BaseModel):
 def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     environ = os.environ if environ is None else environ
     out: Dict[str, Any] = {}
+    allowed = [ENV_PREFIX + name.upper() for name in MonitorConfig.model_fields]
+    for var in environ:
+        if isinstance(var, str) and var.startswith(ENV_PREFIX) and var not in allowed:
+            raise _error("environment", (var,), f"unknown environment variable {var}: spherewatch reads "
+                         f"{ENV_PREFIX}<FIELD> for config fields only.{did_you_mean(var, allowed)}", environ[var])
     for name in MonitorConfig.model_fields:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
@@ -204,6 +366,8 @@ def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
             continue
         try:
             out[name] = json.loads(raw)
+        except RecursionError:
+            raise _error("environment", (ENV_PREFIX + name.upper(),), "nested too deeply", raw[:80]) from None
         except ValueError:
             # plain words: "standard", "mean"; comma lists for tuples: "tensorboard,mlflow"
             out[name] = tuple(p.strip() for p in raw.split(",")) if "," in raw or name in ("sinks", "metrics") else raw
@@ -212,36 +376,63 @@ def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
 
 def _read_file(path: Path) -> Dict[str, Any]:
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    where = str(path)
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ValueError(f"Unsupported config file {where!r}: use a .yaml, .yml, .toml or .json file.")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_FILE_BYTES:
+        raise ValueError(f"Config file {where!r} is {size} bytes; at most {MAX_CONFIG_FILE_BYTES} are read.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"Config file {where!r} is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+                         "save it as UTF-8.") from None
+    if "\x00" in text:
+        raise ValueError(f"Config file {where!r} contains a NUL byte: it is not a text config file.")
+    try:
+        data = _parse(suffix, text, where)
+    except RecursionError:
+        raise ValueError(f"Cannot read config file {where!r}: it is nested too deeply.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {where!r} must hold a mapping at the top level, got {type(data).__name__}.")
+    if isinstance(data.get("tool"), dict) and "spherewatch" in data["tool"]:
+        data = data["tool"]["spherewatch"]
+    elif isinstance(data.get("spherewatch"), dict):
+        data = data["spherewatch"]
+    if not isinstance(data, dict):
+        raise ValueError(f"The spherewatch table of {where!r} must be a mapping, got {type(data).__name__}.")
+    return data
+
+
+def _parse(suffix: str, text: str, where: str) -> Any:
     if suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError("Reading YAML config needs `pyyaml`: pip install 'spherewatch[config]'.") from err
         try:
-            data = yaml.safe_load(text) or {}  # safe_load: plain data only, tags that build objects are refused
+            # safe_load: plain data only, tags that build objects are refused. Aliases are resolved to shared
+            # objects (no expansion here); MonitorConfig then refuses more than MAX_CONFIG_ITEMS values.
+            return yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
             raise ValueError(
-                f"Cannot read config file {str(path)!r}: {err} (only plain YAML data is accepted: tags such as "
+                f"Cannot read config file {where!r}: {err} (only plain YAML data is accepted: tags such as "
                 "!!python/object are refused, the file is parsed, never evaluated)."
-            ) from err
-    elif suffix == ".toml":
+            ) from None
+    if suffix == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python < 3.11
             import tomli as tomllib  # type: ignore[no-redef]
-        data = tomllib.loads(text)
-    elif suffix == ".json":
-        data = json.loads(text)
-    else:
-        raise ValueError(f"Unsupported config file {str(path)!r}: use a .yaml, .yml, .toml or .json file.")
-    if not isinstance(data, dict):
-        raise ValueError(f"Config file {str(path)!r} must hold a mapping at the top level, got {type(data).__name__}.")
-    if isinstance(data.get("tool"), dict) and "spherewatch" in data["tool"]:
-        data = data["tool"]["spherewatch"]
-    elif isinstance(data.get("spherewatch"), dict):
-        data = data["spherewatch"]
-    return data
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"Cannot read config file {where!r}: {err}.") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"Cannot read config file {where!r}: {err}.") from None
 
 
 def load_config(source: Union[None, str, Path, Mapping[str, Any], MonitorConfig] = None, **overrides: Any) -> MonitorConfig:
@@ -258,6 +449,8 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], MonitorConfig]
     elif isinstance(source, Mapping):
         base = dict(source)
     elif isinstance(source, (str, Path)):
+        if "\x00" in str(source):
+            raise ValueError(f"Config path {str(source)[:80]!r} contains a NUL byte.")
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
@@ -266,4 +459,5 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], MonitorConfig]
         raise TypeError(
             f"Expected a MonitorConfig, a dict or a path to a .yaml/.toml/.json file, got {type(source).__name__}."
         )
+    _precheck(base, MonitorConfig.model_fields)  # before merging: non-string keys cannot be keywords
     return MonitorConfig(**{**base, **_env_values(), **overrides})

@@ -78,10 +78,11 @@ class Evaluator:
                 continue
             self.had_rows = True
             fallbacks: List[BaseException] = []
+            failures: Dict[str, BaseException] = {}
             try:
                 sc, hi = compute_tap_metrics(
                     z, z_pos, labels, cfg.metric_names, spectral=spectral, t=cfg.uniformity_t,
-                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes, fallbacks=fallbacks,
+                    alpha=cfg.alignment_alpha, num_classes=cfg.num_classes, failures=failures, fallbacks=fallbacks,
                 )
             except Exception as exc:
                 self._faults.report(f"metrics:{tap}", exc, "its metrics were skipped at this step")
@@ -89,13 +90,21 @@ class Evaluator:
             finally:
                 for w in fallbacks[:1]:  # a device solver failed; the values were recomputed on the CPU in fp64
                     self._faults.report(f"metrics:{tap}:decomposition", w, "recomputed on the CPU in float64")
+            self._faults.recovered(f"metrics:{tap}")
+            for name, exc in failures.items():  # one failing metric drops only itself
+                self._faults.report(f"metric:{tap}/{name}", exc,
+                                    f"{name} was not logged at this step; the other metrics were")
+            for name in sc:
+                self._faults.recovered(f"metric:{tap}/{name}")
             base = f"{cfg.prefix}/{tap}/"
             tensors.update({base + k: v for k, v in sc.items()})
             hists.update({base + k: v for k, v in hi.items()})
         if not tensors:
             return {}, {}
         try:
-            return readback(tensors, hists)
+            out = readback(tensors, hists)
+            self._faults.recovered("readback")
+            return out
         except Exception as exc:
             self._faults.report("readback", exc, "this evaluation was skipped")
             return {}, {}

@@ -21,7 +21,7 @@ from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
-from spherewatch.sampler import Sampler, validate_rows
+from spherewatch.sampler import Sampler, check_tap, validate_rows
 from spherewatch.schedule import StepClock
 from spherewatch.writer import RecordWriter, split_sink_args
 
@@ -51,8 +51,9 @@ class Monitor:
 
     Off evaluation steps, :meth:`observe` and armed hooks cost a flag check. On the (few) capture steps rows are
     copied into a bounded on-device buffer; on evaluation steps the metrics run on the device and their values
-    come back to the host once. Nothing here takes the training run down: a failure is reported once (log and
-    alert channels) and that part is skipped or retried; ``strict=True`` raises a :class:`SpherewatchError`.
+    come back to the host once. Nothing here takes the training run down: a failure is reported once per part and
+    kind (a ``MonitorFault`` to the alert channels, see :mod:`spherewatch.faults`) and that part is skipped or
+    retried; ``strict=True`` raises a :class:`SpherewatchError`.
     """
 
     def __init__(
@@ -84,7 +85,12 @@ class Monitor:
         self.last_evaluation_step: Optional[int] = None
 
     def _fault_step(self) -> Optional[int]:
-        return self._stepping if self._stepping is not None else self._clock.last_step
+        """The step a failure belongs to: the one being evaluated, else the one being trained (never -1)."""
+        if self._stepping is not None:
+            return self._stepping
+        if self._clock.last_step is not None:
+            return self._clock.last_step + 1
+        return self.config.start_step
 
     # ------------------------------------------------------------------ the parts' public faces
     @property
@@ -99,8 +105,9 @@ class Monitor:
 
     @property
     def alerts(self) -> List[Alert]:
-        """Alerts fired so far (also written to every sink)."""
-        return self._alerting.history
+        """The latest alert events (fired, reminders, resolved), oldest first; bounded (the last
+        :data:`~spherewatch.alerting.HISTORY_LIMIT`), the sinks keep every one."""
+        return list(self._alerting.history)
 
     @property
     def sinks(self) -> List[Any]:
@@ -113,7 +120,7 @@ class Monitor:
 
     def report_fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
         """Report a failure of ``part`` the way the Monitor reports its own (for adapters): once per part, to the
-        log and the alert channels; raises :class:`SpherewatchError` under ``strict``."""
+        log and the alert channels (a ``MonitorFault``); raises :class:`SpherewatchError` under ``strict``."""
         self._faults.report(part, exc, consequence)
 
     # ------------------------------------------------------------------ capture
@@ -143,7 +150,10 @@ class Monitor:
         """Capture the output of ``module`` with a forward hook, installed once and armed only on capture steps.
 
         Args:
-            module: any ``nn.Module`` (install before ``torch.compile``: hooks added afterwards never fire).
+            module: any ``nn.Module`` (install before ``torch.compile``: hooks added afterwards never fire). Safe
+                inside ``torch.compile(fullgraph=True)``: there the hook keeps the output and the rows are taken at
+                the next :meth:`step` (no graph break, no recompile; see
+                :func:`spherewatch.sampler.deferred_output_hook`).
             tap: name used in the log keys (default ``config.default_tap``).
             select: which part of a tuple / dict / HF ``ModelOutput`` output holds the embeddings: a key, an index
                 or a callable (default: the tensor itself, element 0 of a tuple, or the first of
@@ -158,19 +168,33 @@ class Monitor:
         """
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"Expected an nn.Module to watch, got {type(module).__name__}.")
-        hook = self._sampler.hook(tap or self.config.default_tap, select, pool or self.config.pool, when)
+        hook = self._sampler.hook(check_tap(tap or self.config.default_tap), select, pool or self.config.pool, when)
         handle = module.register_forward_hook(hook, with_kwargs=True)
         self._handles.append(handle)
         return handle
+
+    def output_hook(self, fire: Callable[[], bool], take: Callable[[Any, Mapping[str, Any]], None], *,
+                    training_only: bool = False) -> Callable[..., None]:
+        """A forward hook calling ``take(output, kwargs)`` when ``fire()`` is true, safe under ``torch.compile``
+        (``fullgraph=True`` included): inside a compiled region the output is kept and ``take`` runs eagerly at the
+        next :meth:`step`. For adapters; register it with ``module.register_forward_hook(hook, with_kwargs=True)``."""
+        return self._sampler.output_hook(fire, take, training_only=training_only)
+
+    def take_pending_outputs(self) -> None:
+        """Take, eagerly, the outputs that watched modules produced inside a ``torch.compile``'d region since the
+        last step (``step()`` does this first; adapters that evaluate without ``step()`` may call it)."""
+        self._sampler.take_pending()
 
     # ------------------------------------------------------------------ stepping
     def step(self, global_step: Optional[int] = None) -> List[Alert]:
         """Advance to ``global_step`` (call once per optimizer step, after it). Evaluates when due.
 
-        Returns the alerts fired at this step (usually empty).
+        Returns the alerts fired at this step (usually empty): new alerts and reminders of open ones, never
+        "resolved" events (those go to the sinks, the log and :attr:`alerts`).
         """
         if self._closed:
             return []
+        self._sampler.take_pending()
         s, due = self._clock.begin(global_step)
         fired: List[Alert] = []
         if due:
@@ -187,6 +211,7 @@ class Monitor:
         self._sampler.next_step()
         self._sampler.armed = self._clock.armed
         self._faults.raise_deferred()
+        self._alerting.raise_escalated()  # a CollapseWarning escalated by a warnings filter: raised here, in user code
         return fired
 
     def _evaluate(self, s: int, rows: Mapping[str, Any], *, spectral: bool, scheduled: bool = True):
@@ -201,10 +226,11 @@ class Monitor:
                 self._clock.evaluated(s, spectral)
             fired: List[Alert] = []
             if values:
-                fired = self._alerting.update(s, values)
+                events = self._alerting.update(s, values)  # fired, reminders and resolved: all go to the sinks
+                fired = [a for a in events if a.status == "fired"]
                 if scheduled:
                     self.last_values = values
-                self._writer.submit(s, values, hists, fired)
+                self._writer.submit(s, values, hists, events)
             elif not self._evaluator.had_rows and scheduled and not self._warned_empty:
                 self._warned_empty = True
                 logger.warning(
@@ -241,6 +267,7 @@ class Monitor:
         finally:
             self._stepping = None
         self._faults.raise_deferred()
+        self._alerting.raise_escalated()
         return dict(values)
 
     # ------------------------------------------------------------------ the host's own values

@@ -11,31 +11,52 @@ from spherewatch.buffer import RowReservoir
 from spherewatch.capture import Selector, extract_embeddings
 from spherewatch.errors import SpherewatchError
 
-__all__ = ["Sampler", "make_forward_hook", "validate_batch"]
+__all__ = ["Sampler", "check_tap", "deferred_output_hook", "validate_batch", "validate_rows"]
 
 Rows = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
 
 
-def _dynamo_disable(fn: Callable) -> Callable:
-    """Run ``fn`` eagerly even inside a torch.compile'd model: the capture path is never traced. Imported lazily
-    (``torch._dynamo`` costs seconds at import), only when a module is watched."""
-    try:
-        from torch._dynamo import disable
-    except Exception:  # pragma: no cover - very old torch
-        return fn
-    return disable(fn)
+_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)
+"""True while ``torch.compile`` (dynamo) traces the calling code; a flag read in eager mode."""
 
 
-def make_forward_hook(fire: Callable[[], bool], take: Callable[[Any, Mapping], None]) -> Callable:
-    """A ``register_forward_hook(..., with_kwargs=True)`` hook calling ``take(output, kwargs)`` when ``fire()`` is
-    true. ``fire`` runs on every forward pass (a flag check); ``take`` runs eagerly (never traced)."""
-    take = _dynamo_disable(take)
+def deferred_output_hook(
+    pending: Dict[Any, Any], key: Any, fire: Callable[[], bool], take: Callable[[Any, Mapping[str, Any]], None],
+    *, training_only: bool = False,
+) -> Callable[..., None]:
+    """A forward hook ``(module, args, kwargs, output)`` that is safe inside ``torch.compile(fullgraph=True)``.
 
-    def hook(mod: torch.nn.Module, args: Any, kwargs: Mapping, output: Any) -> None:
+    Eagerly it calls ``take(output, kwargs)`` when ``fire()`` is true. While dynamo traces it, it only stores
+    ``(take, output, attention_mask)`` under ``pending[key]`` -- a dict store that dynamo replays after the graph
+    has run, so there is no graph break, no guard on ``fire()``'s flag and no recompile when the monitor arms or
+    disarms. The owner calls ``take`` on what is pending, eagerly, at its next ``step()``; the first forward pass
+    since the last step is kept, as in eager mode. ``training_only`` skips passes of a module in eval mode
+    (``take`` runs at ``step()``, when the module is usually back in training mode, so it cannot tell).
+    """
+
+    def hook(mod: Any, args: Any, kwargs: Any, output: Any) -> None:
+        if _is_compiling():
+            if training_only and not mod.training:  # a guarded constant for dynamo: no recompile per step
+                return
+            mask = kwargs.get("attention_mask") if kwargs else None
+            # setdefault: the first forward pass of the step wins, as in eager mode (gradient accumulation)
+            pending.setdefault(key, (take, output.detach() if isinstance(output, torch.Tensor) else output,
+                                     {} if mask is None else {"attention_mask": mask}))
+            return
         if fire():
             take(output, kwargs)
 
     return hook
+
+
+def check_tap(tap: Any) -> str:
+    """A tap name is part of every key ``<prefix>/<tap>/<metric>``: letters, digits, ``_ . -`` only."""
+    from spherewatch.config import _KEY_SAFE
+
+    if not isinstance(tap, str) or not _KEY_SAFE.match(tap):
+        raise ValueError(f"Expected a tap name made of letters, digits, '_', '.' and '-' (it is part of the log keys "
+                         f"<prefix>/<tap>/<metric>), got {tap!r}.")
+    return tap
 
 
 def validate_batch(tap: str, z: Any, name: str, pool: Optional[str]) -> torch.Tensor:
@@ -91,6 +112,9 @@ class Sampler:
         self._captured: Dict[str, int] = {}
         self._buffers: Dict[str, RowReservoir] = {}
         self.captures: Dict[str, int] = defaultdict(int)
+        # outputs of watched modules seen while torch.compile traced them, taken eagerly at the next step
+        self._pending: Dict[Any, Any] = {}
+        self._hooks_made = 0
 
     # ------------------------------------------------------------------ taking rows
     def _first_this_step(self, tap: str) -> bool:
@@ -104,12 +128,16 @@ class Sampler:
                 pool: Optional[str] = None, views: Any = None) -> None:
         if (views is None) == (z is None) or (views is not None and z_pos is not None):
             raise SpherewatchError("Pass either `z` (and optionally `z_pos`) or `views=` (B, V, D), not both.")
+        if _is_compiling():  # inside torch.compile: a dict store dynamo can trace; taken eagerly at the next step
+            self._pending.setdefault(f"observe:{tap}", (self._take_observed, (z, z_pos, tap, labels, pool, views), {}))
+            return
         if not self.armed or self.closed:
             return
         tap = tap or self.config.default_tap
         if not self._first_this_step(tap):
             return
         try:
+            check_tap(tap)
             if views is not None:
                 if not isinstance(views, torch.Tensor) or views.ndim != 3 or views.shape[1] < 2:
                     got = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
@@ -119,11 +147,16 @@ class Sampler:
         except Exception as exc:
             self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")
 
+    def _take_observed(self, args: Any, kwargs: Mapping[str, Any]) -> None:
+        z, z_pos, tap, labels, pool, views = args
+        self.observe(z, z_pos, tap=tap, labels=labels, pool=pool, views=views)
+
     def add(self, tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str]) -> None:
         """Validate and buffer one batch for ``tap`` (raises on bad input)."""
         z, z_pos, labels = validate_rows(tap, z, z_pos, labels, pool)
         buf = self._buffers.get(tap)
         if buf is None:
+            self._check_buffer_bytes(tap, z, z_pos)
             buf = self._buffers[tap] = RowReservoir(self.config.max_samples, seed=self.config.seed + len(self._buffers))
         if buf._z is not None and buf._z.device != z.device:  # e.g. embeddings moved: follow the first device
             z = z.to(buf._z.device)
@@ -131,14 +164,35 @@ class Sampler:
             labels = None if labels is None else labels.to(buf._z.device)
         buf.add(z, z_pos, labels)
         self.captures[tap] += 1
+        self._faults.recovered(f"capture:{tap}")
+
+    def _check_buffer_bytes(self, tap: str, z: torch.Tensor, z_pos: Optional[torch.Tensor]) -> None:
+        """Refuse a tap whose buffer would exceed ``max_buffer_bytes`` -- before anything is allocated."""
+        cfg = self.config
+        views = 1 if z_pos is None else 2
+        need = cfg.max_samples * int(z.shape[1]) * 4 * views  # rows are kept in fp32
+        if need > cfg.max_buffer_bytes:
+            raise MemoryError(
+                f"the buffer of tap {tap!r} would take {need / 2**20:.1f} MiB (max_samples={cfg.max_samples} x "
+                f"D={int(z.shape[1])} x 4 bytes x {views} view(s)), more than max_buffer_bytes="
+                f"{cfg.max_buffer_bytes}; lower `max_samples` or raise `max_buffer_bytes`"
+            )
+
+    def output_hook(self, fire: Callable[[], bool], take: Callable[[Any, Mapping[str, Any]], None], *,
+                    training_only: bool = False) -> Callable:
+        """A forward hook calling ``take(output, kwargs)`` when ``fire()`` is true, safe under ``torch.compile``
+        (``fullgraph=True`` included): inside a compiled region the output is kept and ``take`` runs eagerly at
+        the next step (:meth:`take_pending`)."""
+        self._hooks_made += 1
+        return deferred_output_hook(self._pending, f"hook:{self._hooks_made}", fire, take, training_only=training_only)
 
     def hook(self, tap: str, select: Selector, pool: Optional[str],
              when: Optional[Callable[[], bool]] = None) -> Callable:
         """The forward hook of ``Monitor.watch(module, tap)``; with ``when``, only calls where ``when()`` is true
-        are taken (e.g. training-mode passes)."""
+        are taken (e.g. training-mode passes; under torch.compile: passes of the module in training mode)."""
 
         def take(output: Any, kwargs: Mapping[str, Any]) -> None:
-            if self.closed or (when is not None and not when()) or not self._first_this_step(tap):
+            if not self.armed or self.closed or not self._first_this_step(tap):
                 return
             try:
                 mask = kwargs.get("attention_mask") if kwargs else None
@@ -148,7 +202,21 @@ class Sampler:
             except Exception as exc:
                 self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")
 
-        return make_forward_hook(lambda: self.armed, take)
+        fire = (lambda: self.armed) if when is None else (lambda: self.armed and when())
+        return self.output_hook(fire, take, training_only=when is not None)
+
+    def take_pending(self) -> None:
+        """Take, eagerly, the outputs that watched modules produced inside a ``torch.compile``'d region since the
+        last step."""
+        if not self._pending:
+            return
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for take, output, kwargs in pending:
+            try:
+                take(output, kwargs)
+            except Exception as exc:  # take() reports its own failures; this is the last line of defence
+                self._faults.report("capture", exc, "this batch was not recorded")
 
     # ------------------------------------------------------------------ handing rows over
     def next_step(self) -> None:

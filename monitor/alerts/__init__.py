@@ -1,5 +1,5 @@
 """Alerts: rules that watch logged metrics, the engine that decides when they fire, and the channels that
-deliver fired alerts (log + ``CollapseWarning``, a callable, a Slack-compatible webhook).
+deliver them (one ``CollapseWarning`` or one log record, a callable, a Slack-compatible webhook).
 
 Example:
     >>> from spherewatch.alerts import AlertEngine, default_rules

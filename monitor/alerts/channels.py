@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 import warnings
@@ -9,7 +11,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable
 
 from spherewatch.alerts.alert import Alert
-from spherewatch.errors import CollapseWarning, SpherewatchError
+from spherewatch.errors import CollapseWarning, MonitorFault, SpherewatchError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -40,16 +42,45 @@ class Channel:
         self.close()
 
 
-class LoggingChannel(Channel):
-    """Logs every alert and emits it as a :class:`~spherewatch.errors.CollapseWarning`.
+def _package_dirs() -> tuple[str, ...]:
+    import spherewatch
 
-    ``warning`` and ``critical`` alerts go to ``logger.warning`` and, when ``warn=True``, to
-    ``warnings.warn(..., CollapseWarning)`` (filter or escalate them with the ``warnings`` module). ``info``
-    alerts go to ``logger.info`` and never warn.
+    dirs = [os.path.dirname(os.path.abspath(spherewatch.__file__))]
+    try:
+        import spherewatch.integrations as integrations
+
+        dirs.append(os.path.dirname(os.path.abspath(integrations.__file__)))
+    except Exception:  # noqa: BLE001 - pragma: no cover
+        pass
+    return tuple(d + os.sep for d in dirs)
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called from here that points at the first frame outside
+    spherewatch (the user's ``mon.step(...)`` line, or the framework's callback call under an adapter)."""
+    dirs = _package_dirs()
+    frame = sys._getframe(1)  # the caller of user_stacklevel (where warnings.warn is called) is level 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(dirs):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+class LoggingChannel(Channel):
+    """Reports every alert exactly once: as a warning (``warn=True``, the default) **or** as a log record.
+
+    * Collapse alerts (``kind="collapse"``) that fire: a :class:`~spherewatch.errors.CollapseWarning` pointing at
+      the user's line that called into spherewatch (filter or escalate it with the ``warnings`` module: with
+      ``warnings.simplefilter("error", CollapseWarning)`` it is raised, see :class:`AlertDispatcher`), or with
+      ``warn=False`` one ``logger.warning`` record. ``info`` alerts are always an ``info`` record, never a warning.
+    * Faults of the monitor itself (``kind="fault"``): a :class:`~spherewatch.errors.MonitorFault` warning, or
+      with ``warn=False`` one ``logger.error`` record.
+    * Resolved alerts (``status="resolved"``): one ``info`` record, never a warning.
 
     Args:
         logger: a logger or a logger name.
-        warn: also emit a ``CollapseWarning``.
+        warn: deliver as a warning instead of a log record.
 
     Example:
         >>> from spherewatch.alerts import Alert, LoggingChannel
@@ -66,12 +97,16 @@ class LoggingChannel(Channel):
 
     def send(self, alert: Alert) -> None:
         text = str(alert)
-        if alert.severity == "info":
+        fault = getattr(alert, "kind", "collapse") == "fault"
+        if getattr(alert, "status", "fired") == "resolved" or (alert.severity == "info" and not fault):
             self.logger.info(text)
             return
-        self.logger.warning(text)
         if self.warn:
-            warnings.warn(text, CollapseWarning, stacklevel=2)
+            warnings.warn(text, MonitorFault if fault else CollapseWarning, stacklevel=user_stacklevel())
+        elif fault:
+            self.logger.error(text)
+        else:
+            self.logger.warning(text)
 
     def __repr__(self) -> str:
         return f"LoggingChannel(logger={self.logger.name!r}, warn={self.warn})"
@@ -146,18 +181,28 @@ class AlertDispatcher:
     def dispatch(self, alerts: Alert | Iterable[Alert]) -> None:
         """Send each alert to each channel once, in order.
 
+        A warning raised by a channel (``warnings.simplefilter("error", CollapseWarning)`` escalates the
+        :class:`LoggingChannel`'s warning) is not a channel failure: the other channels and alerts are still
+        delivered, then the first such warning is raised.
+
         Raises:
+            Warning: the escalated warning (e.g. :class:`~spherewatch.errors.CollapseWarning`).
             SpherewatchError: only with ``strict=True``, on the first channel failure.
         """
         if isinstance(alerts, Alert):
             alerts = (alerts,)
+        escalated: Warning | None = None
         with self._lock:
             for alert in alerts:
                 for i, ch in enumerate(self.channels):
                     try:
                         ch.send(alert)
+                    except Warning as err:  # a warnings filter turned the alert into an error: the user's choice
+                        escalated = escalated or err
                     except Exception as err:  # noqa: BLE001 - a channel must never take training down
                         self._failed(i, ch, "send", err)
+        if escalated is not None:  # raised once every channel has had every alert
+            raise escalated
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every channel, sharing one ``timeout`` (seconds) among them. Idempotent."""

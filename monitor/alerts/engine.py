@@ -22,7 +22,10 @@ __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
 
 #: States of one (rule, key) pair.
 OK, PENDING, FIRING = "ok", "pending", "firing"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+#: Consecutive samples back inside the threshold (by the rule's hysteresis margin) that resolve an open alert.
+RESOLVE_AFTER = 3
+_SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 # What a degradation of a metric means, and what to check. Unknown metrics get the generic entry.
 _HINTS: dict[str, tuple[str, str]] = {
@@ -69,6 +72,12 @@ _HINTS["effective_rank_centered"] = _HINTS["effective_rank"]
 _GENERIC_HINT = ("the metric moved in the unhealthy direction", "the training curves around this step")
 
 
+def _clear_window(st: _KeyState) -> int:
+    """Clear samples in a row that resolve an open alert: RESOLVE_AFTER, doubled each time the condition came back
+    soon after resolving (so a condition that flaps opens O(log n) alerts over n samples, not one per flap)."""
+    return RESOLVE_AFTER * 2 ** min(st.reopens, 20)
+
+
 def _hint(metric: str) -> tuple[str, str]:
     return _HINTS.get(metric, _GENERIC_HINT)
 
@@ -107,6 +116,10 @@ class _KeyState:
     slope: float | None = None  # trend: smoothed slope
     alert: Alert | None = None  # the alert that fired, while firing
     ev: dict = dataclasses.field(default_factory=dict)  # evaluator state of drift / collapse rules (JSON-able)
+    held: int = 0  # samples the open alert's condition has held (its `count`)
+    clear: int = 0  # consecutive samples back inside by the hysteresis margin, while firing
+    reopens: int = 0  # times it opened again soon after resolving (a flapping condition): doubles the clear window
+    resolved_n: int | None = None  # `n` when it last resolved
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "alert"}
@@ -140,23 +153,36 @@ class _KeyState:
             slope=_float_from_json(d.get("slope")),
             alert=alert,
             ev=dict(d.get("ev") or {}),
+            held=int(d.get("held", 1 if status == FIRING else 0)),
+            clear=int(d.get("clear", 0)),
+            reopens=int(d.get("reopens", 0)),
+            resolved_n=d.get("resolved_n"),
         )
 
 
 class AlertEngine:
     """Evaluates alert rules on logged values and decides when each one fires.
 
-    One state machine runs per (rule, key), counted in samples of that key::
+    One state machine runs per (rule, key), counted in samples of that key. A condition that persists is ONE
+    open alert, whatever the number of evaluations::
 
-        ok --breach--> pending (count < patience) --patience reached--> firing: emit ONE Alert
-        firing --still breaching or inside the hysteresis band--> firing (nothing emitted)
-        firing --back inside the threshold by the hysteresis margin--> ok (re-armed)
-        ok/pending --breach, patience reached, cooldown over--> firing again
+        ok --breach--> pending (count < patience) --patience reached--> firing: emit ONE Alert (status "fired")
+        firing --still breaching--> firing: nothing, or a reminder (status "fired", `count` = samples held so far)
+                                    once every `cooldown` samples when `cooldown` > 0
+        firing --inside the hysteresis band, or a breach again--> firing (the clear run starts over)
+        firing --back inside by the hysteresis margin on RESOLVE_AFTER (3) samples in a row--> ok:
+                                    emit the "resolved" event (status "resolved", `count` = samples held);
+                                    the window doubles each time the alert re-opens within twice the window
+                                    after resolving (a flapping condition), and is back to 3 after a quiet spell
+        ok/pending --breach, patience reached, `cooldown` samples since the last notification--> firing again
 
-    A breach ends a pending run when a non-breaching sample arrives. ``cooldown`` counts samples since the last
-    fire; a breach that reaches ``patience`` inside the cooldown fires on the first sample after it (if the
-    condition still holds). Warm-up, references and non-finite handling are described in
-    :mod:`spherewatch.alerts.rules`.
+    So a condition that flaps (NaN on every other batch) stays one open alert instead of one alert per bad
+    sample. A breach ends a pending run when a non-breaching sample arrives. Every emitted alert carries
+    ``open_severity``: the worst severity still open after this update (``"ok"`` when none). Warm-up,
+    references and non-finite handling are described in :mod:`spherewatch.alerts.rules`.
+
+    ``loss_family`` (``"contrastive"``, ``"non_contrastive"``, ``"supervised"``, or ``None``: unknown) picks the
+    advice at the end of each message (see :mod:`spherewatch.alerts.advice`); unknown keeps it neutral.
 
     Only keys ``<prefix>/<tap>/<metric>`` are considered: ``tap`` is the first path segment after the prefix,
     ``metric`` the rest (``spherewatch/encoder/norm_stats/mean`` -> tap ``encoder``, metric ``norm_stats/mean``).
@@ -176,7 +202,10 @@ class AlertEngine:
         uniformity rose from -3.5 (best, step 1) to -1.2 (66% worse) at step 3 (tap 'embeddings'): embeddings are ...
     """
 
-    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch") -> None:
+    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None) -> None:
+        from spherewatch.alerts.advice import check_family
+
+        self.loss_family = check_family(loss_family)
         self._rules = parse_rules(list(rules))
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -246,7 +275,25 @@ class AlertEngine:
                     per_rule.setdefault(rule.name, []).append(alert)
         for rule in self._rules:
             fired.extend(per_rule.get(rule.name, ()))
+        if fired:
+            worst = self.open_severity()
+            stamped = {id(a): dataclasses.replace(a, open_severity=worst) for a in fired}
+            for states in self._states.values():  # the open alert kept in the state is the one delivered
+                for st in states.values():
+                    if st.alert is not None and id(st.alert) in stamped:
+                        st.alert = stamped[id(st.alert)]
+            fired = [stamped[id(a)] for a in fired]
         return fired
+
+    def open_severity(self) -> str:
+        """The worst severity among the open (firing) alerts, ``"ok"`` when none is open."""
+        worst = None
+        for states in self._states.values():
+            for st in states.values():
+                if st.status == FIRING and st.alert is not None:
+                    if worst is None or _SEVERITY_ORDER.get(st.alert.severity, 1) > _SEVERITY_ORDER.get(worst, 1):
+                        worst = st.alert.severity
+        return worst or OK
 
     def reset(self) -> None:
         """Forget all state (references, counters, firing pairs)."""
@@ -283,7 +330,11 @@ class AlertEngine:
         if isinstance(key, str) and key.startswith(head):
             tap, sep, metric = key[len(head):].partition("/")
             if sep and tap and metric:
-                rules = tuple(r for r in self._rules if fnmatchcase(tap, r.tap) and fnmatchcase(metric, r.metric))
+                # a wildcard rule (e.g. the default `nonfinite` on "*") watches the metrics, not the sampling
+                # errors and row counts logged beside them; a rule naming such a key watches it
+                side = metric == "rows" or metric.endswith("_stderr")
+                rules = tuple(r for r in self._rules if fnmatchcase(tap, r.tap) and fnmatchcase(metric, r.metric)
+                              and not (side and metric != r.metric))
                 route = (tap, metric, rules) if rules else None
         if len(self._routes) < 100_000:  # bounded cache
             self._routes[key] = route
@@ -315,10 +366,10 @@ class AlertEngine:
             else:
                 breach, rearm, msg = self._eval_noise_aware(rule, st, key, value, metric, tap, step)
 
+        if msg is not None:
+            msg = self._advise(msg, metric)
         if st.status == FIRING:
-            if rearm:
-                st.status, st.count, st.alert = OK, 0, None
-            return None
+            return self._while_firing(rule, st, key, step, value, breach, rearm, msg)
         if not breach:
             st.status, st.count = OK, 0
             return None
@@ -331,9 +382,45 @@ class AlertEngine:
             rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
             action=rule.action,
         )
-        st.status, st.alert, st.last_fire = FIRING, alert, st.n
+        if st.resolved_n is not None and st.n - st.resolved_n <= 2 * _clear_window(st):
+            st.reopens += 1  # back soon after it resolved: the same condition flapping, resolve more slowly
+        else:
+            st.reopens = 0
+        st.status, st.alert, st.last_fire, st.held, st.clear = FIRING, alert, st.n, 1, 0
         st.fires += 1
         return alert
+
+    @staticmethod
+    def _while_firing(rule, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool, msg):
+        """An open alert: count, remind per cooldown, resolve after RESOLVE_AFTER clear samples."""
+        if breach:
+            st.held += 1
+            st.clear = 0
+            if rule.cooldown > 0 and st.last_fire is not None and st.n - st.last_fire >= rule.cooldown:
+                st.last_fire = st.n
+                return Alert(
+                    rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
+                    message=msg or rule.name, action="log", count=st.held,  # a reminder never stops twice
+                )
+            return None
+        st.clear = st.clear + 1 if rearm else 0
+        if st.clear < _clear_window(st):
+            return None
+        opened = st.alert
+        resolved = Alert(
+            rule=rule.name, key=key, value=value, step=step, severity=opened.severity if opened else rule.severity,
+            message=(f"{rule.name} on {key} resolved at step {step}: back inside the threshold on {st.clear} "
+                     f"samples in a row (opened at step {opened.step if opened else '?'}, held {st.held} samples)"),
+            status="resolved", count=st.held,
+        )
+        st.status, st.count, st.alert, st.held, st.clear, st.resolved_n = OK, 0, None, 0, 0, st.n
+        return resolved
+
+    def _advise(self, msg: str, metric: str) -> str:
+        """Swap the ``Check ...`` advice of ``msg`` for the one that fits the loss family (neutral when unknown)."""
+        from spherewatch.alerts.advice import advise
+
+        return advise(msg, _hint(metric)[1], metric, self.loss_family)
 
     # Each evaluator returns (breach, rearm, message-if-it-fires) and updates the references it owns.
     @staticmethod

@@ -1,27 +1,28 @@
 """LoggingChannel, CallableChannel and AlertDispatcher."""
+import dataclasses
 import logging
 import warnings
 
 import pytest
 
 from spherewatch.alerts import Alert, AlertDispatcher, CallableChannel, Channel, LoggingChannel
-from spherewatch.errors import CollapseWarning, SpherewatchError
+from spherewatch.errors import CollapseWarning, MonitorFault, SpherewatchError
 
 
 def make_alert(severity="warning", step=10, message="uniformity rose from -3.4 to -0.9"):
     return Alert("uniformity_degradation", "spherewatch/embeddings/uniformity", -0.9, step, severity, message)
 
 
-def test_logging_channel_logs_and_emits_collapse_warning(caplog):
+def test_logging_channel_delivers_once_as_a_warning_without_a_log_line(caplog):
     caplog.set_level(logging.INFO, logger="spherewatch")
     alert = make_alert()
-    with pytest.warns(CollapseWarning, match="uniformity rose from -3.4 to -0.9"):
+    with pytest.warns(CollapseWarning, match="uniformity rose from -3.4 to -0.9") as got:
         LoggingChannel().send(alert)
-    (record,) = [r for r in caplog.records if r.name == "spherewatch"]
-    assert record.levelno == logging.WARNING and record.getMessage() == str(alert)
+    assert len(got) == 1 and str(got[0].message) == str(alert)
+    assert [r for r in caplog.records if r.name == "spherewatch"] == []  # the warning is the delivery
 
 
-def test_logging_channel_critical_warns_and_info_only_logs(caplog):
+def test_logging_channel_critical_warns_info_and_resolved_only_log(caplog):
     caplog.set_level(logging.INFO, logger="spherewatch")
     channel = LoggingChannel()
     with pytest.warns(CollapseWarning):
@@ -29,7 +30,29 @@ def test_logging_channel_critical_warns_and_info_only_logs(caplog):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning would raise
         channel.send(make_alert("info"))
-    assert [r.levelno for r in caplog.records if r.name == "spherewatch"] == [logging.WARNING, logging.INFO]
+        channel.send(dataclasses.replace(make_alert("critical"), status="resolved"))
+    assert [r.levelno for r in caplog.records if r.name == "spherewatch"] == [logging.INFO, logging.INFO]
+
+
+def test_faults_are_monitor_fault_warnings_not_collapse_warnings(caplog):
+    caplog.set_level(logging.INFO, logger="spherewatch")
+    fault = Alert("monitor_fault", "spherewatch/monitor/capture:x", float("nan"), 3, message="capture:x failed",
+                  kind="fault")
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        LoggingChannel().send(fault)
+    assert [w.category for w in got] == [MonitorFault]
+    assert not issubclass(MonitorFault, CollapseWarning)
+    LoggingChannel(warn=False).send(fault)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [(logging.ERROR, str(fault))]
+    assert str(fault) == "capture:x failed (step 3)"
+
+
+def test_warning_points_at_the_callers_line_outside_spherewatch():
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        LoggingChannel().send(make_alert())  # this line
+    assert got[0].filename == __file__
 
 
 def test_logging_channel_warn_false_and_custom_logger(caplog):
@@ -48,6 +71,16 @@ def test_collapse_warning_can_be_escalated_to_an_error():
         warnings.simplefilter("error", CollapseWarning)
         with pytest.raises(CollapseWarning):
             LoggingChannel().send(make_alert())
+
+
+def test_dispatcher_does_not_swallow_an_escalated_warning_and_still_delivers_everything():
+    got = []
+    dispatcher = AlertDispatcher([LoggingChannel(), CallableChannel(got.append)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        with pytest.raises(CollapseWarning):
+            dispatcher.dispatch([make_alert(step=1), make_alert(step=2)])
+    assert [a.step for a in got] == [1, 2] and dispatcher.errors == {}
 
 
 def test_callable_channel_calls_fn_with_the_alert():

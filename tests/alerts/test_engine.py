@@ -24,7 +24,8 @@ def fired_at(rule, values, key=KEY):
     for step, v in enumerate(values):
         for alert in engine.update(step, {key: v}):
             assert alert.rule == rule.name and alert.key == key and alert.step == step
-            steps.append(step)
+            if alert.status == "fired":  # openings and reminders; "resolved" events are tested below
+                steps.append(step)
     return steps
 
 
@@ -43,21 +44,22 @@ def rise(**kw):
 CASES = [
     # --- threshold
     ("threshold fires at the first breach", below(), [2, 0.5, 2], [1]),
-    ("threshold above", ThresholdRule(metric="m", above=5.0), [1, 6, 6, 1, 7], [1, 4]),
-    ("threshold band", ThresholdRule(metric="m", above=5.0, below=1.0), [2, 0, 2, 6], [1, 3]),
+    ("threshold above", ThresholdRule(metric="m", above=5.0), [1, 6, 6, 1, 1, 1, 7], [1, 6]),
+    ("threshold band", ThresholdRule(metric="m", above=5.0, below=1.0), [2, 0, 2, 2, 2, 6], [1, 5]),
     ("threshold at the limit does not fire", below(), [1.0, 1.0], []),
     ("patience needs consecutive breaches", below(patience=2), [2, 0.5, 2, 0.5, 0.5, 0.5], [4]),
     ("patience 3", below(patience=3), [0.5, 0.5, 2, 0.5, 0.5, 0.5, 0.5], [5]),
     ("warmup ignores the first samples", below(warmup=2), [0.5, 0.5, 0.5, 2], [2]),
     ("warmup plus patience", below(warmup=1, patience=2), [0.5, 0.5, 0.5, 0.5], [2]),
     ("stays firing while breaching", below(), [0.5, 0.4, 0.3, 0.2], [0]),
-    ("re-arms without hysteresis", below(), [0.5, 1.2, 0.5], [0, 2]),
-    ("hysteresis band keeps it firing", below(hysteresis=0.5), [0.5, 1.2, 0.5, 1.6, 0.5], [0, 4]),
-    ("hysteresis exactly at the margin re-arms", below(hysteresis=0.5), [0.5, 1.5, 0.5], [0, 2]),
-    ("cooldown blocks re-fire", below(cooldown=3), [0.5, 2, 0.5, 0.5, 0.5, 0.5], [0, 4]),
-    ("cooldown then fires if still breaching", below(cooldown=2), [0.5, 2, 0.5, 0.5], [0, 3]),
-    ("cooldown 0 re-fires after one re-arm", below(cooldown=0), [0.5, 2, 0.5, 2, 0.5], [0, 2, 4]),
-    ("cooldown and patience", below(cooldown=1, patience=2), [0.5, 0.5, 2, 0.5, 0.5], [1, 4]),
+    ("resolves after three clear samples, then fires anew", below(), [0.5, 1.2, 1.2, 1.2, 0.5], [0, 4]),
+    ("one clear sample does not resolve: a flapping condition is one alert", below(), [0.5, 1.2, 0.5, 2, 0.5], [0]),
+    ("hysteresis band keeps it firing", below(hysteresis=0.5), [0.5, 1.2, 1.2, 1.2, 1.6, 1.6, 1.6, 0.5], [0, 7]),
+    ("hysteresis exactly at the margin clears", below(hysteresis=0.5), [0.5, 1.5, 1.5, 1.5, 0.5], [0, 4]),
+    ("cooldown: a reminder every cooldown samples while open", below(cooldown=2), [0.5] * 7, [0, 2, 4, 6]),
+    ("cooldown 0: no reminder", below(cooldown=0), [0.5] * 7, [0]),
+    ("cooldown blocks a re-open", below(cooldown=5), [0.5, 2, 2, 2, 0.5, 0.5, 0.5], [0, 6]),
+    ("cooldown and patience", below(cooldown=3, patience=2), [0.5, 0.5, 2, 2, 2, 0.5, 0.5], [1, 6]),
     # --- degradation, fall (effective rank)
     ("fall vs best", fall(), [10, 8, 12, 7, 5.9], [4]),
     ("fall not at exactly half", fall(), [10, 5.0], []),
@@ -67,7 +69,7 @@ CASES = [
      [10, 1, 1, 1], [3]),
     ("warm-up values do not set best", fall(warmup=2), [100, 100, 10, 9, 4], [4]),
     ("without warm-up the first values set best", fall(), [100, 100, 10, 9, 4], [2]),
-    ("fall hysteresis is relative to the reference", fall(hysteresis=0.2), [10, 4, 6, 4, 7, 4], [1, 5]),
+    ("fall hysteresis is relative to the reference", fall(hysteresis=0.2), [10, 4, 6, 4, 7, 7, 7, 4], [1, 7]),
     ("fall patience", fall(patience=2), [10, 4, 6, 4, 4], [4]),
     ("fall min_drop", fall(min_drop=3.0), [4, 1.9, 0.9], [2]),
     # --- degradation, rise (uniformity, negative)
@@ -82,9 +84,10 @@ CASES = [
     ("trend ignores the good direction", TrendRule(metric="m", direction="fall", slope=0.5), [0, 1, 2, 3], []),
     ("trend hysteresis", TrendRule(metric="m", direction="rise", slope=0.5, ewma=0.5, hysteresis=0.3),
      [0, 1, 1.3, 1.3, 2.3], [1]),
-    ("trend re-arms", TrendRule(metric="m", direction="rise", slope=0.5, ewma=0.5), [0, 1, 1, 1, 2], [1, 4]),
+    ("trend resolves", TrendRule(metric="m", direction="rise", slope=0.5, ewma=0.5), [0, 1, 1, 1, 1, 2], [1, 5]),
     # --- non-finite
-    ("nonfinite fires on NaN and Inf", NonFiniteRule(), [1, NAN, NAN, 1, INF, -INF], [1, 4]),
+    ("nonfinite fires on NaN and Inf", NonFiniteRule(), [1, NAN, NAN, 1, 1, 1, INF, -INF], [1, 6]),
+    ("nonfinite on every other sample is one open alert", NonFiniteRule(), [NAN, 1] * 50, [0]),
     ("nonfinite cooldown", NonFiniteRule(cooldown=5), [NAN, 1, NAN, 1, NAN, 1, NAN], [0, 6]),
     ("nonfinite patience", NonFiniteRule(patience=2), [NAN, 1, NAN, NAN], [3]),
     ("nonfinite warmup", NonFiniteRule(warmup=1), [NAN, NAN], [1]),
@@ -105,21 +108,62 @@ def test_rule_fires_at_the_expected_samples(title, rule, values, expected):
 def test_state_machine_goes_ok_pending_firing_ok():
     engine = AlertEngine([below(patience=2, hysteresis=0.5)])
     seen = []
-    for step, v in enumerate([2, 0.5, 0.5, 0.4, 1.2, 1.6]):
+    for step, v in enumerate([2, 0.5, 0.5, 0.4, 1.2, 1.6, 1.6, 1.6]):
         engine.update(step, {KEY: v})
         seen.append(engine.status("m_threshold", KEY))
-    assert seen == ["ok", "pending", "firing", "firing", "firing", "ok"]
+    assert seen == ["ok", "pending", "firing", "firing", "firing", "firing", "firing", "ok"]
     assert engine.status("m_threshold", "spherewatch/other/m") == "ok"
 
 
-def test_active_lists_firing_pairs_until_they_rearm():
+def test_active_lists_firing_pairs_until_they_resolve():
     engine = AlertEngine([below()])
     (alert,) = engine.update(0, {KEY: 0.5})
     assert engine.active == {f"m_threshold:{KEY}": alert}
     engine.update(1, {KEY: 0.1})
     assert engine.active == {f"m_threshold:{KEY}": alert}  # still the alert that fired
-    engine.update(2, {KEY: 3.0})
+    for step in (2, 3, 4):
+        engine.update(step, {KEY: 3.0})
     assert engine.active == {}
+
+
+def test_a_persisting_condition_is_one_open_alert_with_a_count_and_a_resolved_event():
+    engine = AlertEngine([below(cooldown=4, severity="critical")])
+    events = []
+    for step, v in enumerate([0.5] * 9 + [2.0] * 3):
+        events += engine.update(step, {KEY: v})
+    assert [(a.step, a.status, a.count) for a in events] == [
+        (0, "fired", 1), (4, "fired", 5), (8, "fired", 9), (11, "resolved", 9)]
+    assert [a.open_severity for a in events] == ["critical", "critical", "critical", "ok"]
+    assert "resolved at step 11" in events[-1].message and "opened at step 0" in events[-1].message
+    assert engine.status("m_threshold", KEY) == "ok"
+
+
+def test_open_severity_is_the_worst_open_alert():
+    engine = AlertEngine([below(name="soft", severity="warning"), ThresholdRule(metric="m", below=0.2,
+                                                                                severity="critical")])
+    (w,) = engine.update(0, {KEY: 0.5})
+    assert w.open_severity == "warning"
+    (c,) = engine.update(1, {KEY: 0.1})
+    assert c.open_severity == "critical"
+    events = []
+    for step in (2, 3, 4):
+        events += engine.update(step, {KEY: 0.5})  # the critical one clears, the warning stays open
+    assert [(a.rule, a.status, a.open_severity) for a in events] == [("m_threshold", "resolved", "warning")]
+
+
+def test_advice_is_neutral_unless_the_loss_family_is_known():
+    rule = DegradationRule(metric="uniformity", direction="rise", fraction=0.5)
+    texts = {}
+    for family in (None, "contrastive", "non_contrastive"):
+        engine = AlertEngine([rule], loss_family=family)
+        for step, u in enumerate([-3.5, -3.5, -0.5]):
+            fired = engine.update(step, {"spherewatch/embeddings/uniformity": u})
+        texts[family] = fired[0].message
+    assert "stop-gradient" not in texts[None] and "temperature" not in texts[None]
+    assert "temperature" in texts["contrastive"] and "stop-gradient" not in texts["contrastive"]
+    assert "stop-gradient" in texts["non_contrastive"]
+    with pytest.raises(ValueError, match="loss_family"):
+        AlertEngine([rule], loss_family="simclr")
 
 
 def test_keys_are_tracked_separately_and_matched_by_tap_and_metric():

@@ -13,6 +13,7 @@ from spherewatch.alerts import (
     NonFiniteRule,
     ThresholdRule,
 )
+from spherewatch.alerts.engine import RESOLVE_AFTER
 
 KEY = "spherewatch/embeddings/m"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -29,8 +30,10 @@ common = {
 
 
 def _fires(rule, seq):
+    """Where a new alert opened (reminders of an open one and resolved events are not openings)."""
     engine = AlertEngine([rule])
-    return [i for i, v in enumerate(seq) if engine.update(i, {KEY: v})]
+    return [i for i, v in enumerate(seq)
+            if any(a.status == "fired" and a.count == 1 for a in engine.update(i, {KEY: v}))]
 
 
 def _check_fire_spacing(rule, seq, fires, breach, rearm, counted):
@@ -46,7 +49,9 @@ def _check_fire_spacing(rule, seq, fires, breach, rearm, counted):
         assert len(run) == rule.patience and all(breach(i) for i in run), "fired without `patience` breaches"
     for a, b in zip(fires, fires[1:]):
         assert pos[b] - pos[a] > rule.cooldown, "fired again inside the cooldown"
-        assert any(rearm(i) for i in counted if a < i < b), "fired again without re-arming (hysteresis)"
+        between = [rearm(i) for i in counted if a < i < b]
+        resolved = any(all(between[k:k + RESOLVE_AFTER]) for k in range(len(between) - RESOLVE_AFTER + 1))
+        assert resolved, "opened again without RESOLVE_AFTER clear samples in a row (hysteresis)"
 
 
 @SETTINGS

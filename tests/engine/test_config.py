@@ -20,7 +20,7 @@ def test_defaults():
     "kwargs,path,fragment",
     [
         ({"every_n_steps": 0}, "every_n_steps", "greater than or equal to 1"),
-        ({"every_n_step": 10}, "every_n_step", "Extra inputs are not permitted"),
+        ({"every_n_step": 10}, "every_n_step", "Did you mean 'every_n_steps'?"),
         ({"preset": "fast"}, "preset", "'cheap', 'standard' or 'full'"),
         ({"sinks": ("tensorboard", "wandb")}, "sinks.1", "'tensorboard', 'mlflow', 'jsonl' or 'memory'"),
         ({"pool": "max"}, "pool", "'mean', 'first' or 'last'"),

@@ -86,7 +86,8 @@ def test_tensorboard_log_dir_replaced_by_a_file_is_reported_once_and_recovers_wi
     tb = {key: [(e.step, e.value) for e in events.Scalars(key)] for key in events.Tags()["scalars"]}
     _assert_same_points(tb, memory, range(20))  # the old event file, then the new one: each point once
     alert_steps = [e.step for e in events.Tensors("spherewatch/alerts/text_summary")]
-    assert alert_steps == sorted({a.step for a in clean_alerts}) == [10]  # the alert fired during the outage
+    assert sorted({a.step for a in clean_alerts}) == [10]  # the alert fired during the outage
+    assert alert_steps == [10, 16]  # ... and its "resolved" event (3 clean evaluations later) reached the sink too
     _assert_same_points(read_jsonl(tmp_path / "run.jsonl")["scalars"], memory, range(20))  # the other sink: untouched
 
 
@@ -152,7 +153,8 @@ def test_jsonl_on_a_full_disk_keeps_every_point_in_the_spool_for_the_next_run(
     logged = read_jsonl(tmp_path / "run.jsonl")
     memory, clean_alerts = _clean_run(make_monitor, range(20), poison)
     _assert_same_points(logged["scalars"], memory, range(20))
-    assert [(a.rule, a.key, a.step) for a in logged["alerts"]] == [(a.rule, a.key, a.step) for a in clean_alerts]
+    # what a clean run's sink got: the alerts and their "resolved" events
+    assert [(a.rule, a.key, a.step) for a in logged["alerts"]] == [(a.rule, a.key, a.step) for a in memory.alerts]
 
 
 @linux_only
@@ -188,5 +190,5 @@ def test_jsonl_writes_past_the_file_size_limit_recover_once_it_is_lifted(make_mo
     logged = read_jsonl(out / "run.jsonl")
     memory, clean_alerts = _clean_run(make_monitor, range(40), _poison_at(16))
     _assert_same_points(logged["scalars"], memory, range(40))
-    assert [(a.rule, a.step) for a in logged["alerts"]] == [(a.rule, a.step) for a in clean_alerts]
+    assert [(a.rule, a.step) for a in logged["alerts"]] == [(a.rule, a.step) for a in memory.alerts]  # + resolved
     assert {a.step for a in clean_alerts} == {16}

@@ -17,7 +17,7 @@ import spherewatch as sw
 
 SECRET = "T0000/B0000/reliabilitySECRETtoken"
 EVERY = 2
-NAN_STEPS = (4, 10)
+NAN_STEPS = (4, 12)  # far enough apart for the first alert to resolve (3 clean evaluations) before the second
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,7 +85,9 @@ def test_webhook_trouble_never_slows_training_and_each_alert_arrives_exactly_onc
 
 def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, make_monitor, spherewatch_logs):
     endpoint.hang_all = True  # every request hangs until the test ends
-    mon = make_monitor(sinks=("memory",), every_n_steps=1, webhook_url=endpoint.url, webhook_timeout=1.0)
+    # cooldown=1: a reminder on every NaN sample while the alert stays open (a flapping condition is one open alert)
+    mon = make_monitor(sinks=("memory",), every_n_steps=1, webhook_url=endpoint.url, webhook_timeout=1.0,
+                       rules=[{"kind": "nonfinite", "cooldown": 1}])
 
     def every_other_batch_has_nan(step, z1, z2):
         if step % 2:
