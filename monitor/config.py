@@ -101,6 +101,10 @@ class MonitorConfig(BaseModel):
     experiment_name: str = "spherewatch"
     run_name: Optional[str] = None
     spool_dir: Optional[str] = Field(None, description="where points that a sink could not take are spooled")
+    close_timeout: float = Field(
+        30.0, ge=0, allow_inf_nan=False,
+        description="seconds close() waits for the sinks to take what is queued; the rest stays in the spool",
+    )
     # alerts
     alerts: bool = Field(True, description="evaluate alert rules")
     rules: Optional[Tuple[Rule, ...]] = Field(None, description="alert rules; default: spherewatch.alerts.default_rules()")

@@ -52,6 +52,19 @@ class _RankZeroChannel:
         return f"RankZero({self.inner!r})"
 
 
+class _WriterFaults:
+    """How the writer reports: through the Monitor's once-per-part fault reporting (``recovered`` re-arms it)."""
+
+    def __init__(self, monitor: "Monitor") -> None:
+        self._monitor = monitor
+
+    def report(self, part: str, exc: BaseException, consequence: str = "skipped", step: Optional[int] = None) -> None:
+        self._monitor._fault(part, exc, consequence, step=step)
+
+    def recovered(self, part: str) -> None:
+        self._monitor._reported.discard(part)
+
+
 class Monitor:
     """Watches embedding geometry during training and alerts when it collapses.
 
@@ -128,8 +141,12 @@ class Monitor:
         self.last_evaluation_step: Optional[int] = None
         self.alerts: List[Alert] = []
         self._warned_empty = False
-        self._extra_sinks = objects
-        self._sinks: Optional[List[Any]] = None  # opened lazily, on rank zero, at the first write
+        from spherewatch.redact import install_log_redaction
+        from spherewatch.writer import RecordWriter
+
+        install_log_redaction()
+        # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
+        self._writer = RecordWriter(cfg, objects, _WriterFaults(self))
         callbacks = [] if on_alert is None else ([on_alert] if callable(on_alert) else list(on_alert))
         self._alert_engine = None
         self._dispatcher = None
@@ -160,11 +177,14 @@ class Monitor:
         self.faults[f"channel:{type(inner).__name__}"] += 1
 
     # ------------------------------------------------------------------ faults
-    def _fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
+    def _fault(self, part: str, exc: BaseException, consequence: str = "skipped", step: Optional[int] = None) -> None:
         """Report a failure once per part (log + alert channels), or raise under ``strict``."""
+        from spherewatch.redact import redact
+
         self.faults[part] += 1
+        text = redact(str(exc))  # an MLflow error holds the tracking URI, credentials included
         if self.config.strict:
-            err = SpherewatchError(f"spherewatch {part} failed: {type(exc).__name__}: {exc}")
+            err = SpherewatchError(f"spherewatch {part} failed: {type(exc).__name__}: {text}")
             if self._defer_strict:  # step() raises it once this rank has reached every collective
                 if self._deferred is None:
                     err.__cause__ = exc
@@ -174,16 +194,17 @@ class Monitor:
         if part in self._reported:
             return
         self._reported.add(part)
-        logger.error("spherewatch: %s failed (%s: %s); %s. Training continues.", part, type(exc).__name__, exc,
+        logger.error("spherewatch: %s failed (%s: %s); %s. Training continues.", part, type(exc).__name__, text,
                      consequence, exc_info=exc)
-        step = self._stepping if self._stepping is not None else self._last_step
+        if step is None:
+            step = self._stepping if self._stepping is not None else self._last_step
         alert = Alert(
             rule="monitor_fault",
             key=f"{self.config.prefix}/monitor/{part}",
             value=float("nan"),
             step=-1 if step is None else step,
             severity="warning",
-            message=f"spherewatch {part} failed ({type(exc).__name__}: {exc}); {consequence}. Training continues.",
+            message=f"spherewatch {part} failed ({type(exc).__name__}: {text}); {consequence}. Training continues.",
         )
         try:
             self._dispatcher.dispatch([alert])
@@ -478,82 +499,25 @@ class Monitor:
                 self._fault("alert channels", exc)
         return fired
 
-    # ------------------------------------------------------------------ sinks
-    def _open_sinks(self) -> List[Any]:
-        from spherewatch.sinks import JsonlSink, MemorySink, MLflowSink, ResilientSink, TensorBoardSink
-
-        cfg = self.config
-        names = cfg.sinks if cfg.sinks is not None else (() if self._extra_sinks else ("jsonl",))
-        spool_dir = cfg.spool_dir or os.path.join(cfg.log_dir, "spool")
-        opened: List[Any] = []
-        for name in names:
-            try:
-                if name == "tensorboard":
-                    sink = TensorBoardSink(cfg.log_dir, prefix=cfg.prefix)
-                elif name == "mlflow":
-                    sink = MLflowSink(cfg.tracking_uri, run_id=cfg.run_id, experiment_name=cfg.experiment_name,
-                                      run_name=cfg.run_name, prefix=cfg.prefix)
-                elif name == "jsonl":
-                    sink = JsonlSink(cfg.resolved_jsonl_path)
-                else:
-                    sink = MemorySink()
-            except Exception as exc:
-                self._fault(f"sink:{name}", exc, "this sink is disabled")
-                continue
-            opened.append(sink)
-        opened += self._extra_sinks
-        if not opened and names:
-            logger.error("spherewatch: no sink could be opened; writing to %s instead.", cfg.resolved_jsonl_path)
-            opened.append(JsonlSink(cfg.resolved_jsonl_path))
-        wrapped = []
-        for sink in opened:
-            if isinstance(sink, ResilientSink):
-                wrapped.append(sink)
-                continue
-            name = getattr(sink, "name", type(sink).__name__)
-            spool = os.path.join(spool_dir, f"{name}-{len(wrapped)}.spool.jsonl")
-            wrapped.append(ResilientSink(sink, spool_path=spool, on_error=self._sink_error, strict=cfg.strict))
-        return wrapped
-
-    def _sink_error(self, name: str, exc: BaseException) -> None:
-        self._fault(f"sink:{name}", exc, "its points are spooled and replayed when it recovers")
-
+    # ------------------------------------------------------------------ sinks (the writer thread does all sink I/O)
     @property
     def sinks(self) -> List[Any]:
-        """The sinks this monitor writes to (the inner sink of each resilient wrapper), opened on first use."""
-        if self._sinks is None:
-            if dist_utils.rank() != 0:
-                return []
-            self._sinks = self._open_sinks()
-        return [getattr(s, "inner", s) for s in self._sinks]
+        """The sinks this monitor writes to (the inner sink of each resilient wrapper), once every record submitted
+        so far was handed to them (waits at most ``close_timeout``)."""
+        return self._writer.sinks
 
     def sink(self, name: str):
-        """The first sink whose ``name`` is ``name`` (e.g. ``"memory"``)."""
-        for s in self.sinks:
-            if getattr(s, "name", None) == name:
-                return s
-        raise KeyError(f"No {name!r} sink; open ones: {[getattr(s, 'name', type(s).__name__) for s in self.sinks]}.")
+        """The first sink whose ``name`` is ``name`` (e.g. ``"memory"``), once the records so far were written."""
+        return self._writer.sink(name)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every evaluation so far was handed to the sinks and they flushed (at most ``timeout`` seconds,
+        default ``close_timeout``). Sinks are written by a background thread: call this (or :meth:`close`) before
+        reading what they hold. Returns True when done in time."""
+        return self._writer.flush(timeout)
 
     def _write(self, s: int, values: Dict[str, float], hists: Dict[str, List[float]], fired: Iterable[Alert]) -> None:
-        if dist_utils.rank() != 0:
-            return
-        if self._sinks is None:
-            try:
-                self._sinks = self._open_sinks()
-            except Exception as exc:
-                self._fault("sinks", exc, "nothing is written")
-                self._sinks = []
-        for sink in self._sinks:
-            try:
-                sink.log_scalars(s, values)
-                for k, v in hists.items():
-                    if any(math.isfinite(x) for x in v):  # an all-NaN spectrum is reported by the nonfinite rule
-                        sink.log_histogram(s, k, v)
-                for a in fired:
-                    sink.log_alert(a)
-                sink.flush()
-            except Exception as exc:  # ResilientSink only raises under strict
-                self._fault(f"sink:{getattr(sink, 'name', '?')}", exc)
+        self._writer.submit(s, values, hists, list(fired))
 
     # ------------------------------------------------------------------ state
     @property
@@ -578,6 +542,7 @@ class Monitor:
             "alert_engine": self._alert_engine.state_dict(),
             "alerts": [a.to_dict() for a in self.alerts],
             "last_values": dict(self.last_values),
+            "writer": self._writer.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -592,14 +557,17 @@ class Monitor:
             self._alert_engine.load_state_dict(state["alert_engine"])
         self.alerts = [Alert.from_dict(a) for a in state.get("alerts", [])]
         self.last_values = dict(state.get("last_values", {}))
+        self._writer.load_state_dict(state.get("writer", {}))
         if self._last_step is not None and self._next_eval is not None:
             self._armed = self._next_eval - (self._last_step + 1) < self.config.window_steps
         for buf in self._buffers.values():
             buf.clear()
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        """Remove hooks, flush and close sinks and channels. Idempotent."""
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Remove hooks; let the writer hand what is queued to the sinks and close them, for at most ``timeout``
+        seconds (default ``close_timeout``: the rest stays in the spool folder, named in a log line); close the alert
+        channels (queued webhook alerts are sent). Idempotent, and safe to call from a signal handler."""
         if self._closed:
             return
         self._closed = True
@@ -608,11 +576,7 @@ class Monitor:
                 h.remove()
             except Exception:  # pragma: no cover
                 pass
-        for sink in self._sinks or []:
-            try:
-                sink.close()
-            except Exception as exc:
-                self._fault(f"sink:{getattr(sink, 'name', '?')}", exc, "it may not have flushed")
+        self._writer.close(timeout)
         try:
             self._dispatcher.close()
         except Exception as exc:  # pragma: no cover

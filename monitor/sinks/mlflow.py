@@ -15,7 +15,12 @@ from spherewatch.sinks.jsonl import encode_float
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
-__all__ = ["ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "SPECTRA_ARTIFACT", "MLflowSink"]
+__all__ = ["ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "RUN_KEY_TAG", "SPECTRA_ARTIFACT", "MLflowSink",
+           "check_tracking_uri"]
+
+#: URI schemes MLflow's tracking client accepts (``postgresql+psycopg2`` and the like count as ``postgresql``).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                    "uc")
 
 logger = logging.getLogger("spherewatch.sinks")
 
@@ -23,6 +28,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ALERTS_ARTIFACT = "spherewatch/alerts.json"
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
 ALERT_STATE_TAG = "spherewatch.alert_state"
+#: tag naming the Monitor run a run belongs to: a resumed run and a replay of a crashed run's spool find it by it
+RUN_KEY_TAG = "spherewatch.run_key"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
@@ -44,6 +51,35 @@ def redact_uri(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """Fail fast, without any network I/O, on a tracking URI MLflow cannot use (a typo in the scheme).
+
+    Raises:
+        ValueError: the scheme is not one of :data:`TRACKING_SCHEMES` (the message hides credentials).
+
+    Example:
+        >>> check_tracking_uri("http://127.0.0.1:5000")
+        >>> check_tracking_uri("htp://u:p@host")
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected an MLflow tracking URI with one of the schemes http, https, sqlite, file, postgresql, mysql, mssql, databricks, databricks-uc, uc (or a local path), got 'htp://***@host'.
+    """
+    if uri is None:
+        return
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"Expected `tracking_uri` to be a non-empty string, got {type(uri).__name__}.")
+    scheme, sep, _ = uri.partition("://")
+    if not sep and ":" in uri and not os.path.isabs(uri):
+        scheme, sep = uri.partition(":")[0], ":"  # databricks:/profile, file:relative
+    if not sep:
+        return  # a local path: MLflow's file store
+    if scheme.lower().split("+")[0] not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"Expected an MLflow tracking URI with one of the schemes {', '.join(TRACKING_SCHEMES)} (or a local path), "
+            f"got {redact_uri(uri)!r}."
+        )
 
 
 def _same_uri(a: str, b: str) -> bool:
@@ -94,7 +130,7 @@ class MLflowSink(Sink):
       ``artifact_interval`` seconds old (the Monitor flushes after every sampling step);
     * alerts: the tag ``spherewatch.alert_state`` = severity of the latest alert, the metric
       ``<prefix>/alerts/count`` = cumulative number of alerts, at the alert's step, and the JSON
-      artifact ``spherewatch/alerts.json`` (list of all alerts so far, rewritten on each alert).
+      artifact ``spherewatch/alerts.json`` (list of all alerts so far, written by :meth:`flush` at most once per ``artifact_interval`` and by :meth:`close`).
 
     Non-finite values: metrics go to MLflow as they are (it stores NaN and clips +/-inf); in the JSON
     artifacts they are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
@@ -115,7 +151,15 @@ class MLflowSink(Sink):
         tags: tags set on the run (whichever run is used).
         prefix: key prefix (for the alert-count metric).
         artifact_location: artifact location of the experiment when this sink creates it.
-        artifact_interval: minimum seconds between two writes of ``spherewatch/spectra.json`` by :meth:`flush`.
+        artifact_interval: minimum seconds between two writes of ``spherewatch/spectra.json`` and
+            ``spherewatch/alerts.json`` by :meth:`flush`.
+        run_key: the Monitor run this sink belongs to: set as the tag ``spherewatch.run_key`` on a run it creates.
+        find_run: before creating a run, look for one tagged with ``run_key`` in the experiment and log to it (a
+            resumed run, or the replay of a crashed run's spool, goes back into its own run).
+
+    Threads: the Monitor calls a sink from its one writer thread. ``MlflowClient`` calls with an explicit
+    ``run_id`` are safe from any thread (no fluent, thread-local active-run state is used after construction);
+    the host's active run is looked up by the caller, on the training thread, and passed as ``run_id``.
 
     Raises:
         ModuleNotFoundError: mlflow is not installed.
@@ -141,6 +185,8 @@ class MLflowSink(Sink):
         prefix: str = "spherewatch",
         artifact_location: str | None = None,
         artifact_interval: float = 60.0,
+        run_key: str | None = None,
+        find_run: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -154,6 +200,9 @@ class MLflowSink(Sink):
         self.prefix = prefix.rstrip("/")
         self._alerts: list[Alert] = []
         self._alert_ids: dict[tuple[Any, ...], int] = {}
+        self._alerts_dirty = False
+        self._alerts_written_at = -math.inf
+        self.run_key = run_key
         self._spectra: dict[str, dict[str, Any]] = {}
         self._spectra_dirty = False
         self._spectra_written_at = -math.inf
@@ -181,13 +230,21 @@ class MLflowSink(Sink):
             self.tracking_uri = tracking_uri or _default_tracking_uri()
             self._client = MlflowClient(self.tracking_uri)
             experiment_id = self._experiment_id(experiment_name or "spherewatch", artifact_location)
-            run = self._client.create_run(
-                experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()}
-            )
-            self.run_id = run.info.run_id
+            found = self._find_run(experiment_id, run_key) if (find_run and run_key) else None
+            if found is not None:
+                self.run_id = found
+                self._client.update_run(found, status="RUNNING")
+                logger.info("MLflowSink: continuing run %s (spherewatch run %s) on %s.", found, run_key,
+                            redact_uri(self.tracking_uri))
+            else:
+                run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+                if run_key:
+                    run_tags[RUN_KEY_TAG] = str(run_key)
+                run = self._client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+                self.run_id = run.info.run_id
+                logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
+                            experiment_name or "spherewatch", redact_uri(self.tracking_uri))
             self.created_run = True
-            logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
-                        experiment_name or "spherewatch", redact_uri(self.tracking_uri))
         if tags and not self.created_run:
             self._client.log_batch(
                 self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True
@@ -210,6 +267,11 @@ class MLflowSink(Sink):
             )
         return experiment.experiment_id
 
+    def _find_run(self, experiment_id: str, run_key: str) -> str | None:
+        runs = self._client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                                        max_results=1)
+        return runs[0].info.run_id if runs else None
+
     @property
     def client(self) -> Any:
         """The ``MlflowClient`` in use."""
@@ -229,6 +291,20 @@ class MLflowSink(Sink):
         if metrics:
             self._log_metrics(metrics)
 
+    #: most metrics in one ``log_batch`` (MLflow's limit)
+    batch_limit = _MAX_METRICS_PER_BATCH
+
+    def log_scalars_batch(self, records: list[tuple[int, Mapping[str, float], float | None]]) -> None:
+        """Several steps' scalars ``[(step, values, wall_time), ...]`` in as few ``log_batch`` calls as MLflow allows
+        (a replayed backlog: one request per 1000 metrics instead of one per step)."""
+        self._check_open()
+        metrics = []
+        for step, scalars, wall_time in records:
+            timestamp = round((time.time() if wall_time is None else float(wall_time)) * 1000)
+            metrics += [self._Metric(str(k), float(v), timestamp, int(step)) for k, v in scalars.items()]
+        if metrics:
+            self._log_metrics(metrics)
+
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """Keep the latest spectrum of ``key``; written to ``spherewatch/spectra.json`` on flush/close."""
         self._check_open()
@@ -241,7 +317,8 @@ class MLflowSink(Sink):
         self._spectra_dirty = True
 
     def log_alert(self, alert: Alert) -> None:
-        """Set the alert-state tag, log the cumulative alert count, rewrite ``spherewatch/alerts.json``."""
+        """Set the alert-state tag, log the cumulative alert count; ``spherewatch/alerts.json`` is rewritten by
+        :meth:`flush` (at most once per ``artifact_interval``) and :meth:`close`, not once per alert."""
         self._check_open()
         alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity)
         if alert_id not in self._alert_ids:
@@ -252,12 +329,19 @@ class MLflowSink(Sink):
                               int(alert.step))
         tag = self._RunTag(ALERT_STATE_TAG, str(self._alerts[-1].severity))
         self._log_metrics([metric], tags=(tag,))
+        self._alerts_dirty = True
+
+    def _write_alerts(self) -> None:
+        if not self._alerts_dirty:
+            return
         records = []
         for a in self._alerts:
             d = a.to_dict()
             d["value"] = encode_float(d["value"])
             records.append(d)
         self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
+        self._alerts_dirty = False
+        self._alerts_written_at = time.monotonic()
 
     @property
     def alerts(self) -> list[Alert]:
@@ -265,9 +349,13 @@ class MLflowSink(Sink):
         return list(self._alerts)
 
     def flush(self) -> None:
-        """Write ``spherewatch/spectra.json`` if a spectrum changed and ``artifact_interval`` has passed."""
-        if not self._closed and time.monotonic() - self._spectra_written_at >= self.artifact_interval:
+        """Write ``spherewatch/spectra.json`` / ``alerts.json`` if they changed and ``artifact_interval`` has passed."""
+        if self._closed:
+            return
+        if time.monotonic() - self._spectra_written_at >= self.artifact_interval:
             self._write_spectra()
+        if time.monotonic() - self._alerts_written_at >= self.artifact_interval:
+            self._write_alerts()
 
     def _write_spectra(self) -> None:
         if self._spectra_dirty:
@@ -280,6 +368,7 @@ class MLflowSink(Sink):
         if self._closed:
             return
         self._write_spectra()
+        self._write_alerts()
         if self.created_run:
             self._client.set_terminated(self.run_id, status="FINISHED")
         self._closed = True
