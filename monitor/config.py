@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from spherewatch.alerts.rules import Rule, default_rules
 
@@ -113,6 +113,23 @@ class MonitorConfig(BaseModel):
     warn: bool = Field(True, description="emit a CollapseWarning for every alert")
     # behaviour
     strict: bool = Field(False, description="raise on internal failures instead of reporting and carrying on")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            # pydantic echoes the input in its message: never for the webhook URL, whose text is a secret
+            if not any(e["loc"][:1] == ("webhook_url",) for e in err.errors()):
+                raise
+            details = []
+            for e in err.errors():
+                d: Dict[str, Any] = {"type": e["type"], "loc": e["loc"], "input": e["input"]}
+                if e["loc"][:1] == ("webhook_url",):
+                    d["input"] = "*** (hidden: the webhook URL is a secret)"
+                if e.get("ctx"):
+                    d["ctx"] = e["ctx"]
+                details.append(d)
+            raise ValidationError.from_exception_data(err.title, details) from None
 
     @field_validator("metrics")
     @classmethod

@@ -168,8 +168,21 @@ class Monitor:
         if url:
             from spherewatch.alerts.webhook import WebhookChannel
 
-            channels.append(_RankZeroChannel(WebhookChannel(url, timeout=cfg.webhook_timeout)))
+            channels.append(_RankZeroChannel(WebhookChannel(url, timeout=cfg.webhook_timeout,
+                                                            on_give_up=self._webhook_gave_up)))
         self._dispatcher = AlertDispatcher(channels, strict=cfg.strict, on_error=self._channel_error)
+
+    def _webhook_gave_up(self, alert: Alert, exc: Exception) -> None:
+        """An alert the webhook could not deliver (called from its thread): a monitor fault like any other; under
+        ``strict`` it is raised by the next :meth:`step` (it cannot be raised into the training thread from here)."""
+        if self.config.strict:
+            self.faults["webhook"] += 1
+            if self._deferred is None:
+                err = SpherewatchError(f"spherewatch webhook failed: {exc}")
+                err.__cause__ = exc
+                self._deferred = err
+            return
+        self._fault("webhook", exc, "that alert was not delivered")
 
     def _channel_error(self, channel: Any, exc: BaseException) -> None:
         """Count a channel failure (the dispatcher already logged it once)."""
@@ -281,7 +294,7 @@ class Monitor:
         buf = self._buffers.get(tap)
         if buf is None:
             buf = self._buffers[tap] = RowReservoir(self.config.max_samples, seed=self.config.seed + len(self._buffers))
-        if buf._z is not None and buf._z.device != z.device:  # e.g. embeddings moved: follow the first device
+        if buf.seen and buf._z.device != z.device:  # e.g. embeddings moved: follow the window's first device
             z = z.to(buf._z.device)
             z_pos = None if z_pos is None else z_pos.to(buf._z.device)
             labels = None if labels is None else labels.to(buf._z.device)
