@@ -530,6 +530,12 @@ class RecordWriter:
             self._dumped = True
             self._abandoned = True
             left = self._dump_leftovers()
+            if self._lock_fd is not None:  # the folder is the next run's to replay now (this one is done with it)
+                try:
+                    os.close(self._lock_fd)
+                except OSError:
+                    pass
+                self._lock_fd = None
             logger.warning(
                 "spherewatch: close() waited %.3gs (close_timeout) for the sinks; %d record(s) still queued are kept in "
                 "the spool folder %s with the sinks' own backlog. The next Monitor using that spool folder delivers "

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.jsonl import decode_float, dumps_line, encode_float, open_private_append, write_all
+from spherewatch.sinks.jsonl import (
+    decode_float,
+    dumps_line,
+    encode_float,
+    make_private_dirs,
+    open_private_append,
+    write_all,
+)
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -524,6 +531,7 @@ class ResilientSink(Sink):
                     os.remove(path)
                 return
             tmp = path + ".tmp"
+            make_private_dirs(os.path.dirname(os.path.abspath(path)))
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 for record in self._queue:
