@@ -625,23 +625,37 @@ class RecordWriter:
             try:
                 item = self._q.get(timeout=self._idle_timeout())
             except queue.Empty:
-                self._drive()
+                try:
+                    self._drive()
+                except Exception as exc:  # noqa: BLE001
+                    logger.error("spherewatch: the writer thread hit %s: %s while retrying; it goes on.",
+                                 type(exc).__name__, exc, exc_info=exc)
                 continue
             if self._abandoned:
                 if isinstance(item, _Record):
                     with self._olock:
                         self._spill(item)
                 break
-            if isinstance(item, _Record):
-                self._process(item)
-            elif isinstance(item, _Barrier):
-                self._drive()
-                item.done = True
-            elif item is _OVERFLOW:
-                self._take_overflow()
-            elif item is _CLOSE:
-                self._close_slots()
-                self._finished = True
+            try:
+                if isinstance(item, _Record):
+                    self._process(item)
+                elif isinstance(item, _Barrier):
+                    self._drive()
+                elif item is _OVERFLOW:
+                    self._take_overflow()
+                elif item is _CLOSE:
+                    self._close_slots()
+                    self._finished = True
+                    return
+            except Exception as exc:  # noqa: BLE001 - the writer thread must survive anything
+                logger.error("spherewatch: the writer thread hit %s: %s; it goes on.", type(exc).__name__, exc,
+                             exc_info=exc)
+            finally:
+                if isinstance(item, _Barrier):
+                    item.done = True
+                elif item is _CLOSE:
+                    self._finished = True
+            if item is _CLOSE:
                 return
 
     def _idle_timeout(self) -> float:
@@ -823,7 +837,7 @@ class RecordWriter:
                     pass
         self._save_run_file()
         if self._adopted:  # our own overflow records from the earlier process, after the sinks' spooled backlog
-            self._replay_files(_queue_files(folder), slots)
+            self._replay_files([p for p in _queue_files(folder) if self._gen not in p], slots)
         if not self._inline:
             self._find_orphans()
 

@@ -140,8 +140,9 @@ class MLflowSink(Sink):
     an alert already seen is not counted twice.
 
     Over HTTP the MLflow client retries failed requests itself (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-    ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``; by default this can block for
-    minutes while a server is down). Lower them when a training loop must not wait on the tracking server.
+    ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``; by default for minutes while a server is
+    down). Inside a Monitor that wait is on its writer thread, never on the training thread, so the defaults are
+    fine; a sink used directly blocks its caller for that long.
 
     Args:
         tracking_uri: tracking server or store URI (``http://...``, ``sqlite:///...``).

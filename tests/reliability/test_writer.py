@@ -206,9 +206,10 @@ _SIGTERM_LOOP = textwrap.dedent("""
             closed.append(True)
 
         signal.signal(signal.SIGTERM, on_term)
-        threading.Timer(random.uniform(0.05, 0.6), os.kill, (os.getpid(), signal.SIGTERM)).start()
         trainer = TinyTrainer(seed=i, batch=16)
-        step = 0
+        trainer.run(mon, [0])  # the first evaluation starts the writer (and its TensorBoard import)
+        threading.Timer(random.uniform(0.02, 0.5), os.kill, (os.getpid(), signal.SIGTERM)).start()
+        step = 1
         while not closed:
             trainer.run(mon, [step])
             step += 1
