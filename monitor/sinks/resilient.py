@@ -579,7 +579,8 @@ class ResilientSink(Sink):
             self._sync_spool()
             logger.warning(
                 "spherewatch: %d record(s) could not be delivered to sink %r; they are kept in the spool file %s "
-                "and will be delivered by the next ResilientSink opened on that file.", left, self.name,
+                "and will be delivered, once, by the next sink opened on that file (in a Monitor: the next run that "
+                "uses the same spool folder, into this run's destination).", left, self.name,
                 self.spool_path,
             )
         elif left:
