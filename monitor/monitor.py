@@ -366,10 +366,12 @@ class Monitor:
         fired: List[Alert] = []
         if due:
             self._stepping = s
+            self._writer.hold(True)  # the writer thread waits between writes: no GIL contention with the evaluation
             try:
                 fired = self._evaluate(s)
             finally:
                 self._stepping = None
+                self._writer.hold(False)
             self._next_eval = self._schedule.next_after(s)
             self.last_evaluation_step = s
         elif self._next_eval - s >= self.config.window_steps:

@@ -364,6 +364,7 @@ class RecordWriter:
         self._dumped = False
         self._closed = False
         self._atexit_registered = False
+        self._busy = False
 
     # ------------------------------------------------------------------ state (resume = the same run)
     def state_dict(self) -> Dict[str, Any]:
@@ -462,6 +463,19 @@ class RecordWriter:
             specs.append({"name": getattr(obj, "name", type(obj).__name__), "object": True})
         return specs
 
+    def hold(self, busy: bool) -> None:  # noqa: D401
+        """The training thread is in (``True``) or out of an evaluation: the writer waits between two writes while it
+        is in one (at most ~0.25 s), so that its Python work (encoding, replaying a backlog) does not compete for the
+        GIL with the step's many short torch calls."""
+        self._busy = busy
+
+    def _yield_to_training(self) -> None:
+        time.sleep(0)  # let a waiting training thread take the GIL now, not at the end of the switch interval
+        if self._busy and not self._close_requested:
+            end = time.monotonic() + 0.25
+            while self._busy and not self._close_requested and time.monotonic() < end:
+                time.sleep(0.0005)
+
     # ------------------------------------------------------------------ sinks, flush, close (any thread)
     @property
     def sinks(self) -> List[Any]:
@@ -501,6 +515,7 @@ class RecordWriter:
             return True
         if self._thread is None or self._finished:
             return True
+        self._busy = False  # whoever waits for the writer must not also hold it back
         barrier = _Barrier()
         self._q.put(barrier)
         return self._wait(lambda: barrier.done, self._timeout(timeout))
@@ -513,6 +528,7 @@ class RecordWriter:
             return
         first = not self._close_requested
         self._close_requested = True
+        self._busy = False  # e.g. a signal handler interrupting an evaluation: the writer must not wait for it
         if self._inline:
             self._closed = True
             self._close_slots()
@@ -706,6 +722,8 @@ class RecordWriter:
         for i, slot in enumerate(self._slots or []):
             if rec.only is not None and i not in rec.only:
                 continue
+            if not self._inline:
+                self._yield_to_training()
             try:
                 slot.log_scalars(rec.step, rec.values, wall_time=rec.time)
                 for k, v in rec.hists.items():
@@ -742,6 +760,8 @@ class RecordWriter:
             for rec in recs:
                 if self._abandoned:
                     return
+                if slots is not self._slots:
+                    self._yield_to_training()
                 self._process_into(rec, slots)
                 try:
                     _write_json_private(done_path, rec.seq)  # type: ignore[arg-type]
@@ -784,9 +804,12 @@ class RecordWriter:
             if report and callable(recovered):
                 recovered(f"sink:{sink_name}")
 
-        return ResilientSink(sink, spool_path=os.path.join(spool_folder, f"{name}-{index}.spool.jsonl"),
-                             on_error=on_error, on_recovered=on_recovered, strict=self._inline,
-                             retry_initial=self._retry[0], retry_max=self._retry[1])
+        wrapped = ResilientSink(sink, spool_path=os.path.join(spool_folder, f"{name}-{index}.spool.jsonl"),
+                                on_error=on_error, on_recovered=on_recovered, strict=self._inline,
+                                retry_initial=self._retry[0], retry_max=self._retry[1])
+        if not self._inline:
+            wrapped.between = self._yield_to_training
+        return wrapped
 
     def _open_slots(self) -> None:
         if self._slots is not None:

@@ -165,6 +165,8 @@ class ResilientSink(Sink):
         self.spool_path = os.fspath(spool_path) if spool_path is not None else None
         self.on_error = on_error
         self.on_recovered = on_recovered
+        #: called between two deliveries of a replayed backlog (``None``: nothing)
+        self.between: Callable[[], None] | None = None
         self.retry_initial = float(retry_initial)
         self.retry_max = float(retry_max)
         self.strict = bool(strict)
@@ -319,6 +321,8 @@ class ResilientSink(Sink):
             return
         removed = delivered = 0
         while self._queue:
+            if self.between is not None and removed:
+                self.between()  # e.g. the Monitor's writer yields to an evaluation in progress
             record = self._queue[0]
             batch = self._scalar_batch() if self._batched else None
             try:
