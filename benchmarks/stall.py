@@ -362,6 +362,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(FAULTS))
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop servers, unmount tmpfs folders
     torch.set_num_threads(1)
     only = [f for f in args.only.split(",") if f] or list(FAULTS)
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,8 +49,7 @@ def test_the_hosts_active_mlflow_run_is_logged_to_from_the_writer_thread(mlflow_
     import mlflow
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-    mlflow.set_tracking_uri(mlflow_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # (mlflow.set_tracking_uri would leak into later tests)
     experiment = mlflow.create_experiment("host-run", artifact_location=str(artifact_dir))
     with mlflow.start_run(experiment_id=experiment) as run:
         mon = sw.Monitor(sinks=("mlflow",), every_n_steps=2, warn=False, sample_first_step=False)
