@@ -328,7 +328,7 @@ def run_fault(name: str, args, tmp: str, template_db: str):
     if name in ("webhook", "webhook-baseline"):
         endpoint = HangingEndpoint()
         mon = monitor(tmp, name, args, sinks=("memory",), webhook_url=endpoint.url)
-        loop.nan_every = 20  # a non-finite batch every 20th evaluation: alerts keep firing
+        loop.nan_every = 200  # a non-finite batch every 200th evaluation: alerts keep firing (fewer than the queue holds)
         loop.run(mon, 3)
         loop.warmed_up()
         if name == "webhook":
@@ -337,10 +337,11 @@ def run_fault(name: str, args, tmp: str, template_db: str):
             note = f"every request hangs for {args.hang:.0f} s"
         else:
             loop.run(mon, args.baseline)
+        loop.nan_every = 0  # the fault is over: no new alerts, let the queued ones arrive
         fired = len(mon.alerts)
         channel = next(c.inner for c in mon._dispatcher.channels if type(getattr(c, "inner", c)).__name__ ==
                        "WebhookChannel")
-        loop.run(mon, 60, until=lambda: len(endpoint.ok) >= fired)
+        loop.run(mon, 90, until=lambda: len(endpoint.ok) >= fired - channel.dropped)
         mon.close()
         loop.recorded = fired  # for this row: alerts fired vs alerts posted
         return loop, len(endpoint.ok), note + f" (alerts; {channel.dropped} dropped by the bounded queue)"

@@ -446,24 +446,22 @@ class RecordWriter:
                 mlflow = sys.modules.get("mlflow")  # a host with an active run has imported mlflow already
                 active = mlflow.active_run() if (mlflow is not None and cfg.run_id is None) else None
                 if active is not None:
+                    from spherewatch.sinks.mlflow import _same_uri
+
                     current = mlflow.get_tracking_uri()
-                    if cfg.tracking_uri and cfg.tracking_uri.rstrip("/") != current.rstrip("/"):
+                    if cfg.tracking_uri and not _same_uri(cfg.tracking_uri, current):
                         logger.warning("spherewatch: an MLflow run is active (%s); logging to it instead of opening "
                                        "a second run, and ignoring tracking_uri=%s.", active.info.run_id,
                                        cfg.tracking_uri)
                     spec.update(run_id=active.info.run_id, tracking_uri=current)
-                elif cfg.tracking_uri is None:
-                    from spherewatch.sinks.mlflow import _default_tracking_uri
-
-                    spec["tracking_uri"] = _default_tracking_uri()
-                specs.append(spec)
+                specs.append(spec)  # tracking_uri None: the sink resolves MLflow's default on the writer thread
             else:
                 specs.append({"name": name})
         for obj in self._extra:
             specs.append({"name": getattr(obj, "name", type(obj).__name__), "object": True})
         return specs
 
-    def hold(self, busy: bool) -> None:  # noqa: D401
+    def hold(self, busy: bool) -> None:
         """The training thread is in (``True``) or out of an evaluation: the writer waits between two writes while it
         is in one (at most ~0.25 s), so that its Python work (encoding, replaying a backlog) does not compete for the
         GIL with the step's many short torch calls."""
@@ -866,6 +864,7 @@ class RecordWriter:
 
     def _opened(self, spec: Dict[str, Any], sink: Any) -> None:
         if spec.get("name") == "mlflow":
+            spec["tracking_uri"] = getattr(sink, "tracking_uri", spec.get("tracking_uri"))
             spec["run_id"] = getattr(sink, "run_id", None)
             spec["created_run"] = bool(getattr(sink, "created_run", False))
             spec.pop("find_run", None)
