@@ -100,7 +100,8 @@ class AlertPipeline:
         if url:
             from spherewatch.alerts.webhook import WebhookChannel
 
-            channels.append(_FiredOnly(_RankZeroChannel(WebhookChannel(url, timeout=config.webhook_timeout))))
+            channels.append(_FiredOnly(_RankZeroChannel(WebhookChannel(url, timeout=config.webhook_timeout,
+                                                                        on_give_up=self._webhook_gave_up))))
         self.dispatcher = AlertDispatcher(channels, strict=config.strict, on_error=self._channel_error)
         self._history: Deque[Alert] = deque(maxlen=HISTORY_LIMIT)
         self._escalated: Optional[Warning] = None
@@ -136,6 +137,14 @@ class AlertPipeline:
         if self._escalated is not None:
             err, self._escalated = self._escalated, None
             raise err
+
+    def _webhook_gave_up(self, alert: Alert, exc: Exception) -> None:
+        """An alert the webhook could not deliver (called from its thread): a monitor fault like any other; under
+        ``strict`` it is raised by the next ``Monitor.step`` (it cannot be raised into the training thread from here)."""
+        if self.config.strict:
+            self.faults.defer("webhook", exc)
+            return
+        self.faults.report("webhook", exc, "that alert was not delivered")
 
     def _channel_error(self, channel: Any, exc: BaseException) -> None:
         """Count a channel failure (the dispatcher already logged it once)."""

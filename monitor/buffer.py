@@ -25,9 +25,12 @@ class RowReservoir:
         self.clear()
 
     def clear(self) -> None:
-        self._z: Optional[torch.Tensor] = None
-        self._pos: Optional[torch.Tensor] = None
-        self._labels: Optional[torch.Tensor] = None
+        """Start a new window. The preallocated tensors are kept (no allocation per window); a window whose rows
+        differ (width, device, paired view, labels) reallocates them."""
+        if not hasattr(self, "_z"):
+            self._z: Optional[torch.Tensor] = None
+            self._pos: Optional[torch.Tensor] = None
+            self._labels: Optional[torch.Tensor] = None
         self.filled = 0
         self.seen = 0
 
@@ -39,12 +42,15 @@ class RowReservoir:
         n, d = z.shape
         if n == 0:
             return
-        if self._z is not None and (
+        mismatch = self._z is not None and (
             self._z.shape[1] != d
             or self._z.device != z.device
             or (self._pos is None) != (z_pos is None)
             or (self._labels is None) != (labels is None)
-        ):
+        )
+        if mismatch and self.seen == 0:  # a new window with other rows: new tensors
+            self._z = self._pos = self._labels = None
+        elif mismatch:
             raise ValueError(
                 f"Rows of shape {tuple(z.shape)} on {z.device} (paired={z_pos is not None}, "
                 f"labels={labels is not None}) do not match the rows already buffered for this window "

@@ -211,6 +211,10 @@ class MonitorConfig(BaseModel):
     experiment_name: str = "spherewatch"
     run_name: Optional[str] = None
     spool_dir: Optional[str] = Field(None, description="where points that a sink could not take are spooled")
+    close_timeout: float = Field(
+        30.0, ge=0, allow_inf_nan=False,
+        description="seconds close() waits for the sinks to take what is queued; the rest stays in the spool",
+    )
     # alerts
     alerts: bool = Field(True, description="evaluate alert rules")
     rules: Optional[Tuple[Rule, ...]] = Field(None, description="alert rules; default: spherewatch.alerts.default_rules()")
@@ -227,7 +231,21 @@ class MonitorConfig(BaseModel):
 
     def __init__(self, **data: Any) -> None:
         _precheck(data, type(self).model_fields)  # errors located at the field
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            # pydantic echoes the input in its message: never for the webhook URL, whose text is a secret
+            if not any(e["loc"][:1] == ("webhook_url",) for e in err.errors()):
+                raise
+            details = []
+            for e in err.errors():
+                d: Dict[str, Any] = {"type": e["type"], "loc": e["loc"], "input": e["input"]}
+                if e["loc"][:1] == ("webhook_url",):
+                    d["input"] = "*** (hidden: the webhook URL is a secret)"
+                if e.get("ctx"):
+                    d["ctx"] = e["ctx"]
+                details.append(d)
+            raise ValidationError.from_exception_data(err.title, details) from None
 
     @model_validator(mode="before")
     @classmethod

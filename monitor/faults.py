@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -36,14 +37,13 @@ MAX_REPORTS_PER_PART = 5
 
 
 def _redact(text: str) -> str:
-    try:  # monitor/redact.py (credentials in URLs, webhook URLs); absent on older checkouts
-        from spherewatch.redact import redact
-    except Exception:  # noqa: BLE001 - TODO(lead): drop this fallback once spherewatch.redact is merged
-        return text
+    """Credentials in URLs and webhook URLs never leave the process (an MLflow error holds the tracking URI)."""
+    from spherewatch.redact import redact
+
     try:
         return redact(text)
-    except Exception:  # noqa: BLE001
-        return text
+    except Exception:  # noqa: BLE001 - redaction must never turn a report into a crash
+        return "<message hidden: it could not be checked for credentials>"
 
 
 class FaultReporter:
@@ -68,9 +68,36 @@ class FaultReporter:
         self._ok_streak: Dict[str, int] = {}
         self._defer = False
         self._deferred: Optional[SpherewatchError] = None
+        # the writer and webhook threads report too; the lock is never held while an alert is delivered
+        self._lock = threading.RLock()
 
-    def report(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
-        """Count a failure of ``part``; report it when it is new (see the module docstring); raise under strict."""
+    def report(self, part: str, exc: BaseException, consequence: str = "skipped", step: Optional[int] = None) -> None:
+        """Count a failure of ``part``; report it when it is new (see the module docstring); raise under strict.
+
+        ``step``: the step the failure belongs to (the writer thread passes the step of the record it was writing);
+        default: the step being evaluated, else the one being trained."""
+        with self._lock:
+            alert = self._count(part, exc, consequence, step)
+        if alert is None:
+            return
+        try:
+            self._dispatch([alert])
+        except Warning:  # a warnings filter escalated MonitorFault to an error: the user asked for it
+            raise
+        except Exception:  # noqa: BLE001 - the dispatcher already isolates channels
+            pass
+
+    def defer(self, part: str, exc: BaseException) -> None:
+        """Under ``strict``, from another thread (the webhook's): count the failure and raise it at the next
+        :meth:`raise_deferred` (from ``Monitor.step``), since it cannot be raised into the training thread here."""
+        with self._lock:
+            self.counts[part] += 1
+            if self._deferred is None:
+                err = SpherewatchError(_redact(f"spherewatch {part} failed: {type(exc).__name__}: {exc}"))
+                err.__cause__ = exc
+                self._deferred = err
+
+    def _count(self, part: str, exc: BaseException, consequence: str, step: Optional[int]) -> Optional[Alert]:
         self.counts[part] += 1
         self._ok_streak[part] = 0
         if self.config.strict:
@@ -79,11 +106,11 @@ class FaultReporter:
                 if self._deferred is None:
                     err.__cause__ = exc
                     self._deferred = err
-                return
+                return None
             raise err from exc
         kind = type(exc).__name__
         if (part, kind) in self._reported or self._reports[part] >= MAX_REPORTS_PER_PART:
-            return
+            return None
         self._reported.add((part, kind))
         self._reports[part] += 1
         last = self._reports[part] >= MAX_REPORTS_PER_PART
@@ -91,28 +118,24 @@ class FaultReporter:
         if last:
             text += f" This part failed {MAX_REPORTS_PER_PART} times: later failures are only counted in Monitor.faults."
         logger.debug("spherewatch: traceback of the %s failure", part, exc_info=exc)
-        step = self._current_step()
-        alert = Alert(
+        if step is None:
+            step = self._current_step()
+        return Alert(
             rule="monitor_fault", key=f"{self.config.prefix}/monitor/{part}", value=float("nan"),
             step=0 if step is None else int(step), severity="warning", message=text, kind="fault",
         )
-        try:
-            self._dispatch([alert])
-        except Warning:  # a warnings filter escalated MonitorFault to an error: the user asked for it
-            raise
-        except Exception:  # noqa: BLE001 - the dispatcher already isolates channels
-            pass
 
     def recovered(self, part: str) -> None:
         """``part`` worked; after :data:`RECOVER_AFTER` successes in a row its failures are reported again."""
         streak = self._ok_streak.get(part)
         if streak is None:  # never failed: nothing to re-arm (and no per-call allocation on the hot path)
             return
-        streak += 1
-        self._ok_streak[part] = streak
-        if streak == RECOVER_AFTER and any(p == part for p, _ in self._reported):
-            self._reported = {(p, k) for p, k in self._reported if p != part}
-            logger.info("spherewatch: %s works again (%d times in a row).", part, streak)
+        with self._lock:
+            streak += 1
+            self._ok_streak[part] = streak
+            if streak == RECOVER_AFTER and any(p == part for p, _ in self._reported):
+                self._reported = {(p, k) for p, k in self._reported if p != part}
+                logger.info("spherewatch: %s works again (%d times in a row).", part, streak)
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[None]:

@@ -74,6 +74,10 @@ class Monitor:
         self._sampler = Sampler(self.config, self._faults)
         self._sampler.armed = self._clock.armed
         self._evaluator = Evaluator(self.config, self._faults)
+        from spherewatch.redact import install_log_redaction
+
+        install_log_redaction()
+        # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
         self._writer = RecordWriter(self.config, objects, self._faults)
         self._should_stop = False
         self._closed = False
@@ -111,11 +115,12 @@ class Monitor:
 
     @property
     def sinks(self) -> List[Any]:
-        """The sinks this monitor writes to (the inner sink of each resilient wrapper), opened on first use."""
+        """The sinks this monitor writes to (the inner sink of each resilient wrapper), once every record submitted
+        so far was handed to them (waits at most ``close_timeout``)."""
         return self._writer.sinks
 
     def sink(self, name: str) -> Any:
-        """The first sink whose ``name`` is ``name`` (e.g. ``"memory"``)."""
+        """The first sink whose ``name`` is ``name`` (e.g. ``"memory"``), once the records so far were written."""
         return self._writer.sink(name)
 
     def report_fault(self, part: str, exc: BaseException, consequence: str = "skipped") -> None:
@@ -199,10 +204,12 @@ class Monitor:
         fired: List[Alert] = []
         if due:
             self._stepping = s
+            self._writer.hold(True)  # the writer thread waits between writes: no GIL contention with the evaluation
             try:
                 fired, _ = self._evaluate(s, self._sampler.take_all(), spectral=self._clock.spectral_due(s))
             finally:
                 self._stepping = None
+                self._writer.hold(False)
             self.last_evaluation_step = s
         if self._clock.end(s, due):
             # rows captured at a step outside the coming evaluation's window (e.g. a first step that was not an
@@ -300,7 +307,8 @@ class Monitor:
         """Alert state, baselines and schedule position (JSON-serialisable). Buffers are not saved: a resumed run
         captures afresh at its next window."""
         return {"version": _STATE_VERSION, **self._clock.state_dict(), "should_stop": self._should_stop,
-                **self._alerting.state_dict(), "last_values": dict(self.last_values)}
+                **self._alerting.state_dict(), "last_values": dict(self.last_values),
+                "writer": self._writer.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):
@@ -310,15 +318,20 @@ class Monitor:
         self._should_stop = bool(state.get("should_stop", False))
         self._alerting.load_state_dict(state)
         self.last_values = dict(state.get("last_values", {}))
+        self._writer.load_state_dict(state.get("writer", {}))  # the same run: its spool folder and MLflow run
         self._sampler.clear()
 
     # ------------------------------------------------------------------ lifecycle
-    def flush(self) -> None:
-        """Write out what the sinks buffer."""
-        self._writer.flush()
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every evaluation so far was handed to the sinks and they flushed (at most ``timeout`` seconds,
+        default ``close_timeout``). Sinks are written by a background thread: call this (or :meth:`close`) before
+        reading what they hold. Returns True when done in time."""
+        return self._writer.flush(timeout)
 
-    def close(self) -> None:
-        """Remove hooks, flush and close sinks and channels. Idempotent."""
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Remove hooks; let the writer hand what is queued to the sinks and close them, for at most ``timeout``
+        seconds (default ``close_timeout``: the rest stays in the spool folder, named in a log line); close the alert
+        channels (queued webhook alerts are sent). Idempotent, and safe to call from a signal handler."""
         if self._closed:
             return
         self._closed = self._sampler.closed = True
@@ -327,7 +340,7 @@ class Monitor:
                 h.remove()
             except Exception:  # pragma: no cover
                 pass
-        self._writer.close()
+        self._writer.close(timeout)
         try:
             self._alerting.close()
         except Exception as exc:  # pragma: no cover

@@ -158,7 +158,7 @@ class Sampler:
         if buf is None:
             self._check_buffer_bytes(tap, z, z_pos)
             buf = self._buffers[tap] = RowReservoir(self.config.max_samples, seed=self.config.seed + len(self._buffers))
-        if buf._z is not None and buf._z.device != z.device:  # e.g. embeddings moved: follow the first device
+        if buf.seen and buf._z.device != z.device:  # e.g. embeddings moved: follow the window's first device
             z = z.to(buf._z.device)
             z_pos = None if z_pos is None else z_pos.to(buf._z.device)
             labels = None if labels is None else labels.to(buf._z.device)

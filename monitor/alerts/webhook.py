@@ -1,6 +1,7 @@
 """A Slack-compatible webhook channel that never blocks training."""
 from __future__ import annotations
 
+import atexit
 import email.utils
 import http.client
 import json
@@ -14,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
@@ -37,9 +38,13 @@ class WebhookChannel(Channel):
     * :meth:`send` only puts the alert on a bounded queue and returns at once; it never blocks and never raises.
     * A 2xx answer counts as delivered (once). Connection errors, timeouts and 5xx answers are retried with
       exponential backoff (``backoff_initial`` doubling up to ``backoff_max`` seconds); a 429 answer is retried
-      after exactly its ``Retry-After`` (seconds or an HTTP date; the backoff when absent). Any other answer
-      (4xx, 3xx) gives up on that alert with one log line. An alert still not delivered ``give_up_after``
-      seconds after its first attempt is given up.
+      after its ``Retry-After`` (seconds or an HTTP date), but never sooner than the backoff: ``Retry-After: 0``
+      cannot make the thread spin. Any other answer (4xx, 3xx) gives up on that alert with one log line. An alert
+      still not delivered ``give_up_after`` seconds after its first attempt is given up. Each give-up is handed to
+      ``on_give_up(alert, error)`` (the Monitor reports it as a ``monitor_fault``).
+    * The thread starts with the first alert (on rank zero only, since only rank zero sends). Alerts still queued
+      when the interpreter exits without :meth:`close` are delivered by an ``atexit`` hook (at most
+      ``exit_timeout`` seconds).
     * Each attempt of one alert carries the same ``X-Spherewatch-Delivery-Id`` header, so a receiver can drop
       the duplicate that a retry after a timeout may cause (the server may have received the timed-out request).
     * When the queue is full, the **newest** alert (the one being sent) is dropped: the queued, older alerts
@@ -61,6 +66,8 @@ class WebhookChannel(Channel):
         backoff_initial: first retry delay, seconds.
         backoff_max: longest retry delay, seconds.
         give_up_after: seconds after the first attempt of an alert after which it is given up.
+        on_give_up: called as ``on_give_up(alert, error)`` from the sending thread when an alert is given up.
+        exit_timeout: seconds the ``atexit`` hook waits for queued alerts.
 
     Raises:
         ValueError: no URL (naming both ways to set one), a URL that is not http(s), or a bad number.
@@ -76,6 +83,8 @@ class WebhookChannel(Channel):
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         give_up_after: float = 600.0,
+        on_give_up: Callable[[Alert, Exception], Any] | None = None,
+        exit_timeout: float = 5.0,
     ) -> None:
         if url is not None and hasattr(url, "get_secret_value"):
             url = url.get_secret_value()
@@ -114,12 +123,15 @@ class WebhookChannel(Channel):
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.give_up_after = float(give_up_after)
+        self.on_give_up = on_give_up
+        self.exit_timeout = float(exit_timeout)
 
         self.delivered = 0
         self.dropped = 0
         self.failed = 0
         self._queue: queue.Queue[tuple[Alert, str]] = queue.Queue(maxsize=max_queue)
-        self._lock = threading.Lock()
+        # re-entrant: close() from a signal handler may interrupt send() on the same thread while it holds the lock
+        self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._pending = 0  # queued + in flight
         self._stop = threading.Event()
@@ -148,6 +160,7 @@ class WebhookChannel(Channel):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="spherewatch-webhook", daemon=True)
                 self._thread.start()
+                atexit.register(self._close_at_exit)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued alert was delivered or given up, at most ``timeout`` s; True if all done."""
@@ -169,6 +182,10 @@ class WebhookChannel(Channel):
             if self._closed:
                 return
             self._closed = True
+        try:
+            atexit.unregister(self._close_at_exit)
+        except Exception:  # pragma: no cover
+            pass
         drained = self.flush(timeout)
         self._stop.set()
         thread = self._thread
@@ -190,6 +207,12 @@ class WebhookChannel(Channel):
                 "webhook %s: closed after %.3g s with %d alert(s) not delivered (counted as dropped/failed)",
                 self._masked, timeout, left + (1 if thread is not None and thread.is_alive() else 0),
             )
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close(self.exit_timeout)
+        except Exception:  # noqa: BLE001 - never fail the interpreter's exit
+            pass
 
     def __repr__(self) -> str:
         return (
@@ -225,8 +248,19 @@ class WebhookChannel(Channel):
                 self._pending -= 1
                 self._idle.notify_all()
 
+    def _gave_up(self, alert: Alert, why: str) -> str:
+        if self.on_give_up is not None:
+            try:
+                self.on_give_up(alert, RuntimeError(f"webhook {self._masked} gave up on alert {alert.rule!r} at step "
+                                                    f"{alert.step}: {why}"))
+            except Exception:  # noqa: BLE001 - the callback must not kill the sending thread
+                _log.debug("webhook %s: the on_give_up callback raised", self._masked, exc_info=True)
+        return "failed"
+
     def _deliver(self, alert: Alert, delivery_id: str) -> str:
-        body = json.dumps({"text": format_alert_text(alert)}).encode("utf-8")
+        from spherewatch.redact import redact
+
+        body = json.dumps({"text": redact(format_alert_text(alert), (self.__url,))}).encode("utf-8")
         start = time.monotonic()
         backoff = self.backoff_initial
         attempt = 0
@@ -236,19 +270,20 @@ class WebhookChannel(Channel):
                 status, retry_after = self._post(body, delivery_id)
             except _GiveUp as err:
                 _log.error("webhook %s: giving up on alert %r at step %d: %s", self._masked, alert.rule, alert.step, err)
-                return "failed"
+                return self._gave_up(alert, str(err))
             if status is not None and 200 <= status < 300:
                 return "delivered"
-            if retry_after is not None:
-                delay = retry_after
-            else:
-                delay, backoff = backoff, min(backoff * 2.0, self.backoff_max)
+            # Retry-After is honoured, but never below the backoff (a server answering 429 with Retry-After: 0
+            # would otherwise be hammered in a tight loop)
+            delay = backoff if retry_after is None else max(retry_after, backoff)
+            backoff = min(backoff * 2.0, self.backoff_max)
             if time.monotonic() + delay - start > self.give_up_after:
                 _log.error(
                     "webhook %s: giving up on alert %r at step %d after %d attempt(s) in %.3g s (give_up_after=%g)",
                     self._masked, alert.rule, alert.step, attempt, time.monotonic() - start, self.give_up_after,
                 )
-                return "failed"
+                return self._gave_up(alert, f"not delivered after {attempt} attempt(s) (give_up_after="
+                                            f"{self.give_up_after:g} s)")
             if self._stop.wait(delay):
                 return "failed"
 

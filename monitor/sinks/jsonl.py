@@ -109,6 +109,7 @@ class JsonlSink(Sink):
     Durability: every record is written with a single unbuffered ``os.write`` (a crash of the process loses
     nothing already logged); :meth:`flush` and :meth:`close` also ``fsync`` (survives a machine crash).
     The file is opened in append mode, so several sinks over time (a resumed run) extend the same file.
+    A file (or folder) deleted while the run writes to it is detected at the next record and recreated.
     It is created (with its parent folders) with mode ``0o644``: never world-writable.
 
     Args:
@@ -131,10 +132,30 @@ class JsonlSink(Sink):
         self.path = os.fspath(path)
         self._fd: int | None = open_private_append(self.path)
 
+    def _reopen_if_deleted(self) -> None:
+        """Recreate the file (and its folders) when it was deleted or its folder removed while open: writes to an
+        unlinked file succeed and go nowhere."""
+        assert self._fd is not None
+        try:
+            gone = os.fstat(self._fd).st_nlink == 0 or not os.path.exists(self.path)
+        except OSError:
+            gone = True
+        if not gone:
+            return
+        fd = open_private_append(self.path)  # raises while the folder cannot be created: the record is retried
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        self._fd = fd
+        logger.warning("JsonlSink: %s was deleted while the run wrote to it; recreated it (later records go to the "
+                       "new file).", self.path)
+
     def _write(self, record: Mapping[str, Any]) -> None:
         self._check_open()
         data = dumps_line(record)  # encode fully before writing: a bad record writes nothing
         assert self._fd is not None
+        self._reopen_if_deleted()
         view, written = memoryview(data), 0
         try:
             while written < len(data):

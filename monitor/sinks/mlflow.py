@@ -17,8 +17,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "FIRST_ALERT_STEP_TAG", "PARAM_PREFIX",
-    "REPORT_ARTIFACT_DIR", "SPECTRA_ARTIFACT", "SPECTRA_HISTORY_ARTIFACT", "WORST_SEVERITY_TAG", "MLflowSink",
+    "REPORT_ARTIFACT_DIR", "RUN_KEY_TAG", "SPECTRA_ARTIFACT", "SPECTRA_HISTORY_ARTIFACT", "WORST_SEVERITY_TAG",
+    "MLflowSink", "check_tracking_uri",
 ]
+
+#: URI schemes MLflow's tracking client accepts (``postgresql+psycopg2`` and the like count as ``postgresql``).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                    "uc")
 
 logger = logging.getLogger("spherewatch.sinks")
 
@@ -36,6 +41,8 @@ PARAM_PREFIX = "spherewatch."
 _SEVERITY_RANK = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 _MAX_SPECTRA_PER_KEY = 512  # the history is thinned (every other one dropped) beyond this
 _MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
+#: tag naming the Monitor run a run belongs to: a resumed run and a replay of a crashed run's spool find it by it
+RUN_KEY_TAG = "spherewatch.run_key"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
@@ -57,6 +64,36 @@ def redact_uri(uri: str) -> str:
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """Fail fast, without any network I/O, on a tracking URI MLflow cannot use (a typo in the scheme).
+
+    Raises:
+        ValueError: the scheme is not one of :data:`TRACKING_SCHEMES` (the message hides credentials).
+
+    Example:
+        >>> check_tracking_uri("http://127.0.0.1:5000")
+        >>> try:
+        ...     check_tracking_uri("htp://u:p@host")
+        ... except ValueError as err:
+        ...     print(str(err)[-40:])
+        (or a local path), got 'htp://***@host'.
+    """
+    if uri is None:
+        return
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"Expected `tracking_uri` to be a non-empty string, got {type(uri).__name__}.")
+    scheme, sep, _ = uri.partition("://")
+    if not sep and ":" in uri and not os.path.isabs(uri):
+        scheme, sep = uri.partition(":")[0], ":"  # databricks:/profile, file:relative
+    if not sep:
+        return  # a local path: MLflow's file store
+    if scheme.lower().split("+")[0] not in TRACKING_SCHEMES:
+        raise ValueError(
+            f"Expected an MLflow tracking URI with one of the schemes {', '.join(TRACKING_SCHEMES)} (or a local path), "
+            f"got {redact_uri(uri)!r}."
+        )
 
 
 def _same_uri(a: str, b: str) -> bool:
@@ -113,7 +150,8 @@ class MLflowSink(Sink):
       from the first evaluation on, and again once every alert has resolved), ``spherewatch.worst_severity``
       = the worst ever fired, ``spherewatch.first_alert_step``; the metric ``<prefix>/alerts/count`` =
       cumulative number of fired alerts (0 from the first evaluation), at the alert's step; the JSON artifact
-      ``spherewatch/alerts.json`` (every alert so far, rewritten on each alert);
+      ``spherewatch/alerts.json`` (every alert so far, written by :meth:`flush` at most once per
+      ``artifact_interval`` and by :meth:`close`, not once per alert);
     * params: :meth:`log_params` (the Monitor logs its configuration as ``spherewatch.*`` params), never
       overwriting a param the run already holds;
     * at :meth:`close`: the run's description (tag ``mlflow.note.content``) = :meth:`verdict`, only on a run
@@ -128,8 +166,9 @@ class MLflowSink(Sink):
     an alert already seen is not counted twice.
 
     Over HTTP the MLflow client retries failed requests itself (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
-    ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``; by default this can block for
-    minutes while a server is down). Lower them when a training loop must not wait on the tracking server.
+    ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, ``MLFLOW_HTTP_REQUEST_TIMEOUT``; by default for minutes while a server is
+    down). Inside a Monitor that wait is on its writer thread, never on the training thread, so the defaults are
+    fine; a sink used directly blocks its caller for that long.
 
     Args:
         tracking_uri: tracking server or store URI (``http://...``, ``sqlite:///...``).
@@ -139,7 +178,15 @@ class MLflowSink(Sink):
         tags: tags set on the run (whichever run is used).
         prefix: key prefix (for the alert-count metric).
         artifact_location: artifact location of the experiment when this sink creates it.
-        artifact_interval: minimum seconds between two writes of ``spherewatch/spectra.json`` by :meth:`flush`.
+        artifact_interval: minimum seconds between two writes of ``spherewatch/spectra.json`` and
+            ``spherewatch/alerts.json`` by :meth:`flush`.
+        run_key: the Monitor run this sink belongs to: set as the tag ``spherewatch.run_key`` on a run it creates.
+        find_run: before creating a run, look for one tagged with ``run_key`` in the experiment and log to it (a
+            resumed run, or the replay of a crashed run's spool, goes back into its own run).
+
+    Threads: the Monitor calls a sink from its one writer thread. ``MlflowClient`` calls with an explicit
+    ``run_id`` are safe from any thread (no fluent, thread-local active-run state is used after construction);
+    the host's active run is looked up by the caller, on the training thread, and passed as ``run_id``.
 
     Raises:
         ModuleNotFoundError: mlflow is not installed.
@@ -165,6 +212,8 @@ class MLflowSink(Sink):
         prefix: str = "spherewatch",
         artifact_location: str | None = None,
         artifact_interval: float = 60.0,
+        run_key: str | None = None,
+        find_run: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -178,6 +227,9 @@ class MLflowSink(Sink):
         self.prefix = prefix.rstrip("/")
         self._alerts: list[Alert] = []
         self._alert_ids: dict[tuple[Any, ...], int] = {}
+        self._alerts_dirty = False
+        self._alerts_written_at = -math.inf
+        self.run_key = run_key
         self._spectra: dict[str, dict[str, Any]] = {}
         self._spectra_dirty = False
         self._spectra_written_at = -math.inf
@@ -206,13 +258,21 @@ class MLflowSink(Sink):
             self.tracking_uri = tracking_uri or _default_tracking_uri()
             self._client = MlflowClient(self.tracking_uri)
             experiment_id = self._experiment_id(experiment_name or "spherewatch", artifact_location)
-            run = self._client.create_run(
-                experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()}
-            )
-            self.run_id = run.info.run_id
+            found = self._find_run(experiment_id, run_key) if (find_run and run_key) else None
+            if found is not None:
+                self.run_id = found
+                self._client.update_run(found, status="RUNNING")
+                logger.info("MLflowSink: continuing run %s (spherewatch run %s) on %s.", found, run_key,
+                            redact_uri(self.tracking_uri))
+            else:
+                run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+                if run_key:
+                    run_tags[RUN_KEY_TAG] = str(run_key)
+                run = self._client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+                self.run_id = run.info.run_id
+                logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
+                            experiment_name or "spherewatch", redact_uri(self.tracking_uri))
             self.created_run = True
-            logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
-                        experiment_name or "spherewatch", redact_uri(self.tracking_uri))
         if tags and not self.created_run:
             self._client.log_batch(
                 self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True
@@ -234,6 +294,11 @@ class MLflowSink(Sink):
                 "another experiment_name."
             )
         return experiment.experiment_id
+
+    def _find_run(self, experiment_id: str, run_key: str) -> str | None:
+        runs = self._client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                                        max_results=1)
+        return runs[0].info.run_id if runs else None
 
     @property
     def client(self) -> Any:
@@ -266,30 +331,25 @@ class MLflowSink(Sink):
         """One ``log_batch`` with every key, in order of importance (:func:`spherewatch.keys.order_keys`; chunks of
         1000 metrics beyond that). The first call holding spherewatch keys also logs ``<prefix>/alerts/count`` = 0
         and the tag ``spherewatch.alert_state`` = ``ok`` (a healthy run reads ``ok``/0, not blank)."""
+        self.log_scalars_batch([(step, scalars, wall_time)])
+
+    def _record_metrics(self, step: int, scalars: Mapping[str, float], wall_time: float | None, started: bool):
+        """``(metrics, own)`` of one record, the alert count 0 added to the first record holding spherewatch keys."""
         from spherewatch.keys import alert_count_key, order_keys
         from spherewatch.sinks.base import split_key
 
-        self._check_open()
         timestamp = round((time.time() if wall_time is None else float(wall_time)) * 1000)
         values = {str(k): float(v) for k, v in scalars.items()}
-        metrics = [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)]
         own = any(split_key(k, self.prefix) is not None for k in values)
-        tags: tuple[Any, ...] = ()
-        if own and not self._started:
-            if self.created_run:
-                self._mark_training_experiment()
+        if own and not started:
             values[alert_count_key(self.prefix)] = float(self._fired)
-            metrics = [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)]
-            tags = tuple(self._state_tags())
-        self._send_params()
-        if metrics:
-            self._log_metrics(metrics, tags=tags)
-        if own:
-            self._started = True
-            self._evaluations += 1
-            self._steps = [min(self._steps[0], int(step)) if self._steps else int(step),
-                           max(self._steps[-1], int(step)) if self._steps else int(step)]
+        return [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)], own
 
+    def _note_steps(self, step: int) -> None:
+        self._started = True
+        self._evaluations += 1
+        self._steps = [min(self._steps[0], int(step)) if self._steps else int(step),
+                       max(self._steps[-1], int(step)) if self._steps else int(step)]
     def _mark_training_experiment(self) -> None:
         """Tag the experiment as model training (``mlflow.experimentKind``) unless it says otherwise, so MLflow 3's
         UI opens it on the runs and their charts instead of the empty GenAI overview. Best effort."""
@@ -324,6 +384,34 @@ class MLflowSink(Sink):
         self._params_logged.update(self._pending_params)
         self._pending_params = {}
 
+    #: most metrics in one ``log_batch`` (MLflow's limit)
+    batch_limit = _MAX_METRICS_PER_BATCH
+
+    def log_scalars_batch(self, records: list[tuple[int, Mapping[str, float], float | None]]) -> None:
+        """Several steps' scalars ``[(step, values, wall_time), ...]`` in as few ``log_batch`` calls as MLflow allows
+        (a replayed backlog: one request per 1000 metrics instead of one per step), with the same bookkeeping as
+        :meth:`log_scalars` (the alert count 0 and ``alert_state`` with the first spherewatch values); the state is
+        updated only once MLflow took the records, so a retried batch is sent the same way."""
+        self._check_open()
+        metrics: list[Any] = []
+        started, own_steps = self._started, []
+        for step, scalars, wall_time in records:
+            got, own = self._record_metrics(step, scalars, wall_time, started)
+            metrics += got
+            if own:
+                started = True
+                own_steps.append(int(step))
+        tags: tuple[Any, ...] = ()
+        if own_steps and not self._started:
+            if self.created_run:
+                self._mark_training_experiment()
+            tags = tuple(self._state_tags())
+        self._send_params()
+        if metrics:
+            self._log_metrics(metrics, tags=tags)
+        for step in own_steps:
+            self._note_steps(step)
+
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """Keep the spectrum of ``key``: the latest in ``spherewatch/spectra.json`` and every one (thinned to at most
         512 per key) in ``spherewatch/spectra_history.json``, written on flush/close."""
@@ -352,8 +440,9 @@ class MLflowSink(Sink):
         return tags
 
     def log_alert(self, alert: Alert) -> None:
-        """Update the alert tags, log the cumulative count of fired collapse alerts, rewrite
-        ``spherewatch/alerts.json``. A resolved alert (``alert.status == "resolved"``) closes the open one of the same
+        """Update the alert tags, log the cumulative count of fired collapse alerts, mark
+        ``spherewatch/alerts.json`` for rewriting (by :meth:`flush` at most once per ``artifact_interval`` and by
+        :meth:`close`, not once per alert). A resolved alert (``alert.status == "resolved"``) closes the open one of the same
         rule and key; faults of the monitor itself are listed in the JSON but change neither state nor count."""
         from spherewatch.keys import alert_count_key
 
@@ -383,12 +472,19 @@ class MLflowSink(Sink):
             metrics.append(self._Metric(alert_count_key(self.prefix), float(self._fired),
                                         round(alert.time * 1000), int(alert.step)))
         self._log_metrics(metrics, tags=tuple(self._state_tags()))
+        self._alerts_dirty = True
+
+    def _write_alerts(self) -> None:
+        if not self._alerts_dirty:
+            return
         records = []
         for a in self._alerts:
             d = a.to_dict()
             d["value"] = encode_float(d["value"])
             records.append(d)
         self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
+        self._alerts_dirty = False
+        self._alerts_written_at = time.monotonic()
 
     def verdict(self) -> str:
         """One paragraph for the run's description: collapsed or healthy, when, and where to look."""
@@ -436,9 +532,13 @@ class MLflowSink(Sink):
         return list(self._alerts)
 
     def flush(self) -> None:
-        """Write ``spherewatch/spectra.json`` if a spectrum changed and ``artifact_interval`` has passed."""
-        if not self._closed and time.monotonic() - self._spectra_written_at >= self.artifact_interval:
+        """Write ``spherewatch/spectra.json`` / ``alerts.json`` if they changed and ``artifact_interval`` has passed."""
+        if self._closed:
+            return
+        if time.monotonic() - self._spectra_written_at >= self.artifact_interval:
             self._write_spectra()
+        if time.monotonic() - self._alerts_written_at >= self.artifact_interval:
+            self._write_alerts()
 
     def _write_spectra(self) -> None:
         if self._spectra_dirty:
@@ -454,6 +554,7 @@ class MLflowSink(Sink):
             return
         self._send_params()
         self._write_spectra()
+        self._write_alerts()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
         if self.report_artifacts and self._started:

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.jsonl import decode_float, dumps_line, encode_float, open_private_append, write_all
+from spherewatch.sinks.jsonl import (
+    decode_float,
+    dumps_line,
+    encode_float,
+    make_private_dirs,
+    open_private_append,
+    write_all,
+)
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -97,6 +104,9 @@ class ResilientSink(Sink):
     rejects as malformed (:meth:`Sink.is_permanent_error`, e.g. a ``ValueError``) cannot succeed on retry:
     it is dropped, counted in :attr:`dropped` and reported (the first time), and the rest goes on.
 
+    A spool file that cannot be written (disk full) is retried like the sink, with the same backoff: the backlog
+    stays in memory meanwhile and is written out in full once the spool is writable again.
+
     A spool file left by an earlier process (undelivered records at close, or a crash) is loaded at
     construction and delivered before any new record.
 
@@ -115,6 +125,7 @@ class ResilientSink(Sink):
         max_pending: most records held in memory; beyond it the oldest are dropped (counted, logged once
             per outage).
         clock: monotonic clock in seconds used for the backoff (default ``time.monotonic``).
+        on_recovered: called as ``on_recovered(sink_name)`` when an outage ends (the backlog is delivered).
 
     Raises:
         ValueError: negative ``retry_initial``, ``retry_max < retry_initial`` or ``max_pending < 1``.
@@ -138,6 +149,7 @@ class ResilientSink(Sink):
         strict: bool = False,
         max_pending: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        on_recovered: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
         if not retry_initial >= 0:
@@ -152,6 +164,9 @@ class ResilientSink(Sink):
         self.name = getattr(inner, "name", type(inner).__name__)
         self.spool_path = os.fspath(spool_path) if spool_path is not None else None
         self.on_error = on_error
+        self.on_recovered = on_recovered
+        #: called between two deliveries of a replayed backlog (``None``: nothing)
+        self.between: Callable[[], None] | None = None
         self.retry_initial = float(retry_initial)
         self.retry_max = float(retry_max)
         self.strict = bool(strict)
@@ -167,6 +182,12 @@ class ResilientSink(Sink):
         self._overflow_logged = False
         self._spool_fd: int | None = None
         self._spool_broken = False
+        self._spool_retry_at = -math.inf
+        self._spool_delay = self.retry_initial or 1.0
+        # an inner sink with log_scalars_batch([(step, values, wall_time), ...]) gets a replayed backlog in batches
+        # (MLflow: one log_batch of up to 1000 metrics instead of one request per record)
+        self._batched = callable(getattr(inner, "log_scalars_batch", None))
+        self._batch_limit = int(getattr(inner, "batch_limit", 1000))
         self._scalars_wall = _accepts_wall_time(inner.log_scalars)
         self._histogram_wall = _accepts_wall_time(inner.log_histogram)
         if self.spool_path is not None and os.path.exists(self.spool_path):
@@ -300,9 +321,15 @@ class ResilientSink(Sink):
             return
         removed = delivered = 0
         while self._queue:
+            if self.between is not None and removed:
+                self.between()  # e.g. the Monitor's writer yields to an evaluation in progress
             record = self._queue[0]
+            batch = self._scalar_batch() if self._batched else None
             try:
-                self._deliver(record)
+                if batch is not None:
+                    self._deliver_batch(batch)
+                else:
+                    self._deliver(record)
             except Exception as exc:
                 if self.strict:
                     raise
@@ -319,13 +346,40 @@ class ResilientSink(Sink):
                 else:  # replaying a spool from an earlier run, and the sink is down
                     self._fault(exc, f"sink {self.name!r} failed")
                 break
-            self._queue.popleft()
-            removed += 1
-            delivered += 1
+            for _ in range(len(batch) if batch is not None else 1):
+                self._queue.popleft()
+                removed += 1
+                delivered += 1
         if removed:
             self._rewrite_spool()
         if not self._queue:
             self._recovered(delivered)
+
+    def _scalar_batch(self) -> list[_Pending] | None:
+        """The leading run of scalar records (two or more), for one batched call of the inner sink."""
+        run: list[_Pending] = []
+        metrics = 0
+        for record in self._queue:
+            if record.op != "scalars":
+                break
+            metrics += len(record.args["values"])
+            if run and metrics > self._batch_limit:
+                break
+            run.append(record)
+        return run if len(run) > 1 else None
+
+    def _deliver_batch(self, batch: list[_Pending]) -> None:
+        self.inner.log_scalars_batch([(r.args["step"], r.args["values"], r.args["time"]) for r in batch])
+
+    @property
+    def next_retry(self) -> float | None:
+        """Clock time of the next retry of the backlog (``None`` when nothing waits)."""
+        if not self._queue and not self._spool_broken:
+            return None
+        due = self._next_retry if self._queue else -math.inf
+        if self._spool_broken:
+            due = max(due, self._spool_retry_at) if self._queue else self._spool_retry_at
+        return due
 
     def _is_permanent(self, exc: BaseException) -> bool:
         try:
@@ -367,6 +421,12 @@ class ResilientSink(Sink):
         self._overflow_logged = False
         self._delay = self.retry_initial
         self._next_retry = -math.inf
+        if self.on_recovered is not None:
+            try:
+                self.on_recovered(self.name)
+            except Exception:
+                logger.warning("spherewatch: the on_recovered callback of sink %r raised; ignored.", self.name,
+                               exc_info=True)
 
     def _drop(self, record: _Pending, exc: BaseException) -> None:
         self._drop_bad(record.describe(), exc)
@@ -403,7 +463,10 @@ class ResilientSink(Sink):
                     "until it recovers.", self.name, self.max_pending,
                 )
         self._queue.append(record)
+        was_broken = self._spool_broken
         if self._spool_usable():
+            if was_broken:  # the spool came back: it was rewritten with the whole queue, this record included
+                return
             try:
                 if record.line is None:
                     record.line = dumps_line(record.to_json())
@@ -414,10 +477,23 @@ class ResilientSink(Sink):
                 self._spool_failed(exc)
 
     def _spool_usable(self) -> bool:
-        return self.spool_path is not None and not self._spool_broken
+        if self.spool_path is None:
+            return False
+        if self._spool_broken and self._clock() >= self._spool_retry_at:
+            # retried like any sink: rewrite the whole backlog (the file must hold exactly the queue again)
+            self._spool_broken = False
+            self._rewrite_spool()
+            if not self._spool_broken:
+                logger.info("spherewatch: the spool file %s of sink %r is writable again; it holds the %d queued "
+                            "record(s).", self.spool_path, self.name, len(self._queue))
+                self._spool_delay = self.retry_initial or 1.0
+        return not self._spool_broken
 
     def _spool_failed(self, exc: BaseException) -> None:
+        first = not self._spool_broken
         self._spool_broken = True
+        self._spool_retry_at = self._clock() + self._spool_delay
+        self._spool_delay = min(self.retry_max, self._spool_delay * 2)
         self._close_spool_fd()
         # the file no longer follows the queue (records delivered later would stay in it): remove it, or the next
         # ResilientSink opened on it would deliver them a second time
@@ -426,10 +502,11 @@ class ResilientSink(Sink):
                 os.remove(path)  # type: ignore[arg-type]
             except OSError:
                 pass
-        logger.warning(
-            "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory only.",
-            self.spool_path, self.name, type(exc).__name__, exc,
-        )
+        if first:
+            logger.warning(
+                "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory and "
+                "the spool is retried with backoff.", self.spool_path, self.name, type(exc).__name__, exc,
+            )
 
     def _close_spool_fd(self) -> None:
         if self._spool_fd is not None:
@@ -458,6 +535,7 @@ class ResilientSink(Sink):
                     os.remove(path)
                 return
             tmp = path + ".tmp"
+            make_private_dirs(os.path.dirname(os.path.abspath(path)))
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 for record in self._queue:
@@ -505,7 +583,8 @@ class ResilientSink(Sink):
             self._sync_spool()
             logger.warning(
                 "spherewatch: %d record(s) could not be delivered to sink %r; they are kept in the spool file %s "
-                "and will be delivered by the next ResilientSink opened on that file.", left, self.name,
+                "and will be delivered, once, by the next sink opened on that file (in a Monitor: the next run that "
+                "uses the same spool folder, into this run's destination).", left, self.name,
                 self.spool_path,
             )
         elif left:

@@ -68,6 +68,10 @@ class TensorBoardSink(Sink):
     once the folder is writable again. Folders it creates are ``0o755`` and its event files lose group and
     world write permission, whatever the umask.
 
+    Threads: the Monitor calls this sink from its one writer thread. ``SummaryWriter.add_scalar/add_histogram/
+    add_text`` only put events on the writer's own thread-safe queue (drained by its own thread) and ``flush`` waits
+    for it, so a host writer the training thread logs to at the same time is safe to share.
+
     Args:
         log_dir: folder for a new ``SummaryWriter`` (default ``runs/spherewatch``); ignored with ``writer``.
         writer: an existing writer to log through.

@@ -54,3 +54,17 @@ def test_schedule_next_after():
     s = Schedule(every_n_steps=10, start_step=5)
     assert [s.next_after(x) for x in (-1, 4, 5, 14, 15)] == [5, 5, 15, 15, 25]
     assert s.is_due(15) and not s.is_due(16)
+
+
+def test_a_window_reset_keeps_the_preallocated_buffer():
+    buf = RowReservoir(8)
+    buf.add(torch.randn(5, 4))
+    storage = buf._z.data_ptr()
+    buf.clear()
+    assert len(buf) == 0 and buf.rows() == (None, None, None)
+    buf.add(torch.ones(3, 4))
+    assert buf._z.data_ptr() == storage  # no allocation per window
+    assert torch.equal(buf.rows()[0], torch.ones(3, 4))
+    buf.clear()
+    buf.add(torch.ones(2, 6))  # a window with wider rows gets new tensors instead of an error
+    assert buf.rows()[0].shape == (2, 6)

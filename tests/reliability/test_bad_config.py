@@ -108,3 +108,18 @@ def test_bad_values_in_a_file_name_their_path(tmp_path):
         with pytest.raises(ValidationError) as info:
             sw.Monitor(str(tmp_path / name))
         assert path in str(info.value).splitlines(), name
+
+
+def test_a_misconfigured_sink_fails_at_construction_without_network_io_or_leaking_credentials(tmp_path):
+    with pytest.raises(ValueError, match="schemes http, https, sqlite") as info:
+        sw.Monitor(sinks=("mlflow",), tracking_uri="htp://bob:hunter2@tracking.internal", log_dir=str(tmp_path))
+    assert "hunter2" not in str(info.value) and "htp://***@tracking.internal" in str(info.value)
+    assert not (tmp_path / "spool").exists()  # nothing was opened
+
+
+@pytest.mark.parametrize("url", [["https://hooks.slack.com/services/T0/B0/listSECRET"],
+                                 {"url": "https://hooks.slack.com/services/T0/B0/dictSECRET"}])
+def test_a_webhook_url_of_the_wrong_type_is_not_echoed_in_the_error(url):
+    with pytest.raises(ValidationError, match="webhook_url") as info:
+        sw.Monitor(sinks=("memory",), webhook_url=url)
+    assert "SECRET" not in str(info.value) and "SECRET" not in repr(info.value)

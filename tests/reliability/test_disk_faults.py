@@ -37,6 +37,11 @@ def _poison_at(*steps):
     return poison
 
 
+def _spool_files(spool_dir, sink):
+    """The spool files of ``sink`` under ``spool_dir`` (one folder per monitor run)."""
+    return sorted(Path(spool_dir).glob(f"*/{sink}-*.spool.jsonl"))
+
+
 def _clean_run(make_monitor, steps, poison):
     """What a fault-free run logs: ``(memory sink, alerts)``."""
     mon = make_monitor(sinks=("memory",), every_n_steps=EVERY)
@@ -65,12 +70,14 @@ def test_tensorboard_log_dir_replaced_by_a_file_is_reported_once_and_recovers_wi
                        spool_dir=str(tmp_path / "spool"), every_n_steps=EVERY, on_alert=fired.append)
     poison = _poison_at(10)
     trainer = TinyTrainer().run(mon, range(0, 6), embeddings=poison)
+    mon.flush()  # the sinks are written on the monitor's writer thread: let it catch up before breaking the disk
     log_dir.rename(moved)
     log_dir.write_text("not a folder")  # the writer's next append fails: NotADirectoryError
     trainer.run(mon, range(6, 12), embeddings=poison)
+    mon.flush()
     _, alert = assert_reported_once(spherewatch_logs.records, fired, "sink:tensorboard")
     assert alert.step == 6 and "Not a directory" in alert.message
-    assert (tmp_path / "spool" / "tensorboard-0.spool.jsonl").exists()
+    assert _spool_files(tmp_path / "spool", "tensorboard")
     log_dir.unlink()
     moved.rename(log_dir)
     trainer.run(mon, range(12, 20), embeddings=poison)
@@ -78,7 +85,7 @@ def test_tensorboard_log_dir_replaced_by_a_file_is_reported_once_and_recovers_wi
     assert trainer.steps_done == list(range(20))
     assert max(trainer.step_seconds) < 5.0
     assert_reported_once(spherewatch_logs.records, fired, "sink:tensorboard")  # once for the whole outage
-    assert not (tmp_path / "spool" / "tensorboard-0.spool.jsonl").exists()
+    assert not _spool_files(tmp_path / "spool", "tensorboard")
 
     memory, clean_alerts = _clean_run(make_monitor, range(20), poison)
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
@@ -91,23 +98,34 @@ def test_tensorboard_log_dir_replaced_by_a_file_is_reported_once_and_recovers_wi
     _assert_same_points(read_jsonl(tmp_path / "run.jsonl")["scalars"], memory, range(20))  # the other sink: untouched
 
 
-def test_a_sink_that_cannot_be_opened_is_disabled_and_reported_once_while_the_others_log_everything(
+def test_a_sink_that_cannot_be_opened_at_start_is_retried_and_gets_every_point_once_it_can(
     make_monitor, spherewatch_logs, tmp_path
 ):
     pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     log_dir = tmp_path / "tb"
     log_dir.write_text("a file where the log folder should be")
     fired = []
     mon = make_monitor(sinks=("tensorboard", "jsonl"), log_dir=str(log_dir), jsonl_path=str(tmp_path / "run.jsonl"),
-                       every_n_steps=EVERY, on_alert=fired.append)
+                       spool_dir=str(tmp_path / "spool"), every_n_steps=EVERY, on_alert=fired.append)
     trainer = TinyTrainer().run(mon, range(10))
-    mon.close()
-    assert trainer.steps_done == list(range(10))
+    mon.flush()
     _, alert = assert_reported_once(spherewatch_logs.records, fired, "sink:tensorboard")
-    assert "this sink is disabled" in alert.message
-    assert [getattr(s, "name", None) for s in mon.sinks] == ["jsonl"]
-    memory, _ = _clean_run(make_monitor, range(10), None)
-    _assert_same_points(read_jsonl(tmp_path / "run.jsonl")["scalars"], memory, range(10))
+    assert "spooled and replayed" in alert.message and alert.step == 0
+    assert [getattr(s, "name", None) for s in mon.sinks] == ["tensorboard", "jsonl"]  # not disabled
+    assert _spool_files(tmp_path / "spool", "tensorboard")
+    log_dir.unlink()  # the folder can be created now: the next retry opens the sink and replays the backlog
+    trainer.run(mon, range(10, 20))
+    mon.close()
+    assert trainer.steps_done == list(range(20))
+    assert not _spool_files(tmp_path / "spool", "tensorboard")
+    memory, _ = _clean_run(make_monitor, range(20), None)
+    _assert_same_points(read_jsonl(tmp_path / "run.jsonl")["scalars"], memory, range(20))
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tb = {key: [(e.step, e.value) for e in events.Scalars(key)] for key in events.Tags()["scalars"]}
+    _assert_same_points(tb, memory, range(20))
 
 
 def test_tensorboard_log_dir_replaced_by_a_file_raises_under_strict(make_monitor, tmp_path):
@@ -137,7 +155,7 @@ def test_jsonl_on_a_full_disk_keeps_every_point_in_the_spool_for_the_next_run(
     assert trainer.steps_done == list(range(10))
     _, alert = assert_reported_once(spherewatch_logs.records, fired, "sink:jsonl")
     assert "No space left on device" in alert.message and alert.step == 0
-    spool = spool_dir / "jsonl-0.spool.jsonl"
+    (spool,) = _spool_files(spool_dir, "jsonl")
     spooled = [json.loads(line) for line in spool.read_text().splitlines()]
     assert [r["step"] for r in spooled if r["op"] == "scalars"] == evaluation_steps(range(10), EVERY)
     assert {r["alert"]["step"] for r in spooled if r["op"] == "alert"} == {4}

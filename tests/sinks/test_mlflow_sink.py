@@ -87,6 +87,7 @@ def test_alerts_set_state_tag_count_metric_and_json_artifact(mlflow_uri, artifac
     sink.log_alert(first)
     sink.log_alert(second)
     sink.log_alert(second)  # a replay after a transient failure must not count twice
+    sink.flush()  # alerts.json is written by flush (at most once per artifact_interval) and close, not per alert
     client = MlflowClient(mlflow_uri)
     run = client.get_run(sink.run_id)
     assert run.data.tags["spherewatch.alert_state"] == "critical"
@@ -141,3 +142,19 @@ def test_flush_writes_spectra_at_most_once_per_interval_and_close_writes_the_lat
     assert _artifact_json(client, sink.run_id, "spherewatch/spectra.json", tmp_path / "b")[key]["step"] == 1
     sink.close()
     assert _artifact_json(client, sink.run_id, "spherewatch/spectra.json", tmp_path / "c")[key]["step"] == 2
+
+
+def test_alerts_json_is_not_rewritten_with_every_alert(mlflow_uri, artifact_dir, tmp_path):
+    sink = MLflowSink(mlflow_uri, experiment_name="exp-many-alerts", artifact_location=str(artifact_dir),
+                      artifact_interval=3600.0)
+    uploads = []
+    real = sink.client.log_text
+    sink.client.log_text = lambda *a, **k: (uploads.append(a[-1]), real(*a, **k))
+    for step in range(50):
+        sink.log_alert(Alert(rule="nonfinite", key=U, value=float("nan"), step=step, severity="critical"))
+        sink.flush()
+    assert uploads == ["spherewatch/alerts.json"]  # the first flush, then nothing within the interval
+    sink.close()
+    assert uploads == ["spherewatch/alerts.json"] * 2
+    alerts = _artifact_json(MlflowClient(mlflow_uri), sink.run_id, "spherewatch/alerts.json", tmp_path)
+    assert [a["step"] for a in alerts] == list(range(50))
