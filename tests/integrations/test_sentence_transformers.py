@@ -60,4 +60,5 @@ def test_a_module_whose_forward_is_called_directly_is_reported_once(model_root, 
     text = [r.getMessage() for r in caplog.records if "never fired" in r.getMessage()]
     assert text and "module_path=None" in text[0] and "'1'" in text[0]
     assert cb.monitor.faults["capture:embeddings"] == 1  # one report, not one per step
-    assert cb.monitor.sink("memory").scalars == []
+    # nothing was recorded: the memory sink holds no scalars (or was never opened: sinks open at the first record)
+    assert all(s.scalars == [] for s in cb.monitor.sinks if getattr(s, "name", None) == "memory")

@@ -178,7 +178,9 @@ def test_mlflow_params_have_a_prefix_and_never_overwrite_the_hosts(mlflow_uri):
 
     mlflow.set_tracking_uri(mlflow_uri)
     try:
-        with mlflow.start_run() as host:
+        # an explicit experiment: an active experiment id left by an earlier test belongs to another store
+        experiment = mlflow.set_experiment("host-params")
+        with mlflow.start_run(experiment_id=experiment.experiment_id) as host:
             mlflow.log_param("lr", "0.1")
             sink = MLflowSink(mlflow_uri)
             sink.log_params({"lr": "0.5", "spherewatch.every_n_steps": 10})
@@ -189,6 +191,9 @@ def test_mlflow_params_have_a_prefix_and_never_overwrite_the_hosts(mlflow_uri):
             tags = _run(mlflow_uri, host.info.run_id).data.tags
     finally:
         mlflow.set_tracking_uri(None)
+        import mlflow.tracking.fluent as fluent
+
+        fluent._active_experiment_id = None  # set_experiment is process-global: leave no experiment of this store
     assert params == {"lr": "0.1", "spherewatch.every_n_steps": "10"}
     assert "mlflow.note.content" not in tags  # the host's run: its description is the host's
 
