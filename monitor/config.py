@@ -420,7 +420,14 @@ def _read_file(path: Path) -> Dict[str, Any]:
         data = data["spherewatch"]
     if not isinstance(data, dict):
         raise ValueError(f"The spherewatch table of {where!r} must be a mapping, got {type(data).__name__}.")
+    bad = next((k for k in data if not isinstance(k, str)), _NO_KEY)
+    if bad is not _NO_KEY:  # e.g. YAML `?` or `1: x`: say which file, not only which key
+        raise ValueError(f"Config file {where!r}: field names must be strings, got {type(bad).__name__} "
+                         f"{_short(bad)!r}.")
     return data
+
+
+_NO_KEY = object()
 
 
 def _parse(suffix: str, text: str, where: str) -> Any:
