@@ -15,7 +15,8 @@ class RowReservoir:
 
     Rows are detached and stored as fp32 on the device they arrive on, in tensors allocated once per window.
     The accept/replace decisions depend only on row counts, never on values, so adding rows never synchronises
-    with the host. Memory bound per tap: ``max_rows * D * 4`` bytes, twice that with a paired view, plus
+    with the host. Memory bound per tap: ``max_rows * D * 4`` bytes per view (one; two with a paired
+    view; ``V`` with ``observe(views=...)``, whose other views are kept as ``(max_rows, V - 1, D)``), plus
     ``max_rows * 8`` bytes with labels.
     """
 
@@ -46,6 +47,7 @@ class RowReservoir:
             self._z.shape[1] != d
             or self._z.device != z.device
             or (self._pos is None) != (z_pos is None)
+            or (z_pos is not None and self._pos.shape[1:] != z_pos.shape[1:])
             or (self._labels is None) != (labels is None)
         )
         if mismatch and self.seen == 0:  # a new window with other rows: new tensors
@@ -59,7 +61,7 @@ class RowReservoir:
         if self._z is None:
             self._z = torch.empty(self.max_rows, d, device=z.device, dtype=torch.float32)
             if z_pos is not None:
-                self._pos = torch.empty(self.max_rows, d, device=z.device, dtype=torch.float32)
+                self._pos = torch.empty(self.max_rows, *z_pos.shape[1:], device=z.device, dtype=torch.float32)
             if labels is not None:
                 self._labels = torch.empty(self.max_rows, device=z.device, dtype=torch.long)
         # Algorithm R, decided on the host from counts only: row number k (0-based, over the window) fills slot k

@@ -121,7 +121,9 @@ def compute_tap_metrics(
     zz, tiny = point
     if "norm_stats" in want:
         scalars["zero_norm_fraction"] = tiny.float().mean()
-    zp = None
+    zp = others = None
+    if z_pos is not None and z_pos.ndim == 3:  # observe(views=...) with V > 2: (N, V - 1, D)
+        others, z_pos = z_pos, z_pos[:, 0]  # the pair metrics read view 1, LiDAR every view
     if z_pos is not None:
         zp = run("alignment" if "alignment" in want else "uniformity_pos", lambda: _one_point(z_pos)[0])
 
@@ -150,13 +152,13 @@ def compute_tap_metrics(
         except Exception as exc:  # noqa: BLE001
             sink["nc1"] = exc
     if spectral and want & SPECTRAL_METRICS:
-        _spectral(zz, zp, want, scalars, hists, run)
+        _spectral(zz, zp, want, scalars, hists, run, others=others)
     _add_stderr(scalars, zz, zp, t=t, alpha=alpha, run=run)
     _finish(failures, sink)
     return scalars, hists
 
 
-def _spectral(z, z_pos, want, scalars, hists, run) -> None:
+def _spectral(z, z_pos, want, scalars, hists, run, others=None) -> None:
     # LAPACK refuses non-finite input: decompose with those rows zeroed, then report NaN for the whole
     # spectral family when any row was non-finite (no host sync: masks, not branches).
     finite_rows = torch.isfinite(z).all(dim=1, keepdim=True)
@@ -192,9 +194,15 @@ def _spectral(z, z_pos, want, scalars, hists, run) -> None:
     for name in hists:
         hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
     if "lidar" in want and z_pos is not None:
-        # LiDAR (issue 10): the two views of each row are one surrogate class; NaN when any row of either is
-        pos_ok = torch.isfinite(z_pos).all(dim=1, keepdim=True)
-        views = torch.stack([z, torch.where(pos_ok, z_pos, torch.zeros_like(z_pos))], dim=1)
+        # LiDAR (issue 10): the views of each row (two, or V from observe(views=...)) are one surrogate class;
+        # NaN when any row of any view is non-finite
+        if others is None:
+            rest = z_pos.unsqueeze(1)
+        else:
+            n, v, d = others.shape
+            rest = _one_point(others.reshape(n * v, d))[0].reshape(n, v, d)
+        pos_ok = torch.isfinite(rest).all(dim=2).all(dim=1).view(-1, 1, 1)
+        views = torch.cat([z.unsqueeze(1), torch.where(pos_ok, rest, torch.zeros_like(rest))], dim=1)
         value = run("lidar", lambda: M.lidar(views))
         if value is not None:
             scalars["lidar"] = torch.where(any_bad | ~pos_ok.all(), nan.to(value.dtype), value)

@@ -110,9 +110,13 @@ def _prepare(rows: Rows, device: torch.device) -> Rows:
         raise ValueError(f"Expected the rows `z` to be a 2-D tensor (N, D), got {got}.")
     if z.shape[0] == 0:
         return None, None, None
-    if z_pos is not None and (not isinstance(z_pos, torch.Tensor) or tuple(z_pos.shape) != tuple(z.shape)):
+    pos_ok = isinstance(z_pos, torch.Tensor) and (
+        tuple(z_pos.shape) == tuple(z.shape)
+        or (z_pos.ndim == 3 and z_pos.shape[0] == z.shape[0] and z_pos.shape[2] == z.shape[1]))
+    if z_pos is not None and not pos_ok:
         got = tuple(z_pos.shape) if isinstance(z_pos, torch.Tensor) else type(z_pos).__name__
-        raise ValueError(f"Expected `z_pos` to match `z` {tuple(z.shape)}, got {got}.")
+        raise ValueError(f"Expected `z_pos` to match `z` {tuple(z.shape)} (or the other views, "
+                         f"({z.shape[0]}, V-1, {z.shape[1]})), got {got}.")
     if labels is not None and (not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (z.shape[0],)):
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"Expected `labels` of shape ({z.shape[0]},), got {got}.")
@@ -147,7 +151,8 @@ def gather_rows(rows: Rows, *, max_rows: Optional[int] = None, seed: int = 0) ->
     (``labels``) is gathered only when every rank that has rows has it, else ``None``.
 
     Args:
-        rows: this rank's ``(z (N, D), z_pos (N, D) or None, labels (N,) or None)``; ``N`` may be 0.
+        rows: this rank's ``(z (N, D), z_pos (N, D), (N, V - 1, D) or None, labels (N,) or None)``; ``N``
+            may be 0. With other views, ranks that hold different numbers of them contribute the fewest.
         max_rows: bound on the gathered rows (memory and the O(N^2) pairwise metrics). When the ranks hold
             more, each contributes a uniform random subset of its rows, of a size proportional to its count.
             ``None``: no bound.
@@ -177,7 +182,9 @@ def gather_rows(rows: Rows, *, max_rows: Optional[int] = None, seed: int = 0) ->
     # collective 1: what every rank holds
     n = 0 if z is None else int(z.shape[0])
     d = 0 if z is None else int(z.shape[1])
-    meta = torch.tensor([n, d, int(z_pos is not None), int(labels is not None)], dtype=torch.long, device=dev)
+    # the other views: (N, D) for a paired view, (N, V - 1, D) for more; gathered flat, (N, (V - 1) * D)
+    others = 0 if z_pos is None else (int(z_pos.shape[1]) if z_pos.ndim == 3 else 1)
+    meta = torch.tensor([n, d, others, int(labels is not None)], dtype=torch.long, device=dev)
     metas = [torch.zeros_like(meta) for _ in range(world)]
     torch.distributed.all_gather(metas, meta)
     info = torch.stack(metas).cpu().tolist()
@@ -193,11 +200,12 @@ def gather_rows(rows: Rows, *, max_rows: Optional[int] = None, seed: int = 0) ->
             "hand over rows of one width per tap (use a separate tap for each width)."
         )
     width = widths.pop()
-    has_pos = all(i[2] for i in holders)
+    n_pos = min(i[2] for i in holders)  # a view that some rank lacks is dropped everywhere
+    has_pos = n_pos > 0
     has_labels = all(i[3] for i in holders)
     quotas = _quotas([i[0] for i in info], max_rows)
     max_q = max(quotas)
-    cols = width * (2 if has_pos else 1)
+    cols = width * (1 + n_pos)
 
     # local work that can fail (allocation, sub-sampling): agree on its outcome before the data collectives
     prep_error: Optional[BaseException] = None
@@ -207,6 +215,8 @@ def gather_rows(rows: Rows, *, max_rows: Optional[int] = None, seed: int = 0) ->
         lsend = torch.zeros(max_q, dtype=torch.long, device=dev) if has_labels else None
         lrecv = [torch.empty_like(lsend) for _ in range(world)] if has_labels else []
         q = quotas[me]
+        if has_pos and z_pos is not None:
+            z_pos = (z_pos.unsqueeze(1) if z_pos.ndim == 2 else z_pos)[:, :n_pos].reshape(n, n_pos * width)
         if q:
             idx = None
             if q < n:
@@ -236,7 +246,10 @@ def gather_rows(rows: Rows, *, max_rows: Optional[int] = None, seed: int = 0) ->
         torch.distributed.all_gather(lrecv, lsend)
     flat = torch.cat([part[:q] for part, q in zip(recv, quotas)])
     out_z = flat[:, :width].contiguous().to(local_device)
-    out_pos = flat[:, width:].contiguous().to(local_device) if has_pos else None
+    out_pos = None
+    if has_pos:
+        out_pos = flat[:, width:].contiguous().to(local_device)
+        out_pos = out_pos if n_pos == 1 else out_pos.reshape(-1, n_pos, width)
     out_labels = torch.cat([part[:q] for part, q in zip(lrecv, quotas)]).to(local_device) if has_labels else None
     _raise_local(local_error, me)
     return out_z, out_pos, out_labels

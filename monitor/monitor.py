@@ -145,8 +145,8 @@ class Monitor:
         ``(B, T, H)`` tensors need ``pool=`` ('mean', 'first' or 'last').
 
         ``views=`` takes the augmented views of each sample as one ``(B, V, D)`` tensor, ``V >= 2``, instead of
-        ``z, z_pos`` (pass ``z=None``): views 0 and 1 are buffered as ``z`` and ``z_pos`` (``lidar`` then uses
-        those two; for more views per sample call :func:`spherewatch.metrics.lidar` directly).
+        ``z, z_pos`` (pass ``z=None``): every view is buffered (``V`` x the memory of one); ``lidar`` uses all ``V``
+        views of a row as its surrogate class, the pair metrics (``alignment``, ``uniformity_pos``) views 0 and 1.
         """
         self._sampler.observe(z, z_pos, tap=tap, labels=labels, pool=pool, views=views)
 

@@ -77,10 +77,15 @@ def validate_batch(tap: str, z: Any, name: str, pool: Optional[str]) -> torch.Te
     return z
 
 
-def validate_rows(tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str]) -> Rows:
-    """Validate a batch, its paired view and its labels together."""
+def validate_rows(tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str], *, views: bool = False) -> Rows:
+    """Validate a batch, its paired view and its labels together. With ``views``, ``z_pos`` may hold the other
+    views of each row, ``(N, V - 1, D)`` (``observe(views=...)`` with ``V > 2``)."""
     z = validate_batch(tap, z, "z", pool)
-    if z_pos is not None:
+    if isinstance(z_pos, torch.Tensor) and z_pos.ndim == 3 and views:  # the other views of observe(views=)
+        if z_pos.shape[0] != z.shape[0] or z_pos.shape[2] != z.shape[1] or not z_pos.is_floating_point():
+            raise ValueError(f"Expected the other views for tap {tap!r} of shape ({z.shape[0]}, V-1, {z.shape[1]}) "
+                             f"and a floating dtype, got {tuple(z_pos.shape)} {z_pos.dtype}.")
+    elif z_pos is not None:
         z_pos = validate_batch(tap, z_pos, "z_pos", pool)
         if z_pos.shape != z.shape:
             raise ValueError(
@@ -142,8 +147,11 @@ class Sampler:
                 if not isinstance(views, torch.Tensor) or views.ndim != 3 or views.shape[1] < 2:
                     got = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
                     raise ValueError(f"Expected `views` for tap {tap!r} of shape (B, V, D) with V >= 2, got {got}.")
-                z, z_pos = views[:, 0], views[:, 1]
-            self.add(tap, z, z_pos, labels, pool)
+                if not views.is_floating_point():
+                    raise TypeError(f"Expected `views` for tap {tap!r} to have a floating dtype, got {views.dtype}.")
+                # view 0 is the row; the others are its positives: (B, D) for two views, (B, V - 1, D) for more
+                z, z_pos = views[:, 0], (views[:, 1] if views.shape[1] == 2 else views[:, 1:])
+            self.add(tap, z, z_pos, labels, pool, views=views is not None)
         except Exception as exc:
             self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")
 
@@ -151,9 +159,9 @@ class Sampler:
         z, z_pos, tap, labels, pool, views = args
         self.observe(z, z_pos, tap=tap, labels=labels, pool=pool, views=views)
 
-    def add(self, tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str]) -> None:
+    def add(self, tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str], *, views: bool = False) -> None:
         """Validate and buffer one batch for ``tap`` (raises on bad input)."""
-        z, z_pos, labels = validate_rows(tap, z, z_pos, labels, pool)
+        z, z_pos, labels = validate_rows(tap, z, z_pos, labels, pool, views=views)
         buf = self._buffers.get(tap)
         if buf is None:
             self._check_buffer_bytes(tap, z, z_pos)
@@ -169,7 +177,7 @@ class Sampler:
     def _check_buffer_bytes(self, tap: str, z: torch.Tensor, z_pos: Optional[torch.Tensor]) -> None:
         """Refuse a tap whose buffer would exceed ``max_buffer_bytes`` -- before anything is allocated."""
         cfg = self.config
-        views = 1 if z_pos is None else 2
+        views = 1 if z_pos is None else 1 + (int(z_pos.shape[1]) if z_pos.ndim == 3 else 1)
         need = cfg.max_samples * int(z.shape[1]) * 4 * views  # rows are kept in fp32
         if need > cfg.max_buffer_bytes:
             raise MemoryError(

@@ -10,8 +10,9 @@ then SVD of R are within 1.3e-4 (their spurious singular values at ``eps32 * sig
 low-rank data). Speed on one CPU thread (``benchmarks/metrics.py --only rank``): 1.1-1.9x faster than fp32
 ``svdvals`` at D = 1024-2048 (the Gram is a GEMM, only its upper block triangle from D = 1024, and the ``D x D``
 eigenproblem is small, while ``svdvals`` of a tall matrix runs a Householder QR of all N rows first), 0.74-1.36x at
-D <= 512, where the fp64 copy of the rows costs as much as fp32 ``svdvals``. Grams add up across batches and
-ranks, so the route streams.
+D <= 512, where the fp64 GEMM (half the fp32 rate) costs as much as fp32 ``svdvals``: there, for uncentred CPU
+input, :func:`~spherewatch.metrics.effective_rank` calls ``svdvals`` itself (accurate too: within 2e-4). Grams add
+up across batches and ranks, so the route streams (and the DDP path and ``spectrum`` always use it).
 
 GPU safety: ``eigvalsh``/``eigh`` can fail or mis-converge on large low-rank matrices on CUDA (pytorch #94772,
 #105359) and CUDA has no bf16 decompositions (#98308). Every decomposition here runs on an fp64 copy; when the
@@ -29,6 +30,12 @@ __all__ = ["DecompositionFallbackWarning", "gram64", "rows_gram64", "eigvalsh64"
 
 
 _COL_BLOCK = 256  # column block of the upper-triangular Gram (measured best of 128/256/512 on 1 thread)
+
+
+def _chunk_rows(k: int) -> int:
+    """Rows per fp64 chunk: ~4 MB of fp64 (cache-sized: 10-15% faster than 32 MB chunks at D <= 512 on one
+    thread), at least 1024 rows so that the GEMMs stay large."""
+    return max(1024, (1 << 19) // max(k, 1))
 
 
 class DecompositionFallbackWarning(UserWarning):
@@ -52,7 +59,7 @@ def gram64(
         a = a.T
     m, k = a.shape
     g = torch.zeros(k, k, dtype=torch.float64, device=a.device)
-    rows = max(256, (1 << 22) // max(k, 1))
+    rows = _chunk_rows(k)
     for r in range(0, m, rows):
         b = a[r : r + rows]
         b = transform(b) if transform is not None else b.to(torch.float64)
@@ -83,17 +90,29 @@ def rows_gram64(x: torch.Tensor, *, normalize: bool, center: bool, side: str = "
     # always a copy: the in-place steps below must never write into the caller's (fp64) tensor
     prep = (lambda b: _normalized64(b.to(torch.float64, copy=True))) if normalize else (
         lambda b: b.to(torch.float64, copy=True))
-    transform = prep
-    if center:
-        rows = max(256, (1 << 22) // max(d, 1))
-        total = torch.zeros(d, dtype=torch.float64, device=x.device)
-        for r in range(0, n, rows):
-            total += prep(x[r : r + rows]).sum(dim=0)
-        mean = total / n
-        transform = lambda b: prep(b).sub_(mean)  # noqa: E731
+    if not center:
+        if side == "features" or n >= d:
+            return gram64(x, prep)
+        return gram64(prep(x), transpose=True)  # N < D: the N x D fp64 copy is at most D^2 elements
+    # Centred in one pass over the rows, with a shift: sum (z - s)(z - s)^T and sum (z - s) around the mean s of
+    # the first chunk, then sum (z - m)(z - m)^T = S - n (m - s)(m - s)^T. With s that close to the mean the
+    # correction is tiny and cancels nothing (near collapse, 1e-5 around a common direction, the uncorrected
+    # formula would subtract two numbers equal to 10 digits); same result as two passes to ~1e-12 relative.
+    shift = prep(x[: _chunk_rows(d)]).mean(dim=0)
     if side == "features" or n >= d:
-        return gram64(x, transform)
-    return gram64(transform(x), transpose=True)  # N < D: the N x D fp64 copy is at most D^2 elements
+        total = torch.zeros(d, dtype=torch.float64, device=x.device)
+
+        def shifted(b: torch.Tensor) -> torch.Tensor:
+            b = prep(b).sub_(shift)
+            total.add_(b.sum(dim=0))
+            return b
+
+        g = gram64(x, shifted)
+        delta = total / n
+        return g.sub_(torch.outer(delta, delta).mul_(n))
+    z = prep(x)  # N < D: the N x D fp64 copy is at most D^2 elements
+    z.sub_(z.mean(dim=0))
+    return gram64(z, transpose=True)
 
 
 def _fallback(what: str, fn, g: torch.Tensor, err: Optional[BaseException]):

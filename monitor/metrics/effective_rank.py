@@ -1,9 +1,12 @@
 """Effective rank / RankMe (Roy & Vetterli, 2007; Garrido et al., 2023)."""
 from __future__ import annotations
 
-import torch
+import warnings
 
-from spherewatch.metrics._linalg import eigvalsh64, rows_gram64
+import torch
+import torch.nn.functional as F
+
+from spherewatch.metrics._linalg import DecompositionFallbackWarning, eigvalsh64, rows_gram64
 from spherewatch.metrics._validation import as_embeddings
 
 __all__ = ["effective_rank", "effective_rank_from_gram", "entropy_effective_rank"]
@@ -58,17 +61,19 @@ def effective_rank(x: torch.Tensor, *, center: bool = False, normalize: bool = T
 
     with ``0 log 0 = 0`` and no epsilon (an epsilon inflates the value, METRICS.md) and no numerical-rank cut.
 
-    How it is computed, and why: the rows are prepared in fp64 (L2-normalised, centred), the Gram of the smaller
-    side (``Z^T Z`` when ``N >= D``, else ``Z Z^T``) is accumulated in fp64 and decomposed with an fp64
-    ``eigvalsh``; ``sigma_k = sqrt(lambda_k)``. Measured against an fp64 SVD of the same rows (isotropic data,
-    power laws ``sigma_i ~ i^-a`` for a in 0.5..1.5, exact rank 1/8/64, one vector plus 1e-2..1e-5 noise, D up to
-    4096, N below and above D): fp64 Gram within ~1e-5 relative; fp32 ``svdvals`` and QR-then-SVD within ~1e-4
-    (their ``eps32 * sigma_max`` spurious singular values add entropy to exactly low-rank data); an fp32 Gram
-    is off by up to 2x (it resolves ``sigma`` only down to ~``sqrt(D * eps32) * sigma_max``, and a cut there drops
-    a realistic tail: 213 instead of 469 at a=0.75, D=1024). On one CPU thread the fp64 Gram is 1.1-1.9x faster
-    than fp32 ``svdvals`` at D = 1024-2048 and 0.74-1.36x its speed at D <= 512 (``benchmarks/metrics.py``); it
-    streams (Grams add up: :func:`effective_rank_from_gram`) and the decomposition falls back to the CPU when a
-    device solver fails (``DecompositionFallbackWarning``).
+    How it is computed, and why (measured against an fp64 SVD of the same rows on isotropic data, power laws
+    ``sigma_i ~ i^-a`` for a in 0.5..1.5, exact rank 1/8/64, one vector plus 1e-2..1e-5 noise, D up to 4096, N
+    below and above D; ``benchmarks/metrics.py`` prints the table): the fp64 route prepares the rows in fp64
+    (L2-normalised, centred in one shifted pass), accumulates the Gram of the smaller side (``Z^T Z`` when
+    ``N >= D``, else ``Z Z^T``) in fp64 and decomposes it with an fp64 ``eigvalsh``: within ~1e-5 relative
+    everywhere. fp32 ``svdvals`` is within ~2e-4 (its ``eps32 * sigma_max`` round-off singular values add
+    entropy to exactly low-rank data), and an fp32 Gram is off by up to 2x (it resolves ``sigma`` only down to
+    ~``sqrt(D * eps32) * sigma_max``: 213 instead of 469 at a=0.75, D=1024). Which route runs is chosen by
+    speed, as both are accurate: on the CPU, for uncentred fp32/bf16/fp16 input with ``min(N, D) <= 512``
+    (:data:`SVDVALS_MAX_SIDE`), fp32 ``svdvals``, which is as fast as or faster than the fp64 Gram there (the
+    fp64 GEMM runs at half the fp32 rate); everywhere else the fp64 Gram, 1.0-1.7x faster than ``svdvals`` at
+    D = 1024-2048 on one CPU thread, streamable (Grams add up: :func:`effective_rank_from_gram`) and with a CPU
+    fallback when a device solver fails (``DecompositionFallbackWarning``).
 
     Args:
         x: ``(N, D)`` embeddings, ``N >= 2``, any float dtype (bf16/fp16 are upcast).
@@ -97,5 +102,40 @@ def effective_rank(x: torch.Tensor, *, center: bool = False, normalize: bool = T
     References: Roy & Vetterli, "The effective rank", EUSIPCO 2007; Garrido et al., "RankMe", ICML 2023.
     """
     x = as_embeddings(x)
+    if _svdvals_is_faster(x, center):
+        sigma = _svdvals32(F.normalize(x, dim=1) if normalize else x)
+        if sigma is not None:
+            return entropy_effective_rank(sigma).to(x.dtype)
     g = rows_gram64(x, normalize=normalize, center=center)
     return _erank_of_gram64(g).to(x.dtype)
+
+
+#: Largest smaller side for which fp32 ``svdvals`` is used on the CPU (measured, one thread: at ``min(N, D) <=
+#: 512`` it is as fast as or faster than the fp64 Gram -- the fp64 GEMM runs at half the fp32 rate and the ``D x
+#: D`` eigenproblem is small, so neither wins by much -- and within 2e-4 relative of an fp64 SVD on every regime).
+SVDVALS_MAX_SIDE = 512
+
+
+def _svdvals_is_faster(x: torch.Tensor, center: bool) -> bool:
+    """fp32 ``svdvals`` for small, uncentred CPU inputs; everything else (GPU, fp64 input, centring, wide
+    shapes) takes the fp64 Gram."""
+    return x.device.type == "cpu" and x.dtype != torch.float64 and not center and min(x.shape) <= SVDVALS_MAX_SIDE
+
+
+def _svdvals32(z: torch.Tensor):
+    """Singular values of fp32 ``z``, or ``None`` when LAPACK fails or returns non-finite values: the caller then
+    takes the fp64 Gram route (a :class:`DecompositionFallbackWarning` says so when the input was finite; a
+    non-finite input goes there silently and gives NaN, as on every route)."""
+    err = None
+    try:
+        sigma = torch.linalg.svdvals(z)
+        if bool(torch.isfinite(sigma).all()):  # CPU only: no device sync
+            return sigma
+    except (torch.linalg.LinAlgError, RuntimeError) as exc:
+        err = exc
+    if bool(torch.isfinite(z).all()):
+        reason = f"{type(err).__name__}: {err}" if err is not None else "non-finite singular values"
+        warnings.warn(DecompositionFallbackWarning(
+            f"svdvals of a {tuple(z.shape)} {z.dtype} matrix on {z.device} failed ({reason}); recomputed on the CPU "
+            "in float64 (fp64 Gram)."), stacklevel=3)
+    return None

@@ -281,8 +281,26 @@ def bounded_gather(rank: int, out: str):
     return {"index": index, "labels_match": labels_match, "checksum": gz.double().sum().item()}
 
 
+def many_views(rank: int, out: str):
+    """observe(views=(B, 4, D)) on 37 + 64 rows: every view is gathered; LiDAR of all four views and alignment of
+    views 0 and 1 equal the single-process values."""
+    g = torch.Generator().manual_seed(11)
+    views = torch.randn(sum(COUNTS), 1, D, generator=g) + 0.3 * torch.randn(sum(COUNTS), 4, D, generator=g)
+    mine = views[my_slice(rank)]
+    gz, gp, _ = sw_dist.gather_rows((mine[:, 0], mine[:, 1:], None))
+    gathered_equal = bool(torch.equal(gz, views[:, 0]) and torch.equal(gp, views[:, 1:]))
+    mon = new_monitor(out, rank, "views", metrics=("lidar", "alignment"))
+    mon.observe(views=mine)
+    mon.step(0)
+    got = values_of(mon)
+    mon.close()
+    ref = {"lidar": sw.metrics.lidar(views).item(), "alignment": sw.metrics.alignment(views[:, 0], views[:, 1]).item()}
+    return {"gathered_equal": gathered_equal, "monitor": got, "ref": ref}
+
+
 SCENARIOS = [
     uneven_batches,
+    many_views,
     zero_rows_on_one_rank,
     sinks_on_rank_zero_only,
     stop_is_or_reduced,

@@ -96,6 +96,13 @@ def test_global_metrics_equal_single_process_metrics_with_uneven_batches(battery
             assert close(res["monitor"][name], res["ref"][name]), (rank, name, res["monitor"][name], res["ref"][name])
 
 
+def test_every_view_of_observe_views_is_gathered_and_measured(battery):
+    for rank, res in enumerate(scenario(battery, "many_views")):
+        assert res["gathered_equal"], f"rank {rank}: the (N, V - 1, D) views were not gathered in rank order"
+        for name in ("lidar", "alignment"):
+            assert close(res["monitor"][name], res["ref"][name]), (rank, name, res["monitor"], res["ref"])
+
+
 def test_rank_with_zero_rows_gets_the_other_ranks_rows(battery):
     for rank, res in enumerate(scenario(battery, "zero_rows_on_one_rank")):
         assert res["gathered_equal"], f"rank {rank}"

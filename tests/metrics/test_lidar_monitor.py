@@ -32,6 +32,35 @@ def test_monitor_logs_lidar_from_z_and_z_pos_and_from_views():
     assert _logged_lidar(z=x[:, 0]) is None  # one view: nothing to measure
 
 
+def test_monitor_uses_every_view_of_observe_views():
+    x = _views(v=5)
+    assert _logged_lidar(views=x) == pytest.approx(M.lidar(x).item(), rel=1e-5)
+    assert M.lidar(x).item() != pytest.approx(M.lidar(x[:, :2]).item(), rel=1e-2)  # the extra views matter
+    sink = MemorySink()
+    with sw.Monitor(every_n_steps=1, metrics=["alignment", "uniformity_pos"], sinks=[sink], warn=False,
+                    strict=True) as mon:
+        mon.observe(views=x)
+        mon.step(0)
+    assert sink.last("spherewatch/embeddings/alignment") == pytest.approx(M.alignment(x[:, 0], x[:, 1]).item(),
+                                                                          rel=1e-5)
+
+
+def test_micro_batches_of_views_fill_one_window_and_another_view_count_there_is_reported():
+    x = _views(b=64, v=3)
+    sink = MemorySink()
+    with sw.Monitor(every_n_steps=1, preset="full", sinks=[sink], warn=False, every_micro_batch=True) as mon:
+        mon.observe(views=x[:32])
+        mon.observe(views=x[32:])
+        mon.step(0)
+        assert mon.last_values["spherewatch/embeddings/lidar"] == pytest.approx(M.lidar(x).item(), rel=1e-5)
+        assert mon.last_values["spherewatch/embeddings/rows"] == 64
+        mon.observe(views=x[:32])
+        mon.observe(views=_views(b=32, v=4))  # same window, another number of views: reported, not crashing
+        mon.step(1)
+        assert mon.last_values["spherewatch/embeddings/rows"] == 32
+        assert any(key.startswith("capture") for key in mon.faults), mon.faults
+
+
 def test_observe_rejects_views_together_with_z():
     x = _views()
     with sw.Monitor(every_n_steps=1, sinks=[MemorySink()], warn=False) as mon:
