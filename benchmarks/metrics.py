@@ -100,18 +100,15 @@ def _rank_child(n: int, d: int, a: float, threads: int, repeats: int) -> dict:
     M.effective_rank(torch.randn(64, 16))  # warm-up
     # interleaved, order alternating, best of runs: on a shared machine the load drifts between runs, and the
     # second of two back-to-back calls finds warm caches; cheap sizes get more runs (at least 7 below 1 s)
-    t_ours = t_ref = float("inf")
-    ours = ref32 = None
+    routes = [("ours", lambda: float(M.effective_rank(x))), ("svd32", svdvals32)]
+    value, best = {}, {"ours": float("inf"), "svd32": float("inf")}
     for i in range(max(repeats, 7)):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            if which == 0:
-                ours, t = timed(lambda: float(M.effective_rank(x)))
-                t_ours = min(t_ours, t)
-            else:
-                ref32, t = timed(svdvals32)
-                t_ref = min(t_ref, t)
-        if i + 1 >= repeats and max(t_ours, t_ref) > 1.0:
+        for name, fn in routes if i % 2 == 0 else routes[::-1]:
+            value[name], t = timed(fn)
+            best[name] = min(best[name], t)
+        if i + 1 >= repeats and max(best.values()) > 1.0:
             break
+    ours, ref32, t_ours, t_ref = value["ours"], value["svd32"], best["ours"], best["svd32"]
     old = old_fp32_gram()
     truth = erank(torch.linalg.svdvals(F.normalize(x.double(), dim=1)))
     return {"ours": ours, "t_ours": t_ours, "svd32": ref32, "t_svd32": t_ref, "old": old, "fp64": truth}

@@ -121,11 +121,14 @@ def compute_tap_metrics(
     zz, tiny = point
     if "norm_stats" in want:
         scalars["zero_norm_fraction"] = tiny.float().mean()
-    zp = others = None
-    if z_pos is not None and z_pos.ndim == 3:  # observe(views=...) with V > 2: (N, V - 1, D)
-        others, z_pos = z_pos, z_pos[:, 0]  # the pair metrics read view 1, LiDAR every view
+    zp = zp_views = None
     if z_pos is not None:
-        zp = run("alignment" if "alignment" in want else "uniformity_pos", lambda: _one_point(z_pos)[0])
+        # the other views of each row, (N, V - 1, D) (V > 2 from observe(views=...)); the pair metrics read view 1,
+        # LiDAR every view
+        pos = z_pos if z_pos.ndim == 3 else z_pos.unsqueeze(1)
+        zp_views = run("alignment" if "alignment" in want else "uniformity_pos",
+                       lambda: _one_point(pos.flatten(0, 1))[0].reshape(pos.shape))
+        zp = None if zp_views is None else zp_views[:, 0]
 
     def scalar(name: str, fn: Callable[[], torch.Tensor]) -> None:
         v = run(name, fn)
@@ -152,13 +155,13 @@ def compute_tap_metrics(
         except Exception as exc:  # noqa: BLE001
             sink["nc1"] = exc
     if spectral and want & SPECTRAL_METRICS:
-        _spectral(zz, zp, want, scalars, hists, run, others=others)
+        _spectral(zz, zp_views, want, scalars, hists, run)
     _add_stderr(scalars, zz, zp, t=t, alpha=alpha, run=run)
     _finish(failures, sink)
     return scalars, hists
 
 
-def _spectral(z, z_pos, want, scalars, hists, run, others=None) -> None:
+def _spectral(z, z_views, want, scalars, hists, run) -> None:
     # LAPACK refuses non-finite input: decompose with those rows zeroed, then report NaN for the whole
     # spectral family when any row was non-finite (no host sync: masks, not branches).
     finite_rows = torch.isfinite(z).all(dim=1, keepdim=True)
@@ -193,16 +196,11 @@ def _spectral(z, z_pos, want, scalars, hists, run, others=None) -> None:
         scalars[name] = torch.where(any_bad, nan.to(scalars[name].dtype), scalars[name])
     for name in hists:
         hists[name] = torch.where(any_bad, nan.to(hists[name].dtype), hists[name])
-    if "lidar" in want and z_pos is not None:
-        # LiDAR (issue 10): the views of each row (two, or V from observe(views=...)) are one surrogate class;
+    if "lidar" in want and z_views is not None:
+        # LiDAR (issue 10): the views of each row (z and its other views, (N, V - 1, D)) are one surrogate class;
         # NaN when any row of any view is non-finite
-        if others is None:
-            rest = z_pos.unsqueeze(1)
-        else:
-            n, v, d = others.shape
-            rest = _one_point(others.reshape(n * v, d))[0].reshape(n, v, d)
-        pos_ok = torch.isfinite(rest).all(dim=2).all(dim=1).view(-1, 1, 1)
-        views = torch.cat([z.unsqueeze(1), torch.where(pos_ok, rest, torch.zeros_like(rest))], dim=1)
+        pos_ok = torch.isfinite(z_views).all(dim=2).all(dim=1).view(-1, 1, 1)
+        views = torch.cat([z.unsqueeze(1), torch.where(pos_ok, z_views, torch.zeros_like(z_views))], dim=1)
         value = run("lidar", lambda: M.lidar(views))
         if value is not None:
             scalars["lidar"] = torch.where(any_bad | ~pos_ok.all(), nan.to(value.dtype), value)

@@ -147,8 +147,6 @@ class Sampler:
                 if not isinstance(views, torch.Tensor) or views.ndim != 3 or views.shape[1] < 2:
                     got = tuple(views.shape) if isinstance(views, torch.Tensor) else type(views).__name__
                     raise ValueError(f"Expected `views` for tap {tap!r} of shape (B, V, D) with V >= 2, got {got}.")
-                if not views.is_floating_point():
-                    raise TypeError(f"Expected `views` for tap {tap!r} to have a floating dtype, got {views.dtype}.")
                 # view 0 is the row; the others are its positives: (B, D) for two views, (B, V - 1, D) for more
                 z, z_pos = views[:, 0], (views[:, 1] if views.shape[1] == 2 else views[:, 1:])
             self.add(tap, z, z_pos, labels, pool, views=views is not None)

@@ -90,29 +90,28 @@ def rows_gram64(x: torch.Tensor, *, normalize: bool, center: bool, side: str = "
     # always a copy: the in-place steps below must never write into the caller's (fp64) tensor
     prep = (lambda b: _normalized64(b.to(torch.float64, copy=True))) if normalize else (
         lambda b: b.to(torch.float64, copy=True))
+    if side != "features" and n < d:  # Z Z^T: the N x D fp64 copy is at most D^2 elements
+        z = prep(x)
+        if center:
+            z.sub_(z.mean(dim=0))
+        return gram64(z, transpose=True)
     if not center:
-        if side == "features" or n >= d:
-            return gram64(x, prep)
-        return gram64(prep(x), transpose=True)  # N < D: the N x D fp64 copy is at most D^2 elements
+        return gram64(x, prep)
     # Centred in one pass over the rows, with a shift: sum (z - s)(z - s)^T and sum (z - s) around the mean s of
     # the first chunk, then sum (z - m)(z - m)^T = S - n (m - s)(m - s)^T. With s that close to the mean the
     # correction is tiny and cancels nothing (near collapse, 1e-5 around a common direction, the uncorrected
     # formula would subtract two numbers equal to 10 digits); same result as two passes to ~1e-12 relative.
     shift = prep(x[: _chunk_rows(d)]).mean(dim=0)
-    if side == "features" or n >= d:
-        total = torch.zeros(d, dtype=torch.float64, device=x.device)
+    total = torch.zeros(d, dtype=torch.float64, device=x.device)
 
-        def shifted(b: torch.Tensor) -> torch.Tensor:
-            b = prep(b).sub_(shift)
-            total.add_(b.sum(dim=0))
-            return b
+    def shifted(b: torch.Tensor) -> torch.Tensor:
+        b = prep(b).sub_(shift)
+        total.add_(b.sum(dim=0))
+        return b
 
-        g = gram64(x, shifted)
-        delta = total / n
-        return g.sub_(torch.outer(delta, delta).mul_(n))
-    z = prep(x)  # N < D: the N x D fp64 copy is at most D^2 elements
-    z.sub_(z.mean(dim=0))
-    return gram64(z, transpose=True)
+    g = gram64(x, shifted)
+    delta = total / n
+    return g.sub_(torch.outer(delta, delta).mul_(n))
 
 
 def _fallback(what: str, fn, g: torch.Tensor, err: Optional[BaseException]):
