@@ -60,6 +60,12 @@ def main():
         json.dump({"global_step": trainer.state.global_step, "should_stop": mon.should_stop,
                    "world": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
                    "history": history}, f)
+    # The HF Trainer leaves the process group it created alive. A gloo group still alive at interpreter exit can
+    # abort the process ("terminate called without an active exception", pytorch/pytorch#190489), so a script that
+    # ends a DDP run, as this one does, destroys it; Lightning does the same in an atexit hook.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
