@@ -31,8 +31,8 @@ def test_known_values_from_metrics_md():
     # identical rows: 1 within the issue-10 tolerance for exact rank k (1e-3 * k). No numerical-rank cut: the
     # round-off singular values (~eps32 * sigma_max from fp32 svdvals, the CPU route at this size; ~1e-8 * sigma_max
     # from the fp64 Gram) read 1.00001, and a cut would drop real tails (METRICS.md "Precision")
-    assert effective_rank(torch.randn(1, 32).repeat(500, 1)).item() == pytest.approx(1.0, abs=1e-4)
-    assert effective_rank(torch.randn(1, 32).double().repeat(500, 1)).item() == pytest.approx(1.0, abs=1e-4)
+    assert effective_rank(torch.randn(1, 32).repeat(500, 1)).item() == pytest.approx(1.0, abs=1e-3)
+    assert effective_rank(torch.randn(1, 32).double().repeat(500, 1)).item() == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])
@@ -41,8 +41,11 @@ def test_rank_k_isotropic_data_reads_about_k(k):
     basis = torch.linalg.qr(torch.randn(128, k, generator=g))[0]
     x = torch.randn(8192, k, generator=g) @ basis.T
     value = effective_rank(x).item()
-    # isotropic in the subspace: singular values equal up to O(sqrt(k/N)) fluctuations
-    assert k * (1 - 4 * k / 8192) - 1e-4 <= value <= k + 1e-4
+    # isotropic in the subspace: singular values equal up to O(sqrt(k/N)) fluctuations. Above k only round-off:
+    # fp32 svdvals (the CPU route here) leaves 128 - k singular values near eps32 * sigma_max, whose entropy reads
+    # up to ~2e-4 * k above k depending on the BLAS (1.0001 on CI's machine for k = 1): the issue-10 tolerance
+    # for exact rank k, 1e-3 * k, bounds it
+    assert k * (1 - 4 * k / 8192) - 1e-4 <= value <= k * (1 + 1e-3)
 
 
 def test_common_offset_crushes_uncentred_rank_but_not_centred():
