@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 import spherewatch as sw
 
-KEY = "spherewatch/embeddings/uniformity"
+KEY = "spherewatch/uniformity"
 
 
 # --------------------------------------------------------------------------------------------------- training loop

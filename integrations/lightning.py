@@ -35,7 +35,7 @@ class MonitorCallback(LightningMonitorCallbackCore, Callback):
     * **Where it logs**: through the trainer's own loggers: a ``TensorBoardLogger``'s writer (the run's event
       file), an ``MLFlowLogger``'s run (no second run) and, for any other logger, its ``log_metrics``. Values are
       also logged with ``pl_module.log(key, value, logger=False)``, so ``EarlyStopping(monitor=...)`` and
-      ``ModelCheckpoint(monitor=...)`` can use a key such as ``"spherewatch/embeddings/effective_rank"``. With no
+      ``ModelCheckpoint(monitor=...)`` can use a key such as ``"spherewatch/effective_rank"``. With no
       logger and no configured sink, it writes ``<default_root_dir>/spherewatch/spherewatch.jsonl``.
     * **Validation-epoch metrics** (optional, ``val_tap="val_embeddings"``): the same source is also read during
       validation (the first ``max_samples`` rows of the epoch); the metrics are computed at the end of each

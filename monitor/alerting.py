@@ -91,7 +91,8 @@ class AlertPipeline:
         self.config = config
         self.faults = faults
         self.engine = AlertEngine(config.alert_rules, prefix=config.prefix,
-                                  loss_family=getattr(config, "loss_family", None))
+                                  loss_family=getattr(config, "loss_family", None), default_tap=config.default_tap,
+                                  key_scheme=config.key_scheme)
         channels: List[Any] = [_RankZeroChannel(LoggingChannel(warn=config.warn), every_rank=("fault",))]
         channels += [_FiredOnly(CallableChannel(fn)) for fn in callbacks]
         url = config.webhook_url.get_secret_value() if config.webhook_url is not None else os.environ.get(

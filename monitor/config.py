@@ -200,6 +200,10 @@ class MonitorConfig(BaseModel):
     # naming
     prefix: str = Field("spherewatch", min_length=1)
     default_tap: str = Field("embeddings", min_length=1)
+    key_scheme: Literal["short", "tap"] = Field(
+        "short", description="short: <prefix>/<metric> for the default tap, <prefix>/<tap>/<metric> for others; "
+                             "tap: <prefix>/<tap>/<metric> for every tap (the keys logged before key_scheme existed)"
+    )
     # sinks
     sinks: Optional[Tuple[SinkName, ...]] = Field(
         None, description="sinks to open; default: jsonl, unless the host hands its own sinks over"
@@ -323,6 +327,23 @@ class MonitorConfig(BaseModel):
             raise ValueError(f"{value!r} must be made of letters, digits, '_', '.' and '-' (it is part of every log "
                              "key, <prefix>/<tap>/<metric>)")
         return value
+
+    @field_validator("default_tap")
+    @classmethod
+    def _not_reserved(cls, value: str):
+        from spherewatch.keys import RESERVED_TAPS
+
+        if value in RESERVED_TAPS:
+            raise ValueError(f"default_tap={value!r} is reserved ({', '.join(RESERVED_TAPS)} name keys that are not "
+                             "metrics): pick another name, e.g. 'embeddings'")
+        return value
+
+    @property
+    def keys(self):
+        """The :class:`~spherewatch.keys.KeyScheme` of this configuration (how the Monitor names its keys)."""
+        from spherewatch.keys import KeyScheme
+
+        return KeyScheme(self.prefix, self.default_tap, self.key_scheme)
 
     @model_validator(mode="after")
     def _cross_field(self):

@@ -392,14 +392,16 @@ def _experiment_id(tracking_uri: str, experiment_name: str) -> Optional[str]:
 
 def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: str,
                    experiment_id: Optional[str], report: Optional[str], replaced: int, out) -> None:
+    from spherewatch.keys import parse_key
+
     keys = ["uniformity", "effective_rank", "mean_cosine", "alignment"]
     rows = [["run"] + keys + ["loss", "alerts", "verdict"]]
     for run_name, res in results.items():
-        vals = res["values"]
+        vals = {parts[1]: v for k, v in res["values"].items() if (parts := parse_key(k)) is not None}
         alerts = res["alerts"]
         verdict = (f"collapsed at step {min(a.step for a in alerts)}" if alerts else "healthy")
         rows.append([run_name] + [
-            f"{vals.get(f'spherewatch/embeddings/{k}', float('nan')):.4g}" for k in keys
+            f"{vals.get(k, float('nan')):.4g}" for k in keys
         ] + [f"{res['losses'][-1]:.3g}" if res["losses"] else "nan", str(len(alerts)), verdict])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s training, {setup:.0f} s setup)",

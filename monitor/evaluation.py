@@ -96,9 +96,9 @@ class Evaluator:
                                     f"{name} was not logged at this step; the other metrics were")
             for name in sc:
                 self._faults.recovered(f"metric:{tap}/{name}")
-            base = f"{cfg.prefix}/{tap}/"
-            tensors.update({base + k: v for k, v in sc.items()})
-            hists.update({base + k: v for k, v in hi.items()})
+            keys = cfg.keys
+            tensors.update({keys.key(k, tap): v for k, v in sc.items()})
+            hists.update({keys.key(k, tap): v for k, v in hi.items()})
         if not tensors:
             return {}, {}
         try:

@@ -4,11 +4,22 @@ One place defines how keys are built, in which order they are logged and shown, 
 dashboards they belong to and how to read them. TensorBoard's custom-scalars layout and tag descriptions,
 the order of keys sent to TensorBoard and MLflow, and the panels of ``spherewatch report`` all read it.
 
-Key scheme (public API, stable): ``<prefix>/<tap>/<metric>``, e.g. ``spherewatch/embeddings/uniformity``
-(default prefix ``spherewatch``, default tap ``embeddings``); the alert counter is ``<prefix>/alerts/count``.
-The keys stay as they are so that dashboards, rules and saved runs keep working; the *display* is short
-instead: chart titles are the catalogue's ``title`` ("uniformity", "effective rank"), one chart per
-metric with a line per tap.
+Key scheme (public API, stable; ``MonitorConfig.key_scheme``):
+
+* ``"short"`` (the default): the default tap's metrics are ``<prefix>/<metric>`` (``spherewatch/uniformity``), any
+  other tap's ``<prefix>/<tap>/<metric>`` (``spherewatch/encoder/uniformity``). Chart titles that MLflow and
+  TensorBoard cut at ~30 characters stay distinct (``spherewatch/effective_rank`` next to
+  ``spherewatch/effective_rank_centered``, instead of two ``spherewatch/embeddings/effective…``).
+* ``"tap"``: every key names its tap, ``<prefix>/<tap>/<metric>`` (``spherewatch/embeddings/uniformity``): the
+  keys spherewatch logged before ``key_scheme`` existed, for dashboards, rules and monitors
+  (``EarlyStopping(monitor=...)``) written against them.
+
+Both forms parse the same way (:func:`parse_key`): one segment after the prefix is a metric of the default tap,
+two are ``<tap>/<metric>``, so ``spherewatch report`` reads runs of either scheme and overlays them; the alert
+counter ``<prefix>/alerts/count`` and the fault keys ``<prefix>/monitor/<part>`` are never metric keys
+(``alerts``, ``monitor`` and ``params`` are reserved and cannot name a tap). Metric names hold no ``/``.
+Chart titles inside the custom-scalars layout are the catalogue's ``title`` ("uniformity", "effective rank"),
+one chart per metric with a line per tap.
 
 Categories, in this order:
 
@@ -20,9 +31,9 @@ Categories, in this order:
 
 Example:
     >>> from spherewatch.keys import describe, order_keys
-    >>> order_keys(["spherewatch/embeddings/norm_mean", "spherewatch/embeddings/uniformity"])
-    ['spherewatch/embeddings/uniformity', 'spherewatch/embeddings/norm_mean']
-    >>> describe("spherewatch/embeddings/effective_rank").category
+    >>> order_keys(["spherewatch/norm_mean", "spherewatch/uniformity"])
+    ['spherewatch/uniformity', 'spherewatch/norm_mean']
+    >>> describe("spherewatch/effective_rank").category
     'Collapse overview'
 """
 from __future__ import annotations
@@ -35,6 +46,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 __all__ = [
     "CATEGORIES",
     "CATALOGUE",
+    "KEY_SCHEMES",
+    "RESERVED_TAPS",
+    "KeyScheme",
     "LOSS_PATTERN",
     "ALERTS_INFO",
     "LOSS_INFO",
@@ -148,14 +162,29 @@ ALERTS_INFO = MetricInfo("alerts/count", "alerts fired", OVERVIEW,
                          "cumulative number of collapse alerts fired by spherewatch.", "1 or more", "0")
 
 
-def metric_key(metric: str, tap: str = "embeddings", prefix: str = "spherewatch") -> str:
-    """The log key of ``metric`` on ``tap``: ``<prefix>/<tap>/<metric>``.
+#: The key schemes (``MonitorConfig.key_scheme``): see the module docstring.
+KEY_SCHEMES: Tuple[str, ...] = ("short", "tap")
+#: Path segments that follow the prefix in keys that are not metrics: no tap (and no metric) may take these names.
+RESERVED_TAPS: Tuple[str, ...] = ("alerts", "monitor", "params")
+
+
+def metric_key(metric: str, tap: Optional[str] = None, prefix: str = "spherewatch", *,
+               default_tap: str = "embeddings", scheme: str = "short") -> str:
+    """The log key of ``metric`` on ``tap`` (default: the default tap) under the key ``scheme``.
 
     Example:
-        >>> metric_key("uniformity")
+        >>> metric_key("uniformity"), metric_key("uniformity", "encoder")
+        ('spherewatch/uniformity', 'spherewatch/encoder/uniformity')
+        >>> metric_key("uniformity", scheme="tap")
         'spherewatch/embeddings/uniformity'
     """
-    return f"{prefix.rstrip('/')}/{tap}/{metric}"
+    if scheme not in KEY_SCHEMES:
+        raise ValueError(f"Unknown key scheme {scheme!r}: use one of {list(KEY_SCHEMES)}.")
+    tap = default_tap if tap is None else tap
+    head = prefix.rstrip("/")
+    if scheme == "short" and tap == default_tap:
+        return f"{head}/{metric}"
+    return f"{head}/{tap}/{metric}"
 
 
 def alert_count_key(prefix: str = "spherewatch") -> str:
@@ -163,27 +192,68 @@ def alert_count_key(prefix: str = "spherewatch") -> str:
     return f"{prefix.rstrip('/')}/alerts/count"
 
 
-def parse_key(key: str, prefix: str = "spherewatch") -> Optional[Tuple[str, str]]:
-    """``(tap, metric)`` of ``<prefix>/<tap>/<metric>``; ``None`` for other keys (the metric may hold ``/``).
+def parse_key(key: str, prefix: str = "spherewatch", default_tap: str = "embeddings") -> Optional[Tuple[str, str]]:
+    """``(tap, metric)`` of a metric key of either scheme; ``None`` for other keys (the alert counter, fault keys,
+    the host's keys, another prefix).
 
     Example:
-        >>> parse_key("spherewatch/encoder/effective_rank")
-        ('encoder', 'effective_rank')
+        >>> parse_key("spherewatch/uniformity"), parse_key("spherewatch/embeddings/uniformity")
+        (('embeddings', 'uniformity'), ('embeddings', 'uniformity'))
+        >>> parse_key("spherewatch/encoder/effective_rank"), parse_key("spherewatch/alerts/count")
+        (('encoder', 'effective_rank'), None)
     """
     head = prefix.rstrip("/") + "/"
-    if not key.startswith(head):
+    if not isinstance(key, str) or not key.startswith(head):
         return None
-    tap, sep, metric = key[len(head):].partition("/")
-    if not tap or not sep or not metric:
+    first, sep, rest = key[len(head):].partition("/")
+    if not first or first in RESERVED_TAPS:
         return None
-    return tap, metric
+    if not sep:
+        return default_tap, first
+    if not rest:
+        return None
+    return first, rest
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyScheme:
+    """How one Monitor names its keys: ``prefix``, ``default_tap`` and ``scheme`` (``"short"`` or ``"tap"``).
+
+    Example:
+        >>> keys = KeyScheme()
+        >>> keys.key("uniformity"), keys.key("uniformity", "encoder")
+        ('spherewatch/uniformity', 'spherewatch/encoder/uniformity')
+        >>> keys.canonical("spherewatch/embeddings/uniformity")  # a key of the other scheme, in this one
+        'spherewatch/uniformity'
+    """
+
+    prefix: str = "spherewatch"
+    default_tap: str = "embeddings"
+    scheme: str = "short"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in KEY_SCHEMES:
+            raise ValueError(f"Unknown key scheme {self.scheme!r}: use one of {list(KEY_SCHEMES)}.")
+
+    def key(self, metric: str, tap: Optional[str] = None) -> str:
+        """The key of ``metric`` on ``tap`` (default: the default tap)."""
+        return metric_key(metric, tap, self.prefix, default_tap=self.default_tap, scheme=self.scheme)
+
+    def parse(self, key: str) -> Optional[Tuple[str, str]]:
+        """``(tap, metric)`` of a metric key of either scheme, ``None`` for other keys."""
+        return parse_key(key, self.prefix, self.default_tap)
+
+    def canonical(self, key: str) -> str:
+        """``key`` as this scheme writes it (a metric key of the other scheme is renamed; other keys are kept)."""
+        parts = self.parse(key)
+        return key if parts is None else self.key(parts[1], parts[0])
 
 
 def is_loss_key(key: str, prefix: str = "spherewatch") -> bool:
     """Whether ``key`` looks like the host's loss (outside the monitor's prefix).
 
     Example:
-        >>> [is_loss_key(k) for k in ("train/loss", "train_loss", "loss", "spherewatch/embeddings/uniformity")]
+        >>> [is_loss_key(k) for k in ("train/loss", "train_loss", "loss", "spherewatch/uniformity")]
         [True, True, True, False]
     """
     return not key.startswith(prefix.rstrip("/") + "/") and _LOSS.match(key) is not None

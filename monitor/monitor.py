@@ -317,7 +317,8 @@ class Monitor:
         self._sampler.armed = self._clock.armed
         self._should_stop = bool(state.get("should_stop", False))
         self._alerting.load_state_dict(state)
-        self.last_values = dict(state.get("last_values", {}))
+        keys = self.config.keys  # a run saved under the other key scheme continues under this one
+        self.last_values = {keys.canonical(k): v for k, v in dict(state.get("last_values", {})).items()}
         self._writer.load_state_dict(state.get("writer", {}))  # the same run: its spool folder and MLflow run
         self._sampler.clear()
 

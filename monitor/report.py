@@ -438,7 +438,7 @@ def verdict(data: RunData, prefix: str = "spherewatch") -> str:
     """One line: ``collapse detected at step 10, critical at step 20`` or ``healthy: no alerts in 300 steps``.
 
     Example:
-        >>> run = RunData("jsonl", "run.jsonl", {"spherewatch/embeddings/uniformity": [(0, -3.9), (300, -3.8)]}, {}, [])
+        >>> run = RunData("jsonl", "run.jsonl", {"spherewatch/uniformity": [(0, -3.9), (300, -3.8)]}, {}, [])
         >>> verdict(run)
         'healthy: no alerts in 300 steps'
     """

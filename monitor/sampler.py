@@ -50,12 +50,17 @@ def deferred_output_hook(
 
 
 def check_tap(tap: Any) -> str:
-    """A tap name is part of every key ``<prefix>/<tap>/<metric>``: letters, digits, ``_ . -`` only."""
+    """A tap name is part of every key ``<prefix>/<tap>/<metric>``: letters, digits, ``_ . -`` only, and none of
+    :data:`spherewatch.keys.RESERVED_TAPS`."""
     from spherewatch.config import _KEY_SAFE
+    from spherewatch.keys import RESERVED_TAPS
 
     if not isinstance(tap, str) or not _KEY_SAFE.match(tap):
         raise ValueError(f"Expected a tap name made of letters, digits, '_', '.' and '-' (it is part of the log keys "
                          f"<prefix>/<tap>/<metric>), got {tap!r}.")
+    if tap in RESERVED_TAPS:
+        raise ValueError(f"The tap name {tap!r} is reserved ({', '.join(RESERVED_TAPS)} name keys that are not "
+                         f"metrics): pass another `tap=`, e.g. {tap + '_embeddings'!r}.")
     return tap
 
 

@@ -4,7 +4,7 @@ deliver them (one ``CollapseWarning`` or one log record, a callable, a Slack-com
 Example:
     >>> from spherewatch.alerts import AlertEngine, default_rules
     >>> engine = AlertEngine(default_rules())
-    >>> engine.update(0, {"spherewatch/embeddings/uniformity": float("nan")})[0].rule
+    >>> engine.update(0, {"spherewatch/uniformity": float("nan")})[0].rule
     'nonfinite'
 """
 from spherewatch.alerts.alert import SEVERITIES, Alert, Severity

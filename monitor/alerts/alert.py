@@ -17,7 +17,7 @@ class Alert:
 
     Attributes:
         rule: name of the rule that fired (e.g. ``"uniformity_degradation"``); ``"monitor_fault"`` for faults.
-        key: full log key the rule watched (e.g. ``"spherewatch/embeddings/uniformity"``).
+        key: full log key the rule watched (e.g. ``"spherewatch/uniformity"``).
         value: the value that triggered it (NaN for faults).
         step: the global step of the sample.
         severity: ``"info"``, ``"warning"`` or ``"critical"``.

@@ -84,7 +84,7 @@ class LoggingChannel(Channel):
 
     Example:
         >>> from spherewatch.alerts import Alert, LoggingChannel
-        >>> LoggingChannel(warn=False).send(Alert("demo", "spherewatch/embeddings/uniformity", -0.5, 10))
+        >>> LoggingChannel(warn=False).send(Alert("demo", "spherewatch/uniformity", -0.5, 10))
     """
 
     def __init__(self, logger: str | logging.Logger = "spherewatch", warn: bool = True) -> None:
@@ -118,7 +118,7 @@ class CallableChannel(Channel):
     Example:
         >>> from spherewatch.alerts import Alert, CallableChannel
         >>> seen = []
-        >>> CallableChannel(seen.append).send(Alert("demo", "spherewatch/embeddings/uniformity", -0.5, 10))
+        >>> CallableChannel(seen.append).send(Alert("demo", "spherewatch/uniformity", -0.5, 10))
         >>> seen[0].step
         10
     """
@@ -153,7 +153,7 @@ class AlertDispatcher:
         >>> from spherewatch.alerts import Alert, AlertDispatcher, CallableChannel
         >>> got = []
         >>> dispatcher = AlertDispatcher([CallableChannel(got.append)])
-        >>> dispatcher.dispatch([Alert("demo", "spherewatch/embeddings/uniformity", -0.5, 10)])
+        >>> dispatcher.dispatch([Alert("demo", "spherewatch/uniformity", -0.5, 10)])
         >>> len(got)
         1
     """

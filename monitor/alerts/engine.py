@@ -17,6 +17,7 @@ from spherewatch.alerts.rules import (
     TrendRule,
     parse_rules,
 )
+from spherewatch.keys import KeyScheme, parse_key
 
 __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
 
@@ -184,25 +185,31 @@ class AlertEngine:
     ``loss_family`` (``"contrastive"``, ``"non_contrastive"``, ``"supervised"``, or ``None``: unknown) picks the
     advice at the end of each message (see :mod:`spherewatch.alerts.advice`); unknown keeps it neutral.
 
-    Only keys ``<prefix>/<tap>/<metric>`` are considered: ``tap`` is the first path segment after the prefix,
-    ``metric`` the rest (``spherewatch/encoder/norm_stats/mean`` -> tap ``encoder``, metric ``norm_stats/mean``).
-    Values that are not numbers are ignored.
+    Only metric keys are considered, of either key scheme (:mod:`spherewatch.keys`): ``<prefix>/<metric>`` is a
+    metric of ``default_tap``, ``<prefix>/<tap>/<metric>`` one of ``tap`` (the alert counter
+    ``<prefix>/alerts/count`` and fault keys ``<prefix>/monitor/...`` are not). Values that are not numbers are
+    ignored.
 
     Args:
         rules: the rules (models or dicts, see :data:`~spherewatch.alerts.rules.RULE_ADAPTER`); names must be
             unique.
         prefix: the log-key prefix.
+        default_tap: the tap of ``<prefix>/<metric>`` keys (what a rule's ``tap`` is matched against).
+        key_scheme: the scheme the keys come in (``"short"`` or ``"tap"``); when given, :meth:`load_state_dict`
+            renames the saved keys of the other scheme to this one, so a run resumed under another scheme keeps
+            its references and open alerts. ``None``: keys are restored as saved.
 
     Example:
         >>> from spherewatch.alerts import AlertEngine, DegradationRule
         >>> engine = AlertEngine([DegradationRule(metric="uniformity", direction="rise", fraction=0.5)])
         >>> for step, u in enumerate([-3.4, -3.5, -3.0, -1.2]):
-        ...     fired = engine.update(step, {"spherewatch/embeddings/uniformity": u})
+        ...     fired = engine.update(step, {"spherewatch/uniformity": u})
         >>> print(fired[0].message)  # doctest: +ELLIPSIS
         uniformity rose from -3.5 (best, step 1) to -1.2 (66% worse) at step 3 (tap 'embeddings'): embeddings are ...
     """
 
-    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None) -> None:
+    def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None,
+                 default_tap: str = "embeddings", key_scheme: str | None = None) -> None:
         from spherewatch.alerts.advice import check_family
 
         self.loss_family = check_family(loss_family)
@@ -216,6 +223,8 @@ class AlertEngine:
         if not isinstance(prefix, str) or not prefix.strip("/"):
             raise ValueError(f"`prefix` must be a non-empty string such as 'spherewatch', got {prefix!r}")
         self.prefix = prefix.strip("/")
+        self.default_tap = default_tap
+        self._keys = KeyScheme(self.prefix, default_tap, key_scheme) if key_scheme is not None else None
         self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
         self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)
@@ -316,7 +325,15 @@ class AlertEngine:
         states = sd.get("states", {}) or {}
         for rule in self._rules:
             saved = states.get(rule.name, {}) or {}
-            self._states[rule.name] = {key: _KeyState.from_dict(d) for key, d in saved.items()}
+            restored = {}
+            for key, d in saved.items():
+                st = _KeyState.from_dict(d)
+                if self._keys is not None:  # saved under the other key scheme: continue under this one
+                    key = self._keys.canonical(key)
+                    if st.alert is not None and st.alert.key != key:
+                        st.alert = dataclasses.replace(st.alert, key=key)
+                restored[key] = st
+            self._states[rule.name] = restored
 
     def __repr__(self) -> str:
         return f"AlertEngine(rules={[r.name for r in self._rules]}, prefix={self.prefix!r}, active={len(self.active)})"
@@ -326,16 +343,15 @@ class AlertEngine:
         if key in self._routes:
             return self._routes[key]
         route = None
-        head = self.prefix + "/"
-        if isinstance(key, str) and key.startswith(head):
-            tap, sep, metric = key[len(head):].partition("/")
-            if sep and tap and metric:
-                # a wildcard rule (e.g. the default `nonfinite` on "*") watches the metrics, not the sampling
-                # errors and row counts logged beside them; a rule naming such a key watches it
-                side = metric == "rows" or metric.endswith("_stderr")
-                rules = tuple(r for r in self._rules if fnmatchcase(tap, r.tap) and fnmatchcase(metric, r.metric)
-                              and not (side and metric != r.metric))
-                route = (tap, metric, rules) if rules else None
+        parts = parse_key(key, self.prefix, self.default_tap)
+        if parts is not None:
+            tap, metric = parts
+            # a wildcard rule (e.g. the default `nonfinite` on "*") watches the metrics, not the sampling
+            # errors and row counts logged beside them; a rule naming such a key watches it
+            side = metric == "rows" or metric.endswith("_stderr")
+            rules = tuple(r for r in self._rules if fnmatchcase(tap, r.tap) and fnmatchcase(metric, r.metric)
+                          and not (side and metric != r.metric))
+            route = (tap, metric, rules) if rules else None
         if len(self._routes) < 100_000:  # bounded cache
             self._routes[key] = route
         return route

@@ -341,10 +341,10 @@ def format_alert_text(alert: Alert) -> str:
     """The Slack message (mrkdwn) for one alert.
 
     Example:
-        >>> print(format_alert_text(Alert("rank_collapse", "spherewatch/embeddings/effective_rank", 3.0, 40,
+        >>> print(format_alert_text(Alert("rank_collapse", "spherewatch/effective_rank", 3.0, 40,
         ...                                message="effective_rank fell")))
         :warning: *spherewatch warning* — effective_rank fell
-        rule `rank_collapse`, `spherewatch/embeddings/effective_rank` = 3 at step 40
+        rule `rank_collapse`, `spherewatch/effective_rank` = 3 at step 40
     """
     icon = {"info": ":information_source:", "warning": ":warning:", "critical": ":rotating_light:"}.get(
         alert.severity, ":warning:"

@@ -27,7 +27,8 @@ class Sink(abc.ABC):
     * :meth:`log_alert` for each fired alert;
     * :meth:`flush` and finally :meth:`close` (idempotent; it flushes).
 
-    Keys look like ``<prefix>/<tap>/<metric>`` (``spherewatch/embeddings/uniformity``).
+    Keys look like ``<prefix>/<metric>`` (``spherewatch/uniformity``, the default tap) or
+    ``<prefix>/<tap>/<metric>`` (``spherewatch/encoder/uniformity``), see :mod:`spherewatch.keys`.
 
     Concrete sinks **raise** on failure and never swallow errors: fault handling (report once, queue,
     retry with backoff, spool to disk) lives in :class:`~spherewatch.sinks.ResilientSink`, which the
@@ -61,7 +62,7 @@ class Sink(abc.ABC):
 
         Args:
             step: global step of the sample.
-            key: log key, e.g. ``spherewatch/embeddings/spectrum``.
+            key: log key, e.g. ``spherewatch/spectrum``.
             values: 1-D ``np.ndarray`` or list of floats.
             wall_time: Unix time the values were measured; ``None`` means now.
         """
@@ -109,24 +110,20 @@ class Sink(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r}, closed={self._closed})"
 
 
-def split_key(key: str, prefix: str) -> tuple[str, str] | None:
-    """Split ``<prefix>/<tap>/<metric>`` into ``(tap, metric)``; ``None`` when ``key`` has another shape.
-
-    The metric part may itself contain ``/`` (``spherewatch/encoder/norm/mean`` -> ``("encoder", "norm/mean")``).
+def split_key(key: str, prefix: str, default_tap: str = "embeddings") -> tuple[str, str] | None:
+    """``(tap, metric)`` of a metric key, ``<prefix>/<metric>`` (the default tap) or ``<prefix>/<tap>/<metric>``;
+    ``None`` when ``key`` has another shape (the alert counter, fault keys, the host's keys). See
+    :func:`spherewatch.keys.parse_key`.
 
     Example:
-        >>> split_key("spherewatch/encoder/uniformity", "spherewatch")
-        ('encoder', 'uniformity')
+        >>> split_key("spherewatch/encoder/uniformity", "spherewatch"), split_key("spherewatch/uniformity", "spherewatch")
+        (('encoder', 'uniformity'), ('embeddings', 'uniformity'))
         >>> split_key("loss", "spherewatch") is None
         True
     """
-    head = prefix.rstrip("/") + "/"
-    if not key.startswith(head):
-        return None
-    tap, sep, metric = key[len(head):].partition("/")
-    if not tap or not sep or not metric:
-        return None
-    return tap, metric
+    from spherewatch.keys import parse_key
+
+    return parse_key(key, prefix, default_tap)
 
 
 def as_float_array(values: Any, *, what: str = "values") -> np.ndarray:

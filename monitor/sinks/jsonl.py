@@ -98,8 +98,8 @@ class JsonlSink(Sink):
 
     Records::
 
-        {"type": "scalars", "step": 10, "time": 1718000000.0, "values": {"spherewatch/embeddings/uniformity": -3.4}}
-        {"type": "histogram", "step": 10, "time": 1718000000.0, "key": "spherewatch/embeddings/spectrum", "values": [...]}
+        {"type": "scalars", "step": 10, "time": 1718000000.0, "values": {"spherewatch/uniformity": -3.4}}
+        {"type": "histogram", "step": 10, "time": 1718000000.0, "key": "spherewatch/spectrum", "values": [...]}
         {"type": "alert", "rule": "...", "key": "...", "value": -0.9, "step": 10, "severity": "warning", ...}
 
     Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (JSON has no
@@ -119,9 +119,9 @@ class JsonlSink(Sink):
         >>> import os, tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "run", "spherewatch.jsonl")
         >>> with JsonlSink(path) as sink:
-        ...     sink.log_scalars(0, {"spherewatch/embeddings/uniformity": -3.5})
-        ...     sink.log_scalars(5, {"spherewatch/embeddings/uniformity": float("nan")})
-        >>> read_jsonl(path)["scalars"]["spherewatch/embeddings/uniformity"]
+        ...     sink.log_scalars(0, {"spherewatch/uniformity": -3.5})
+        ...     sink.log_scalars(5, {"spherewatch/uniformity": float("nan")})
+        >>> read_jsonl(path)["scalars"]["spherewatch/uniformity"]
         [(0, -3.5), (5, nan)]
     """
 

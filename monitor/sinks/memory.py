@@ -24,14 +24,14 @@ class MemorySink(Sink):
 
     Example:
         >>> sink = MemorySink()
-        >>> sink.log_scalars(0, {"spherewatch/embeddings/uniformity": -3.9})
-        >>> sink.log_scalars(10, {"spherewatch/embeddings/uniformity": -3.1, "spherewatch/embeddings/mean_cosine": 0.2})
-        >>> sink.history("spherewatch/embeddings/uniformity")
+        >>> sink.log_scalars(0, {"spherewatch/uniformity": -3.9})
+        >>> sink.log_scalars(10, {"spherewatch/uniformity": -3.1, "spherewatch/mean_cosine": 0.2})
+        >>> sink.history("spherewatch/uniformity")
         [(0, -3.9), (10, -3.1)]
-        >>> sink.last("spherewatch/embeddings/mean_cosine"), sink.last("missing")
+        >>> sink.last("spherewatch/mean_cosine"), sink.last("missing")
         (0.2, None)
         >>> sink.keys()
-        ['spherewatch/embeddings/uniformity', 'spherewatch/embeddings/mean_cosine']
+        ['spherewatch/uniformity', 'spherewatch/mean_cosine']
     """
 
     name = "memory"

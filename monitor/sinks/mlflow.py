@@ -195,7 +195,7 @@ class MLflowSink(Sink):
     Example::
 
         sink = MLflowSink("sqlite:///mlflow.db", experiment_name="simclr")
-        sink.log_scalars(100, {"spherewatch/embeddings/uniformity": -3.41})
+        sink.log_scalars(100, {"spherewatch/uniformity": -3.41})
         sink.close()  # ends the run it created
     """
 

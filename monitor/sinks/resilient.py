@@ -133,8 +133,8 @@ class ResilientSink(Sink):
     Example:
         >>> from spherewatch.sinks import MemorySink
         >>> sink = ResilientSink(MemorySink())
-        >>> sink.log_scalars(0, {"spherewatch/embeddings/uniformity": -3.5})
-        >>> sink.pending, sink.healthy, sink.inner.last("spherewatch/embeddings/uniformity")
+        >>> sink.log_scalars(0, {"spherewatch/uniformity": -3.5})
+        >>> sink.pending, sink.healthy, sink.inner.last("spherewatch/uniformity")
         (0, True, -3.5)
     """
 

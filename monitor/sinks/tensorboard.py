@@ -21,6 +21,8 @@ __all__ = ["TensorBoardSink", "alert_markdown"]
 logger = logging.getLogger("spherewatch.sinks")
 
 _WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
+#: A tap's path segment in the layout's regexes: any segment but the reserved ones (the alert counter, faults).
+_TAP_SEGMENT = "(?!(?:alerts|monitor|params)/)[^/]+"
 
 
 def alert_markdown(alert: Alert) -> str:
@@ -85,7 +87,7 @@ class TensorBoardSink(Sink):
     Example::
 
         sink = TensorBoardSink("runs/exp1")
-        sink.log_scalars(100, {"spherewatch/embeddings/uniformity": -3.41})
+        sink.log_scalars(100, {"spherewatch/uniformity": -3.41})
         sink.close()
     """
 
@@ -191,7 +193,7 @@ class TensorBoardSink(Sink):
         overview = categories[CATEGORIES[0]]
         for key in order_keys(keys, prefix):
             parts = split_key(key, prefix)
-            if parts is None or parts[0] == "alerts":
+            if parts is None:
                 continue
             info = describe(key, prefix)
             metric = parts[1]
@@ -199,7 +201,8 @@ class TensorBoardSink(Sink):
             category = info.category if info is not None else CATEGORIES[-1]
             if info is not None and info.metric == "spectrum":
                 continue  # a histogram: shown in the Histograms/Distributions tabs
-            pattern = f"^{re.escape(prefix)}/[^/]+/{re.escape(metric)}$"
+            # both key schemes: <prefix>/<metric> (the default tap) and <prefix>/<tap>/<metric>, one line per tap
+            pattern = f"^{re.escape(prefix)}/(?:{_TAP_SEGMENT}/)?{re.escape(metric)}$"
             categories[category].setdefault(title, ["Multiline", [pattern]])
         overview[LOSS_INFO.title] = ["Multiline", [f"(?!{re.escape(prefix)}/)" + LOSS_PATTERN.lstrip("^")]]
         overview[ALERTS_INFO.title] = ["Multiline", [f"^{re.escape(prefix)}/alerts/count$"]]

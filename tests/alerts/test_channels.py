@@ -10,7 +10,7 @@ from spherewatch.errors import CollapseWarning, MonitorFault, SpherewatchError
 
 
 def make_alert(severity="warning", step=10, message="uniformity rose from -3.4 to -0.9"):
-    return Alert("uniformity_degradation", "spherewatch/embeddings/uniformity", -0.9, step, severity, message)
+    return Alert("uniformity_degradation", "spherewatch/uniformity", -0.9, step, severity, message)
 
 
 def test_logging_channel_delivers_once_as_a_warning_without_a_log_line(caplog):

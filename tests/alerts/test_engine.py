@@ -14,7 +14,7 @@ from spherewatch.alerts import (
 )
 
 NAN, INF = float("nan"), float("inf")
-KEY = "spherewatch/embeddings/m"
+KEY = "spherewatch/m"
 
 
 def fired_at(rule, values, key=KEY):
@@ -157,7 +157,7 @@ def test_advice_is_neutral_unless_the_loss_family_is_known():
     for family in (None, "contrastive", "non_contrastive"):
         engine = AlertEngine([rule], loss_family=family)
         for step, u in enumerate([-3.5, -3.5, -0.5]):
-            fired = engine.update(step, {"spherewatch/embeddings/uniformity": u})
+            fired = engine.update(step, {"spherewatch/uniformity": u})
         texts[family] = fired[0].message
     assert "stop-gradient" not in texts[None] and "temperature" not in texts[None]
     assert "temperature" in texts["contrastive"] and "stop-gradient" not in texts["contrastive"]
@@ -174,10 +174,11 @@ def test_keys_are_tracked_separately_and_matched_by_tap_and_metric():
         {
             "spherewatch/encoder/effective_rank": 2.0,
             "spherewatch/encoder2/effective_rank": 3.0,
-            "spherewatch/embeddings/effective_rank": 1.0,  # tap does not match
+            "spherewatch/effective_rank": 1.0,  # tap does not match (the default tap, "embeddings")
+            "spherewatch/embeddings/effective_rank": 1.0,  # the same, in the tap key scheme
             "spherewatch/encoder/effective_rank_centered": 1.0,  # metric does not match
             "other/encoder/effective_rank": 1.0,  # prefix does not match
-            "spherewatch/effective_rank": 1.0,  # no tap
+            "spherewatch/monitor/effective_rank": 1.0,  # a reserved segment: not a metric key
             "spherewatch/encoder3/effective_rank": "n/a",  # not a number
         },
     )
@@ -187,7 +188,7 @@ def test_keys_are_tracked_separately_and_matched_by_tap_and_metric():
 def test_custom_prefix_and_metric_with_subpath():
     engine = AlertEngine([ThresholdRule(metric="norm_stats/mean", above=10)], prefix="sw/")
     assert engine.update(0, {"sw/embeddings/norm_stats/mean": 11.0})[0].key == "sw/embeddings/norm_stats/mean"
-    assert engine.update(1, {"spherewatch/embeddings/norm_stats/mean": 11.0}) == []
+    assert engine.update(1, {"spherewatch/norm_stats/mean": 11.0}) == []
 
 
 def test_alerts_are_returned_in_rule_order():
@@ -204,7 +205,7 @@ def test_alert_carries_rule_severity_action_value_and_step():
 
 def test_degradation_message_says_what_happened_and_what_to_check():
     engine = AlertEngine([DegradationRule(metric="uniformity", direction="rise", fraction=0.5)])
-    key = "spherewatch/embeddings/uniformity"
+    key = "spherewatch/uniformity"
     alerts = []
     for step, v in [(100, -3.1), (200, -3.42), (300, -2.5), (400, -0.91)]:
         alerts += engine.update(step, {key: v})
@@ -217,7 +218,7 @@ def test_degradation_message_says_what_happened_and_what_to_check():
 def test_baseline_message_names_the_baseline_steps():
     rule = DegradationRule(metric="effective_rank", direction="fall", reference="baseline", baseline_samples=2)
     engine = AlertEngine([rule])
-    key = "spherewatch/embeddings/effective_rank"
+    key = "spherewatch/effective_rank"
     alerts = []
     for step, v in [(10, 100.0), (20, 80.0), (30, 30.0)]:
         alerts += engine.update(step, {key: v})
@@ -252,9 +253,9 @@ def test_nonfinite_values_do_not_poison_other_rules():
     got = ([], [])
     for e, seq, out in zip(engines, (clean, noisy), got):
         for step, v in enumerate(seq):
-            out += [a for a in e.update(step, {"spherewatch/embeddings/uniformity": v}) if a.rule != "nonfinite"]
+            out += [a for a in e.update(step, {"spherewatch/uniformity": v}) if a.rule != "nonfinite"]
     assert [a.value for a in got[0]] == [a.value for a in got[1]] == [-1.0]
-    ref = engines[1].state_dict()["states"]["uniformity_degradation"]["spherewatch/embeddings/uniformity"]["ref"]
+    ref = engines[1].state_dict()["states"]["uniformity_degradation"]["spherewatch/uniformity"]["ref"]
     assert ref == -3.6  # warm-up (2 samples) skipped; the Infs never became "best"
 
 
@@ -281,13 +282,13 @@ def _scenario():
         u = min(0.0, u + rng.uniform(-0.3, 0.35))
         r = max(1.0, r + rng.uniform(-8, 7))
         row = {
-            "spherewatch/embeddings/uniformity": u,
-            "spherewatch/embeddings/effective_rank": r,
+            "spherewatch/uniformity": u,
+            "spherewatch/effective_rank": r,
             "spherewatch/encoder/effective_rank": r * rng.uniform(0.5, 1.5),
-            "spherewatch/embeddings/mean_cosine": rng.uniform(0, 1),
+            "spherewatch/mean_cosine": rng.uniform(0, 1),
         }
         if rng.random() < 0.15:
-            row["spherewatch/embeddings/uniformity"] = rng.choice([NAN, INF])
+            row["spherewatch/uniformity"] = rng.choice([NAN, INF])
         rows.append((step, row))
     return rows
 

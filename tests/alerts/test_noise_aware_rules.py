@@ -10,7 +10,7 @@ from spherewatch.compute import compute_tap_metrics
 from spherewatch.metrics import mean_cosine
 from spherewatch.metrics.stderr import block_stderr
 
-P = "spherewatch/embeddings/"
+P = "spherewatch/"
 
 
 def _feed(engine, rows, every=50):

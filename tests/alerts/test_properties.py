@@ -15,7 +15,7 @@ from spherewatch.alerts import (
 )
 from spherewatch.alerts.engine import RESOLVE_AFTER
 
-KEY = "spherewatch/embeddings/m"
+KEY = "spherewatch/m"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 values = st.one_of(

@@ -35,7 +35,7 @@ def channels():
 
 
 def alert(i=0, message=None):
-    return Alert("rank_collapse", "spherewatch/embeddings/effective_rank", 3.5, 100 + i, "warning",
+    return Alert("rank_collapse", "spherewatch/effective_rank", 3.5, 100 + i, "warning",
                  message or f"effective_rank fell (alert {i})")
 
 

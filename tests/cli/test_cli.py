@@ -64,7 +64,7 @@ def test_demo_tells_the_story_and_a_second_run_shows_the_same(tmp_path):
     first_alert = re.search(r"simsiam-no-stopgrad .*collapsed at step (\d+)", first).group(1)
     assert collapsing.tags["spherewatch.first_alert_step"] == first_alert  # the tag and the table agree
     for data in (healthy, collapsing):
-        assert "train/loss" in data.metrics and "spherewatch/embeddings/uniformity" in data.metrics
+        assert "train/loss" in data.metrics and "spherewatch/uniformity" in data.metrics
         assert data.params["demo.lr"] == "0.05" and data.params["spherewatch.every_n_steps"] == "10"
     assert not by_name["simsiam-healthy"].data.tags["mlflow.note.content"].find("healthy") < 0
     for run in ("simsiam-healthy", "simsiam-no-stopgrad"):

@@ -52,8 +52,8 @@ def reference(z, z_pos):
 
 
 def values_of(mon, tap: str = "embeddings"):
-    prefix = f"spherewatch/{tap}/"
-    return {k[len(prefix):]: v for k, v in mon.last_values.items() if k.startswith(prefix)}
+    keys = mon.config.keys
+    return {parts[1]: v for k, v in mon.last_values.items() if (parts := keys.parse(k)) is not None and parts[0] == tap}
 
 
 def new_monitor(out: str, rank: int, name: str, **kw):

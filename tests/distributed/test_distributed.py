@@ -111,7 +111,7 @@ def test_rank_with_zero_rows_gets_the_other_ranks_rows(battery):
             assert close(res["monitor"][name], res["ref"][name]), (rank, name)
             assert close(res["monitor_second"][name], res["ref"][name]), (rank, name)
     keys = scenario(battery, "zero_rows_on_one_rank")[0]["memory_keys"]
-    assert "spherewatch/embeddings/uniformity" in keys and "spherewatch/second/uniformity" in keys
+    assert "spherewatch/uniformity" in keys and "spherewatch/second/uniformity" in keys
 
 
 def test_bounded_gather_takes_proportional_random_subsets_identical_on_all_ranks(battery):
@@ -131,7 +131,7 @@ def test_only_rank_zero_opens_and_writes_sinks(battery):
     assert r0["open_sinks"] == 1 and r1["open_sinks"] == 0
     assert not os.path.exists(r1["path"])
     lines = Path(r0["path"]).read_text().splitlines()
-    assert any("spherewatch/embeddings/uniformity" in line for line in lines)
+    assert any("spherewatch/uniformity" in line for line in lines)
 
 
 # -------------------------------------------------------------------------------------------------- stop

@@ -28,7 +28,7 @@ def test_lightning_ddp_global_metrics_stop_and_rank_zero_logging(tmp_path):
     history = finals[0]["history"]
     assert history and finals[1]["history"] == {}
     # the logged value at step s is the metric of both ranks' rows of step s, concatenated (5 + 9 rows)
-    key = "spherewatch/embeddings/uniformity"
+    key = "spherewatch/uniformity"
     checked = 0
     for step, value in history[key]:
         z = torch.cat([rows[0][step], rows[1][step]])
@@ -36,6 +36,6 @@ def test_lightning_ddp_global_metrics_stop_and_rank_zero_logging(tmp_path):
         assert value == pytest.approx(M.uniformity(z).item(), rel=1e-5, abs=1e-6)
         checked += 1
     assert checked >= 5
-    er = dict(history["spherewatch/embeddings/effective_rank"])
+    er = dict(history["spherewatch/effective_rank"])
     s = history[key][2][0]
     assert er[s] == pytest.approx(M.effective_rank(torch.cat([rows[0][s], rows[1][s]])).item(), rel=1e-5)

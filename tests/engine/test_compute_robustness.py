@@ -9,7 +9,7 @@ import spherewatch.metrics as M
 from spherewatch.compute import NORM_FLOOR, compute_tap_metrics
 from spherewatch.config import METRICS
 
-K = "spherewatch/embeddings/"
+K = "spherewatch/"
 
 
 def _eigh_fails(*args, **kwargs):

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 import spherewatch as sw
 import spherewatch.metrics as M
+from spherewatch.keys import metric_key
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -29,7 +30,7 @@ SYNC_MESSAGE = "called a synchronizing CUDA operation"
 
 
 def key(metric, tap="embeddings"):
-    return f"spherewatch/{tap}/{metric}"
+    return metric_key(metric, tap)
 
 
 def make_monitor(**kw):

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import spherewatch as sw
 import spherewatch.metrics as M
+from spherewatch.keys import metric_key
 
 
 def make_monitor(**kw):
@@ -16,7 +17,7 @@ def make_monitor(**kw):
 
 
 def key(metric, tap="embeddings"):
-    return f"spherewatch/{tap}/{metric}"
+    return metric_key(metric, tap)
 
 
 def test_three_line_loop_logs_standard_metrics_equal_to_the_functions():

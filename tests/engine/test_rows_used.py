@@ -13,7 +13,7 @@ def _rows_per_evaluation(**config):
         mon.step(step)
     sink = mon.sink("memory")
     mon.close()
-    return [v for _, v in sink.history("spherewatch/embeddings/rows")]
+    return [v for _, v in sink.history("spherewatch/rows")]
 
 
 def test_rows_are_logged_and_one_micro_batch_per_step_by_default():

@@ -44,6 +44,6 @@ def runs(tmp_path_factory):
 def test_example_runs_and_logs_to_tensorboard(runs, name):
     code, out, cwd = runs[name]
     assert code == 0, out[-3000:]
-    tap = "pooler" if name == "hf_trainer.py" else "embeddings"
-    assert f"spherewatch/{tap}/uniformity = " in out
+    key = "spherewatch/pooler/uniformity" if name == "hf_trainer.py" else "spherewatch/uniformity"
+    assert f"{key} = " in out
     assert glob.glob(str(cwd / "out" / "**" / "events.out.tfevents.*"), recursive=True)

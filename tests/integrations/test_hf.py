@@ -98,7 +98,7 @@ def test_evaluation_passes_are_never_captured(tmp_path):
     cb = MonitorTrainerCallback(module_path="bert.pooler", every_n_steps=1, sinks=[mem], warn=False)
     train(tmp_path, cb, eval_data=TokenData(16, constant=True), eval_strategy="steps", eval_steps=1,
           per_device_eval_batch_size=16)
-    history = mem.history("spherewatch/embeddings/mean_cosine")  # a captured constant batch would read ~1
+    history = mem.history("spherewatch/mean_cosine")  # a captured constant batch would read ~1
     assert [s for s, _ in history] == list(range(1, 9)) and max(v for _, v in history) < 0.99
 
 

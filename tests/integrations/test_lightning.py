@@ -88,7 +88,7 @@ def test_tensorboard_logger_event_file_gets_training_and_validation_metrics(tmp_
     acc = scalar_tags(tb.log_dir)
     tags = acc.Tags()["scalars"]
     assert "train_loss" in tags  # Lightning's own scalars are in the same file
-    assert [e.step for e in acc.Scalars("spherewatch/embeddings/uniformity")] == [1, 2, 4, 6]
+    assert [e.step for e in acc.Scalars("spherewatch/uniformity")] == [1, 2, 4, 6]
     assert [e.step for e in acc.Scalars("spherewatch/val_embeddings/uniformity")] == [6]  # no sanity check
     assert not glob.glob(str(tmp_path / "**" / "*.jsonl"), recursive=True)  # nothing beside the logger
 
@@ -102,13 +102,13 @@ def test_mlflow_logger_run_gets_the_keys_and_no_second_run_is_opened(tmp_path, m
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.run_id for r in runs] == [ml.run_id]
-    history = client.get_metric_history(ml.run_id, "spherewatch/embeddings/alignment")
+    history = client.get_metric_history(ml.run_id, "spherewatch/alignment")
     assert sorted(m.step for m in history) == [1, 3, 6]
     assert "train_loss" in runs[0].data.metrics
 
 
 def test_early_stopping_and_checkpointing_can_monitor_a_spherewatch_key(tmp_path):
-    key = "spherewatch/embeddings/effective_rank"
+    key = "spherewatch/effective_rank"
     early = EarlyStopping(monitor=key, mode="max", stopping_threshold=0.5)  # any rank > 0.5: stop at first check
     best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=key, mode="max")
     cb = MonitorCallback(module_path="encoder", every_n_steps=2, warn=False)
@@ -133,7 +133,7 @@ def test_validation_passes_never_enter_the_training_tap(tmp_path):
     keyed = MonitorCallback(output_key="z", labels_key="y", tap="out", val_tap="val_out", every_n_steps=1,
                             metrics=("mean_cosine", "nc1"), num_classes=2, sinks=[MemorySink()], warn=False)
     fit(tmp_path, [hooked, keyed], val=loader(32, constant=True), max_epochs=2, num_sanity_val_steps=2)
-    train = mem.history("spherewatch/embeddings/mean_cosine")
+    train = mem.history("spherewatch/mean_cosine")
     assert [s for s, _ in train] == list(range(1, 13)) and max(v for _, v in train) < 0.9
     val = mem.history("spherewatch/val_embeddings/mean_cosine")  # constant rows: mean cosine 1
     assert [s for s, _ in val] == [6, 12] and all(v == pytest.approx(1.0, abs=1e-4) for _, v in val)
@@ -150,7 +150,7 @@ def test_gradient_accumulation_steps_once_per_optimizer_step_and_other_loggers_g
     trainer = fit(tmp_path, [cb], logger=csv_logger, accumulate_grad_batches=2)
     assert trainer.global_step == 3 and cb.monitor.captures["embeddings"] == 3
     with open(os.path.join(csv_logger.log_dir, "metrics.csv")) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("spherewatch/embeddings/uniformity")]
+        rows = [r for r in csv.DictReader(f) if r.get("spherewatch/uniformity")]
     assert sorted(int(r["step"]) for r in rows) == [1, 2, 3]
 
 
@@ -204,4 +204,4 @@ def test_pytorch_lightning_package_is_supported(tmp_path):
     trainer = ptl.Trainer(max_epochs=1, callbacks=[cb], logger=tb, default_root_dir=tmp_path, enable_progress_bar=False,
                           enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(PTLTiny(), loader())
-    assert [e.step for e in scalar_tags(tb.log_dir).Scalars("spherewatch/embeddings/effective_rank")] == [1, 3, 6]
+    assert [e.step for e in scalar_tags(tb.log_dir).Scalars("spherewatch/effective_rank")] == [1, 3, 6]

@@ -15,7 +15,7 @@ from scenarios.sentence_pairs import run_sentence_scenario  # noqa: E402
 
 from spherewatch.integrations.hf import MonitorTrainerCallback  # noqa: E402
 
-U = "spherewatch/embeddings/"
+U = "spherewatch/"
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def test_train_only_ignores_eval_passes_between_steps():
         net.train()
         net(torch.randn(16, 8)).sum().backward()
         mon.step(step)
-    history = mon.sink("memory").history("spherewatch/embeddings/mean_cosine")
+    history = mon.sink("memory").history("spherewatch/mean_cosine")
     assert len(history) == 3 and all(v < 0.99 for _, v in history)
 
 

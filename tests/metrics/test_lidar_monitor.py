@@ -21,7 +21,7 @@ def _logged_lidar(**observe):
     with sw.Monitor(every_n_steps=1, preset="full", sinks=[sink], warn=False, strict=True) as mon:
         mon.observe(**observe)
         mon.step(0)
-    return sink.last("spherewatch/embeddings/lidar")
+    return sink.last("spherewatch/lidar")
 
 
 def test_monitor_logs_lidar_from_z_and_z_pos_and_from_views():
@@ -41,7 +41,7 @@ def test_monitor_uses_every_view_of_observe_views():
                     strict=True) as mon:
         mon.observe(views=x)
         mon.step(0)
-    assert sink.last("spherewatch/embeddings/alignment") == pytest.approx(M.alignment(x[:, 0], x[:, 1]).item(),
+    assert sink.last("spherewatch/alignment") == pytest.approx(M.alignment(x[:, 0], x[:, 1]).item(),
                                                                           rel=1e-5)
 
 
@@ -52,12 +52,12 @@ def test_micro_batches_of_views_fill_one_window_and_another_view_count_there_is_
         mon.observe(views=x[:32])
         mon.observe(views=x[32:])
         mon.step(0)
-        assert mon.last_values["spherewatch/embeddings/lidar"] == pytest.approx(M.lidar(x).item(), rel=1e-5)
-        assert mon.last_values["spherewatch/embeddings/rows"] == 64
+        assert mon.last_values["spherewatch/lidar"] == pytest.approx(M.lidar(x).item(), rel=1e-5)
+        assert mon.last_values["spherewatch/rows"] == 64
         mon.observe(views=x[:32])
         mon.observe(views=_views(b=32, v=4))  # same window, another number of views: reported, not crashing
         mon.step(1)
-        assert mon.last_values["spherewatch/embeddings/rows"] == 32
+        assert mon.last_values["spherewatch/rows"] == 32
         assert any(key.startswith("capture") for key in mon.faults), mon.faults
 
 

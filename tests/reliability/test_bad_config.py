@@ -64,7 +64,7 @@ def test_a_sink_named_twice_logs_each_point_once(make_monitor, tmp_path):
     assert mon.config.sinks == ("jsonl", "memory")
     TinyTrainer().run(mon, range(6))
     mon.close()
-    steps = [s for s, _ in read_jsonl(path)["scalars"]["spherewatch/embeddings/uniformity"]]
+    steps = [s for s, _ in read_jsonl(path)["scalars"]["spherewatch/uniformity"]]
     assert steps == [0, 2, 4]
 
 
@@ -73,8 +73,8 @@ def test_sink_names_and_objects_combine(make_monitor, tmp_path):
     mon = make_monitor(sinks=("jsonl", extra), jsonl_path=str(tmp_path / "run.jsonl"), every_n_steps=2)
     TinyTrainer().run(mon, range(4))
     mon.close()
-    assert [s for s, _ in extra.history("spherewatch/embeddings/uniformity")] == [0, 2]
-    assert [s for s, _ in read_jsonl(tmp_path / "run.jsonl")["scalars"]["spherewatch/embeddings/uniformity"]] == [0, 2]
+    assert [s for s, _ in extra.history("spherewatch/uniformity")] == [0, 2]
+    assert [s for s, _ in read_jsonl(tmp_path / "run.jsonl")["scalars"]["spherewatch/uniformity"]] == [0, 2]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from spherewatch.compute import _one_point
 EVERY = 2
 STEPS = range(10)
 BAD_STEPS = (4, 6)  # two evaluation steps: a fault is still reported once
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 
 
 def _with_rows(value, rows=(0,)):
@@ -82,7 +82,7 @@ def test_odd_but_valid_batches_are_handled_without_a_fault(case, make_monitor, s
         nonfinite = [a for a in fired if a.rule == "nonfinite" and a.step == BAD_STEPS[0]]
         assert nonfinite and {a.severity for a in nonfinite} == {"critical"}
         assert U in {a.key for a in nonfinite}
-        assert bad["spherewatch/embeddings/nonfinite_fraction"] == pytest.approx(1 / z.shape[0])
+        assert bad["spherewatch/nonfinite_fraction"] == pytest.approx(1 / z.shape[0])
         assert math.isnan(bad[U])
         assert all(math.isfinite(v) for v in at[8].values())  # the next clean batch is measured normally
         return
@@ -95,10 +95,10 @@ def test_odd_but_valid_batches_are_handled_without_a_fault(case, make_monitor, s
     # zero rows are all one point (spherewatch.compute.NORM_FLOOR): they read as collapsed, not as "no direction"
     z, z_pos = (_one_point(v.detach())[0] for v in (z, z_pos))
     assert bad[U] == pytest.approx(M.uniformity(z).item(), rel=1e-5)
-    assert bad["spherewatch/embeddings/alignment"] == pytest.approx(M.alignment(z, z_pos).item(), rel=1e-5, abs=1e-7)
+    assert bad["spherewatch/alignment"] == pytest.approx(M.alignment(z, z_pos).item(), rel=1e-5, abs=1e-7)
     if case == "all-zero rows":
-        assert bad["spherewatch/embeddings/norm_min"] == 0.0
-        assert bad["spherewatch/embeddings/zero_norm_fraction"] == pytest.approx(3 / z.shape[0])
+        assert bad["spherewatch/norm_min"] == 0.0
+        assert bad["spherewatch/zero_norm_fraction"] == pytest.approx(3 / z.shape[0])
 
 
 @pytest.mark.parametrize("case", list(REPORTED))

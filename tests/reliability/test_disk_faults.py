@@ -20,7 +20,7 @@ import spherewatch as sw
 from spherewatch.sinks import read_jsonl
 
 EVERY = 2
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 WORKER = Path(__file__).with_name("_fsize_worker.py")
 # tensorboard's writer thread dies with the error it hit (and the sink opens a new writer); pytest reports such a
 # thread as a warning, possibly during the next test

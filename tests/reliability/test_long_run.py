@@ -68,5 +68,5 @@ def test_twenty_thousand_steps_keep_memory_files_and_threads_flat(make_monitor, 
     assert threading.active_count() <= threads
     assert mon.faults == {}
     mon.close()
-    history = read_jsonl(path)["scalars"]["spherewatch/embeddings/uniformity"]
+    history = read_jsonl(path)["scalars"]["spherewatch/uniformity"]
     assert [s for s, _ in history] == list(range(0, STEPS, EVERY))  # every evaluation written, once

@@ -136,7 +136,7 @@ def test_a_server_that_comes_up_after_the_run_began_gets_every_point_once_in_ord
     assert [r.info.run_id for r in runs] == [run_id]  # one run: the retries opened no second one
     expected = _assert_server_has_the_clean_run(client, run_id, make_monitor, range(30), _poison,
                                                 [a for a in fired if a.rule != "monitor_fault"])
-    assert ("nonfinite", "spherewatch/embeddings/uniformity", NAN_STEP) in expected
+    assert ("nonfinite", "spherewatch/uniformity", NAN_STEP) in expected
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
@@ -187,7 +187,7 @@ def test_a_killed_and_restarted_server_gets_the_backlog_once_in_batches(
     trainer.run(mon, range(0, 10), embeddings=_poison)
     strict_trainer.run(strict, range(0, 10))
     run_id = _run_id(mon)
-    assert scalar_steps(_server_history(client, run_id, "spherewatch/embeddings/uniformity")) == [0, 2, 4, 6, 8]
+    assert scalar_steps(_server_history(client, run_id, "spherewatch/uniformity")) == [0, 2, 4, 6, 8]
 
     mlflow_server.stop()
     trainer.run(mon, range(10, 20), embeddings=_poison)
@@ -272,7 +272,7 @@ def test_a_sigkilled_runs_spool_is_replayed_once_into_its_own_run_by_the_next_ru
     client = MlflowClient(mlflow_server.uri)
     next_run = mon.sink("mlflow").run_id
     assert next_run != killed_run
-    key = "spherewatch/embeddings/uniformity"
+    key = "spherewatch/uniformity"
     assert scalar_steps(_server_history(client, killed_run, key)) == evaluation_steps(range(20), EVERY)
     assert scalar_steps(_server_history(client, next_run, key)) == evaluation_steps(range(6), EVERY)
     assert client.get_run(killed_run).info.status == "FINISHED"  # ended by the replay, not left RUNNING

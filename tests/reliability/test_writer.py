@@ -25,7 +25,7 @@ from spherewatch.sinks import JsonlSink, MemorySink, ResilientSink, read_jsonl
 from spherewatch.writer import RecordWriter
 
 pytestmark = pytest.mark.timeout(180)
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 TESTS = Path(__file__).parents[1]
 
 
@@ -214,7 +214,7 @@ _SIGTERM_LOOP = textwrap.dedent("""
             trainer.run(mon, [step])
             step += 1
         path = os.path.join(out, f"run{i}", "spherewatch.jsonl")
-        got = [s for s, _ in read_jsonl(path)["scalars"].get("spherewatch/embeddings/uniformity", [])
+        got = [s for s, _ in read_jsonl(path)["scalars"].get("spherewatch/uniformity", [])
                ] if os.path.exists(path) else []
         assert got == list(range(len(got))) and len(got) >= step - 1, (got, step)
         print("closed", i, step, flush=True)

@@ -16,10 +16,10 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from spherewatch.alerts.alert import Alert
 from spherewatch.keys import CATALOGUE, CATEGORIES, LOSS_PATTERN, describe, is_loss_key, order_keys
 
-U = "spherewatch/embeddings/uniformity"
-R = "spherewatch/embeddings/effective_rank"
-N = "spherewatch/embeddings/norm_mean"
-C = "spherewatch/embeddings/collapsed_dimensions"
+U = "spherewatch/uniformity"
+R = "spherewatch/effective_rank"
+N = "spherewatch/norm_mean"
+C = "spherewatch/collapsed_dimensions"
 COUNT = "spherewatch/alerts/count"
 SIZE_ALL = {"scalars": 0, "tensors": 0, "histograms": 0}
 
@@ -47,11 +47,11 @@ def test_catalogue_orders_keys_by_importance_and_describes_each_metric():
     assert [i.category for i in CATALOGUE] == sorted((i.category for i in CATALOGUE), key=CATEGORIES.index)
     for info in CATALOGUE:
         assert info.description and info.collapsed and info.healthy and info.title
-    keys = ["spherewatch/enc/norm_max", "train/loss", C, "spherewatch/enc/uniformity", U, "spherewatch/embeddings/x",
+    keys = ["spherewatch/enc/norm_max", "train/loss", C, "spherewatch/enc/uniformity", U, "spherewatch/x",
             COUNT, R]
     assert order_keys(keys) == [U, "spherewatch/enc/uniformity", R, "train/loss", COUNT, C,
-                                "spherewatch/enc/norm_max", "spherewatch/embeddings/x"]
-    assert describe(R).title == "effective rank" and describe("spherewatch/embeddings/x") is None
+                                "spherewatch/enc/norm_max", "spherewatch/x"]
+    assert describe(R).title == "effective rank" and describe("spherewatch/x") is None
 
 
 def test_every_metric_the_monitor_computes_is_in_the_catalogue():

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from spherewatch.alerts.alert import Alert
+from spherewatch.keys import metric_key
 from spherewatch.report import build_report, load_run
 from spherewatch.sinks.jsonl import JsonlSink
 
-U = "spherewatch/embeddings/uniformity"
-A = "spherewatch/embeddings/alignment"
-S = "spherewatch/embeddings/spectrum"
+U = "spherewatch/uniformity"
+A = "spherewatch/alignment"
+S = "spherewatch/spectrum"
 FIGURES = ["overview.png", "metrics.png", "alignment_uniformity.png", "spectrum.png"]
 
 
@@ -64,7 +65,7 @@ def test_report_html_lists_final_values_and_the_alerts(reports, kind, monitored_
         page = f.read()
     assert "<title>spherewatch report" in page
     table = page[page.index('<table id="final-values">'):]
-    for key in (U, A, "spherewatch/embeddings/effective_rank"):
+    for key in (U, A, "spherewatch/effective_rank"):
         assert f"<code>{key}</code>" in table
     alerts = page[page.index('<table id="alerts">'):page.index("</table>", page.index('<table id="alerts">'))]
     for fired in monitored_run.alerts:
@@ -133,12 +134,12 @@ def _write_jsonl(path, *, taps=("embeddings",), alignment=True, spectrum=False, 
         for step in range(0, 50, 5):
             values = {}
             for tap in taps:
-                values[f"spherewatch/{tap}/uniformity"] = -3.0 + step / 20
+                values[metric_key("uniformity", tap)] = -3.0 + step / 20
                 if alignment:
-                    values[f"spherewatch/{tap}/alignment"] = 1.0 - step / 100
+                    values[metric_key("alignment", tap)] = 1.0 - step / 100
             if nonfinite and step == 25:
                 values = {k: float("nan") for k in values}
-                values["spherewatch/embeddings/uniformity"] = float("inf")
+                values["spherewatch/uniformity"] = float("inf")
             sink.log_scalars(step, values, wall_time=1.7e9 + step)
             if spectrum:
                 sink.log_histogram(step, S, np.geomspace(1.0, 1e-6, 16) * (1 + step), wall_time=1.7e9 + step)
@@ -329,7 +330,7 @@ def test_tensorboard_texts_holding_several_alerts_are_all_read(tmp_path):
     from spherewatch.sinks.tensorboard import alert_markdown
 
     first = Alert("uniformity_collapse", U, -0.4, 20, "critical", "spread lost\n\nsecond paragraph", 1.7e9, "stop")
-    second = Alert("rank_collapse", "spherewatch/embeddings/effective_rank", float("nan"), 20, "warning", "", 1.7e9)
+    second = Alert("rank_collapse", "spherewatch/effective_rank", float("nan"), 20, "warning", "", 1.7e9)
     with SummaryWriter(str(tmp_path)) as writer:
         writer.add_scalar(U, -0.4, 20)
         writer.add_text("spherewatch/alerts", alert_markdown(first) + "\n\n---\n\n" + alert_markdown(second), 20)

@@ -24,7 +24,7 @@ def test_healthy_ssl_runs_raise_no_alert_at_default_settings(name, seed):
     mon.close()
     assert mon.alerts == [], [str(a) for a in mon.alerts]
     values = mon.sink("memory").scalars[-1][1]
-    assert values["spherewatch/embeddings/rows"] == 128 and "spherewatch/embeddings/uniformity_stderr" in values
+    assert values["spherewatch/rows"] == 128 and "spherewatch/uniformity_stderr" in values
     assert run.probe[-1][1] > 0.8  # kNN accuracy on the fixed probe: the encoder did learn
 
 

@@ -9,7 +9,7 @@ import torch
 import spherewatch as sw
 from spherewatch.sinks import TensorBoardSink
 
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 
 
 def _train(mon, steps, log):

@@ -10,8 +10,8 @@ from spherewatch.alerts.alert import Alert
 from spherewatch.errors import SpherewatchError
 from spherewatch.sinks import JsonlSink, read_jsonl
 
-U = "spherewatch/embeddings/uniformity"
-R = "spherewatch/embeddings/effective_rank"
+U = "spherewatch/uniformity"
+R = "spherewatch/effective_rank"
 
 
 def _strict_json(line):
@@ -28,7 +28,7 @@ def test_round_trip_keeps_values_steps_and_non_finite_floats(tmp_path):
         sink.log_scalars(0, {U: -3.5, R: 120.25})
         sink.log_scalars(10, {U: float("nan"), R: float("inf")})
         sink.log_scalars(20, {U: float("-inf")})
-        sink.log_histogram(10, "spherewatch/embeddings/spectrum", np.array([0.5, 0.25, float("inf"), 0.0]))
+        sink.log_histogram(10, "spherewatch/spectrum", np.array([0.5, 0.25, float("inf"), 0.0]))
         sink.log_alert(alert)
 
     lines = path.read_text().splitlines()
@@ -42,7 +42,7 @@ def test_round_trip_keeps_values_steps_and_non_finite_floats(tmp_path):
     assert data["scalars"][U][1][0] == 10 and math.isnan(data["scalars"][U][1][1])
     assert data["scalars"][U][2] == (20, -math.inf)
     assert data["scalars"][R] == [(0, 120.25), (10, math.inf)]
-    (step, spectrum), = data["histograms"]["spherewatch/embeddings/spectrum"]
+    (step, spectrum), = data["histograms"]["spherewatch/spectrum"]
     assert step == 10 and spectrum.dtype == np.float64
     np.testing.assert_array_equal(spectrum, [0.5, 0.25, np.inf, 0.0])
     (back,) = data["alerts"]

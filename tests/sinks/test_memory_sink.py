@@ -3,7 +3,7 @@ import numpy as np
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MemorySink
 
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 R = "spherewatch/encoder/effective_rank"
 
 
@@ -22,11 +22,11 @@ def test_memory_sink_keeps_history_last_value_and_keys_in_order():
 def test_memory_sink_copies_histograms_and_keeps_alerts():
     sink = MemorySink()
     values = np.array([3.0, 2.0, 1.0])
-    sink.log_histogram(5, "spherewatch/embeddings/spectrum", values)
+    sink.log_histogram(5, "spherewatch/spectrum", values)
     values[0] = 99.0  # the caller reuses its buffer
     alert = Alert(rule="r", key=U, value=-0.5, step=5)
     sink.log_alert(alert)
     (step, key, stored), = sink.histograms
-    assert (step, key) == (5, "spherewatch/embeddings/spectrum")
+    assert (step, key) == (5, "spherewatch/spectrum")
     np.testing.assert_array_equal(stored, [3.0, 2.0, 1.0])
     assert sink.alerts == [alert]

@@ -12,8 +12,8 @@ from mlflow_server import MlflowServer
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MLflowSink, ResilientSink
 
-U = "spherewatch/embeddings/uniformity"
-R = "spherewatch/embeddings/effective_rank"
+U = "spherewatch/uniformity"
+R = "spherewatch/effective_rank"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_resilient_mlflow_sink_survives_a_server_restart_without_loss_or_duplica
         started = time.monotonic()
         sink.log_scalars(step, values(step))
         assert time.monotonic() - started < 5.0  # the caller is not held up by the outage
-    sink.log_histogram(14, "spherewatch/embeddings/spectrum", [0.7, 0.2, 0.1])
+    sink.log_histogram(14, "spherewatch/spectrum", [0.7, 0.2, 0.1])
     sink.log_alert(Alert(rule="uniformity_degradation", key=U, value=-2.6, step=14, severity="warning"))
     assert [name for name, _ in errors] == ["mlflow"]  # reported once for the whole outage
     assert sink.pending == 12 and not sink.healthy  # 10 scalars, the histogram and the alert, in order
@@ -82,4 +82,4 @@ def test_resilient_mlflow_sink_survives_a_server_restart_without_loss_or_duplica
     with open(client.download_artifacts(inner.run_id, "spherewatch/alerts.json", str(tmp_path))) as f:
         assert [a["step"] for a in json.load(f)] == [14]
     with open(client.download_artifacts(inner.run_id, "spherewatch/spectra.json", str(tmp_path))) as f:
-        assert json.load(f)["spherewatch/embeddings/spectrum"]["values"] == [0.7, 0.2, 0.1]
+        assert json.load(f)["spherewatch/spectrum"]["values"] == [0.7, 0.2, 0.1]

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from spherewatch.alerts.alert import Alert
 from spherewatch.sinks import MLflowSink, ResilientSink
 
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 R = "spherewatch/encoder/effective_rank"
 
 
@@ -33,8 +33,8 @@ def test_new_run_is_created_logged_to_and_terminated_on_close(mlflow_uri, artifa
     assert client.get_run(sink.run_id).info.status == "RUNNING"
     for step in (0, 10, 20):
         sink.log_scalars(step, {U: -3.5 + step / 10, R: 120.0 - step})
-    sink.log_histogram(10, "spherewatch/embeddings/spectrum", np.array([0.6, 0.4]))
-    sink.log_histogram(20, "spherewatch/embeddings/spectrum", np.array([0.9, 0.1, np.inf]))
+    sink.log_histogram(10, "spherewatch/spectrum", np.array([0.6, 0.4]))
+    sink.log_histogram(20, "spherewatch/spectrum", np.array([0.9, 0.1, np.inf]))
     sink.close()
     sink.close()
 
@@ -44,8 +44,8 @@ def test_new_run_is_created_logged_to_and_terminated_on_close(mlflow_uri, artifa
     assert _history(client, sink.run_id, U) == [(0, -3.5), (10, -2.5), (20, -1.5)]  # "/" in keys is fine
     assert _history(client, sink.run_id, R) == [(0, 120.0), (10, 110.0), (20, 100.0)]
     spectra = _artifact_json(client, sink.run_id, "spherewatch/spectra.json", tmp_path)
-    assert spectra["spherewatch/embeddings/spectrum"]["step"] == 20  # the latest spectrum per key
-    assert spectra["spherewatch/embeddings/spectrum"]["values"] == [0.9, 0.1, "Infinity"]
+    assert spectra["spherewatch/spectrum"]["step"] == 20  # the latest spectrum per key
+    assert spectra["spherewatch/spectrum"]["values"] == [0.9, 0.1, "Infinity"]
 
 
 def test_explicit_run_id_is_used_and_left_open(mlflow_uri, artifact_dir):
@@ -112,7 +112,7 @@ def test_invalid_metric_key_is_a_permanent_error_that_resilient_sink_drops(mlflo
     inner = MLflowSink(mlflow_uri, experiment_name="exp-bad-key", artifact_location=str(artifact_dir))
     errors = []
     sink = ResilientSink(inner, on_error=lambda name, exc: errors.append((name, exc)))
-    sink.log_scalars(1, {"spherewatch/embeddings/uniformity?": -3.0})  # "?" is not allowed in MLflow keys
+    sink.log_scalars(1, {"spherewatch/uniformity?": -3.0})  # "?" is not allowed in MLflow keys
     sink.log_scalars(2, {U: -2.9})
     assert sink.dropped == 1 and sink.pending == 0 and sink.healthy
     assert [name for name, _ in errors] == ["mlflow"]
@@ -133,7 +133,7 @@ def test_flush_writes_spectra_at_most_once_per_interval_and_close_writes_the_lat
     sink = MLflowSink(mlflow_uri, experiment_name="exp-spectra", artifact_location=str(artifact_dir),
                       artifact_interval=3600.0)
     client = MlflowClient(mlflow_uri)
-    key = "spherewatch/embeddings/spectrum"
+    key = "spherewatch/spectrum"
     sink.log_histogram(1, key, [0.5, 0.5])
     sink.flush()
     assert _artifact_json(client, sink.run_id, "spherewatch/spectra.json", tmp_path / "a")[key]["step"] == 1

@@ -9,7 +9,7 @@ from spherewatch.alerts.alert import Alert
 from spherewatch.errors import SpherewatchError
 from spherewatch.sinks import JsonlSink, MemorySink, ResilientSink, read_jsonl
 
-U = "spherewatch/embeddings/uniformity"
+U = "spherewatch/uniformity"
 
 
 class FlakySink(MemorySink):
@@ -67,7 +67,7 @@ def test_outage_is_reported_once_and_the_backlog_is_replayed_in_order_without_du
     for step in range(1, 6):
         sink.log_scalars(step, {U: -3.9 + step / 10})
         clock.now += 0.5
-    sink.log_histogram(5, "spherewatch/embeddings/spectrum", [0.5, 0.5])
+    sink.log_histogram(5, "spherewatch/spectrum", [0.5, 0.5])
     sink.log_alert(Alert(rule="r", key=U, value=-3.4, step=5))
     assert [name for name, _ in errors] == ["flaky"] and isinstance(errors[0][1], ConnectionError)
     assert sink.pending == 7 and not sink.healthy
@@ -127,7 +127,7 @@ def test_spool_file_keeps_the_backlog_across_a_crash_and_is_replayed_first(tmp_p
     inner.down = True
     sink, _ = _wrap(inner, spool_path=str(spool), retry_initial=0.0)
     sink.log_scalars(1, {U: float("nan")}, wall_time=111.0)
-    sink.log_histogram(1, "spherewatch/embeddings/spectrum", np.array([0.7, 0.3]))
+    sink.log_histogram(1, "spherewatch/spectrum", np.array([0.7, 0.3]))
     sink.log_alert(Alert(rule="nonfinite", key=U, value=float("nan"), step=1, severity="critical"))
     lines = spool.read_text().splitlines()
     assert [json.loads(line)["op"] for line in lines] == ["scalars", "histogram", "alert"]
