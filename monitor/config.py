@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
+from spherewatch.keys import KeySchemeName
 
 __all__ = [
     "MonitorConfig", "PRESETS", "METRICS", "SPECTRAL_METRICS", "load_config", "ENV_PREFIX", "known_metric_keys",
@@ -200,7 +201,7 @@ class MonitorConfig(BaseModel):
     # naming
     prefix: str = Field("spherewatch", min_length=1)
     default_tap: str = Field("embeddings", min_length=1)
-    key_scheme: Literal["short", "tap"] = Field(
+    key_scheme: KeySchemeName = Field(
         "short", description="short: <prefix>/<metric> for the default tap, <prefix>/<tap>/<metric> for others; "
                              "tap: <prefix>/<tap>/<metric> for every tap (the keys logged before key_scheme existed)"
     )

@@ -52,8 +52,10 @@ class Evaluator:
         self.had_rows = False
 
     def evaluate(self, rows_by_tap: Mapping[str, Rows], *, spectral: bool, seed: int):
-        """``(values, hist_values)`` keyed ``<prefix>/<tap>/<metric>``; empty when no tap had usable rows."""
+        """``(values, hist_values)`` keyed by :attr:`MonitorConfig.keys` (``<prefix>/<metric>`` for the default tap,
+        ``<prefix>/<tap>/<metric>`` for others); empty when no tap had usable rows."""
         cfg = self.config
+        keys = cfg.keys
         distributed = dist_utils.is_distributed()
         taps = list(rows_by_tap)
         if distributed:
@@ -96,7 +98,6 @@ class Evaluator:
                                     f"{name} was not logged at this step; the other metrics were")
             for name in sc:
                 self._faults.recovered(f"metric:{tap}/{name}")
-            keys = cfg.keys
             tensors.update({keys.key(k, tap): v for k, v in sc.items()})
             hists.update({keys.key(k, tap): v for k, v in hi.items()})
         if not tensors:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Literal, Optional, Tuple, get_args
 
 __all__ = [
     "CATEGORIES",
@@ -163,7 +163,8 @@ ALERTS_INFO = MetricInfo("alerts/count", "alerts fired", OVERVIEW,
 
 
 #: The key schemes (``MonitorConfig.key_scheme``): see the module docstring.
-KEY_SCHEMES: Tuple[str, ...] = ("short", "tap")
+KeySchemeName = Literal["short", "tap"]
+KEY_SCHEMES: Tuple[str, ...] = get_args(KeySchemeName)
 #: Path segments that follow the prefix in keys that are not metrics: no tap (and no metric) may take these names.
 RESERVED_TAPS: Tuple[str, ...] = ("alerts", "monitor", "params")
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from spherewatch._version import __version__
 from spherewatch.alerts.alert import SEVERITIES, Alert
-from spherewatch.sinks.base import split_key
+from spherewatch.keys import parse_key as split_key
 from spherewatch.sinks.jsonl import decode_float, read_jsonl
 
 __all__ = ["RunData", "build_report", "load_run", "overview_figure", "verdict"]

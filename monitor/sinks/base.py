@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spherewatch.errors import SpherewatchError
+from spherewatch.keys import parse_key
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -110,20 +111,9 @@ class Sink(abc.ABC):
         return f"{type(self).__name__}(name={self.name!r}, closed={self._closed})"
 
 
-def split_key(key: str, prefix: str, default_tap: str = "embeddings") -> tuple[str, str] | None:
-    """``(tap, metric)`` of a metric key, ``<prefix>/<metric>`` (the default tap) or ``<prefix>/<tap>/<metric>``;
-    ``None`` when ``key`` has another shape (the alert counter, fault keys, the host's keys). See
-    :func:`spherewatch.keys.parse_key`.
-
-    Example:
-        >>> split_key("spherewatch/encoder/uniformity", "spherewatch"), split_key("spherewatch/uniformity", "spherewatch")
-        (('encoder', 'uniformity'), ('embeddings', 'uniformity'))
-        >>> split_key("loss", "spherewatch") is None
-        True
-    """
-    from spherewatch.keys import parse_key
-
-    return parse_key(key, prefix, default_tap)
+#: ``(tap, metric)`` of a metric key of either key scheme, or ``None``: :func:`spherewatch.keys.parse_key`, under
+#: the name the sinks exported before the key schemes existed.
+split_key = parse_key
 
 
 def as_float_array(values: Any, *, what: str = "values") -> np.ndarray:

@@ -336,7 +336,7 @@ class MLflowSink(Sink):
     def _record_metrics(self, step: int, scalars: Mapping[str, float], wall_time: float | None, started: bool):
         """``(metrics, own)`` of one record, the alert count 0 added to the first record holding spherewatch keys."""
         from spherewatch.keys import alert_count_key, order_keys
-        from spherewatch.sinks.base import split_key
+        from spherewatch.keys import parse_key as split_key
 
         timestamp = round((time.time() if wall_time is None else float(wall_time)) * 1000)
         values = {str(k): float(v) for k, v in scalars.items()}

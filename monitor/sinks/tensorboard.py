@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spherewatch.sinks.base import Sink, as_float_array, split_key
+from spherewatch.keys import RESERVED_TAPS
+from spherewatch.keys import parse_key as split_key
+from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.jsonl import make_private_dirs
 
 if TYPE_CHECKING:
@@ -22,7 +24,7 @@ logger = logging.getLogger("spherewatch.sinks")
 
 _WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
 #: A tap's path segment in the layout's regexes: any segment but the reserved ones (the alert counter, faults).
-_TAP_SEGMENT = "(?!(?:alerts|monitor|params)/)[^/]+"
+_TAP_SEGMENT = f"(?!(?:{'|'.join(map(re.escape, RESERVED_TAPS))})/)[^/]+"
 
 
 def alert_markdown(alert: Alert) -> str:

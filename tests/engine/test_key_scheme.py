@@ -119,7 +119,6 @@ def test_a_run_saved_under_the_tap_scheme_resumes_under_the_short_one_with_its_r
 
 def test_report_reads_runs_of_both_schemes_and_overlays_them(tmp_path):
     from spherewatch.report import build_report, load_run, verdict
-    from spherewatch.sinks.base import split_key
     from spherewatch.sinks.jsonl import JsonlSink
 
     paths = []
@@ -132,7 +131,7 @@ def test_report_reads_runs_of_both_schemes_and_overlays_them(tmp_path):
                                         keys.key("effective_rank"): 30.0 - step / 2}, wall_time=1.7e9 + step)
         paths.append(str(path))
     runs = [load_run(p) for p in paths]
-    parsed = [sorted(split_key(k, "spherewatch") for k in r.scalars) for r in runs]
+    parsed = [sorted(parse_key(k) for k in r.scalars) for r in runs]
     assert parsed[0] == parsed[1] == [("embeddings", "effective_rank"), ("embeddings", "uniformity")]
     assert [verdict(r) for r in runs] == ["healthy: no alerts in 40 steps"] * 2
     out = build_report(paths, tmp_path / "report", names=["tap keys", "short keys"])
