@@ -17,8 +17,10 @@ import torch
 
 import spherewatch.metrics as M
 from spherewatch.metrics._linalg import gram64
+from spherewatch.metrics._validation import normalize_rows
 from spherewatch.metrics.effective_rank import effective_rank_from_gram
 from spherewatch.metrics.spectrum import spectrum_from_moments
+from spherewatch.metrics.uniformity import _upper_kernel_sum  # the pooled estimate sums each chunk's pairs
 
 __all__ = ["analyze", "open_embeddings", "EmbeddingFile"]
 
@@ -216,8 +218,6 @@ def analyze(
     kern_sums, kern_pairs = [], []
     align_sum = 0.0
     pos_chunks = pos_file.chunks(chunk_rows) if pos_file is not None else None
-    from spherewatch.metrics.uniformity import _upper_kernel_sum
-
     for chunk in emb.chunks(chunk_rows):
         m = chunk.shape[0]
         bad = ~torch.isfinite(chunk)
@@ -230,7 +230,7 @@ def analyze(
             norm_sq += float((nf * nf).sum())
             norm_n += int(fin.sum())
             norm_min, norm_max = min(norm_min, float(nf.min())), max(norm_max, float(nf.max()))
-        zh = M._validation.normalize_rows(chunk)
+        zh = normalize_rows(chunk)
         zd = torch.nn.functional.normalize(chunk.double(), dim=1)
         # centred moments with Chan's merge, in fp64 (subtracting n * mean mean^T from a raw Gram at the end
         # cancels digits near collapse); the raw Gram is rebuilt from them without cancellation
@@ -245,7 +245,7 @@ def analyze(
             kern_sums.append(float(_upper_kernel_sum(zh, t, None)))
             kern_pairs.append(m * (m - 1) / 2)
         if pos_chunks is not None:
-            zp = M._validation.normalize_rows(next(pos_chunks))
+            zp = normalize_rows(next(pos_chunks))
             align_sum += float((zh - zp).pow(2).sum(1).double().sum())
         n += m
         if bar is not None:

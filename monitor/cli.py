@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
+
+import spherewatch.metrics as M
 from spherewatch._version import __version__
+from spherewatch.analyze import analyze
+from spherewatch.demo import run_demo
+from spherewatch.report import build_report
 
 __all__ = ["main"]
 
 
 def _generated_embeddings(n: int, d: int, seed: int) -> Dict[str, tuple]:
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     iso = torch.randn(n, d, generator=g)
     basis = torch.linalg.qr(torch.randn(d, 4, generator=g))[0]
@@ -27,8 +32,6 @@ def _generated_embeddings(n: int, d: int, seed: int) -> Dict[str, tuple]:
 
 
 def _metric_table(n: int, d: int, seed: int) -> List[List[str]]:
-    import spherewatch.metrics as M
-
     rows = [["embeddings", "alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dims"]]
     for name, (z, z_pos) in _generated_embeddings(n, d, seed).items():
         vals = [
@@ -53,8 +56,6 @@ def _print_table(rows: Sequence[Sequence[str]], out=None) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from spherewatch.demo import run_demo
-
     results = run_demo(
         steps=args.steps, every_n_steps=args.every, log_dir=args.log_dir, tracking_uri=args.tracking_uri,
         report_dir=None if args.no_report else args.report_dir, seed=args.seed, progress=not args.no_progress,
@@ -77,10 +78,6 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    import json
-
-    from spherewatch.analyze import analyze
-
     try:
         result = analyze(args.file, pos=args.pos, labels=args.labels, key=args.key, chunk_rows=args.chunk_rows,
                          t=args.t, progress=not args.json and sys.stderr.isatty())
@@ -97,8 +94,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from spherewatch.report import build_report
-
     try:
         result = build_report(list(args.run), args.out, tracking_uri=args.tracking_uri)
     except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:

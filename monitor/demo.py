@@ -12,11 +12,25 @@ Scenarios (``SCENARIOS``):
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import shutil
+import sys
+import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from spherewatch.alerts.verdict import collapse_alerts, verdict
+from spherewatch.compute import compute_tap_metrics
+from spherewatch.config import METRICS
+from spherewatch.keys import parse_key
+from spherewatch.metrics import effective_rank, uniformity
+from spherewatch.monitor import Monitor
+from spherewatch.report import build_report
+from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
 __all__ = ["SCENARIOS", "ScenarioResult", "make_data", "Encoder", "run_scenario"]
 
@@ -105,8 +119,6 @@ def run_scenario(
     probe where the rank falls below half of its best so far, or the uniformity loses half of its best spread,
     or the embeddings stop being finite.
     """
-    from spherewatch.metrics import effective_rank, uniformity
-
     kind = SCENARIOS[name]
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -172,9 +184,6 @@ def _hyperparameters(scenario: str, steps: int, batch_size: int, seed: int) -> D
 def _replace_previous_runs(log_dir: str, report_dir: Optional[str], tracking_uri: str, experiment_name: str) -> int:
     """Remove what an earlier demo left under the same names: its TensorBoard/JSONL folders, its reports, its MLflow
     runs (deleted, as the UI's delete does). Returns the number of MLflow runs removed."""
-    import os
-    import shutil
-
     names = [name for name, _ in DEMO_RUNS]
     for name in names:
         for root in (log_dir, report_dir):
@@ -204,10 +213,6 @@ def _replace_previous_runs(log_dir: str, report_dir: Optional[str], tracking_uri
 def _executable(name: str, module: str) -> str:
     """How to run ``name`` as printed: the venv's own script (relative when under the current folder), else
     ``python -m module`` with this interpreter."""
-    import os
-    import shutil
-    import sys
-
     local = os.path.join(os.path.dirname(sys.executable), name)
     if os.path.isfile(local) and os.access(local, os.X_OK):
         rel = os.path.relpath(local)
@@ -215,6 +220,13 @@ def _executable(name: str, module: str) -> str:
     if sys.prefix == sys.base_prefix and shutil.which(name):  # no virtualenv: the one on PATH is this one's
         return name
     return f"{sys.executable} -m {module}"
+
+
+def _verdict_cell(alerts) -> str:
+    """The summary table's short form of the one verdict (:mod:`spherewatch.alerts.verdict`): the step of the first
+    collapse alert, or ``healthy``; the full verdict heads the run's alerts below the table."""
+    fired = collapse_alerts(alerts)
+    return f"collapsed at step {min(a.step for a in fired)}" if fired else "healthy"
 
 
 def _compact(alert) -> str:
@@ -256,13 +268,6 @@ def run_demo(
 
     Returns per run: final values, alerts, MLflow run id, experiment id, paths.
     """
-    import logging
-    import os
-    import sys
-    import time
-
-    import spherewatch as sw
-
     out = out or sys.stdout
     threads = torch.get_num_threads()
     # One thread: these matrices are small, and two OpenMP threads on a busy 2-core machine run ~10x slower.
@@ -279,7 +284,7 @@ def run_demo(
         monitors = []
         for run_name, scenario in DEMO_RUNS:
             fired: List = []
-            mon = sw.Monitor(
+            mon = Monitor(
                 every_n_steps=every_n_steps, preset="full", sinks=("tensorboard", "mlflow", "jsonl"),
                 log_dir=os.path.join(log_dir, run_name), tracking_uri=tracking_uri, experiment_name=experiment_name,
                 run_name=run_name, warn=False, on_alert=fired.append,
@@ -321,8 +326,7 @@ def run_demo(
                 "scenario": scenario,
                 "values": dict(mon.last_values),
                 "losses": result.losses,
-                "alerts": [a for a in fired if a.rule != "monitor_fault"
-                           and getattr(a, "status", "fired") != "resolved"],
+                "alerts": collapse_alerts(fired),
                 "faults": dict(mon.faults),
                 "mlflow_run_id": run_id,
                 "jsonl": mon.config.resolved_jsonl_path,
@@ -349,9 +353,6 @@ def run_demo(
 def _warm_up() -> None:
     """Pay the first-call costs (lazy imports, LAPACK and autograd start-up) before the progress bar starts, so its
     ETA is the training's from the first step on."""
-    from spherewatch.compute import compute_tap_metrics
-    from spherewatch.config import METRICS
-
     z = torch.randn(64, 16)
     compute_tap_metrics(z, z + 0.1, None, METRICS, spectral=True)
     run_scenario("simsiam", None, steps=1, batch_size=32, probe_every=1)
@@ -359,8 +360,6 @@ def _warm_up() -> None:
 
 def _comparison_report(results: Dict[str, dict], report_dir: str, tracking_uri: str, out) -> Optional[str]:
     """One report of both runs on shared axes, also attached to each MLflow run (``spherewatch/report/``)."""
-    from spherewatch.report import build_report
-
     try:
         report = build_report([res["jsonl"] for res in results.values()], report_dir, names=list(results))["html"]
     except Exception as err:  # the demo's report is a bonus, never a crash
@@ -368,8 +367,6 @@ def _comparison_report(results: Dict[str, dict], report_dir: str, tracking_uri: 
         return None
     try:
         from mlflow import MlflowClient
-
-        from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
         client = MlflowClient(tracking_uri)
         for res in results.values():
@@ -392,17 +389,14 @@ def _experiment_id(tracking_uri: str, experiment_name: str) -> Optional[str]:
 
 def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: str,
                    experiment_id: Optional[str], report: Optional[str], replaced: int, out) -> None:
-    from spherewatch.keys import parse_key
-
     keys = ["uniformity", "effective_rank", "mean_cosine", "alignment"]
     rows = [["run"] + keys + ["loss", "alerts", "verdict"]]
     for run_name, res in results.items():
         vals = {parts[1]: v for k, v in res["values"].items() if (parts := parse_key(k)) is not None}
         alerts = res["alerts"]
-        verdict = (f"collapsed at step {min(a.step for a in alerts)}" if alerts else "healthy")
         rows.append([run_name] + [
             f"{vals.get(k, float('nan')):.4g}" for k in keys
-        ] + [f"{res['losses'][-1]:.3g}" if res["losses"] else "nan", str(len(alerts)), verdict])
+        ] + [f"{res['losses'][-1]:.3g}" if res["losses"] else "nan", str(len(alerts)), _verdict_cell(alerts)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s training, {setup:.0f} s setup)",
           file=out)
@@ -423,7 +417,7 @@ def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_d
         if not res["alerts"]:
             print(f"  {run_name}: none", file=out)
             continue
-        print(f"  {run_name}:", file=out)
+        print(_clip(f"  {run_name}: {verdict(res['alerts'])}"), file=out)
         advice: List[str] = []
         for a in res["alerts"]:
             print(f"    {_compact(a)}", file=out)

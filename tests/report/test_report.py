@@ -391,7 +391,7 @@ def test_the_hosts_loss_is_read_back_and_drawn_in_the_overview(tmp_path):
 def test_threshold_lines_come_from_the_rules_the_run_logged(tmp_path):
     from spherewatch.config import MonitorConfig
     from spherewatch.keys import config_params
-    from spherewatch.report import _threshold_lines
+    from spherewatch.report.thresholds import threshold_lines as _threshold_lines
 
     path = _write_jsonl(tmp_path / "run.jsonl")
     from spherewatch.alerts.rules import default_rules

@@ -1,0 +1,19 @@
+"""The record formats the report reads back, imported from where they are written (one place for the report).
+
+The report reads what the sinks wrote: JSONL files through the JSONL sink's reader and float decoder, MLflow stores
+whose address it shows with the MLflow sink's credential redaction. Every import of a sink module by the report
+package goes through here, so the day these formats move (a delivery codec, a redaction module) only this module
+changes.
+
+Example:
+    >>> decode_float("NaN") != decode_float("NaN"), decode_float(1)
+    (True, 1.0)
+    >>> redact_uri("http://user:secret@host:5000")
+    'http://***@host:5000'
+"""
+from __future__ import annotations
+
+from spherewatch.sinks.jsonl import decode_float, read_jsonl
+from spherewatch.sinks.mlflow import redact_uri
+
+__all__ = ["decode_float", "read_jsonl", "redact_uri"]
