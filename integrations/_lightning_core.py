@@ -55,6 +55,7 @@ class LightningMonitorCallbackCore(AdapterCore):
             raise ValueError(f"`val_tap` must differ from the training tap {self.tap!r}, e.g. 'val_{self.tap}'.")
         self.val_tap, self.select, self.pool = val_tap, select, pool or self.config.pool
         self.log_to_module, self.use_loggers = bool(log_to_module), bool(use_loggers)
+        self._keys = (output_key, output_key_pos, labels_key)
         self._last_global_step: Optional[int] = None
         self._val_rows = RowCollector(self.config.max_samples)
         self._val_open = False
@@ -114,24 +115,12 @@ class LightningMonitorCallbackCore(AdapterCore):
         self._last_global_step = trainer.global_step
 
     # ------------------------------------------------------------------ training
-    def _from_outputs(self, outputs: Any, tap: str, where: str):
-        """``(z, z_pos, labels)`` out of a step's returned dict, or ``None`` (reported once) when absent."""
-        if not isinstance(outputs, Mapping) or not isinstance(outputs.get(self.output_key), torch.Tensor):
-            got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
-            self.monitor.report_fault(f"capture:{tap}", KeyError(
-                f"`{where}` returned {got}, without a tensor under output_key={self.output_key!r}; return e.g. "
-                f"`{{'loss': loss, {self.output_key!r}: z}}`"), "nothing is captured from it")
-            return None
-        get = outputs.get
-        return get(self.output_key), get(self.output_key_pos) if self.output_key_pos else None, \
-            get(self.labels_key) if self.labels_key else None
-
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         mon = self.monitor
         if mon is None:
             return
         if self.output_key is not None and mon.armed:
-            got = self._from_outputs(outputs, self.tap, "training_step")
+            got = _step_tensors(mon, outputs, self._keys, self.tap, "training_step")
             if got is not None:
                 mon.observe(got[0], got[1], tap=self.tap, labels=got[2], pool=self.pool)
         step = int(trainer.global_step)
@@ -142,15 +131,8 @@ class LightningMonitorCallbackCore(AdapterCore):
         # The Monitor decides evaluations from the step alone, the same on every rank, so the collective in
         # reduce_boolean_decision is reached by all of them, and only on evaluation steps.
         if mon.last_evaluation_step == step:
-            self._publish(trainer, pl_module, mon.last_values, on_step=True)
-
-    def _publish(self, trainer: Any, pl_module: Any, values: Dict[str, float], on_step: bool) -> None:
-        if self.log_to_module:
-            for key, value in values.items():
-                pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, prog_bar=False,
-                              logger=False, batch_size=1)
-        stop = trainer.strategy.reduce_boolean_decision(self.should_stop, all=False)
-        trainer.should_stop = bool(trainer.should_stop or stop)
+            _publish(trainer, pl_module, mon.last_values, on_step=True, to_module=self.log_to_module,
+                     stop=self.should_stop)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -161,7 +143,7 @@ class LightningMonitorCallbackCore(AdapterCore):
                                 dataloader_idx: int = 0) -> None:
         if not self._val_open or self.output_key is None or self._val_rows.full:
             return
-        got = self._from_outputs(outputs, self.val_tap, "validation_step")
+        got = _step_tensors(self.monitor, outputs, self._keys, self.val_tap, "validation_step")
         if got is not None:
             z, labels = got[0], got[2]
             z = extract(z, None, None, self.pool) if z.ndim == 3 else z
@@ -174,7 +156,7 @@ class LightningMonitorCallbackCore(AdapterCore):
         z, labels = self._val_rows.take()
         # every rank: the Monitor gathers the rows across ranks
         values = self.monitor.evaluate_now(z, tap=self.val_tap, labels=labels, step=int(trainer.global_step))
-        self._publish(trainer, pl_module, values, on_step=False)
+        _publish(trainer, pl_module, values, on_step=False, to_module=self.log_to_module, stop=self.should_stop)
 
     # ------------------------------------------------------------------ end
     def close_monitor(self) -> None:
@@ -187,3 +169,29 @@ class LightningMonitorCallbackCore(AdapterCore):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self.close_monitor()
+
+
+def _step_tensors(mon: Monitor, outputs: Any, keys: Tuple[Optional[str], ...], tap: str, where: str):
+    """``(z, z_pos, labels)`` out of a step's returned dict (``keys``: their keys), or ``None`` (a fault of ``mon``)
+    when it has no tensor under the first key."""
+    output_key, pos_key, labels_key = keys
+    if not isinstance(outputs, Mapping) or not isinstance(outputs.get(output_key), torch.Tensor):
+        got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
+        mon.report_fault(f"capture:{tap}", KeyError(
+            f"`{where}` returned {got}, without a tensor under output_key={output_key!r}; return e.g. "
+            f"`{{'loss': loss, {output_key!r}: z}}`"), "nothing is captured from it")
+        return None
+    get = outputs.get
+    return get(output_key), get(pos_key) if pos_key else None, get(labels_key) if labels_key else None
+
+
+def _publish(trainer: Any, pl_module: Any, values: Dict[str, float], *, on_step: bool, to_module: bool,
+             stop: bool) -> None:
+    """``pl_module.log`` the values (for ``EarlyStopping`` / ``ModelCheckpoint``) and OR-reduce ``stop`` across
+    ranks into ``trainer.should_stop`` (a collective: every rank calls it, on the same steps)."""
+    if to_module:
+        for key, value in values.items():
+            pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, prog_bar=False,
+                          logger=False, batch_size=1)
+    stop = trainer.strategy.reduce_boolean_decision(bool(stop), all=False)
+    trainer.should_stop = bool(trainer.should_stop or stop)
