@@ -15,7 +15,7 @@ from typing import Any
 
 from spherewatch.alerts.advice import advise, check_family
 from spherewatch.alerts.alert import Alert
-from spherewatch.alerts.evaluators import Evaluator, Sample, evaluator_for
+from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
 from spherewatch.alerts.hints import hint as _hint
 from spherewatch.alerts.rules import parse_rules
 from spherewatch.alerts.verdict import OK, worst_severity
@@ -173,7 +173,7 @@ class AlertEngine:
         self.prefix = prefix.strip("/")
         self.default_tap = default_tap
         self._keys = KeyScheme(self.prefix, default_tap, key_scheme) if key_scheme is not None else None
-        self._evaluators: dict[str, Evaluator] = {r.name: evaluator_for(r) for r in self._rules}
+        self._evaluators: dict[str, RuleEvaluator] = {r.name: evaluator_for(r) for r in self._rules}
         self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
         self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)

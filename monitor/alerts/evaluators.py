@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from spherewatch.alerts.hints import hint
 
-__all__ = ["EVALUATORS", "Evaluator", "Judgement", "Sample", "evaluator_for", "register"]
+__all__ = ["EVALUATORS", "Judgement", "RuleEvaluator", "Sample", "evaluator_for", "register"]
 
 
 class Sample(NamedTuple):
@@ -54,7 +54,7 @@ class Judgement(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Evaluator:
+class RuleEvaluator:
     """A rule kind's evaluator: ``judge(rule, state, sample) -> Judgement``; ``sees_nonfinite``: NaN/Inf samples
     reach it and count as samples (every other kind never sees them, so one NaN cannot poison a reference)."""
 
@@ -64,7 +64,7 @@ class Evaluator:
 
 
 #: Rule kind -> its evaluator.
-EVALUATORS: dict[str, Evaluator] = {}
+EVALUATORS: dict[str, RuleEvaluator] = {}
 
 
 def register(kind: str, *, sees_nonfinite: bool = False) -> Callable[[Callable], Callable]:
@@ -73,13 +73,13 @@ def register(kind: str, *, sees_nonfinite: bool = False) -> Callable[[Callable],
     def add(judge: Callable[[Any, Any, Sample], Judgement]) -> Callable[[Any, Any, Sample], Judgement]:
         if kind in EVALUATORS:
             raise ValueError(f"rule kind {kind!r} already has an evaluator ({EVALUATORS[kind].judge.__name__})")
-        EVALUATORS[kind] = Evaluator(kind, judge, sees_nonfinite)
+        EVALUATORS[kind] = RuleEvaluator(kind, judge, sees_nonfinite)
         return judge
 
     return add
 
 
-def evaluator_for(rule: Any) -> Evaluator:
+def evaluator_for(rule: Any) -> RuleEvaluator:
     """The evaluator of ``rule``'s kind.
 
     Raises:
