@@ -1,7 +1,8 @@
 """Body of the Lightning ``MonitorCallback``, shared by ``lightning.pytorch`` and ``pytorch_lightning``.
 
 Nothing here imports a training framework; ``lightning.py`` and ``pytorch_lightning.py`` bind it to their own
-``Callback`` and logger classes. It only pulls embeddings out of the run and hands them to the Monitor.
+``Callback`` and logger classes. It only pulls embeddings out of the run and hands them to the Monitor; the config,
+sinks, the Monitor's life, checkpoint state and closing are :class:`~spherewatch.integrations._core.AdapterCore`'s.
 """
 from __future__ import annotations
 
@@ -11,17 +12,16 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from spherewatch.capture import Selector
-from spherewatch.config import MonitorConfig, load_config
+from spherewatch.integrations._core import AdapterCore
 from spherewatch.integrations._hooks import RowCollector, add_output_hook, extract
-from spherewatch.integrations._sinks import lightning_host_sinks, open_monitor, split_sinks
+from spherewatch.integrations._sinks import lightning_host_sinks
+from spherewatch.integrations.torch import resolve_module
 from spherewatch.monitor import Monitor
 
 __all__ = ["LightningMonitorCallbackCore"]
 
-_STATE_VERSION = 1
 
-
-class LightningMonitorCallbackCore:
+class LightningMonitorCallbackCore(AdapterCore):
     """A subclass sets ``_tensorboard_logger_types`` / ``_mlflow_logger_types`` and inherits the framework's
     ``Callback`` after this class (see ``lightning.MonitorCallback`` for the behaviour)."""
 
@@ -33,7 +33,6 @@ class LightningMonitorCallbackCore:
                  select: Selector = None, pool: Optional[str] = None, val_tap: Optional[str] = None,
                  log_to_module: bool = True, use_loggers: bool = True, sinks: Optional[Sequence[Any]] = None,
                  on_alert: Any = None, **overrides: Any) -> None:
-        super().__init__()
         if (module_path is None) == (output_key is None):
             raise ValueError(
                 "Pass exactly one of `module_path=` (a submodule of the LightningModule, e.g. 'encoder') or "
@@ -46,10 +45,7 @@ class LightningMonitorCallbackCore:
         if output_key is not None and select is not None:
             raise ValueError(f"`select={select!r}` applies to `module_path=` outputs; with `output_key=` the value "
                              "under that key is used as is.")
-        names, self._user_sinks = split_sinks(sinks)
-        if names:
-            overrides["sinks"] = names
-        self.config: MonitorConfig = load_config(config, **overrides)
+        super().__init__(config, sinks=sinks, on_alert=on_alert, **overrides)
         self.module_path, self.output_key = module_path, output_key
         self.output_key_pos, self.labels_key = output_key_pos, labels_key
         self.tap = tap or self.config.default_tap
@@ -59,10 +55,7 @@ class LightningMonitorCallbackCore:
             raise ValueError(f"`val_tap` must differ from the training tap {self.tap!r}, e.g. 'val_{self.tap}'.")
         self.val_tap, self.select, self.pool = val_tap, select, pool or self.config.pool
         self.log_to_module, self.use_loggers = bool(log_to_module), bool(use_loggers)
-        self._on_alert = on_alert
-        self.monitor: Optional[Monitor] = None
-        self._pending: Optional[Dict[str, Any]] = None
-        self._handle: Any = None
+        self._keys = (output_key, output_key_pos, labels_key)
         self._last_global_step: Optional[int] = None
         self._val_rows = RowCollector(self.config.max_samples)
         self._val_open = False
@@ -80,37 +73,24 @@ class LightningMonitorCallbackCore:
         return self._generate_state_key(tap=self.tap)  # type: ignore[attr-defined]
 
     def state_dict(self) -> Dict[str, Any]:
-        """The Monitor's state (schedule position, alert state, alerts)."""
-        if self.monitor is None:
-            return dict(self._pending or {})
-        return {"version": _STATE_VERSION, "monitor": self.monitor.state_dict()}
+        """The Monitor's state (schedule position, alert state, alerts): ``{"version": 1, "monitor": ...}``."""
+        return self.checkpoint_state()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (applied when the Monitor exists, i.e. now or at ``setup``)."""
-        self._pending = dict(state_dict)
-        if self.monitor is not None:
-            state, self._pending = self._pending, None
-            if state.get("monitor") is not None:
-                self.monitor.load_state_dict(state["monitor"])
+        self.load_checkpoint_state(state_dict)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        previous = self.state_dict() if self.monitor is not None else None
-        self._close()
         sinks = (lightning_host_sinks(trainer.loggers, self._tensorboard_logger_types, self._mlflow_logger_types,
                                       self.config.prefix) if (self.use_loggers and trainer.is_global_zero) else [])
-        self.monitor = open_monitor(self.config, sinks + self._user_sinks, trainer.default_root_dir, self._on_alert)
-        pending = self._pending if self._pending is not None else previous  # a second fit continues
-        if pending is not None:
-            self.load_state_dict(pending)
+        self.open_monitor(sinks, trainer.default_root_dir)  # a second fit continues
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.module_path is None or self.monitor is None:
             return
-        from spherewatch.integrations.torch import resolve_module
-
         mon = self.monitor
 
         def take(output: Any, kwargs: Mapping) -> None:
@@ -128,31 +108,19 @@ class LightningMonitorCallbackCore:
             else:
                 self._val_rows.add(z)
 
-        self._handle = add_output_hook(resolve_module(pl_module, self.module_path),
-                                       lambda: mon.armed or self._val_open, take, mon)
+        self.attach(add_output_hook(resolve_module(pl_module, self.module_path),
+                                    lambda: mon.armed or self._val_open, take, mon))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_global_step = trainer.global_step
 
     # ------------------------------------------------------------------ training
-    def _from_outputs(self, outputs: Any, tap: str, where: str):
-        """``(z, z_pos, labels)`` out of a step's returned dict, or ``None`` (reported once) when absent."""
-        if not isinstance(outputs, Mapping) or not isinstance(outputs.get(self.output_key), torch.Tensor):
-            got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
-            self.monitor.report_fault(f"capture:{tap}", KeyError(
-                f"`{where}` returned {got}, without a tensor under output_key={self.output_key!r}; return e.g. "
-                f"`{{'loss': loss, {self.output_key!r}: z}}`"), "nothing is captured from it")
-            return None
-        get = outputs.get
-        return get(self.output_key), get(self.output_key_pos) if self.output_key_pos else None, \
-            get(self.labels_key) if self.labels_key else None
-
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         mon = self.monitor
         if mon is None:
             return
         if self.output_key is not None and mon.armed:
-            got = self._from_outputs(outputs, self.tap, "training_step")
+            got = _step_tensors(mon, outputs, self._keys, self.tap, "training_step")
             if got is not None:
                 mon.observe(got[0], got[1], tap=self.tap, labels=got[2], pool=self.pool)
         step = int(trainer.global_step)
@@ -163,15 +131,8 @@ class LightningMonitorCallbackCore:
         # The Monitor decides evaluations from the step alone, the same on every rank, so the collective in
         # reduce_boolean_decision is reached by all of them, and only on evaluation steps.
         if mon.last_evaluation_step == step:
-            self._publish(trainer, pl_module, mon.last_values, on_step=True)
-
-    def _publish(self, trainer: Any, pl_module: Any, values: Dict[str, float], on_step: bool) -> None:
-        if self.log_to_module:
-            for key, value in values.items():
-                pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, prog_bar=False,
-                              logger=False, batch_size=1)
-        stop = trainer.strategy.reduce_boolean_decision(bool(self.monitor.should_stop), all=False)
-        trainer.should_stop = bool(trainer.should_stop or stop)
+            _publish(trainer, pl_module, mon.last_values, on_step=True, to_module=self.log_to_module,
+                     stop=self.should_stop)
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -182,7 +143,7 @@ class LightningMonitorCallbackCore:
                                 dataloader_idx: int = 0) -> None:
         if not self._val_open or self.output_key is None or self._val_rows.full:
             return
-        got = self._from_outputs(outputs, self.val_tap, "validation_step")
+        got = _step_tensors(self.monitor, outputs, self._keys, self.val_tap, "validation_step")
         if got is not None:
             z, labels = got[0], got[2]
             z = extract(z, None, None, self.pool) if z.ndim == 3 else z
@@ -195,20 +156,42 @@ class LightningMonitorCallbackCore:
         z, labels = self._val_rows.take()
         # every rank: the Monitor gathers the rows across ranks
         values = self.monitor.evaluate_now(z, tap=self.val_tap, labels=labels, step=int(trainer.global_step))
-        self._publish(trainer, pl_module, values, on_step=False)
+        _publish(trainer, pl_module, values, on_step=False, to_module=self.log_to_module, stop=self.should_stop)
 
     # ------------------------------------------------------------------ end
-    def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        if self.monitor is not None:
-            self.monitor.close()
+    def close_monitor(self) -> None:
+        super().close_monitor()
         self._val_open = False
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
-            self._close()
+            self.close_monitor()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close()
+        self.close_monitor()
+
+
+def _step_tensors(mon: Monitor, outputs: Any, keys: Tuple[Optional[str], ...], tap: str, where: str):
+    """``(z, z_pos, labels)`` out of a step's returned dict (``keys``: their keys), or ``None`` (a fault of ``mon``)
+    when it has no tensor under the first key."""
+    output_key, pos_key, labels_key = keys
+    if not isinstance(outputs, Mapping) or not isinstance(outputs.get(output_key), torch.Tensor):
+        got = f"a dict with keys {list(outputs)}" if isinstance(outputs, Mapping) else type(outputs).__name__
+        mon.report_fault(f"capture:{tap}", KeyError(
+            f"`{where}` returned {got}, without a tensor under output_key={output_key!r}; return e.g. "
+            f"`{{'loss': loss, {output_key!r}: z}}`"), "nothing is captured from it")
+        return None
+    get = outputs.get
+    return get(output_key), get(pos_key) if pos_key else None, get(labels_key) if labels_key else None
+
+
+def _publish(trainer: Any, pl_module: Any, values: Dict[str, float], *, on_step: bool, to_module: bool,
+             stop: bool) -> None:
+    """``pl_module.log`` the values (for ``EarlyStopping`` / ``ModelCheckpoint``) and OR-reduce ``stop`` across
+    ranks into ``trainer.should_stop`` (a collective: every rank calls it, on the same steps)."""
+    if to_module:
+        for key, value in values.items():
+            pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, prog_bar=False,
+                          logger=False, batch_size=1)
+    stop = trainer.strategy.reduce_boolean_decision(bool(stop), all=False)
+    trainer.should_stop = bool(trainer.should_stop or stop)

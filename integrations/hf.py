@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from transformers import TrainerCallback
 
-from spherewatch.config import MonitorConfig, load_config
-from spherewatch.integrations._sinks import calling_callbacks, hf_host_sinks, open_monitor, split_sinks
-from spherewatch.integrations.torch import unwrap_model
-from spherewatch.monitor import Monitor
+from spherewatch.integrations._core import AdapterCore
+from spherewatch.integrations._sinks import calling_callbacks, hf_host_sinks
+from spherewatch.integrations.sentence_transformers import SentenceTransformerCapture, is_sentence_transformer
+from spherewatch.integrations.torch import resolve_module, unwrap_model
 
 try:  # transformers >= 4.41
     from transformers.trainer_callback import ExportableState
@@ -38,8 +38,11 @@ logger = logging.getLogger("spherewatch.integrations")
 _LIVE: "weakref.WeakValueDictionary[str, MonitorTrainerCallback]" = weakref.WeakValueDictionary()
 
 
-class MonitorTrainerCallback(TrainerCallback, ExportableState):
+class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
     """Watch embedding geometry during ``Trainer.train()``; alert (and optionally stop) when it collapses.
+
+    A thin adapter on :class:`~spherewatch.integrations._core.AdapterCore` (config, sinks, the Monitor's life, state,
+    stop): it finds the host's writers and the module to watch, and steps the Monitor.
 
     * **What is captured**: the output of the submodule at ``module_path`` (e.g. ``"bert.pooler"``,
       ``"bert.encoder.layer.5"``; token outputs ``(B, T, H)`` are mean-pooled with the call's attention mask),
@@ -93,20 +96,12 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
         _from_checkpoint: bool = False,
         **overrides: Any,
     ) -> None:
-        names, objects = split_sinks(sinks)
-        if names:
-            overrides["sinks"] = names
-        self.config: MonitorConfig = load_config(config, **overrides)
+        super().__init__(config, sinks=sinks, on_alert=on_alert, **overrides)
         self.module_path = module_path
         self.tap = tap or self.config.default_tap
         self.select = select
         self.pool = pool
         self.use_host_loggers = bool(use_host_loggers)
-        self._user_sinks: List[Any] = objects
-        self._on_alert = on_alert
-        self.monitor: Optional[Monitor] = None
-        self._pending: Optional[Dict[str, Any]] = None
-        self._handle: Any = None
         live = _LIVE.get(self.tap) if _from_checkpoint else None
         if live is not None:
             self._adopt(live)
@@ -131,51 +126,25 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
         }
         return {"args": args, "attributes": {"monitor_state": self.monitor_state}}
 
-    @property
-    def monitor_state(self) -> Optional[Dict[str, Any]]:
-        """The Monitor's ``state_dict()`` (or the state waiting to be loaded at ``on_train_begin``)."""
-        if self.monitor is not None:
-            return self.monitor.state_dict()
-        return self._pending
-
-    @monitor_state.setter
-    def monitor_state(self, state: Optional[Dict[str, Any]]) -> None:
-        self._pending = dict(state) if state else None
-        if self.monitor is not None and self._pending is not None:
-            self.monitor.load_state_dict(self._pending)
-            self._pending = None
-
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Open the Monitor (with the host's sinks) and install the hook on ``model``'s ``module_path``."""
-        previous = self.monitor.state_dict() if self.monitor is not None else None
-        self._close()
         sinks = (hf_host_sinks(calling_callbacks(self), args, self.config.prefix)
                  if (self.use_host_loggers and state.is_world_process_zero) else [])
-        sinks += self._user_sinks
-        self.monitor = open_monitor(self.config, sinks, args.output_dir, self._on_alert)
-        if self._pending is None and previous is not None:  # a second train() with the same callback continues
-            self._pending = previous
-        if self._pending is not None:
-            self.monitor.load_state_dict(self._pending)
-            self._pending = None
-        from spherewatch.integrations.sentence_transformers import SentenceTransformerCapture, is_sentence_transformer
-
+        self.open_monitor(sinks, args.output_dir)  # a second train() with the same callback continues
         if model is not None and is_sentence_transformer(unwrap_model(model)):  # module_path None = sentence embedding
             root = unwrap_model(model)
-            self._handle = SentenceTransformerCapture(
+            self.attach(SentenceTransformerCapture(
                 self.monitor, root, self.module_path, tap=self.tap, pool=self.pool or self.config.pool,
-                when=lambda: root.training, report=self.monitor.report_fault)
+                when=lambda: root.training, report=self.monitor.report_fault))
         elif self.module_path is not None:
             if model is None:
                 raise ValueError("MonitorTrainerCallback needs the model (on_train_begin got model=None) to watch "
                                  f"{self.module_path!r}.")
-            from spherewatch.integrations.torch import resolve_module
-
             root = unwrap_model(model)
             module = resolve_module(root, self.module_path)
-            self._handle = self.monitor.watch(module, self.tap, select=self.select, pool=self.pool,
-                                              when=lambda: root.training)
+            self.attach(self.monitor.watch(module, self.tap, select=self.select, pool=self.pool,
+                                           when=lambda: root.training))
         else:
             logger.info("spherewatch: no module_path given; call `callback.monitor.observe(z)` to feed embeddings.")
         return control
@@ -183,21 +152,14 @@ class MonitorTrainerCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         """Step the Monitor at ``state.global_step``; request a stop when a stop rule fired."""
         if self.monitor is not None:
-            if hasattr(self._handle, "before_step"):  # sentence-transformers: lone anchors, never-fired check
-                self._handle.before_step(int(state.global_step))
+            if hasattr(self.capture, "before_step"):  # sentence-transformers: lone anchors, never-fired check
+                self.capture.before_step(int(state.global_step))
             self.monitor.step(int(state.global_step))
-            if self.monitor.should_stop:
+            if self.should_stop:
                 control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         """Remove the hook, flush and close the Monitor's sinks (the host's writer and run stay open)."""
-        self._close()
+        self.close_monitor()
         return control
-
-    def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        if self.monitor is not None:
-            self.monitor.close()

@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import torch
 
+from spherewatch.integrations.torch import resolve_module
+
 __all__ = ["SentenceTransformerCapture", "is_sentence_transformer", "sentence_embeddings"]
 
 logger = logging.getLogger("spherewatch.integrations")
@@ -105,8 +107,6 @@ class SentenceTransformerCapture:
 
     def __init__(self, monitor: Any, model: torch.nn.Module, module_path: Optional[str], *, tap: str,
                  pool: str = "mean", when: Callable[[], bool], report: Callable[..., None]) -> None:
-        from spherewatch.integrations.torch import resolve_module
-
         self.monitor, self.tap, self.pool, self.when, self.report = monitor, tap, pool or "mean", when, report
         self.module_path = module_path
         module = model if not module_path else resolve_module(model, module_path)

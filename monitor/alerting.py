@@ -29,6 +29,9 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from spherewatch import distributed as dist_utils
 from spherewatch.alerts.alert import Alert
+from spherewatch.alerts.channels import AlertDispatcher, CallableChannel, LoggingChannel
+from spherewatch.alerts.engine import AlertEngine
+from spherewatch.alerts.webhook import WebhookChannel
 
 __all__ = ["AlertPipeline", "HISTORY_LIMIT"]
 
@@ -85,9 +88,6 @@ class AlertPipeline:
     """
 
     def __init__(self, config: Any, callbacks: List[Callable[[Alert], Any]], faults: Any) -> None:
-        from spherewatch.alerts.channels import AlertDispatcher, CallableChannel, LoggingChannel
-        from spherewatch.alerts.engine import AlertEngine
-
         self.config = config
         self.faults = faults
         self.engine = AlertEngine(config.alert_rules, prefix=config.prefix,
@@ -99,8 +99,6 @@ class AlertPipeline:
             "SPHEREWATCH_WEBHOOK_URL"
         )
         if url:
-            from spherewatch.alerts.webhook import WebhookChannel
-
             channels.append(_FiredOnly(_RankZeroChannel(WebhookChannel(url, timeout=config.webhook_timeout,
                                                                         on_give_up=self._webhook_gave_up))))
         self.dispatcher = AlertDispatcher(channels, strict=config.strict, on_error=self._channel_error)

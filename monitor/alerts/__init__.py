@@ -1,5 +1,6 @@
-"""Alerts: rules that watch logged metrics, the engine that decides when they fire, and the channels that
-deliver them (one ``CollapseWarning`` or one log record, a callable, a Slack-compatible webhook).
+"""Alerts: rules that watch logged metrics, one evaluator per rule kind (``alerts.evaluators``), the engine that
+decides when they fire, and the channels that deliver them (one ``CollapseWarning`` or one log record, a callable,
+a Slack-compatible webhook).
 
 Example:
     >>> from spherewatch.alerts import AlertEngine, default_rules

@@ -1,4 +1,10 @@
-"""The alert engine: evaluates rules on logged values and runs one state machine per (rule, key)."""
+"""The alert engine: one state machine per (rule, key) over the logged values.
+
+What a sample means for a rule (breach, re-arm, message, the references it keeps) is decided by the evaluator of the
+rule's kind (:mod:`spherewatch.alerts.evaluators`, looked up by ``rule.kind``); the engine keeps only what every kind
+shares: routing keys to rules, warm-up, patience, cooldown, firing and resolving, reminders, the worst open
+severity (in the order of :mod:`spherewatch.alerts.verdict`) and the checkpoint state.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -7,84 +13,27 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
+from spherewatch.alerts.advice import advise, check_family
 from spherewatch.alerts.alert import Alert
-from spherewatch.alerts.rules import (
-    CollapseRule,
-    DegradationRule,
-    DriftRule,
-    NonFiniteRule,
-    ThresholdRule,
-    TrendRule,
-    parse_rules,
-)
+from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
+from spherewatch.alerts.hints import hint as _hint
+from spherewatch.alerts.rules import parse_rules
+from spherewatch.alerts.verdict import OK, worst_severity
 from spherewatch.keys import KeyScheme, parse_key
 
 __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
 
-#: States of one (rule, key) pair.
-OK, PENDING, FIRING = "ok", "pending", "firing"
+#: States of one (rule, key) pair, besides ``OK`` (``"ok"``, from :mod:`spherewatch.alerts.verdict`).
+PENDING, FIRING = "pending", "firing"
 _STATE_VERSION = 2
 #: Consecutive samples back inside the threshold (by the rule's hysteresis margin) that resolve an open alert.
 RESOLVE_AFTER = 3
-_SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
-
-# What a degradation of a metric means, and what to check. Unknown metrics get the generic entry.
-_HINTS: dict[str, tuple[str, str]] = {
-    "uniformity": (
-        "embeddings are losing spread on the sphere — possible collapse",
-        (
-            "the learning rate, the loss (for contrastive losses the negatives and the temperature; for "
-            "SimSiam/BYOL-style losses the stop-gradient and the predictor) and the augmentations"
-        ),
-    ),
-    "effective_rank": (
-        "embeddings span fewer and fewer directions — dimensional collapse",
-        "weight decay versus augmentation strength, the projector width and the learning rate",
-    ),
-    "normalized_std": (
-        "embeddings are converging to one direction — possible complete collapse",
-        "the learning rate, the loss (the stop-gradient and predictor of SimSiam/BYOL-style losses; the negatives "
-        "of contrastive ones) and the augmentations",
-    ),
-    "mean_cosine": (
-        "embeddings are becoming parallel — possible collapse",
-        "the learning rate, the loss (the negatives of contrastive losses; the stop-gradient and predictor of "
-        "SimSiam/BYOL-style ones) and the augmentations",
-    ),
-    "alignment": (
-        "positive pairs are drifting apart",
-        "the augmentations and that the two views are paired row by row",
-    ),
-    "collapsed_dimensions": (
-        "more embedding dimensions carry (almost) no variance — dimensional collapse",
-        "weight decay versus augmentation strength and the projector width",
-    ),
-    "dead_dimensions": (
-        "more embedding dimensions are constant",
-        "activations before the embedding (dead ReLUs), the learning rate and weight decay",
-    ),
-    "nonfinite_fraction": (
-        "embeddings contain NaN/Inf values",
-        "the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) and the inputs",
-    ),
-}
-_HINTS["uniformity_pos"] = _HINTS["uniformity"]
-_HINTS["effective_rank_centered"] = _HINTS["effective_rank"]
-_GENERIC_HINT = ("the metric moved in the unhealthy direction", "the training curves around this step")
 
 
 def _clear_window(st: _KeyState) -> int:
     """Clear samples in a row that resolve an open alert: RESOLVE_AFTER, doubled each time the condition came back
     soon after resolving (so a condition that flaps opens O(log n) alerts over n samples, not one per flap)."""
     return RESOLVE_AFTER * 2 ** min(st.reopens, 20)
-
-
-def _hint(metric: str) -> tuple[str, str]:
-    return _HINTS.get(metric, _GENERIC_HINT)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
 
 
 def _float_to_json(x: float | None) -> Any:
@@ -116,7 +65,7 @@ class _KeyState:
     prev: float | None = None  # trend: previous value
     slope: float | None = None  # trend: smoothed slope
     alert: Alert | None = None  # the alert that fired, while firing
-    ev: dict = dataclasses.field(default_factory=dict)  # evaluator state of drift / collapse rules (JSON-able)
+    ev: dict = dataclasses.field(default_factory=dict)  # evaluator state of drift / collapse / new kinds (JSON-able)
     held: int = 0  # samples the open alert's condition has held (its `count`)
     clear: int = 0  # consecutive samples back inside by the hysteresis margin, while firing
     reopens: int = 0  # times it opened again soon after resolving (a flapping condition): doubles the clear window
@@ -180,7 +129,8 @@ class AlertEngine:
     So a condition that flaps (NaN on every other batch) stays one open alert instead of one alert per bad
     sample. A breach ends a pending run when a non-breaching sample arrives. Every emitted alert carries
     ``open_severity``: the worst severity still open after this update (``"ok"`` when none). Warm-up,
-    references and non-finite handling are described in :mod:`spherewatch.alerts.rules`.
+    references and non-finite handling are described in :mod:`spherewatch.alerts.rules`; each kind's breach and
+    re-arm conditions live in its evaluator (:mod:`spherewatch.alerts.evaluators`).
 
     ``loss_family`` (``"contrastive"``, ``"non_contrastive"``, ``"supervised"``, or ``None``: unknown) picks the
     advice at the end of each message (see :mod:`spherewatch.alerts.advice`); unknown keeps it neutral.
@@ -192,7 +142,7 @@ class AlertEngine:
 
     Args:
         rules: the rules (models or dicts, see :data:`~spherewatch.alerts.rules.RULE_ADAPTER`); names must be
-            unique.
+            unique; each rule's kind must have an evaluator (a ``TypeError`` lists the kinds that have one).
         prefix: the log-key prefix.
         default_tap: the tap of ``<prefix>/<metric>`` keys (what a rule's ``tap`` is matched against).
         key_scheme: the scheme the keys come in (``"short"`` or ``"tap"``); when given, :meth:`load_state_dict`
@@ -210,8 +160,6 @@ class AlertEngine:
 
     def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None,
                  default_tap: str = "embeddings", key_scheme: str | None = None) -> None:
-        from spherewatch.alerts.advice import check_family
-
         self.loss_family = check_family(loss_family)
         self._rules = parse_rules(list(rules))
         names = [r.name for r in self._rules]
@@ -225,6 +173,7 @@ class AlertEngine:
         self.prefix = prefix.strip("/")
         self.default_tap = default_tap
         self._keys = KeyScheme(self.prefix, default_tap, key_scheme) if key_scheme is not None else None
+        self._evaluators: dict[str, RuleEvaluator] = {r.name: evaluator_for(r) for r in self._rules}
         self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
         self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)
@@ -296,13 +245,8 @@ class AlertEngine:
 
     def open_severity(self) -> str:
         """The worst severity among the open (firing) alerts, ``"ok"`` when none is open."""
-        worst = None
-        for states in self._states.values():
-            for st in states.values():
-                if st.status == FIRING and st.alert is not None:
-                    if worst is None or _SEVERITY_ORDER.get(st.alert.severity, 1) > _SEVERITY_ORDER.get(worst, 1):
-                        worst = st.alert.severity
-        return worst or OK
+        return worst_severity(st.alert.severity for states in self._states.values() for st in states.values()
+                              if st.status == FIRING and st.alert is not None)
 
     def reset(self) -> None:
         """Forget all state (references, counters, firing pairs)."""
@@ -359,33 +303,18 @@ class AlertEngine:
     def _advance(
         self, rule: Any, st: _KeyState, key: str, tap: str, metric: str, step: int, value: float
     ) -> Alert | None:
-        finite = math.isfinite(value)
-        if isinstance(rule, NonFiniteRule):
-            st.n += 1
-            if st.n <= rule.warmup:
-                return None
-            breach, rearm, msg = (not finite), finite, None
-            if not finite:
-                msg = self._nonfinite_message(metric, tap, step, value)
-        else:
-            if not finite:  # never poisons the state of other rules
-                return None
-            st.n += 1
-            if st.n <= rule.warmup:
-                return None
-            if isinstance(rule, ThresholdRule):
-                breach, rearm, msg = self._eval_threshold(rule, value, metric, tap, step)
-            elif isinstance(rule, DegradationRule):
-                breach, rearm, msg = self._eval_degradation(rule, st, value, metric, tap, step)
-            elif isinstance(rule, TrendRule):
-                breach, rearm, msg = self._eval_trend(rule, st, value, metric, tap, step)
-            else:
-                breach, rearm, msg = self._eval_noise_aware(rule, st, key, value, metric, tap, step)
-
-        if msg is not None:
-            msg = self._advise(msg, metric)
+        """Judge one sample with the rule's evaluator, then move the pair's state machine."""
+        evaluator = self._evaluators[rule.name]
+        if not (evaluator.sees_nonfinite or math.isfinite(value)):  # never poisons the state of other rules
+            return None
+        st.n += 1
+        if st.n <= rule.warmup:
+            return None
+        breach, rearm, msg = evaluator.judge(rule, st, Sample(value, metric, tap, step, self._stderr(key)))
+        if msg is not None:  # the advice that fits the loss family (neutral when unknown)
+            msg = advise(msg, _hint(metric)[1], metric, self.loss_family)
         if st.status == FIRING:
-            return self._while_firing(rule, st, key, step, value, breach, rearm, msg)
+            return _while_firing(rule, st, key, step, value, breach, rearm, msg)
         if not breach:
             st.status, st.count = OK, 0
             return None
@@ -406,123 +335,6 @@ class AlertEngine:
         st.fires += 1
         return alert
 
-    @staticmethod
-    def _while_firing(rule, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool, msg):
-        """An open alert: count, remind per cooldown, resolve after RESOLVE_AFTER clear samples."""
-        if breach:
-            st.held += 1
-            st.clear = 0
-            if rule.cooldown > 0 and st.last_fire is not None and st.n - st.last_fire >= rule.cooldown:
-                st.last_fire = st.n
-                return Alert(
-                    rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
-                    message=msg or rule.name, action="log", count=st.held,  # a reminder never stops twice
-                )
-            return None
-        st.clear = st.clear + 1 if rearm else 0
-        if st.clear < _clear_window(st):
-            return None
-        opened = st.alert
-        resolved = Alert(
-            rule=rule.name, key=key, value=value, step=step, severity=opened.severity if opened else rule.severity,
-            message=(f"{rule.name} on {key} resolved at step {step}: back inside the threshold on {st.clear} "
-                     f"samples in a row (opened at step {opened.step if opened else '?'}, held {st.held} samples)"),
-            status="resolved", count=st.held,
-        )
-        st.status, st.count, st.alert, st.held, st.clear, st.resolved_n = OK, 0, None, 0, 0, st.n
-        return resolved
-
-    def _advise(self, msg: str, metric: str) -> str:
-        """Swap the ``Check ...`` advice of ``msg`` for the one that fits the loss family (neutral when unknown)."""
-        from spherewatch.alerts.advice import advise
-
-        return advise(msg, _hint(metric)[1], metric, self.loss_family)
-
-    # Each evaluator returns (breach, rearm, message-if-it-fires) and updates the references it owns.
-    @staticmethod
-    def _eval_threshold(rule: ThresholdRule, value: float, metric: str, tap: str, step: int):
-        h = rule.hysteresis
-        above = rule.above is not None and value > rule.above
-        below = rule.below is not None and value < rule.below
-        rearm = (rule.above is None or value <= rule.above - h) and (rule.below is None or value >= rule.below + h)
-        msg = None
-        if above or below:
-            what, check = _hint(metric)
-            limit = f"rose above {_fmt(rule.above)}" if above else f"fell below {_fmt(rule.below)}"
-            msg = f"{metric} {limit} to {_fmt(value)} at step {step} (tap '{tap}'): {what}. Check {check}."
-        return above or below, rearm, msg
-
-    @staticmethod
-    def _eval_degradation(rule: DegradationRule, st: _KeyState, value: float, metric: str, tap: str, step: int):
-        bad = 1.0 if rule.direction == "rise" else -1.0  # sign of a change in the unhealthy direction
-        if rule.reference == "baseline":
-            if st.base_n < rule.baseline_samples:
-                st.base_sum += value
-                st.base_n += 1
-                st.base_first_step = step if st.base_first_step is None else st.base_first_step
-                st.base_last_step = step
-                if st.base_n == rule.baseline_samples:
-                    st.ref = st.base_sum / st.base_n
-                return False, True, None
-            ref = st.ref
-            ref_desc = (
-                f"baseline, step {st.base_first_step}" if st.base_n == 1
-                else f"baseline, mean of steps {st.base_first_step}-{st.base_last_step}"
-            )
-        else:
-            if st.ref is None:
-                st.ref, st.ref_step = value, step
-                return False, True, None
-            ref = st.ref
-            ref_desc = f"best, step {st.ref_step}"
-            if bad * (value - ref) < 0:  # a new best (after the comparison below, which it cannot breach)
-                st.ref, st.ref_step = value, step
-        drop = bad * (value - ref)
-        allowed = max(rule.fraction * abs(ref), rule.min_drop)
-        breach = drop > allowed
-        rearm = drop <= allowed - rule.hysteresis * abs(ref)
-        msg = None
-        if breach:
-            what, check = _hint(metric)
-            verb = "rose" if rule.direction == "rise" else "fell"
-            worse = f" ({drop / abs(ref):.0%} worse)" if ref != 0 else ""
-            msg = (
-                f"{metric} {verb} from {_fmt(ref)} ({ref_desc}) to {_fmt(value)}{worse} at step {step} "
-                f"(tap '{tap}'): {what}. Check {check}."
-            )
-        return breach, rearm, msg
-
-    @staticmethod
-    def _eval_trend(rule: TrendRule, st: _KeyState, value: float, metric: str, tap: str, step: int):
-        if st.prev is None:
-            st.prev = value
-            return False, True, None
-        d = value - st.prev
-        st.prev = value
-        s = d if st.slope is None else rule.ewma * d + (1.0 - rule.ewma) * st.slope
-        st.slope = s
-        bad = s if rule.direction == "rise" else -s
-        breach = bad > rule.slope
-        rearm = bad <= rule.slope - rule.hysteresis
-        msg = None
-        if breach:
-            what, check = _hint(metric)
-            verb = "rising" if rule.direction == "rise" else "falling"
-            msg = (
-                f"{metric} is {verb} fast: smoothed change {s:+.3g} per sample (limit {rule.slope:g}), now "
-                f"{_fmt(value)} at step {step} (tap '{tap}'): {what}. Check {check}."
-            )
-        return breach, rearm, msg
-
-    # --------------------------------------------------------------------- rules that know the run's own noise
-    def _eval_noise_aware(self, rule: Any, st: _KeyState, key: str, value: float, metric: str, tap: str, step: int):
-        se = self._stderr(key)
-        if isinstance(rule, DriftRule):
-            return self._eval_drift(rule, st.ev, value, se, metric, tap, step)
-        if isinstance(rule, CollapseRule):
-            return self._eval_collapse(rule, st.ev, value, se, metric, tap, step)
-        raise TypeError(f"unsupported rule type {type(rule).__name__}")  # pragma: no cover - parse_rules admits none
-
     def _stderr(self, key: str) -> float:
         """The standard error logged beside ``key`` in this sample (``<key>_stderr``), 0 when absent."""
         try:
@@ -531,81 +343,29 @@ class AlertEngine:
             return 0.0
         return se if math.isfinite(se) and se > 0 else 0.0
 
-    @staticmethod
-    def _eval_drift(rule: DriftRule, ev: dict, value: float, se: float, metric: str, tap: str, step: int):
-        bad = 1.0 if rule.direction == "rise" else -1.0
-        prev = ev.get("prev")  # [value, se] of the previous sample
-        ev["prev"] = [value, se]
-        ref = ev.get("ref")
-        if ref is None:  # still in the initial transient: find out whether it is over
-            if prev is None:
-                return False, True, None
-            delta, last = value - prev[0], ev.get("delta")
-            biggest = float(ev.get("biggest", 0.0))
-            ev["delta"], ev["biggest"] = delta, max(biggest, abs(delta))
-            within_noise = abs(delta) <= rule.z * math.sqrt(se * se + prev[1] * prev[1])
-            turned = last is not None and delta * last < 0
-            slowed = last is not None and abs(delta) <= rule.settle_ratio * biggest
-            if within_noise or turned or slowed:
-                ev.update(ref=value, ref_se=se, ref_step=step, obs_var=0.0)
-            return False, True, None  # the settling sample itself is never compared
-        ref_se, obs_var = float(ev.get("ref_se", 0.0)), float(ev.get("obs_var", 0.0))
-        noise = math.sqrt(se * se + ref_se * ref_se + obs_var)
-        room = abs(rule.collapsed - ref)
-        limit = max(rule.z * noise, rule.fraction * room)
-        dev = bad * (value - ref)
-        breach = dev > limit
-        rearm = dev <= limit - rule.hysteresis * room
-        if not breach and prev is not None:
-            # the run's own variability around its level: moving average of half the squared step-to-step change
-            obs_var = 0.7 * obs_var + 0.3 * 0.5 * (value - prev[0]) ** 2
-            ev["obs_var"] = obs_var
-            level = 0.5 * (value + prev[0])
-            if bad * (level - ref) < 0:  # a better level than the reference (smoothed over two samples): follow it
-                ev.update(ref=level, ref_se=se, ref_step=step)
-        msg = None
-        if breach:
-            what, check = _hint(metric)
-            verb = "rose" if rule.direction == "rise" else "fell"
-            lost = f"{dev / room:.0%} of the way to collapse ({_fmt(rule.collapsed)})" if room > 0 else "toward collapse"
-            times = f"{dev / noise:.1f}x" if noise > 0 else "far beyond"
-            msg = (
-                f"{metric} {verb} from its settled level {_fmt(ref)} (step {ev.get('ref_step')}) to {_fmt(value)} at "
-                f"step {step} (tap '{tap}'): {lost}, {times} the run's noise ({_fmt(noise)}). {what}. Check {check}."
-            )
-        return breach, rearm, msg
 
-    @staticmethod
-    def _eval_collapse(rule: CollapseRule, ev: dict, value: float, se: float, metric: str, tap: str, step: int):
-        dist = abs(value - rule.collapsed)
-        far = max(float(ev.get("far", 0.0)), dist)
-        ev["far"] = far
-        margin = rule.margin * far if rule.relative else rule.margin
-        prev = ev.get("prev")  # [distance, se] of the previous sample
-        ev["prev"] = [dist, se]
-        in_zone = dist <= margin
-        rearm = dist > margin * (1.0 + rule.hysteresis)
-        if not in_zone or prev is None:
-            return False, rearm, None
-        prev_dist, prev_se = float(prev[0]), float(prev[1])
-        fell_in = prev_dist > margin
-        recovering = (dist - prev_dist) > max(rule.z * math.sqrt(se * se + prev_se * prev_se), 0.02 * margin)
-        breach = fell_in or not recovering
-        msg = None
-        if breach:
-            what, check = _hint(metric)
-            how = "fell into" if fell_in else "stays in"
-            msg = (
-                f"{metric} {how} the collapse zone at step {step} (tap '{tap}'): {_fmt(value)}, within "
-                f"{_fmt(margin)} of the collapsed value {_fmt(rule.collapsed)} and not recovering. {what}. Check {check}."
+def _while_firing(rule: Any, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool,
+                  msg: str | None) -> Alert | None:
+    """An open alert: count, remind per cooldown, resolve after RESOLVE_AFTER clear samples."""
+    if breach:
+        st.held += 1
+        st.clear = 0
+        if rule.cooldown > 0 and st.last_fire is not None and st.n - st.last_fire >= rule.cooldown:
+            st.last_fire = st.n
+            return Alert(
+                rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
+                message=msg or rule.name, action="log", count=st.held,  # a reminder never stops twice
             )
-        return breach, rearm, msg
-
-    @staticmethod
-    def _nonfinite_message(metric: str, tap: str, step: int, value: float) -> str:
-        what = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-        return (
-            f"{metric} is {what} at step {step} (tap '{tap}'): the embeddings or the metric computation produced "
-            "non-finite numbers. Check the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) "
-            "and the inputs."
-        )
+        return None
+    st.clear = st.clear + 1 if rearm else 0
+    if st.clear < _clear_window(st):
+        return None
+    opened = st.alert
+    resolved = Alert(
+        rule=rule.name, key=key, value=value, step=step, severity=opened.severity if opened else rule.severity,
+        message=(f"{rule.name} on {key} resolved at step {step}: back inside the threshold on {st.clear} "
+                 f"samples in a row (opened at step {opened.step if opened else '?'}, held {st.held} samples)"),
+        status="resolved", count=st.held,
+    )
+    st.status, st.count, st.alert, st.held, st.clear, st.resolved_n = OK, 0, None, 0, 0, st.n
+    return resolved

@@ -1,9 +1,12 @@
 """Alert rules: typed, validated descriptions of when a logged metric should raise an alert.
 
-A rule only *describes* a condition; :class:`~spherewatch.alerts.engine.AlertEngine` keeps the per-key state and
-decides when it fires. Every rule watches the keys ``<prefix>/<tap>/<metric>`` whose ``tap`` matches
-:attr:`tap` and whose ``metric`` matches :attr:`metric` (both ``fnmatch`` patterns; a plain name matches only
-itself, so ``"uniformity"`` does not match ``"uniformity_pos"``).
+A rule only *describes* a condition: the evaluator registered for its ``kind`` (:mod:`spherewatch.alerts.evaluators`)
+judges each sample, and :class:`~spherewatch.alerts.engine.AlertEngine` keeps the per-key state and decides when it
+fires. A new kind is its model here (a ``kind`` literal, added to :data:`Rule`) plus its evaluator.
+
+Every rule watches the keys ``<prefix>/<tap>/<metric>`` whose ``tap`` matches :attr:`tap` and whose ``metric``
+matches :attr:`metric` (both ``fnmatch`` patterns; a plain name matches only itself, so ``"uniformity"`` does not
+match ``"uniformity_pos"``).
 
 Common life cycle of one (rule, key) pair, counted in *samples of that key* (one sample = one value of that key
 passed to :meth:`AlertEngine.update`):

@@ -1,0 +1,264 @@
+"""One evaluator per rule kind, looked up by the rule's ``kind``: what a sample means for a rule.
+
+An evaluator judges one post-warm-up sample of one key for one rule and updates the references it owns (the best
+value, the baseline, the smoothed slope, the settled level): it returns a :class:`Judgement` -- does the sample
+breach, is it back inside by the hysteresis margin (re-arm), and the message to send if the rule fires. The
+:class:`~spherewatch.alerts.engine.AlertEngine` keeps everything else (warm-up, patience, cooldown, firing and
+resolving, reminders, checkpoint state) and is the same for every kind.
+
+Adding a rule kind takes two files: its rule model in :mod:`spherewatch.alerts.rules` (with its ``kind`` literal,
+in the ``Rule`` union) and its evaluator here, registered under that kind::
+
+    @register("my_kind")
+    def _judge_my_kind(rule, st, s: Sample) -> Judgement:
+        breach = s.value > rule.limit
+        return Judgement(breach, s.value <= rule.limit - rule.hysteresis, f"{s.metric} ..." if breach else None)
+
+``st`` is the (rule, key) state: an evaluator keeps plain JSON-able data in it (``st.ev`` for new kinds), so a
+checkpoint resumes it.
+
+Example:
+    >>> from spherewatch.alerts.rules import ThresholdRule
+    >>> rule = ThresholdRule(metric="mean_cosine", above=0.9)
+    >>> evaluator_for(rule).judge(rule, None, Sample(0.95, "mean_cosine", "embeddings", 7, 0.0)).breach
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple, Optional
+
+from spherewatch.alerts.hints import hint
+
+__all__ = ["EVALUATORS", "Judgement", "RuleEvaluator", "Sample", "evaluator_for", "register"]
+
+
+class Sample(NamedTuple):
+    """One value of one key, as an evaluator sees it."""
+
+    value: float
+    metric: str
+    tap: str
+    step: int
+    stderr: float  # the `<key>_stderr` logged in the same update (finite, > 0), else 0
+
+
+class Judgement(NamedTuple):
+    """What a sample means for a rule: ``breach`` (the condition holds), ``rearm`` (back inside by the hysteresis
+    margin; an open alert resolves after enough of these in a row) and the message to send if it fires."""
+
+    breach: bool
+    rearm: bool
+    message: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleEvaluator:
+    """A rule kind's evaluator: ``judge(rule, state, sample) -> Judgement``; ``sees_nonfinite``: NaN/Inf samples
+    reach it and count as samples (every other kind never sees them, so one NaN cannot poison a reference)."""
+
+    kind: str
+    judge: Callable[[Any, Any, Sample], Judgement]
+    sees_nonfinite: bool = False
+
+
+#: Rule kind -> its evaluator.
+EVALUATORS: dict[str, RuleEvaluator] = {}
+
+
+def register(kind: str, *, sees_nonfinite: bool = False) -> Callable[[Callable], Callable]:
+    """Register the decorated ``judge(rule, state, sample)`` as the evaluator of rules whose ``kind`` is ``kind``."""
+
+    def add(judge: Callable[[Any, Any, Sample], Judgement]) -> Callable[[Any, Any, Sample], Judgement]:
+        if kind in EVALUATORS:
+            raise ValueError(f"rule kind {kind!r} already has an evaluator ({EVALUATORS[kind].judge.__name__})")
+        EVALUATORS[kind] = RuleEvaluator(kind, judge, sees_nonfinite)
+        return judge
+
+    return add
+
+
+def evaluator_for(rule: Any) -> RuleEvaluator:
+    """The evaluator of ``rule``'s kind.
+
+    Raises:
+        TypeError: no evaluator is registered for that kind (the message lists the kinds that have one).
+    """
+    kind = getattr(rule, "kind", None)
+    try:
+        return EVALUATORS[kind]
+    except KeyError:
+        raise TypeError(
+            f"no evaluator for rule kind {kind!r} ({type(rule).__name__}); registered kinds: "
+            f"{', '.join(sorted(EVALUATORS))}. Register one with @spherewatch.alerts.evaluators.register({kind!r})"
+        ) from None
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _fired(s: Sample, text: str) -> str:
+    """``text`` with the tap and the metric's meaning and check appended: the common shape of an alert message."""
+    what, check = hint(s.metric)
+    return f"{text} (tap '{s.tap}'): {what}. Check {check}."
+
+
+# ------------------------------------------------------------------------------------------- simple rules
+@register("threshold")
+def _judge_threshold(rule: Any, st: Any, s: Sample) -> Judgement:
+    value, h = s.value, rule.hysteresis
+    above = rule.above is not None and value > rule.above
+    below = rule.below is not None and value < rule.below
+    rearm = (rule.above is None or value <= rule.above - h) and (rule.below is None or value >= rule.below + h)
+    msg = None
+    if above or below:
+        limit = f"rose above {_fmt(rule.above)}" if above else f"fell below {_fmt(rule.below)}"
+        msg = _fired(s, f"{s.metric} {limit} to {_fmt(value)} at step {s.step}")
+    return Judgement(above or below, rearm, msg)
+
+
+@register("degradation")
+def _judge_degradation(rule: Any, st: Any, s: Sample) -> Judgement:
+    value, step = s.value, s.step
+    bad = 1.0 if rule.direction == "rise" else -1.0  # sign of a change in the unhealthy direction
+    if rule.reference == "baseline":
+        if st.base_n < rule.baseline_samples:
+            st.base_sum += value
+            st.base_n += 1
+            st.base_first_step = step if st.base_first_step is None else st.base_first_step
+            st.base_last_step = step
+            if st.base_n == rule.baseline_samples:
+                st.ref = st.base_sum / st.base_n
+            return Judgement(False, True, None)
+        ref = st.ref
+        ref_desc = (
+            f"baseline, step {st.base_first_step}" if st.base_n == 1
+            else f"baseline, mean of steps {st.base_first_step}-{st.base_last_step}"
+        )
+    else:
+        if st.ref is None:
+            st.ref, st.ref_step = value, step
+            return Judgement(False, True, None)
+        ref = st.ref
+        ref_desc = f"best, step {st.ref_step}"
+        if bad * (value - ref) < 0:  # a new best (after the comparison below, which it cannot breach)
+            st.ref, st.ref_step = value, step
+    drop = bad * (value - ref)
+    allowed = max(rule.fraction * abs(ref), rule.min_drop)
+    breach = drop > allowed
+    rearm = drop <= allowed - rule.hysteresis * abs(ref)
+    msg = None
+    if breach:
+        verb = "rose" if rule.direction == "rise" else "fell"
+        worse = f" ({drop / abs(ref):.0%} worse)" if ref != 0 else ""
+        msg = _fired(s, f"{s.metric} {verb} from {_fmt(ref)} ({ref_desc}) to {_fmt(value)}{worse} at step {step}")
+    return Judgement(breach, rearm, msg)
+
+
+@register("trend")
+def _judge_trend(rule: Any, st: Any, s: Sample) -> Judgement:
+    if st.prev is None:
+        st.prev = s.value
+        return Judgement(False, True, None)
+    d = s.value - st.prev
+    st.prev = s.value
+    slope = d if st.slope is None else rule.ewma * d + (1.0 - rule.ewma) * st.slope
+    st.slope = slope
+    bad = slope if rule.direction == "rise" else -slope
+    breach = bad > rule.slope
+    rearm = bad <= rule.slope - rule.hysteresis
+    msg = None
+    if breach:
+        verb = "rising" if rule.direction == "rise" else "falling"
+        msg = _fired(s, f"{s.metric} is {verb} fast: smoothed change {slope:+.3g} per sample (limit {rule.slope:g}), "
+                        f"now {_fmt(s.value)} at step {s.step}")
+    return Judgement(breach, rearm, msg)
+
+
+@register("nonfinite", sees_nonfinite=True)
+def _judge_nonfinite(rule: Any, st: Any, s: Sample) -> Judgement:
+    if math.isfinite(s.value):
+        return Judgement(False, True, None)
+    what = "NaN" if math.isnan(s.value) else ("+Inf" if s.value > 0 else "-Inf")
+    return Judgement(True, False, (
+        f"{s.metric} is {what} at step {s.step} (tap '{s.tap}'): the embeddings or the metric computation produced "
+        "non-finite numbers. Check the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) "
+        "and the inputs."
+    ))
+
+
+# --------------------------------------------------------------------- rules that know the run's own noise
+@register("drift")
+def _judge_drift(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value, se = st.ev, s.value, s.stderr
+    bad = 1.0 if rule.direction == "rise" else -1.0
+    prev = ev.get("prev")  # [value, se] of the previous sample
+    ev["prev"] = [value, se]
+    ref = ev.get("ref")
+    if ref is None:  # still in the initial transient: find out whether it is over
+        if prev is None:
+            return Judgement(False, True, None)
+        delta, last = value - prev[0], ev.get("delta")
+        biggest = float(ev.get("biggest", 0.0))
+        ev["delta"], ev["biggest"] = delta, max(biggest, abs(delta))
+        within_noise = abs(delta) <= rule.z * math.sqrt(se * se + prev[1] * prev[1])
+        turned = last is not None and delta * last < 0
+        slowed = last is not None and abs(delta) <= rule.settle_ratio * biggest
+        if within_noise or turned or slowed:
+            ev.update(ref=value, ref_se=se, ref_step=s.step, obs_var=0.0)
+        return Judgement(False, True, None)  # the settling sample itself is never compared
+    ref_se, obs_var = float(ev.get("ref_se", 0.0)), float(ev.get("obs_var", 0.0))
+    noise = math.sqrt(se * se + ref_se * ref_se + obs_var)
+    room = abs(rule.collapsed - ref)
+    limit = max(rule.z * noise, rule.fraction * room)
+    dev = bad * (value - ref)
+    breach = dev > limit
+    rearm = dev <= limit - rule.hysteresis * room
+    if not breach and prev is not None:
+        # the run's own variability around its level: moving average of half the squared step-to-step change
+        obs_var = 0.7 * obs_var + 0.3 * 0.5 * (value - prev[0]) ** 2
+        ev["obs_var"] = obs_var
+        level = 0.5 * (value + prev[0])
+        if bad * (level - ref) < 0:  # a better level than the reference (smoothed over two samples): follow it
+            ev.update(ref=level, ref_se=se, ref_step=s.step)
+    msg = None
+    if breach:
+        what, check = hint(s.metric)
+        verb = "rose" if rule.direction == "rise" else "fell"
+        lost = f"{dev / room:.0%} of the way to collapse ({_fmt(rule.collapsed)})" if room > 0 else "toward collapse"
+        times = f"{dev / noise:.1f}x" if noise > 0 else "far beyond"
+        msg = (
+            f"{s.metric} {verb} from its settled level {_fmt(ref)} (step {ev.get('ref_step')}) to {_fmt(value)} at "
+            f"step {s.step} (tap '{s.tap}'): {lost}, {times} the run's noise ({_fmt(noise)}). {what}. Check {check}."
+        )
+    return Judgement(breach, rearm, msg)
+
+
+@register("collapse")
+def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, se = st.ev, s.stderr
+    dist = abs(s.value - rule.collapsed)
+    far = max(float(ev.get("far", 0.0)), dist)
+    ev["far"] = far
+    margin = rule.margin * far if rule.relative else rule.margin
+    prev = ev.get("prev")  # [distance, se] of the previous sample
+    ev["prev"] = [dist, se]
+    in_zone = dist <= margin
+    rearm = dist > margin * (1.0 + rule.hysteresis)
+    if not in_zone or prev is None:
+        return Judgement(False, rearm, None)
+    prev_dist, prev_se = float(prev[0]), float(prev[1])
+    fell_in = prev_dist > margin
+    recovering = (dist - prev_dist) > max(rule.z * math.sqrt(se * se + prev_se * prev_se), 0.02 * margin)
+    breach = fell_in or not recovering
+    msg = None
+    if breach:
+        what, check = hint(s.metric)
+        how = "fell into" if fell_in else "stays in"
+        msg = (
+            f"{s.metric} {how} the collapse zone at step {s.step} (tap '{s.tap}'): {_fmt(s.value)}, within "
+            f"{_fmt(margin)} of the collapsed value {_fmt(rule.collapsed)} and not recovering. {what}. Check {check}."
+        )
+    return Judgement(breach, rearm, msg)
