@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 import urllib.error
@@ -21,7 +22,7 @@ from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.channels import Channel
 
-__all__ = ["WebhookChannel", "format_alert_text"]
+__all__ = ["MAX_ANSWER_BYTES", "WebhookChannel", "format_alert_text"]
 
 _log = logging.getLogger("spherewatch.alerts.webhook")
 
@@ -39,9 +40,12 @@ class WebhookChannel(Channel):
     * A 2xx answer counts as delivered (once). Connection errors, timeouts and 5xx answers are retried with
       exponential backoff (``backoff_initial`` doubling up to ``backoff_max`` seconds); a 429 answer is retried
       after its ``Retry-After`` (seconds or an HTTP date), but never sooner than the backoff: ``Retry-After: 0``
-      cannot make the thread spin. Any other answer (4xx, 3xx) gives up on that alert with one log line. An alert
+      cannot make the thread spin. Any other answer (4xx, 3xx) gives up on that alert with one log line: a redirect
+      is never followed (urllib would re-send the POST as a body-less GET). An alert
       still not delivered ``give_up_after`` seconds after its first attempt is given up. Each give-up is handed to
       ``on_give_up(alert, error)`` (the Monitor reports it as a ``monitor_fault``).
+    * One attempt lasts at most ``timeout`` seconds in all, however slowly the server answers (the connection is
+      cut then, and the attempt retried), and at most :data:`MAX_ANSWER_BYTES` of an answer's body are read.
     * The thread starts with the first alert (on rank zero only, since only rank zero sends). Alerts still queued
       when the interpreter exits without :meth:`close` are delivered by an ``atexit`` hook (at most
       ``exit_timeout`` seconds).
@@ -61,7 +65,7 @@ class WebhookChannel(Channel):
     Args:
         url: the webhook URL (``str`` or a pydantic ``SecretStr``); default: the ``url_env`` environment variable.
         url_env: environment variable read when ``url`` is not given.
-        timeout: seconds per HTTP request.
+        timeout: seconds one attempt (connect, send, answer) may take in all.
         max_queue: alerts waiting at most.
         backoff_initial: first retry delay, seconds.
         backoff_max: longest retry delay, seconds.
@@ -288,7 +292,8 @@ class WebhookChannel(Channel):
                 return "failed"
 
     def _post(self, body: bytes, delivery_id: str) -> tuple[int | None, float | None]:
-        """One attempt. Returns (status or None for a network error, Retry-After seconds or None)."""
+        """One attempt, over within ``timeout`` seconds in all (a watchdog cuts the connection then, however slowly
+        the server answers). Returns (status or None for a network error, Retry-After seconds or None)."""
         req = urllib.request.Request(
             self.__url,
             data=body,
@@ -299,9 +304,15 @@ class WebhookChannel(Channel):
                 "X-Spherewatch-Delivery-Id": delivery_id,
             },
         )
+        connections = _Connections()
+        opener = urllib.request.build_opener(_RefuseRedirects, _TrackedHTTPHandler(connections),
+                                             _TrackedHTTPSHandler(connections))
+        watchdog = threading.Timer(self.timeout, connections.cut)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                resp.read()
+            with opener.open(req, timeout=self.timeout) as resp:
+                resp.read(MAX_ANSWER_BYTES)  # the answer's body is not needed: a hostile one is never read whole
                 return resp.status, None
         except urllib.error.HTTPError as err:
             status = err.code
@@ -311,10 +322,78 @@ class WebhookChannel(Channel):
                 return status, retry_after
             if 500 <= status < 600:
                 return status, None
-            raise _GiveUp(f"HTTP {status} {err.reason} (not retried: fix the webhook URL or payload)") from None
+            why = "a redirect is not followed: give the final URL" if 300 <= status < 400 else \
+                "fix the webhook URL or payload"
+            raise _GiveUp(f"HTTP {status} {err.reason} (not retried: {why})") from None
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError):
-            # connection refused/reset, DNS, timeouts: retried. Messages are not logged (they may hold the URL).
+            # connection refused/reset, DNS, timeouts, the watchdog's cut: retried. Messages are not logged (they may
+            # hold the URL).
             return None, None
+        finally:
+            watchdog.cancel()
+            connections.cut()
+
+
+#: Bytes of an answer's body read at most (a webhook's answer is ``ok``; a hostile one may be endless).
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is an error (:class:`urllib.error.HTTPError`), never followed: urllib would turn the POST into a
+    body-less GET to wherever the answer points, and count that as delivered."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
+        return None
+
+
+class _Connections:
+    """The connections of one attempt, so that its watchdog can cut them at the attempt's deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: list = []
+
+    def factory(self, connection_class: Any) -> Callable[..., Any]:
+        def make(*args: Any, **kwargs: Any) -> Any:
+            conn = connection_class(*args, **kwargs)
+            with self._lock:
+                self._open.append(conn)
+            return conn
+        return make
+
+    def cut(self) -> None:
+        """Shut every connection down: a read blocked in another thread fails at once."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            sock = getattr(conn, "sock", None)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped all the same
+                pass
+
+
+class _TrackedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, connections: _Connections) -> None:
+        super().__init__()
+        self._connections = connections
+
+    def do_open(self, http_class, req, **http_conn_args):  # noqa: D102
+        return super().do_open(self._connections.factory(http_class), req, **http_conn_args)
+
+
+class _TrackedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, connections: _Connections) -> None:
+        super().__init__()
+        self._connections = connections
+
+    def do_open(self, http_class, req, **http_conn_args):  # noqa: D102
+        return super().do_open(self._connections.factory(http_class), req, **http_conn_args)
 
 
 def _retry_after(value: str | None) -> float | None:
