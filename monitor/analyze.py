@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -22,9 +23,14 @@ from spherewatch.metrics.effective_rank import effective_rank_from_gram
 from spherewatch.metrics.spectrum import spectrum_from_moments
 from spherewatch.metrics.uniformity import _upper_kernel_sum  # the pooled estimate sums each chunk's pairs
 
-__all__ = ["analyze", "open_embeddings", "EmbeddingFile"]
+__all__ = ["analyze", "open_embeddings", "EmbeddingFile", "MAX_NPZ_MEMBER_BYTES"]
 
 SUFFIXES = (".pt", ".pth", ".npy", ".npz", ".safetensors")
+#: Largest array read from a ``.npz`` member (uncompressed bytes, from the zip directory and the array's own header,
+#: both checked before anything is decompressed): a small compressed file can expand to any size. ``.npz`` members
+#: are read whole into memory; save larger matrices with ``numpy.save`` (``.npy`` is memory-mapped, no limit) or pass
+#: ``max_npz_bytes=`` / ``--max-npz-bytes``.
+MAX_NPZ_MEMBER_BYTES = 2 << 30
 
 
 class EmbeddingFile:
@@ -55,6 +61,44 @@ def _pick(mapping: Dict[str, Any], key: Optional[str], path: str, is_array: Call
     raise ValueError(f"{path!r} holds several arrays {sorted(names)}; choose one with --key.")
 
 
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npz_member(path: str, key: Optional[str], max_bytes: int) -> Tuple[str, np.ndarray]:
+    """The one member of a ``.npz`` file that ``key`` selects (see :func:`_pick`), read only once its uncompressed
+    size is known to be at most ``max_bytes``; no other member is decompressed."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"Cannot read {path!r} as a .npz (zip) file: {err}") from err
+    with zf:
+        members = {info.filename[:-4]: info for info in zf.infolist() if info.filename.endswith(".npy")}
+        name, info = _pick(members, key, path, lambda v: True)
+        fix = (f"save it with numpy.save as .npy (memory-mapped, no limit) or raise the limit (max_npz_bytes= / "
+               f"--max-npz-bytes, now {max_bytes} bytes)")
+        if info.file_size > max_bytes:
+            raise ValueError(f"Refusing to load {path!r} [{name}]: the member is {info.file_size} bytes uncompressed "
+                             f"(from {info.compress_size} compressed); {fix}.")
+        with zf.open(info) as fh:
+            try:
+                version = np.lib.format.read_magic(fh)
+                read_header = _NPY_HEADER_READERS.get(version)
+                if read_header is None:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, _, dtype = read_header(fh)
+            except ValueError as err:
+                raise ValueError(f"{path!r} [{name}] is not a numpy array: {err}") from err
+            if dtype.hasobject:
+                raise ValueError(f"Refusing to load {path!r} [{name}]: it holds pickled Python objects (numpy "
+                                 "allow_pickle=False). Save a plain float array with numpy.savez.")
+            size = math.prod(shape) * dtype.itemsize
+            if size > max_bytes:
+                raise ValueError(f"Refusing to load {path!r} [{name}]: its header declares shape {tuple(shape)} "
+                                 f"{dtype} ({size} bytes); {fix}.")
+        with zf.open(info) as fh:
+            return name, np.lib.format.read_array(fh, allow_pickle=False)
+
+
 def _check_matrix(shape: Tuple[int, ...], dtype: Any, path: str, name: str) -> None:
     if len(shape) != 2:
         raise ValueError(
@@ -66,9 +110,10 @@ def _check_matrix(shape: Tuple[int, ...], dtype: Any, path: str, name: str) -> N
         raise TypeError(f"Expected floating embeddings in {path!r}, got dtype {kind}.")
 
 
-def open_embeddings(path: str, key: Optional[str] = None) -> EmbeddingFile:
+def open_embeddings(path: str, key: Optional[str] = None, *,
+                    max_npz_bytes: int = MAX_NPZ_MEMBER_BYTES) -> EmbeddingFile:
     """Open an embedding matrix for chunked reading. Raises a clear error for a missing file, an unsupported
-    suffix, a pickled object or a wrong shape."""
+    suffix, a pickled object, a wrong shape or a ``.npz`` member larger than ``max_npz_bytes`` uncompressed."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such embeddings file: {path!r}.")
     suffix = os.path.splitext(path)[1].lower()
@@ -91,16 +136,17 @@ def open_embeddings(path: str, key: Optional[str] = None) -> EmbeddingFile:
         t = obj
         return EmbeddingFile(path, t.shape[0], t.shape[1], lambda a, b: t[a:b].float(), f"torch {name}".strip())
     if suffix in (".npy", ".npz"):
-        try:
-            data = np.load(path, mmap_mode="r" if suffix == ".npy" else None, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(
-                f"Refusing to load {path!r}: it holds pickled Python objects (numpy allow_pickle=False). "
-                "Save a plain float array with numpy.save."
-            ) from err
         name = ""
         if suffix == ".npz":
-            name, data = _pick({k: data[k] for k in data.files}, key, path, lambda v: isinstance(v, np.ndarray))
+            name, data = _npz_member(path, key, max_npz_bytes)
+        else:
+            try:
+                data = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as err:
+                raise ValueError(
+                    f"Refusing to load {path!r}: it holds pickled Python objects (numpy allow_pickle=False). "
+                    "Save a plain float array with numpy.save."
+                ) from err
         _check_matrix(data.shape, data.dtype, path, name)
         arr = data
         return EmbeddingFile(
@@ -122,7 +168,8 @@ def open_embeddings(path: str, key: Optional[str] = None) -> EmbeddingFile:
     raise ValueError(f"Unsupported embeddings file {path!r}: use one of {', '.join(SUFFIXES)}.")
 
 
-def _open_labels(path: str, rows: int, key: Optional[str] = None) -> torch.Tensor:
+def _open_labels(path: str, rows: int, key: Optional[str] = None, *,
+                 max_npz_bytes: int = MAX_NPZ_MEMBER_BYTES) -> torch.Tensor:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such labels file: {path!r}.")
     suffix = os.path.splitext(path)[1].lower()
@@ -131,10 +178,10 @@ def _open_labels(path: str, rows: int, key: Optional[str] = None) -> torch.Tenso
         if isinstance(obj, dict):
             _, obj = _pick(obj, key, path, lambda v: isinstance(v, torch.Tensor))
         labels = torch.as_tensor(obj)
-    elif suffix in (".npy", ".npz"):
+    elif suffix == ".npz":
+        labels = torch.from_numpy(_npz_member(path, key, max_npz_bytes)[1])
+    elif suffix == ".npy":
         data = np.load(path, allow_pickle=False)
-        if suffix == ".npz":
-            _, data = _pick({k: data[k] for k in data.files}, key, path, lambda v: isinstance(v, np.ndarray))
         labels = torch.from_numpy(np.asarray(data))
     else:
         raise ValueError(f"Unsupported labels file {path!r}: use .pt, .npy or .npz.")
@@ -164,16 +211,18 @@ def analyze(
     chunk_rows: int = 65536,
     in_memory_rows: int = 16384,
     progress: bool = False,
+    max_npz_bytes: int = MAX_NPZ_MEMBER_BYTES,
 ) -> Dict[str, Any]:
     """Compute the metrics of a saved embedding matrix (and its paired view / labels). Returns a dict with
-    ``file``, ``rows``, ``dim``, ``mode`` (``"exact"`` or ``"streamed"``) and ``metrics`` (name -> float)."""
-    emb = open_embeddings(path, key)
-    pos_file = open_embeddings(pos, key) if pos else None
+    ``file``, ``rows``, ``dim``, ``mode`` (``"exact"`` or ``"streamed"``) and ``metrics`` (name -> float).
+    A ``.npz`` member larger than ``max_npz_bytes`` uncompressed is refused before it is decompressed."""
+    emb = open_embeddings(path, key, max_npz_bytes=max_npz_bytes)
+    pos_file = open_embeddings(pos, key, max_npz_bytes=max_npz_bytes) if pos else None
     if pos_file is not None and (pos_file.rows, pos_file.cols) != (emb.rows, emb.cols):
         raise ValueError(
             f"Expected --pos to match the embeddings' shape {(emb.rows, emb.cols)}, got {(pos_file.rows, pos_file.cols)}."
         )
-    lab = _open_labels(labels, emb.rows) if labels else None
+    lab = _open_labels(labels, emb.rows, max_npz_bytes=max_npz_bytes) if labels else None
     if emb.rows < 2:
         raise ValueError(f"Expected at least 2 rows in {path!r}, got {emb.rows}.")
     bar = _progress(emb.rows, progress)

@@ -10,7 +10,7 @@ import torch
 
 import spherewatch.metrics as M
 from spherewatch._version import __version__
-from spherewatch.analyze import analyze
+from spherewatch.analyze import MAX_NPZ_MEMBER_BYTES, analyze
 from spherewatch.demo import run_demo
 from spherewatch.report import build_report
 
@@ -80,7 +80,7 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     try:
         result = analyze(args.file, pos=args.pos, labels=args.labels, key=args.key, chunk_rows=args.chunk_rows,
-                         t=args.t, progress=not args.json and sys.stderr.isatty())
+                         t=args.t, progress=not args.json and sys.stderr.isatty(), max_npz_bytes=args.max_npz_bytes)
     except (FileNotFoundError, ValueError, TypeError, ModuleNotFoundError) as err:
         print(f"spherewatch analyze: error: {err}", file=sys.stderr)
         return 2
@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     ana.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ana.add_argument("--chunk-rows", type=int, default=65536, help="rows per chunk when streaming large files")
     ana.add_argument("--t", type=float, default=2.0, help="uniformity kernel scale (default 2)")
+    ana.add_argument("--max-npz-bytes", type=int, default=MAX_NPZ_MEMBER_BYTES,
+                     help=f"largest .npz member read, uncompressed bytes (default {MAX_NPZ_MEMBER_BYTES})")
     rep = sub.add_parser("report", help="HTML page and PNG figures of one run or several compared (JSONL file, "
                          "TensorBoard dir or MLflow run id)")
     rep.add_argument("run", nargs="+", help="spherewatch JSONL files, TensorBoard log dirs or MLflow run ids; several "
