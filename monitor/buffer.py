@@ -15,7 +15,9 @@ class RowReservoir:
 
     Rows are detached and stored as fp32 on the device they arrive on, in tensors allocated once per window.
     The accept/replace decisions depend only on row counts, never on values, so adding rows never synchronises
-    with the host. Memory bound per tap: ``max_rows * D * 4`` bytes per view (one; two with a paired
+    with the host. Rows count only once copied: a batch whose copy fails leaves :meth:`rows` as it was (or, when
+    the failure may have half overwritten rows kept earlier in the window, empties the window), so a failed
+    capture never reaches the metrics. Memory bound per tap: ``max_rows * D * 4`` bytes per view (one; two with a paired
     view; ``V`` with ``observe(views=...)``, whose other views are kept as ``(max_rows, V - 1, D)``), plus
     ``max_rows * 8`` bytes with labels.
     """
@@ -71,10 +73,22 @@ class RowReservoir:
         keep = js < self.max_rows
         src = np.nonzero(keep)[0].tolist()
         dst = js[keep].tolist()
+        if src:
+            try:
+                self._write(z, z_pos, labels, src, dst)
+            except BaseException:
+                # rows count only once copied: slots past `filled` were never counted; a slot that held a row of
+                # this window may now be half overwritten (a pair whose views disagree), so the window goes
+                if min(dst) < self.filled:
+                    self.filled = self.seen = 0
+                raise
         self.seen += n
-        if not src:
-            return
         self.filled = min(self.seen, self.max_rows)
+
+    def _write(self, z: torch.Tensor, z_pos: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+               src: list, dst: list) -> None:
+        """Copy rows ``src`` of the batch into slots ``dst``."""
+        n = z.shape[0]
         if len(src) == n and dst == list(range(dst[0], dst[0] + n)):
             sl = slice(dst[0], dst[0] + n)
             self._z[sl].copy_(z, non_blocking=True)
@@ -89,11 +103,20 @@ class RowReservoir:
         last_src = src_a[::-1][first_from_end]
         dst_t = torch.from_numpy(slots.astype(np.int64)).to(z.device, non_blocking=True)
         src_t = torch.from_numpy(last_src.astype(np.int64)).to(z.device, non_blocking=True)
-        self._z.index_copy_(0, dst_t, z.index_select(0, src_t).to(torch.float32))
-        if self._pos is not None:
-            self._pos.index_copy_(0, dst_t, z_pos.detach().index_select(0, src_t).to(torch.float32))
-        if self._labels is not None:
-            self._labels.index_copy_(0, dst_t, labels.detach().index_select(0, src_t).to(torch.long))
+        # every source is taken before the first slot is written
+        rows = z.index_select(0, src_t).to(torch.float32)
+        pos = None if self._pos is None else z_pos.detach().index_select(0, src_t).to(torch.float32)
+        lab = None if self._labels is None else labels.detach().index_select(0, src_t).to(torch.long)
+        self._z.index_copy_(0, dst_t, rows)
+        if pos is not None:
+            self._pos.index_copy_(0, dst_t, pos)
+        if lab is not None:
+            self._labels.index_copy_(0, dst_t, lab)
+
+    @property
+    def device(self) -> Optional[torch.device]:
+        """The device the window's rows are kept on (``None`` before the first rows)."""
+        return None if self._z is None else self._z.device
 
     def rows(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         if self._z is None or self.filled == 0:

@@ -64,10 +64,34 @@ def check_tap(tap: Any) -> str:
     return tap
 
 
+def dense_rows(tap: str, z: torch.Tensor, name: str) -> torch.Tensor:
+    """``z`` as a plain strided tensor whose rows are whole embeddings, or a clear error.
+
+    * A sparse tensor (COO, CSR, ...) is densified.
+    * A ``DTensor`` (tensor parallelism) gives its **local** part, without a collective (a capture must never wait
+      on other ranks): with ``Replicate()`` placements that is the whole tensor, with ``Shard(0)`` this rank's
+      rows (the evaluation then gathers rows across ranks like any other). A ``DTensor`` sharded along the
+      embedding dimension or holding partial sums has no whole row on any rank: it is refused, naming the fix.
+    """
+    if callable(getattr(z, "to_local", None)) and hasattr(z, "placements"):  # torch.distributed.tensor.DTensor
+        bad = [p for p in z.placements if not (p.is_replicate() or (p.is_shard() and p.dim == 0))]
+        if bad:
+            raise ValueError(
+                f"`{name}` for tap {tap!r} is a DTensor with placements {tuple(z.placements)}: no rank holds whole "
+                "rows. Redistribute it first (`z.redistribute(placements=[Replicate()])` or `z.full_tensor()`), or "
+                "watch a module whose output is replicated or sharded along the batch (Shard(0)).")
+        z = z.to_local()
+    if z.layout != torch.strided:
+        z = z.to_dense()
+    return z
+
+
 def validate_batch(tap: str, z: Any, name: str, pool: Optional[str]) -> torch.Tensor:
-    """``z`` as a floating ``(N, D)`` tensor (``(B, T, H)`` is pooled with ``pool``), or a clear error."""
+    """``z`` as a floating, dense ``(N, D)`` tensor (``(B, T, H)`` is pooled with ``pool``; see :func:`dense_rows`
+    for sparse tensors and ``DTensor``), or a clear error."""
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"Expected `{name}` for tap {tap!r} to be a torch.Tensor (N, D), got {type(z).__name__}.")
+    z = dense_rows(tap, z, name)
     if z.ndim == 3:
         z = extract_embeddings(z, pool=pool)
     if z.ndim != 2:
@@ -102,6 +126,9 @@ def validate_rows(tap: str, z: Any, z_pos: Any, labels: Any, pool: Optional[str]
                              f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}.")
         if labels.is_floating_point() or labels.is_complex():
             raise TypeError(f"Expected integer `labels`, got {labels.dtype}.")
+        labels = dense_rows(tap, labels, "labels")
+    if isinstance(z_pos, torch.Tensor) and z_pos.ndim == 3:
+        z_pos = dense_rows(tap, z_pos, "z_pos")
     return z, z_pos, labels
 
 
@@ -169,10 +196,11 @@ class Sampler:
         if buf is None:
             self._check_buffer_bytes(tap, z, z_pos)
             buf = self._buffers[tap] = RowReservoir(self.config.max_samples, seed=self.config.seed + len(self._buffers))
-        if buf.seen and buf._z.device != z.device:  # e.g. embeddings moved: follow the window's first device
-            z = z.to(buf._z.device)
-            z_pos = None if z_pos is None else z_pos.to(buf._z.device)
-            labels = None if labels is None else labels.to(buf._z.device)
+        device = buf.device
+        if buf.seen and device != z.device:  # e.g. embeddings moved: follow the window's first device
+            z = z.to(device)
+            z_pos = None if z_pos is None else z_pos.to(device)
+            labels = None if labels is None else labels.to(device)
         buf.add(z, z_pos, labels)
         self.captures[tap] += 1
         self._faults.recovered(f"capture:{tap}")
