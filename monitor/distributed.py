@@ -22,14 +22,21 @@ Example:
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from spherewatch.errors import SpherewatchError
 
-__all__ = ["any_true", "gather_rows", "is_distributed", "rank", "union_names", "world_size"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "any_true", "gather_rows", "handshake", "is_distributed", "rank", "union_names",
+           "world_size"]
+
+#: Seconds a rank waits at its first evaluation for every other rank to show its Monitor (see :func:`handshake`):
+#: far below the collective timeouts (30 min gloo, 10 min NCCL) a mismatch would otherwise run into.
+HANDSHAKE_TIMEOUT_S = 120.0
 
 Rows = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]
 
@@ -78,6 +85,51 @@ def _comm_device() -> torch.device:
     module = getattr(torch, kind, None)
     index = module.current_device() if module is not None and hasattr(module, "current_device") else 0
     return torch.device(kind, index)
+
+
+def _default_store() -> Any:
+    try:  # the key-value store the default process group was set up with (TCPStore, FileStore, ...)
+        return torch.distributed.distributed_c10d._get_default_store()
+    except Exception:  # pragma: no cover - private API moved: no handshake, as before it existed
+        return None
+
+
+def handshake(fingerprint: Mapping[str, Any], *, timeout: Optional[float] = None) -> Optional[str]:
+    """Check, before the first collective of a Monitor, that every rank runs one with the same ``fingerprint``
+    (its schedule-relevant configuration and the step it is at). ``None`` when they agree, else one sentence that
+    names the ranks and what differs -- the same sentence on every rank that can tell.
+
+    A rank without a Monitor (created on rank zero only), or on another schedule, or whose step counter is off,
+    would reach the Monitor's collectives at another time than the others: the job would hang for the whole
+    collective timeout and die naming nothing. This check uses the process group's key-value store, not a
+    collective: each rank writes its fingerprint, then waits at most ``timeout`` seconds
+    (:data:`HANDSHAKE_TIMEOUT_S`) for the others', so a rank that never comes is named instead of waited for.
+    The n-th Monitor of a rank meets the n-th Monitor of every other rank.
+    """
+    store = _default_store()
+    if store is None:
+        return None
+    me, n = rank(), world_size()
+    count = store.add(f"spherewatch/handshake/count/{me}", 1)
+    keys = [f"spherewatch/handshake/{count}/{r}" for r in range(n)]
+    store.set(keys[me], json.dumps(dict(fingerprint), sort_keys=True, default=str))
+    wait = HANDSHAKE_TIMEOUT_S if timeout is None else timeout
+    try:
+        store.wait(keys, datetime.timedelta(seconds=wait))
+    except Exception:  # noqa: BLE001 - a store timeout (DistStoreError / RuntimeError, by torch version)
+        missing = [r for r in range(n) if not store.check([keys[r]])]
+        return (f"rank(s) {missing} did not reach the first evaluation of a spherewatch Monitor within {wait:g} s "
+                f"of rank {me} (at step {fingerprint.get('step')}): create the Monitor on every rank, with the same "
+                "schedule (every_n_steps, start_step, ...), and pass every rank the same global step")
+    seen: Dict[int, Dict[str, Any]] = {r: json.loads(store.get(keys[r])) for r in range(n)}
+    differ = {r: sorted(f for f in set(fp) | set(seen[0]) if fp.get(f) != seen[0].get(f)) for r, fp in seen.items()}
+    differ = {r: fields for r, fields in differ.items() if fields}
+    if not differ:
+        return None
+    parts = [f"rank {r} has " + ", ".join(f"{f}={seen[r].get(f)!r}" for f in fields) + " where rank 0 has "
+             + ", ".join(f"{f}={seen[0].get(f)!r}" for f in fields) for r, fields in sorted(differ.items())]
+    return ("the ranks' spherewatch Monitors disagree (" + "; ".join(parts) + "): every rank needs the same schedule "
+            "and the same global step, or the Monitor's collectives would meet at different times")
 
 
 def union_names(names: Sequence[str]) -> List[str]:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from spherewatch import distributed as dist_utils
 from spherewatch.compute import compute_tap_metrics
+from spherewatch.errors import SpherewatchError
 
 __all__ = ["Evaluator", "readback"]
 
@@ -50,6 +51,27 @@ class Evaluator:
         self._faults = faults
         #: whether any tap had usable rows at the latest evaluation
         self.had_rows = False
+        self._agreed: Optional[bool] = None  # the ranks' handshake at the first evaluation under DDP
+
+    def agree(self, fingerprint: Mapping[str, Any]) -> bool:
+        """Whether this rank may take part in the evaluations' collectives. At the first evaluation under
+        ``torch.distributed`` the ranks compare ``fingerprint`` (:func:`~spherewatch.distributed.handshake`); when a
+        rank has no Monitor, another schedule or another step, the Monitor reports it once (raises under ``strict``)
+        and stays off on this rank for the rest of the run -- no metrics, no collective -- instead of hanging the
+        job until the collective timeout."""
+        if self._agreed is None:
+            if not dist_utils.is_distributed():
+                return True
+            try:
+                problem = dist_utils.handshake(fingerprint)
+            except Exception as exc:  # noqa: BLE001 - the store failed: say so, and do not risk a hang
+                problem = f"the ranks' handshake failed ({type(exc).__name__}: {exc})"
+            self._agreed = problem is None
+            if problem is not None:
+                self._faults.report("distributed", SpherewatchError(problem),
+                                    "spherewatch is off on this rank for the rest of the run (no metrics, no "
+                                    "collectives); training continues")
+        return self._agreed
 
     def evaluate(self, rows_by_tap: Mapping[str, Rows], *, spectral: bool, seed: int):
         """``(values, hist_values)`` keyed by :attr:`MonitorConfig.keys` (``<prefix>/<metric>`` for the default tap,

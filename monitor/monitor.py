@@ -81,6 +81,7 @@ class Monitor:
         self._writer = RecordWriter(self.config, objects, self._faults)
         self._should_stop = False
         self._closed = False
+        self._step_calls = 0  # compared across ranks at the first evaluation (a step counter off by one shows here)
         self._handles: List[Any] = []
         self._warned_empty = False
         #: values of the latest evaluation, keyed ``<prefix>/<tap>/<metric>``
@@ -199,6 +200,7 @@ class Monitor:
         """
         if self._closed:
             return []
+        self._step_calls += 1
         self._sampler.take_pending()
         s, due = self._clock.begin(global_step)
         fired: List[Alert] = []
@@ -226,6 +228,8 @@ class Monitor:
         step. Under strict + DDP a failure is raised only after the last collective (by ``step``)."""
         from spherewatch import distributed as dist_utils
 
+        if not self._evaluator.agree(self._fingerprint(s, scheduled)):  # DDP: ranks that disagree stay off
+            return [], {}
         defer = self.config.strict and dist_utils.is_distributed()
         with self._faults.deferring() if defer else contextlib.nullcontext():
             values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations)
@@ -248,6 +252,14 @@ class Monitor:
             stop = self._evaluator.any_stop(any(a.action == "stop" for a in fired) or self._should_stop)
             self._should_stop = self._should_stop or stop
         return fired, values
+
+    def _fingerprint(self, s: int, scheduled: bool) -> Dict[str, Any]:
+        """What every rank's Monitor must agree on at its first evaluation (see ``distributed.handshake``)."""
+        cfg = self.config
+        fields = ("every_n_steps", "start_step", "sample_first_step", "log_spaced", "spectral_every_n_steps",
+                  "window_steps", "max_samples")
+        return {"step": s, "step_calls": self._step_calls, "scheduled": scheduled,
+                "metrics": list(cfg.metric_names), **{f: getattr(cfg, f) for f in fields}}
 
     def evaluate_now(self, z: Optional[torch.Tensor], z_pos: Optional[torch.Tensor] = None, *, tap: str,
                      labels: Optional[torch.Tensor] = None, step: Optional[int] = None) -> Dict[str, float]:
