@@ -82,10 +82,16 @@ def _save(fig: Any, path: str) -> None:
     fig.savefig(path, format="png", metadata={"Software": None}, facecolor="white")
 
 
+def _plain(text: str) -> str:
+    """``text`` taken from a run (a name, a tap, a key) drawn as written: a ``$`` would start matplotlib's
+    mathtext, and an invalid expression fails the whole figure."""
+    return str(text).replace("$", r"\$")
+
+
 def _title(metric: str) -> str:
     """The catalogue's title of ``metric`` (:func:`spherewatch.keys.describe`), else its name."""
     info = describe(metric_key(metric, "embeddings", scheme="tap"))
-    return info.title if info is not None else metric
+    return info.title if info is not None else _plain(metric)
 
 
 def _steady_ylim(ax: Any, values: List[float], thresholds: List[float]) -> None:
@@ -145,11 +151,11 @@ def _panel(ax: Any, runs: List[RunData], metric: Optional[str], prefix: str, *, 
 def _legend(fig: Any, runs: List[RunData], prefix: str, *, y: float = 1.0) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=RUN_COLORS[r % len(RUN_COLORS)], lw=2.5, label=_run_label(d, prefix))
+    handles = [Line2D([], [], color=RUN_COLORS[r % len(RUN_COLORS)], lw=2.5, label=_plain(_run_label(d, prefix)))
                for r, d in enumerate(runs)]
     taps = sorted({t for d in runs for g in _by_metric(list(d.scalars), prefix).values() for t in g})
     if len(taps) > 1:
-        handles += [Line2D([], [], color="#424242", ls=TAP_STYLES[i % len(TAP_STYLES)], lw=1.5, label=f"tap {t}")
+        handles += [Line2D([], [], color="#424242", ls=TAP_STYLES[i % len(TAP_STYLES)], lw=1.5, label=_plain(f"tap {t}"))
                     for i, t in enumerate(taps)]
     fired = {a.severity for d in runs for a in collapse_alerts(d.alerts)}
     severities = sorted((s for s in SEVERITY_COLORS if s in fired), key=severity_rank)
@@ -252,7 +258,7 @@ def alignment_figure(runs: List[RunData], prefix: str, path: str) -> None:
                             color=color)
         ax.set_xlabel("alignment (lower: positive pairs closer)", fontsize=9)
         ax.set_ylabel("uniformity (lower: more spread out)", fontsize=9)
-        ax.set_title(f"tap {tap}: alignment vs uniformity", fontsize=10)
+        ax.set_title(_plain(f"tap {tap}: alignment vs uniformity"), fontsize=10)
         ax.text(0.02, 0.02, "better: lower left; collapse: uniformity -> 0", transform=ax.transAxes, fontsize=8,
                 color="#555555")
         ax.grid(True, alpha=0.3)
@@ -310,13 +316,13 @@ def spectrum_figure(runs: List[RunData], prefix: str, path: str) -> None:
             ax.set_xlabel("step", fontsize=9)
             ax.set_ylabel("eigenvalue rank (1 = largest)", fontsize=9)
             ax.invert_yaxis()
-            ax.set_title(f"{who}: spectrum over time", fontsize=10)
+            ax.set_title(_plain(f"{who}: spectrum over time"), fontsize=10)
         else:
             ax.plot(np.arange(1, logm.shape[0] + 1), logm[:, 0], color=TAP_COLORS[0], marker=".", lw=1.4)
             ax.set_ylim(vmin, vmax)
             ax.set_xlabel("eigenvalue rank (1 = largest)", fontsize=9)
             ax.set_ylabel(r"$\log_{10}$ eigenvalue", fontsize=9)
-            ax.set_title(f"{who}: spectrum at step {int(steps[0])} (the only one recorded)", fontsize=10)
+            ax.set_title(_plain(f"{who}: spectrum at step {int(steps[0])} (the only one recorded)"), fontsize=10)
             ax.grid(True, alpha=0.3)
     for j in range(n, axes.size):
         axes[j // 2][j % 2].set_visible(False)
