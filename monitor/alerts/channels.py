@@ -75,7 +75,9 @@ class LoggingChannel(Channel):
       ``warnings.simplefilter("error", CollapseWarning)`` it is raised, see :class:`AlertDispatcher`), or with
       ``warn=False`` one ``logger.warning`` record. ``info`` alerts are always an ``info`` record, never a warning.
     * Faults of the monitor itself (``kind="fault"``): a :class:`~spherewatch.errors.MonitorFault` warning, or
-      with ``warn=False`` one ``logger.error`` record.
+      with ``warn=False`` one ``logger.error`` record. A filter that turns warnings into errors (``python -W
+      error``) never makes a fault an exception in the training loop: the fault becomes the ``logger.error``
+      record instead (only ``strict=True`` raises).
     * Resolved alerts (``status="resolved"``): one ``info`` record, never a warning.
 
     Args:
@@ -101,8 +103,13 @@ class LoggingChannel(Channel):
         if getattr(alert, "status", "fired") == "resolved" or (alert.severity == "info" and not fault):
             self.logger.info(text)
             return
-        if self.warn:
-            warnings.warn(text, MonitorFault if fault else CollapseWarning, stacklevel=user_stacklevel())
+        if self.warn and fault:
+            try:
+                warnings.warn(text, MonitorFault, stacklevel=user_stacklevel())
+            except Warning:  # `-W error` made it an exception: a fault of the monitor never enters the training loop
+                self.logger.error(text)
+        elif self.warn:
+            warnings.warn(text, CollapseWarning, stacklevel=user_stacklevel())
         elif fault:
             self.logger.error(text)
         else:
