@@ -8,11 +8,22 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldSerializationInfo,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
 from spherewatch.keys import KeySchemeName
+from spherewatch.redact import redact
 
 __all__ = [
     "MonitorConfig", "PRESETS", "METRICS", "SPECTRAL_METRICS", "load_config", "ENV_PREFIX", "known_metric_keys",
@@ -359,6 +370,20 @@ class MonitorConfig(BaseModel):
             )
         return self
 
+    # ----------------------------------------------------------------- secrets
+    @field_serializer("tracking_uri")
+    def _dump_tracking_uri(self, value: Optional[str], info: FieldSerializationInfo) -> Optional[str]:
+        """``model_dump`` shows the tracking URI with its credentials hidden (``http://***@host``); the value itself
+        (``config.tracking_uri``) keeps them. ``context={"secrets": True}`` dumps it whole, for a config rebuilt
+        in this process."""
+        if value is None or (info.context or {}).get("secrets"):
+            return value
+        return redact(value)
+
+    def __repr_args__(self):  # str() and repr(): no credentials either
+        for name, value in super().__repr_args__():
+            yield name, (redact(value) if name == "tracking_uri" and isinstance(value, str) else value)
+
     # ----------------------------------------------------------------- derived
     @property
     def metric_names(self) -> Tuple[str, ...]:
@@ -488,7 +513,7 @@ def load_config(source: Union[None, str, Path, Mapping[str, Any], MonitorConfig]
     Precedence, lowest first: defaults, the file or dict, ``SPHEREWATCH_*`` environment variables, ``overrides``.
     """
     if isinstance(source, MonitorConfig):
-        base: Dict[str, Any] = source.model_dump(exclude_unset=True)
+        base: Dict[str, Any] = source.model_dump(exclude_unset=True, context={"secrets": True})
         if isinstance(source.webhook_url, SecretStr):
             base["webhook_url"] = source.webhook_url.get_secret_value()
     elif source is None:
