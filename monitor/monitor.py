@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -26,6 +27,19 @@ from spherewatch.schedule import StepClock
 from spherewatch.writer import RecordWriter, split_sink_args
 
 __all__ = ["Monitor"]
+
+#: A run key names the run's spool folder under the spool root: a plain name, never a path.
+_RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def _check_writer_state(state: Any) -> None:
+    """The writer part of a checkpoint: a mapping whose ``run_key`` (if any) is a name, not a path."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"Monitor state: `writer` must be a dict, got {type(state).__name__}.")
+    key = state.get("run_key")
+    if key is not None and (not isinstance(key, str) or not _RUN_KEY.fullmatch(key) or ".." in key):
+        raise ValueError(f"Monitor state: the writer's `run_key` must be a plain name (letters, digits, '_', '.', "
+                         f"'-'), got {key!r}: a checkpoint names a run, never a folder elsewhere.")
 
 logger = logging.getLogger("spherewatch")
 
@@ -325,6 +339,9 @@ class Monitor:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not isinstance(state, Mapping):
             raise TypeError(f"Expected a dict from Monitor.state_dict(), got {type(state).__name__}.")
+        _check_writer_state(state.get("writer", {}))
+        if not isinstance(state.get("should_stop", False), bool):
+            raise ValueError(f"Monitor state: `should_stop` must be a bool, got {state.get('should_stop')!r}.")
         self._clock.load_state_dict(state)
         self._sampler.armed = self._clock.armed
         self._should_stop = bool(state.get("should_stop", False))

@@ -89,9 +89,17 @@ class StepClock:
                 "evaluations": self.evaluations}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.last_step = state.get("last_step")
-        self.next_eval = state.get("next_eval")
-        self.next_spectral = state.get("next_spectral")
-        self.evaluations = int(state.get("evaluations", 0))
+        """Continue from :meth:`state_dict`; every value is checked before any is taken (a ``ValueError`` names the
+        key and the value)."""
+        steps = {k: state.get(k) for k in ("last_step", "next_eval", "next_spectral")}
+        evaluations = state.get("evaluations", 0)
+        for key, value in {**steps, "evaluations": evaluations}.items():
+            if value is None and key != "evaluations":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Monitor state: `{key}` must be a non-negative integer step count, got {value!r} "
+                                 "(pass the dict Monitor.state_dict() returned).")
+        self.last_step, self.next_eval, self.next_spectral = steps["last_step"], steps["next_eval"], steps["next_spectral"]
+        self.evaluations = evaluations
         if self.last_step is not None and self.next_eval is not None:
             self.armed = self.next_eval - (self.last_step + 1) < self.window
