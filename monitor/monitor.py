@@ -382,6 +382,12 @@ class Monitor:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "A spherewatch Monitor cannot be pickled or deep-copied: it owns a writer thread, open sinks and forward "
+            "hooks. Carry `monitor.state_dict()` instead and rebuild it with `Monitor(config)` + `load_state_dict()`; "
+            "to copy a watched model (e.g. an EMA teacher), copy it before `monitor.watch()` or after `handle.remove()`.")
+
     def __repr__(self) -> str:
         cfg = self.config
         return (f"Monitor(every_n_steps={cfg.every_n_steps}, metrics={list(cfg.metric_names)}, "

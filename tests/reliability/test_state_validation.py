@@ -34,3 +34,13 @@ def test_a_step_that_is_not_an_integer_is_refused_at_load(key, value, make_monit
     assert mon.state_dict() == good  # nothing was taken from the bad state
     mon.observe(torch.randn(16, 4))
     mon.step(3)  # and training goes on
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_pickling_a_monitor_names_the_fix(how, make_monitor):
+    import copy
+    import pickle
+
+    mon = make_monitor(sinks=("memory",))
+    with pytest.raises(TypeError, match=r"cannot be pickled.*state_dict\(\)"):
+        pickle.dumps(mon) if how == "pickle" else copy.deepcopy(mon)
