@@ -1,0 +1,528 @@
+"""The retrying sink wrapper: a sink's outage never takes training down and never loses a record.
+
+Built on the record codec (:mod:`spherewatch.delivery.record`) and the spool (:class:`~spherewatch.delivery.spool.
+SinkSpool`): the backlog is a queue of typed records, mirrored line by line in the sink's spool file.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
+
+from spherewatch.delivery.record import (
+    AlertEvent,
+    Histogram,
+    NewerFormatError,
+    Record,
+    Scalars,
+    describe,
+    encode,
+)
+from spherewatch.delivery.spool import SinkSpool
+from spherewatch.sinks.base import Sink, as_float_array, capabilities
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+
+__all__ = ["ResilientSink"]
+
+logger = logging.getLogger("spherewatch.sinks")
+
+OnError = Callable[[str, BaseException], None]
+
+
+class _Item:
+    """One queued record and its spool line (encoded once, when first spooled)."""
+
+    __slots__ = ("line", "record")
+
+    def __init__(self, record: Record, line: bytes | None = None) -> None:
+        self.record, self.line = record, line
+
+    def encoded(self) -> bytes:
+        if self.line is None:
+            self.line = encode(self.record)
+        return self.line
+
+
+class ResilientSink(Sink):
+    """Wrap a sink so that its failures are reported once, queued, retried, and never raised into training.
+
+    On the first exception from the inner sink (an *outage*):
+
+    * the fault is reported once: a ``logging`` warning and ``on_error(sink_name, exc)``;
+    * the failed record and every later record are queued in order, in memory and (with ``spool_path``)
+      appended to a JSON-lines spool file, so a crash of the process loses nothing;
+    * later calls retry the backlog, oldest first, once the backoff has elapsed (``retry_initial``
+      seconds, doubling after each failed retry up to ``retry_max``). Nothing ever sleeps: before that
+      the call just queues its record and returns;
+    * once the backlog is delivered, recovery is logged once and the spool file is removed.
+
+    Records are replayed in order, each exactly once (a delivered record leaves the queue at once), with
+    the wall time of the original call when the inner sink accepts ``wall_time``. A record the inner sink
+    rejects as malformed (:meth:`Sink.is_permanent_error`, e.g. a ``ValueError``) cannot succeed on retry:
+    it is dropped, counted in :attr:`dropped` and reported (the first time), and the rest goes on.
+
+    A spool file that cannot be written (disk full) is retried like the sink, with the same backoff: the backlog
+    stays in memory meanwhile and is written out in full once the spool is writable again.
+
+    A spool file left by an earlier process (undelivered records at close, or a crash) is loaded at
+    construction and delivered before any new record.
+
+    :meth:`flush` retries the backlog when the backoff allows, then (if nothing is left) flushes the inner
+    sink. :meth:`close` tries once more regardless of the backoff, closes the inner sink and says in a log
+    line how many records are left undelivered and in which spool file they wait.
+
+    Args:
+        inner: the sink to protect.
+        spool_path: JSON-lines file for the backlog (created ``0o644``); ``None`` keeps it in memory only.
+        on_error: called as ``on_error(sink_name, exc)`` once per outage (and for the first dropped record),
+            e.g. to raise an alert. Its own exceptions are logged, never raised.
+        retry_initial: seconds before the first retry after a failure.
+        retry_max: cap of the doubling backoff, in seconds.
+        strict: re-raise the inner sink's exceptions instead (tests, debugging).
+        max_pending: most records held in memory; beyond it the oldest are dropped (counted, logged once
+            per outage).
+        clock: monotonic clock in seconds used for the backoff (default ``time.monotonic``).
+        on_recovered: called as ``on_recovered(sink_name)`` when an outage ends (the backlog is delivered).
+
+    Raises:
+        ValueError: negative ``retry_initial``, ``retry_max < retry_initial`` or ``max_pending < 1``.
+
+    Example:
+        >>> from spherewatch.sinks import MemorySink
+        >>> sink = ResilientSink(MemorySink())
+        >>> sink.log_scalars(0, {"spherewatch/uniformity": -3.5})
+        >>> sink.pending, sink.healthy, sink.inner.last("spherewatch/uniformity")
+        (0, True, -3.5)
+    """
+
+    def __init__(
+        self,
+        inner: Sink,
+        *,
+        spool_path: str | None = None,
+        on_error: OnError | None = None,
+        retry_initial: float = 1.0,
+        retry_max: float = 60.0,
+        strict: bool = False,
+        max_pending: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        on_recovered: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if not retry_initial >= 0:
+            raise ValueError(f"`retry_initial` must be >= 0 seconds, got {retry_initial!r}.")
+        if not retry_max >= retry_initial:
+            raise ValueError(
+                f"`retry_max` must be >= `retry_initial` ({retry_initial!r}), got {retry_max!r}."
+            )
+        if int(max_pending) < 1:
+            raise ValueError(f"`max_pending` must be >= 1, got {max_pending!r}.")
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self._spool = SinkSpool(spool_path) if spool_path is not None else None
+        self.on_error = on_error
+        self.on_recovered = on_recovered
+        #: called between two deliveries of a replayed backlog (``None``: nothing)
+        self.between: Callable[[], None] | None = None
+        self.retry_initial = float(retry_initial)
+        self.retry_max = float(retry_max)
+        self.strict = bool(strict)
+        self.max_pending = int(max_pending)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._outage = False
+        self._outage_since = 0.0
+        self._delay = self.retry_initial
+        self._next_retry = -math.inf
+        self._dropped = 0
+        self._overflow_logged = False
+        self._spool_broken = False
+        self._spool_retry_at = -math.inf
+        self._spool_delay = self.retry_initial or 1.0
+        # what the inner sink supports, as it declares it: a sink with batches gets a replayed backlog in batches
+        # (MLflow: one log_batch of up to 1000 metrics instead of one request per record)
+        self._can = capabilities(inner)
+        if self._spool is not None and self._spool.exists():
+            self._load_spool()
+
+    @property
+    def spool_path(self) -> str | None:
+        """The backlog's spool file (``None``: in memory only)."""
+        return None if self._spool is None else self._spool.path
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def pending(self) -> int:
+        """Number of records queued for delivery."""
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """``True`` when no outage is in progress and nothing is queued."""
+        return not self._outage and not self._queue
+
+    @property
+    def dropped(self) -> int:
+        """Records given up on: rejected as malformed by the inner sink, or pushed out by ``max_pending``."""
+        return self._dropped
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Deliver (or queue) one step's scalars; never raises unless ``strict``."""
+        self._submit("scalars", lambda: Scalars(
+            int(step), time.time() if wall_time is None else float(wall_time),
+            {str(k): float(v) for k, v in scalars.items()},
+        ))
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Deliver (or queue) a histogram; never raises unless ``strict``."""
+        self._submit("histogram", lambda: Histogram(
+            int(step), time.time() if wall_time is None else float(wall_time), str(key), as_float_array(values),
+        ))
+
+    def log_alert(self, alert: Alert) -> None:
+        """Deliver (or queue) an alert; never raises unless ``strict``."""
+        self._submit("alert", lambda: AlertEvent(alert))
+
+    def flush(self) -> None:
+        """Retry the backlog if the backoff has elapsed; when nothing is queued, flush the inner sink.
+
+        The Monitor flushes after every sampling step, so this respects the backoff like any other call
+        (use :meth:`close` for a last attempt regardless of it).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._drain(force=False)
+            if not self._queue:
+                try:
+                    self.inner.flush()
+                except Exception as exc:
+                    if self.strict:
+                        raise
+                    self._fault(exc, f"flushing sink {self.name!r} failed")
+                else:
+                    self._recovered(0)
+            self._sync_spool()
+
+    def close(self) -> None:
+        """Try to deliver the backlog once more, close the inner sink, and say what is left. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._drain(force=True)
+            finally:
+                try:
+                    self.inner.close()
+                except Exception as exc:
+                    if self.strict:
+                        raise
+                    logger.warning("spherewatch: closing sink %r failed (%s: %s).", self.name,
+                                   type(exc).__name__, exc)
+                finally:
+                    self._closed = True
+                    self._finish_close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ResilientSink({self.inner!r}, pending={self.pending}, healthy={self.healthy}, "
+            f"dropped={self._dropped}, spool_path={self.spool_path!r})"
+        )
+
+    # ------------------------------------------------------------------ delivery
+    def _submit(self, op: str, build: Callable[[], Record]) -> None:
+        with self._lock:
+            self._check_open()
+            try:
+                record = _Item(build())
+            except Exception as exc:  # the caller handed over something that is not a number
+                if self.strict:
+                    raise
+                self._drop_bad(op, exc)
+                return
+            if self._queue:  # keep order: behind the backlog
+                self._enqueue(record)
+                self._drain(force=False)
+                return
+            try:
+                self._deliver(record)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                if self._is_permanent(exc):
+                    self._drop(record, exc)
+                    return
+                self._enqueue(record)
+                self._fault(exc, f"sink {self.name!r} failed")
+            else:
+                self._recovered(0)
+
+    def _deliver(self, item: _Item) -> None:
+        r = item.record
+        if isinstance(r, Scalars):
+            if self._can.wall_time:
+                self.inner.log_scalars(r.step, r.values, wall_time=r.time)
+            else:
+                self.inner.log_scalars(r.step, r.values)
+        elif isinstance(r, Histogram):
+            if self._can.wall_time:
+                self.inner.log_histogram(r.step, r.key, r.values, wall_time=r.time)
+            else:
+                self.inner.log_histogram(r.step, r.key, r.values)
+        elif isinstance(r, AlertEvent):
+            self.inner.log_alert(r.alert)
+        else:
+            raise TypeError(f"ResilientSink delivers scalars, histograms and alerts, not {describe(r)}.")
+
+    def _drain(self, *, force: bool) -> None:
+        if not self._queue or (not force and self._clock() < self._next_retry):
+            return
+        removed = delivered = 0
+        while self._queue:
+            if self.between is not None and removed:
+                self.between()  # e.g. the Monitor's writer yields to an evaluation in progress
+            record = self._queue[0]
+            batch = self._scalar_batch() if self._can.batches else None
+            try:
+                if batch is not None:
+                    self._deliver_batch(batch)
+                else:
+                    self._deliver(record)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                if self._is_permanent(exc):
+                    self._queue.popleft()
+                    removed += 1
+                    self._drop(record, exc)
+                    continue
+                if self._outage:
+                    self._delay = min(self.retry_max, self._delay * 2)
+                    self._next_retry = self._clock() + self._delay
+                    logger.debug("sink %r still failing (%s); %d queued, next retry in %.3gs.",
+                                 self.name, exc, len(self._queue), self._delay)
+                else:  # replaying a spool from an earlier run, and the sink is down
+                    self._fault(exc, f"sink {self.name!r} failed")
+                break
+            for _ in range(len(batch) if batch is not None else 1):
+                self._queue.popleft()
+                removed += 1
+                delivered += 1
+        if removed:
+            self._rewrite_spool()
+        if not self._queue:
+            self._recovered(delivered)
+
+    def _scalar_batch(self) -> list[_Item] | None:
+        """The leading run of scalar records (two or more), for one batched call of the inner sink."""
+        run: list[_Item] = []
+        metrics = 0
+        for item in self._queue:
+            if not isinstance(item.record, Scalars):
+                break
+            metrics += len(item.record.values)
+            if run and metrics > self._can.batch_limit:
+                break
+            run.append(item)
+        return run if len(run) > 1 else None
+
+    def _deliver_batch(self, batch: list[_Item]) -> None:
+        self.inner.log_scalars_batch([(i.record.step, i.record.values, i.record.time) for i in batch])
+
+    @property
+    def next_retry(self) -> float | None:
+        """Clock time of the next retry of the backlog (``None`` when nothing waits)."""
+        if not self._queue and not self._spool_broken:
+            return None
+        due = self._next_retry if self._queue else -math.inf
+        if self._spool_broken:
+            due = max(due, self._spool_retry_at) if self._queue else self._spool_retry_at
+        return due
+
+    def _is_permanent(self, exc: BaseException) -> bool:
+        try:
+            return bool(self.inner.is_permanent_error(exc))
+        except Exception:
+            logger.debug("is_permanent_error of sink %r raised; treating the error as transient.", self.name,
+                         exc_info=True)
+            return False
+
+    # ------------------------------------------------------------------ reporting
+    def _fault(self, exc: BaseException, what: str) -> None:
+        """Start an outage (report once) or, during one, push the next retry out."""
+        if self._outage:
+            self._delay = min(self.retry_max, self._delay * 2)
+            self._next_retry = self._clock() + self._delay
+            return
+        self._outage = True
+        self._outage_since = self._clock()
+        self._delay = self.retry_initial
+        self._next_retry = self._outage_since + self._delay
+        where = f"; spooling to {self.spool_path}" if self._spool_usable() else ""
+        logger.warning(
+            "spherewatch: %s (%s: %s); training continues, records are queued and retried with backoff "
+            "(first retry in %.3gs)%s.", what, type(exc).__name__, exc, self._delay, where,
+        )
+        self._call_on_error(exc)
+
+    def _recovered(self, delivered: int) -> None:
+        if not self._outage:
+            if delivered:
+                logger.info("spherewatch: sink %r: delivered %d spooled record(s) from an earlier run.",
+                            self.name, delivered)
+            return
+        logger.info(
+            "spherewatch: sink %r recovered after %.1fs; delivered %d queued record(s), in order.",
+            self.name, self._clock() - self._outage_since, delivered,
+        )
+        self._outage = False
+        self._overflow_logged = False
+        self._delay = self.retry_initial
+        self._next_retry = -math.inf
+        if self.on_recovered is not None:
+            try:
+                self.on_recovered(self.name)
+            except Exception:
+                logger.warning("spherewatch: the on_recovered callback of sink %r raised; ignored.", self.name,
+                               exc_info=True)
+
+    def _drop(self, item: _Item, exc: BaseException) -> None:
+        self._drop_bad(describe(item.record), exc)
+
+    def _drop_bad(self, what: str, exc: BaseException) -> None:
+        self._dropped += 1
+        if self._dropped == 1:
+            logger.error(
+                "spherewatch: sink %r rejected a %s (%s: %s); dropped it, since retrying cannot fix a malformed "
+                "record. Later drops are logged at debug level and counted in `.dropped`.",
+                self.name, what, type(exc).__name__, exc,
+            )
+            self._call_on_error(exc)
+        else:
+            logger.debug("spherewatch: sink %r dropped a %s (%s: %s).", self.name, what, type(exc).__name__, exc)
+
+    def _call_on_error(self, exc: BaseException) -> None:
+        if self.on_error is None:
+            return
+        try:
+            self.on_error(self.name, exc)
+        except Exception:
+            logger.warning("spherewatch: the on_error callback of sink %r raised; ignored.", self.name, exc_info=True)
+
+    # ------------------------------------------------------------------ queue and spool
+    def _enqueue(self, item: _Item) -> None:
+        if len(self._queue) >= self.max_pending:
+            self._queue.popleft()
+            self._dropped += 1
+            if not self._overflow_logged:
+                self._overflow_logged = True
+                logger.warning(
+                    "spherewatch: sink %r backlog reached max_pending=%d; dropping the oldest queued records "
+                    "until it recovers.", self.name, self.max_pending,
+                )
+        self._queue.append(item)
+        was_broken = self._spool_broken
+        if self._spool_usable():
+            if was_broken:  # the spool came back: it was rewritten with the whole queue, this record included
+                return
+            try:
+                self._spool.append(item.encoded())  # type: ignore[union-attr]
+            except (OSError, ValueError, TypeError) as exc:
+                self._spool_failed(exc)
+
+    def _spool_usable(self) -> bool:
+        if self._spool is None:
+            return False
+        if self._spool_broken and self._clock() >= self._spool_retry_at:
+            # retried like any sink: rewrite the whole backlog (the file must hold exactly the queue again)
+            self._spool_broken = False
+            self._rewrite_spool()
+            if not self._spool_broken:
+                logger.info("spherewatch: the spool file %s of sink %r is writable again; it holds the %d queued "
+                            "record(s).", self.spool_path, self.name, len(self._queue))
+                self._spool_delay = self.retry_initial or 1.0
+        return not self._spool_broken
+
+    def _spool_failed(self, exc: BaseException) -> None:
+        first = not self._spool_broken
+        self._spool_broken = True
+        self._spool_retry_at = self._clock() + self._spool_delay
+        self._spool_delay = min(self.retry_max, self._spool_delay * 2)
+        # the file no longer follows the queue (records delivered later would stay in it): remove it, or the next
+        # ResilientSink opened on it would deliver them a second time
+        self._spool.discard()  # type: ignore[union-attr]
+        if first:
+            logger.warning(
+                "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory and "
+                "the spool is retried with backoff.", self.spool_path, self.name, type(exc).__name__, exc,
+            )
+
+    def _close_spool_fd(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+
+    def _sync_spool(self) -> None:
+        if self._spool is not None:
+            try:
+                self._spool.sync()
+            except OSError as exc:
+                self._spool_failed(exc)
+
+    def _rewrite_spool(self) -> None:
+        """Make the spool file hold exactly the queue (atomically), or remove it when the queue is empty."""
+        if not self._spool_usable():
+            return
+        try:
+            self._spool.rewrite(item.encoded() for item in self._queue)  # type: ignore[union-attr]
+        except (OSError, ValueError, TypeError) as exc:
+            self._spool_failed(exc)
+
+    def _load_spool(self) -> None:
+        path = self.spool_path
+        try:
+            loaded = self._spool.load()  # type: ignore[union-attr]
+        except NewerFormatError as err:
+            logger.error("spherewatch: the spool file %s of sink %r in the folder %s was written by a newer "
+                         "spherewatch (%s); it is left in place (deliver it with that version), and this sink's "
+                         "backlog is kept in memory only.", path, self.name, os.path.dirname(path or ""), err)
+            self._spool = None
+            return
+        items = [_Item(record, line) for record, line in loaded.records]
+        self._queue.extend(items[-self.max_pending:])
+        if loaded.bad:
+            logger.warning("spherewatch: skipped %d malformed line(s) in spool file %s.", loaded.bad, path)
+        if items:
+            logger.info(
+                "spherewatch: found %d undelivered record(s) of sink %r from an earlier run in %s; they are "
+                "delivered before new records.", len(items), self.name, path,
+            )
+        if loaded.bad or not loaded.clean_end or len(items) != len(self._queue) or not items:
+            self._rewrite_spool()  # leave a clean file that holds exactly the queue
+
+    def _finish_close(self) -> None:
+        left = len(self._queue)
+        if left and self._spool_usable():
+            self._sync_spool()
+            logger.warning(
+                "spherewatch: %d record(s) could not be delivered to sink %r; they are kept in the spool file %s "
+                "and will be delivered, once, by the next sink opened on that file (in a Monitor: the next run that "
+                "uses the same spool folder, into this run's destination).", left, self.name,
+                self.spool_path,
+            )
+        elif left:
+            logger.warning(
+                "spherewatch: %d record(s) could not be delivered to sink %r and are lost (no spool file; pass "
+                "spool_path=... to keep them).", left, self.name,
+            )
+        if self._dropped:
+            logger.warning("spherewatch: sink %r dropped %d record(s) in total.", self.name, self._dropped)
+        self._close_spool_fd()
+
