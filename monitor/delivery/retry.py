@@ -23,8 +23,8 @@ from spherewatch.delivery.record import (
     describe,
     encode,
 )
+from spherewatch.delivery.sink import Sink, as_float_array, capabilities
 from spherewatch.delivery.spool import SinkSpool
-from spherewatch.sinks.base import Sink, as_float_array, capabilities
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -211,6 +211,15 @@ class ResilientSink(Sink):
                 else:
                     self._recovered(0)
             self._sync_spool()
+
+    def deliver_now(self) -> bool:
+        """Try the backlog now, regardless of the backoff; True when nothing is left (the inner sink holds every
+        record), e.g. before a last write that must follow them all."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._drain(force=True)
+            return not self._queue
 
     def close(self) -> None:
         """Try to deliver the backlog once more, close the inner sink, and say what is left. Idempotent."""

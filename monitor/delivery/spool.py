@@ -38,7 +38,8 @@ from spherewatch.delivery.files import (
 )
 from spherewatch.delivery.record import Evaluation, NewerFormatError, Record, decode, encode
 
-__all__ = ["Overflow", "RunFolder", "SinkSpool", "lock_folder", "unlock_folder"]
+__all__ = ["Overflow", "RunFolder", "SinkSpool", "load_queue_file", "lock_folder", "mark_done", "other_runs",
+           "remove_queue_file", "unlock_folder"]
 
 logger = logging.getLogger("spherewatch.writer")
 
@@ -179,12 +180,14 @@ class RunFolder:
         self.lock_fd = lock_folder(self.path)
         return self.lock_fd is not None
 
-    def release(self) -> None:
-        """Remove the folder when nothing is left in it, and drop the lock."""
+    def release(self) -> bool:
+        """Remove the folder when nothing is left in it, and drop the lock. True when the folder was removed."""
+        removed = False
         if self.lock_fd is not None:
-            self.remove_if_empty()
+            removed = self.remove_if_empty()
             unlock_folder(self.lock_fd)
             self.lock_fd = None
+        return removed
 
     def let_go(self) -> None:
         """Drop the lock, keeping the folder: the next run delivers what is in it."""
