@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
+from spherewatch.delivery.registry import SINK_NAMES, SINKS
 from spherewatch.keys import KeySchemeName
 
 __all__ = [
@@ -53,7 +54,8 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
     "full": METRICS,
 }
 
-SinkName = Literal["tensorboard", "mlflow", "jsonl", "memory"]
+#: A sink name: one entry of the sink registry (:data:`spherewatch.delivery.registry.SINKS`).
+SinkName = Literal[SINK_NAMES]  # type: ignore[valid-type]
 
 #: Largest ``max_samples`` accepted (rows kept per tap; 2**20 rows of 768 fp32 values are 3 GiB). The actual bytes
 #: (``max_samples`` x D x 4 per view) are checked against ``max_buffer_bytes`` at the first capture of a tap,
@@ -388,6 +390,11 @@ class MonitorConfig(BaseModel):
         return cls(**{**_env_values(environ), **overrides})
 
 
+#: Fields whose environment variable is taken as it is (never parsed as JSON): the sinks' (from the registry) and these.
+_TEXT_FIELDS = frozenset({"webhook_url", "prefix", "default_tap", "spool_dir"}.union(
+    *(entry.text_fields for entry in SINKS.values())))
+
+
 def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     environ = os.environ if environ is None else environ
     out: Dict[str, Any] = {}
@@ -400,8 +407,7 @@ def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if name in ("webhook_url", "tracking_uri", "run_id", "log_dir", "jsonl_path", "experiment_name",
-                    "run_name", "prefix", "default_tap", "spool_dir"):
+        if name in _TEXT_FIELDS:
             out[name] = raw
             continue
         try:

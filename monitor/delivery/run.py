@@ -128,7 +128,10 @@ class RunDelivery:
     def replay(self, paths: Sequence[str], sinks: Optional[SinkSet]) -> None:
         """Write the evaluations of overflow files into ``sinks``, marking progress, then remove the files."""
         for path in paths:
-            for rec in spool.load_queue_file(path):
+            records = spool.load_queue_file(path)
+            if records is None:  # a newer format: left in place
+                continue
+            for rec in records:
                 if self.abandoned or sinks is None:
                     return
                 if sinks is self.sinks:
@@ -202,9 +205,12 @@ class RunDelivery:
             except Exception:  # noqa: BLE001 - send_params logs its own failures
                 pass
             self.sinks.close(self.finish)
-        for orphan in self._orphans:
-            orphan.sinks.close()
-            orphan.folder.let_go()
+        for orphan in list(self._orphans):
+            if orphan.sinks.pending() == 0:
+                self._finish_orphan(orphan)  # delivered: its folder goes
+            else:
+                orphan.sinks.close()
+                orphan.folder.let_go()
         self._orphans = []
         self.folder.release()
 

@@ -261,10 +261,10 @@ def other_runs(root: str, own_key: str) -> Iterator[RunFolder]:
 
 
 # ------------------------------------------------------------------------------------------------- queue overflow
-def load_queue_file(path: str) -> List[Evaluation]:
+def load_queue_file(path: str) -> Optional[List[Evaluation]]:
     """The evaluations of an overflow file not yet handed over (after its ``.done`` mark), in order, each once (the
-    in-flight copy, restricted to the sinks that lacked it, wins). A file of a newer format is refused: ``[]`` and
-    an error naming its folder."""
+    in-flight copy, restricted to the sinks that lacked it, wins). A file of a newer format is refused: ``None``,
+    and an error naming its folder."""
     done = -1
     try:
         with open(_done_path(path), "r") as f:
@@ -281,7 +281,7 @@ def load_queue_file(path: str) -> List[Evaluation]:
                     logger.error("spherewatch: the spool folder %s holds %s, written by a newer spherewatch (%s); it "
                                  "is left in place: deliver it with that version.", os.path.dirname(path),
                                  os.path.basename(path), err)
-                    return []
+                    return None
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # a line cut by a crash
                 if not isinstance(rec, Evaluation) or rec.seq <= done:
