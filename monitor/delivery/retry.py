@@ -5,26 +5,16 @@ SinkSpool`): the backlog is a queue of typed records, mirrored line by line in t
 """
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
-from spherewatch.delivery.record import (
-    AlertEvent,
-    Histogram,
-    NewerFormatError,
-    Record,
-    Scalars,
-    describe,
-    encode,
-)
+from spherewatch.delivery.backlog import Backlog, Queued
+from spherewatch.delivery.record import AlertEvent, Histogram, Record, Scalars, describe
 from spherewatch.delivery.sink import Sink, as_float_array, capabilities
-from spherewatch.delivery.spool import SinkSpool
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -34,20 +24,6 @@ __all__ = ["ResilientSink"]
 logger = logging.getLogger("spherewatch.sinks")
 
 OnError = Callable[[str, BaseException], None]
-
-
-class _Item:
-    """One queued record and its spool line (encoded once, when first spooled)."""
-
-    __slots__ = ("line", "record")
-
-    def __init__(self, record: Record, line: bytes | None = None) -> None:
-        self.record, self.line = record, line
-
-    def encoded(self) -> bytes:
-        if self.line is None:
-            self.line = encode(self.record)
-        return self.line
 
 
 class ResilientSink(Sink):
@@ -126,7 +102,6 @@ class ResilientSink(Sink):
             raise ValueError(f"`max_pending` must be >= 1, got {max_pending!r}.")
         self.inner = inner
         self.name = getattr(inner, "name", type(inner).__name__)
-        self._spool = SinkSpool(spool_path) if spool_path is not None else None
         self.on_error = on_error
         self.on_recovered = on_recovered
         #: called between two deliveries of a replayed backlog (``None``: nothing)
@@ -137,37 +112,34 @@ class ResilientSink(Sink):
         self.max_pending = int(max_pending)
         self._clock = clock
         self._lock = threading.RLock()
-        self._queue: collections.deque[_Item] = collections.deque()
         self._outage = False
         self._outage_since = 0.0
         self._delay = self.retry_initial
         self._next_retry = -math.inf
         self._dropped = 0
         self._overflow_logged = False
-        self._spool_broken = False
-        self._spool_retry_at = -math.inf
-        self._spool_delay = self.retry_initial or 1.0
+        self._backlog = Backlog(self.name, spool_path, max_pending=self.max_pending, clock=clock,
+                                retry_initial=self.retry_initial, retry_max=self.retry_max)
         # what the inner sink supports, as it declares it: a sink with batches gets a replayed backlog in batches
         # (MLflow: one log_batch of up to 1000 metrics instead of one request per record)
         self._can = capabilities(inner)
-        if self._spool is not None and self._spool.exists():
-            self._load_spool()
+        self._backlog.load()
 
     @property
     def spool_path(self) -> str | None:
         """The backlog's spool file (``None``: in memory only)."""
-        return None if self._spool is None else self._spool.path
+        return self._backlog.path
 
     # ------------------------------------------------------------------ public API
     @property
     def pending(self) -> int:
         """Number of records queued for delivery."""
-        return len(self._queue)
+        return len(self._backlog)
 
     @property
     def healthy(self) -> bool:
         """``True`` when no outage is in progress and nothing is queued."""
-        return not self._outage and not self._queue
+        return not self._outage and not self._backlog
 
     @property
     def dropped(self) -> int:
@@ -201,7 +173,7 @@ class ResilientSink(Sink):
             if self._closed:
                 return
             self._drain(force=False)
-            if not self._queue:
+            if not self._backlog:
                 try:
                     self.inner.flush()
                 except Exception as exc:
@@ -210,7 +182,7 @@ class ResilientSink(Sink):
                     self._fault(exc, f"flushing sink {self.name!r} failed")
                 else:
                     self._recovered(0)
-            self._sync_spool()
+            self._backlog.sync()
 
     def deliver_now(self) -> bool:
         """Try the backlog now, regardless of the backoff; True when nothing is left (the inner sink holds every
@@ -219,7 +191,7 @@ class ResilientSink(Sink):
             if self._closed:
                 return False
             self._drain(force=True)
-            return not self._queue
+            return not self._backlog
 
     def close(self) -> None:
         """Try to deliver the backlog once more, close the inner sink, and say what is left. Idempotent."""
@@ -251,13 +223,13 @@ class ResilientSink(Sink):
         with self._lock:
             self._check_open()
             try:
-                record = _Item(build())
+                record = Queued(build())
             except Exception as exc:  # the caller handed over something that is not a number
                 if self.strict:
                     raise
                 self._drop_bad(op, exc)
                 return
-            if self._queue:  # keep order: behind the backlog
+            if self._backlog:  # keep order: behind the backlog
                 self._enqueue(record)
                 self._drain(force=False)
                 return
@@ -274,7 +246,7 @@ class ResilientSink(Sink):
             else:
                 self._recovered(0)
 
-    def _deliver(self, item: _Item) -> None:
+    def _deliver(self, item: Queued) -> None:
         r = item.record
         if isinstance(r, Scalars):
             if self._can.wall_time:
@@ -292,24 +264,24 @@ class ResilientSink(Sink):
             raise TypeError(f"ResilientSink delivers scalars, histograms and alerts, not {describe(r)}.")
 
     def _drain(self, *, force: bool) -> None:
-        if not self._queue or (not force and self._clock() < self._next_retry):
+        if not self._backlog or (not force and self._clock() < self._next_retry):
             return
         removed = delivered = 0
-        while self._queue:
+        while self._backlog:
             if self.between is not None and removed:
                 self.between()  # e.g. the Monitor's writer yields to an evaluation in progress
-            record = self._queue[0]
-            batch = self._scalar_batch() if self._can.batches else None
+            record = self._backlog.first
+            batch = self._backlog.scalar_run(self._can.batch_limit) if self._can.batches else None
             try:
                 if batch is not None:
-                    self._deliver_batch(batch)
+                    self.inner.log_scalars_batch([(i.record.step, i.record.values, i.record.time) for i in batch])
                 else:
                     self._deliver(record)
             except Exception as exc:
                 if self.strict:
                     raise
                 if self._is_permanent(exc):
-                    self._queue.popleft()
+                    self._backlog.pop()
                     removed += 1
                     self._drop(record, exc)
                     continue
@@ -317,44 +289,26 @@ class ResilientSink(Sink):
                     self._delay = min(self.retry_max, self._delay * 2)
                     self._next_retry = self._clock() + self._delay
                     logger.debug("sink %r still failing (%s); %d queued, next retry in %.3gs.",
-                                 self.name, exc, len(self._queue), self._delay)
+                                 self.name, exc, len(self._backlog), self._delay)
                 else:  # replaying a spool from an earlier run, and the sink is down
                     self._fault(exc, f"sink {self.name!r} failed")
                 break
-            for _ in range(len(batch) if batch is not None else 1):
-                self._queue.popleft()
-                removed += 1
-                delivered += 1
+            n = len(batch) if batch is not None else 1
+            self._backlog.pop(n)
+            removed += n
+            delivered += n
         if removed:
-            self._rewrite_spool()
-        if not self._queue:
+            self._backlog.rewrite()
+        if not self._backlog:
             self._recovered(delivered)
-
-    def _scalar_batch(self) -> list[_Item] | None:
-        """The leading run of scalar records (two or more), for one batched call of the inner sink."""
-        run: list[_Item] = []
-        metrics = 0
-        for item in self._queue:
-            if not isinstance(item.record, Scalars):
-                break
-            metrics += len(item.record.values)
-            if run and metrics > self._can.batch_limit:
-                break
-            run.append(item)
-        return run if len(run) > 1 else None
-
-    def _deliver_batch(self, batch: list[_Item]) -> None:
-        self.inner.log_scalars_batch([(i.record.step, i.record.values, i.record.time) for i in batch])
 
     @property
     def next_retry(self) -> float | None:
         """Clock time of the next retry of the backlog (``None`` when nothing waits)."""
-        if not self._queue and not self._spool_broken:
-            return None
-        due = self._next_retry if self._queue else -math.inf
-        if self._spool_broken:
-            due = max(due, self._spool_retry_at) if self._queue else self._spool_retry_at
-        return due
+        spool_due = self._backlog.retry_at
+        if not self._backlog:
+            return spool_due
+        return self._next_retry if spool_due is None else max(self._next_retry, spool_due)
 
     def _is_permanent(self, exc: BaseException) -> bool:
         try:
@@ -375,7 +329,7 @@ class ResilientSink(Sink):
         self._outage_since = self._clock()
         self._delay = self.retry_initial
         self._next_retry = self._outage_since + self._delay
-        where = f"; spooling to {self.spool_path}" if self._spool_usable() else ""
+        where = f"; spooling to {self.spool_path}" if self._backlog.usable() else ""
         logger.warning(
             "spherewatch: %s (%s: %s); training continues, records are queued and retried with backoff "
             "(first retry in %.3gs)%s.", what, type(exc).__name__, exc, self._delay, where,
@@ -403,7 +357,7 @@ class ResilientSink(Sink):
                 logger.warning("spherewatch: the on_recovered callback of sink %r raised; ignored.", self.name,
                                exc_info=True)
 
-    def _drop(self, item: _Item, exc: BaseException) -> None:
+    def _drop(self, item: Queued, exc: BaseException) -> None:
         self._drop_bad(describe(item.record), exc)
 
     def _drop_bad(self, what: str, exc: BaseException) -> None:
@@ -426,10 +380,9 @@ class ResilientSink(Sink):
         except Exception:
             logger.warning("spherewatch: the on_error callback of sink %r raised; ignored.", self.name, exc_info=True)
 
-    # ------------------------------------------------------------------ queue and spool
-    def _enqueue(self, item: _Item) -> None:
-        if len(self._queue) >= self.max_pending:
-            self._queue.popleft()
+    # ------------------------------------------------------------------ backlog
+    def _enqueue(self, item: Queued) -> None:
+        if self._backlog.push(item):  # the oldest was pushed out
             self._dropped += 1
             if not self._overflow_logged:
                 self._overflow_logged = True
@@ -437,89 +390,15 @@ class ResilientSink(Sink):
                     "spherewatch: sink %r backlog reached max_pending=%d; dropping the oldest queued records "
                     "until it recovers.", self.name, self.max_pending,
                 )
-        self._queue.append(item)
-        was_broken = self._spool_broken
-        if self._spool_usable():
-            if was_broken:  # the spool came back: it was rewritten with the whole queue, this record included
-                return
-            try:
-                self._spool.append(item.encoded())  # type: ignore[union-attr]
-            except (OSError, ValueError, TypeError) as exc:
-                self._spool_failed(exc)
-
-    def _spool_usable(self) -> bool:
-        if self._spool is None:
-            return False
-        if self._spool_broken and self._clock() >= self._spool_retry_at:
-            # retried like any sink: rewrite the whole backlog (the file must hold exactly the queue again)
-            self._spool_broken = False
-            self._rewrite_spool()
-            if not self._spool_broken:
-                logger.info("spherewatch: the spool file %s of sink %r is writable again; it holds the %d queued "
-                            "record(s).", self.spool_path, self.name, len(self._queue))
-                self._spool_delay = self.retry_initial or 1.0
-        return not self._spool_broken
-
-    def _spool_failed(self, exc: BaseException) -> None:
-        first = not self._spool_broken
-        self._spool_broken = True
-        self._spool_retry_at = self._clock() + self._spool_delay
-        self._spool_delay = min(self.retry_max, self._spool_delay * 2)
-        # the file no longer follows the queue (records delivered later would stay in it): remove it, or the next
-        # ResilientSink opened on it would deliver them a second time
-        self._spool.discard()  # type: ignore[union-attr]
-        if first:
-            logger.warning(
-                "spherewatch: cannot write the spool file %s of sink %r (%s: %s); its backlog is kept in memory and "
-                "the spool is retried with backoff.", self.spool_path, self.name, type(exc).__name__, exc,
-            )
 
     def _close_spool_fd(self) -> None:
-        if self._spool is not None:
-            self._spool.close()
-
-    def _sync_spool(self) -> None:
-        if self._spool is not None:
-            try:
-                self._spool.sync()
-            except OSError as exc:
-                self._spool_failed(exc)
-
-    def _rewrite_spool(self) -> None:
-        """Make the spool file hold exactly the queue (atomically), or remove it when the queue is empty."""
-        if not self._spool_usable():
-            return
-        try:
-            self._spool.rewrite(item.encoded() for item in self._queue)  # type: ignore[union-attr]
-        except (OSError, ValueError, TypeError) as exc:
-            self._spool_failed(exc)
-
-    def _load_spool(self) -> None:
-        path = self.spool_path
-        try:
-            loaded = self._spool.load()  # type: ignore[union-attr]
-        except NewerFormatError as err:
-            logger.error("spherewatch: the spool file %s of sink %r in the folder %s was written by a newer "
-                         "spherewatch (%s); it is left in place (deliver it with that version), and this sink's "
-                         "backlog is kept in memory only.", path, self.name, os.path.dirname(path or ""), err)
-            self._spool = None
-            return
-        items = [_Item(record, line) for record, line in loaded.records]
-        self._queue.extend(items[-self.max_pending:])
-        if loaded.bad:
-            logger.warning("spherewatch: skipped %d malformed line(s) in spool file %s.", loaded.bad, path)
-        if items:
-            logger.info(
-                "spherewatch: found %d undelivered record(s) of sink %r from an earlier run in %s; they are "
-                "delivered before new records.", len(items), self.name, path,
-            )
-        if loaded.bad or not loaded.clean_end or len(items) != len(self._queue) or not items:
-            self._rewrite_spool()  # leave a clean file that holds exactly the queue
+        """Close the spool file (its records stay in it: a crash here leaves them to the next sink on that file)."""
+        self._backlog.close_file()
 
     def _finish_close(self) -> None:
-        left = len(self._queue)
-        if left and self._spool_usable():
-            self._sync_spool()
+        left = len(self._backlog)
+        if left and self._backlog.usable():
+            self._backlog.sync()
             logger.warning(
                 "spherewatch: %d record(s) could not be delivered to sink %r; they are kept in the spool file %s "
                 "and will be delivered, once, by the next sink opened on that file (in a Monitor: the next run that "
@@ -533,5 +412,5 @@ class ResilientSink(Sink):
             )
         if self._dropped:
             logger.warning("spherewatch: sink %r dropped %d record(s) in total.", self.name, self._dropped)
-        self._close_spool_fd()
+        self._backlog.close_file()
 
