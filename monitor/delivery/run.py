@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from spherewatch.delivery import spool
 from spherewatch.delivery.record import Evaluation
@@ -20,12 +21,28 @@ from spherewatch.delivery.registry import SINKS
 from spherewatch.delivery.sinkset import SinkSet
 from spherewatch.delivery.spool import Overflow, RunFolder
 
-__all__ = ["OVERFLOW", "RunDelivery"]
+__all__ = ["OVERFLOW", "RunDelivery", "RunParams"]
 
 logger = logging.getLogger("spherewatch.writer")
 
 #: Queue marker: the overflow file holds records queued after everything before the marker.
 OVERFLOW = object()
+
+
+class RunParams:
+    """Run parameters: set on the training thread, read by the writer thread (a snapshot) before each record."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._params: Dict[str, Any] = {}
+
+    def update(self, params: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._params.update({str(k): v for k, v in params.items()})
+
+    def snapshot(self) -> Dict[str, Any]:
+        with self._lock:
+            return dict(self._params)
 
 
 class _Orphan:
@@ -47,13 +64,13 @@ class RunDelivery:
         strict: no thread: failures raise (through ``faults``).
         retry: the sinks' backoff ``(initial, max)`` in seconds.
         pause: between two writes (yield to the training thread); ``None`` under strict.
-        params: the run parameters so far (a snapshot).
+        params: the run parameters (sent to the sinks that keep them, once each).
         finish: called with each own sink that takes artifacts, before it is closed (the report).
     """
 
     def __init__(self, folder: RunFolder, specs: List[Dict[str, Any]], objects: Sequence[Any], faults: Any, *,
                  adopted: bool, strict: bool, retry: Tuple[float, float], pause: Optional[Callable[[], None]],
-                 params: Callable[[], Dict[str, Any]], overflow: Overflow,
+                 params: RunParams, overflow: Overflow,
                  finish: Optional[Callable[[Any], None]] = None) -> None:
         self.folder, self._specs, self._objects, self._faults = folder, specs, list(objects), faults
         self._adopted, self._strict, self._retry, self._pause = adopted, strict, retry, pause
@@ -68,6 +85,13 @@ class RunDelivery:
         """Lock the folder, open the sinks (local ones at once), replay this run's own backlog and crashed runs'."""
         if self.sinks is not None:
             return
+        try:
+            self._open()
+        except Exception as exc:  # noqa: BLE001 - never die: a writer without sinks still drains its queue
+            logger.error("spherewatch: the writer could not set up its sinks (%s: %s).", type(exc).__name__, exc,
+                         exc_info=exc)
+
+    def _open(self) -> None:
         self._lock()
         saved = self.folder.read_sinks() if self._adopted else []
         for i, spec in enumerate(self._specs):
@@ -110,6 +134,8 @@ class RunDelivery:
     # ------------------------------------------------------------------ writing
     def handle(self, item: Any) -> None:
         """One queue item: an evaluation, or the overflow marker."""
+        if self.sinks is None:
+            return
         if item is OVERFLOW:
             taken = self._overflow.take()
             if taken is not None:
@@ -118,8 +144,10 @@ class RunDelivery:
             self.write(item)
 
     def write(self, rec: Evaluation) -> None:
-        assert self.sinks is not None
-        self.sinks.send_params(self._params())
+        """Hand ``rec`` to this run's sinks, parameters not yet sent first."""
+        if self.sinks is None:
+            return
+        self.sinks.send_params(self._params.snapshot())
         done: set = set()
         self.inflight = (rec, done)
         self.sinks.write(rec, done)
@@ -201,7 +229,7 @@ class RunDelivery:
         """Send the last parameters, close every sink (this run's, crashed runs'), release the folder."""
         if self.sinks is not None:
             try:
-                self.sinks.send_params(self._params())  # parameters given after the last record
+                self.sinks.send_params(self._params.snapshot())  # parameters given after the last record
             except Exception:  # noqa: BLE001 - send_params logs its own failures
                 pass
             self.sinks.close(self.finish)

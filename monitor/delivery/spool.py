@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from spherewatch.delivery.files import (
     make_private_dirs,
@@ -316,10 +316,10 @@ class Overflow:
     """This process's overflow file in a run folder: evaluations the in-memory queue had no room for.
 
     :meth:`spill` runs on the training thread (and on the closing one), :meth:`take` on the writer thread; both hold
-    :attr:`lock`."""
+    :attr:`lock`. ``on_start`` is called when a spill starts a new file (the writer is told to take it over later)."""
 
-    def __init__(self, folder: RunFolder) -> None:
-        self.folder = folder
+    def __init__(self, folder: RunFolder, on_start: Optional[Callable[[], None]] = None) -> None:
+        self.folder, self._on_start = folder, on_start
         self.gen = f"{int(time.time() * 1000):013d}-{os.getpid()}-{os.urandom(3).hex()}"
         self.lock = threading.RLock()
         self.active = False  # records go to the file until the writer takes it over
@@ -331,20 +331,27 @@ class Overflow:
         return os.path.join(self.folder.path, f"{QUEUE_PREFIX}{self.gen}{SPOOL_SUFFIX}")
 
     def spill(self, rec: Evaluation) -> bool:
-        """Append ``rec`` (call under :attr:`lock`). False when the disk refuses it (it stays in memory then)."""
-        try:
-            if self._fd is None:
-                make_private_dirs(self.folder.path)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            write_all(self._fd, encode(rec))
-        except (OSError, ValueError, TypeError) as exc:
-            if not self._warned:
-                self._warned = True
-                logger.warning("spherewatch: the writer's queue is full and the spool folder %s is not writable "
-                               "(%s: %s); records are kept in memory meanwhile.", self.folder.path,
-                               type(exc).__name__, exc)
-            return False
-        return True
+        """Append ``rec``. False when the disk refuses it (it stays in memory then)."""
+        with self.lock:
+            try:
+                if self._fd is None:
+                    make_private_dirs(self.folder.path)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                write_all(self._fd, encode(rec))
+            except (OSError, ValueError, TypeError) as exc:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("spherewatch: the writer's queue is full and the spool folder %s is not writable "
+                                   "(%s: %s); records are kept in memory meanwhile.", self.folder.path,
+                                   type(exc).__name__, exc)
+                return False
+            if not self.active:
+                self.active = True
+                if self._on_start is not None:
+                    self._on_start()
+                logger.info("spherewatch: the sinks are slower than training; records overflow to %s until they "
+                            "catch up.", self.path)
+            return True
 
     def take(self) -> Optional[str]:
         """Close the file and rename it for replay (the next spill starts a new one); its new path, or None."""

@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -73,6 +74,7 @@ class Worker:
         self._name = name
         self._q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
+        self._at_exit: Optional[Callable[[], None]] = None
         self._close_put = False
         self.finished = False  #: the thread handled the close marker (or ``on_close`` raised)
         self.abandoned = False  #: :meth:`abandon` was called: the thread stops at its next item
@@ -84,10 +86,27 @@ class Worker:
     def started(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> None:
+    def start(self, at_exit: Optional[Callable[[], None]] = None) -> None:
+        """Start the thread (once); ``at_exit`` is called at interpreter exit unless :meth:`stop_at_exit` ran."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
+            if at_exit is not None:
+                self._at_exit = at_exit
+                atexit.register(self._exit)
+
+    def stop_at_exit(self) -> None:
+        """Forget the ``at_exit`` call (the owner closed)."""
+        if self._at_exit is not None:
+            self._at_exit = None
+            atexit.unregister(self._exit)
+
+    def _exit(self) -> None:
+        try:
+            if self._at_exit is not None:
+                self._at_exit()
+        except Exception:  # noqa: BLE001 - never fail the interpreter's exit
+            logger.debug("spherewatch: closing the writer at exit failed.", exc_info=True)
 
     def put(self, item: Any) -> None:
         self._q.put(item)

@@ -22,10 +22,8 @@ Threads and host writers (why writing from the writer thread is safe):
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -33,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from spherewatch import distributed as dist_utils
 from spherewatch.delivery.record import Evaluation
 from spherewatch.delivery.registry import SINK_NAMES, check_sink_names, sink_spec
-from spherewatch.delivery.run import OVERFLOW, RunDelivery
+from spherewatch.delivery.run import OVERFLOW, RunDelivery, RunParams
 from spherewatch.delivery.spool import Overflow, RunFolder
 from spherewatch.delivery.worker import Worker
 from spherewatch.keys import config_params
@@ -107,16 +105,15 @@ class RecordWriter:
         self._inline = bool(config.strict)
         self._folder = RunFolder(config.spool_dir or os.path.join(config.log_dir, "spool"), uuid.uuid4().hex[:16])
         self._adopted = False  # run_key came from a saved state: the folder (and MLflow run) of an earlier process
-        self._overflow = Overflow(self._folder)
         self._run: Optional[RunDelivery] = None  # made at the first submit (specs: training thread)
-        self._worker = Worker(self._handle, on_start=self._open, on_idle=lambda: self._run.retry_due(),
-                              idle_timeout=lambda: self._run.idle_timeout(), on_close=self._finish,
-                              on_late=self._late)
+        # the thread's callbacks are the run's (made before the thread starts)
+        self._worker = Worker(lambda item: self._run.handle(item), on_start=lambda: self._run.open(),
+                              on_idle=lambda: self._run.retry_due(), idle_timeout=lambda: self._run.idle_timeout(),
+                              on_close=lambda: self._run.close(), on_late=self._late)
+        self._overflow = Overflow(self._folder, on_start=lambda: self._worker.put(OVERFLOW))
         self._seq = 0
-        self._closing = self._closed = self._dumped = self._atexit = False
-        # run parameters: set on the training thread, sent by the writer thread before its next record, once per sink
-        self._plock = threading.Lock()
-        self._params: Dict[str, Any] = {}
+        self._closing = self._closed = self._dumped = False
+        self._params = RunParams()  # sent by the writer thread before its next record, once per sink
         self._config_logged = False
 
     # ------------------------------------------------------------------ state (resume = the same run)
@@ -150,8 +147,7 @@ class RecordWriter:
         HParams, a JSONL record); sent by the writer thread with the next record, once per sink (rank zero only)."""
         if self._closing or dist_utils.rank() != 0:
             return
-        with self._plock:
-            self._params.update({str(k): v for k, v in params.items()})
+        self._params.update(params)
 
     def submit(self, step: int, values: Dict[str, float], hists: Dict[str, List[float]], alerts: List[Any]) -> None:
         """Queue one evaluation's records for the sinks; returns at once (rank zero only; elsewhere a no-op). The
@@ -171,7 +167,7 @@ class RecordWriter:
         self._start()
         if self._overflow.active or self._worker.qsize() >= self._max_queue:
             with self._overflow.lock:
-                if (self._overflow.active or self._worker.qsize() >= self._max_queue) and self._spill(rec):
+                if (self._overflow.active or self._worker.qsize() >= self._max_queue) and self._overflow.spill(rec):
                     return
         self._worker.put(rec)
 
@@ -211,7 +207,7 @@ class RecordWriter:
             if self._run is not None and self._run.sinks is not None:
                 self._run.sinks.flush()
             return True
-        return self._worker.barrier(self._timeout(timeout))
+        return self._worker.barrier(float(self.config.close_timeout if timeout is None else timeout))
 
     def close(self, timeout: Optional[float] = None, finish: Optional[Callable[[Any], None]] = None) -> None:
         """Drain the queue into the sinks and close them, for at most ``timeout`` seconds (default the config's
@@ -232,9 +228,9 @@ class RecordWriter:
             self._closed = True
             if self._run is not None:
                 self._run.close()
-            self._unregister()
+            self._worker.stop_at_exit()
             return
-        deadline = self._timeout(timeout)
+        deadline = float(self.config.close_timeout if timeout is None else timeout)
         if not self._worker.close(deadline) and not self._dumped:
             self._dumped = True
             left = self._dump_leftovers()
@@ -247,7 +243,7 @@ class RecordWriter:
             )
         if self._worker.finished or self._dumped:
             self._closed = True
-            self._unregister()
+            self._worker.stop_at_exit()
 
     def __repr__(self) -> str:
         return (f"RecordWriter(run_key={self.run_key!r}, sinks={list(self._names)}, queued={self._worker.qsize()}, "
@@ -261,43 +257,14 @@ class RecordWriter:
             specs += [{"name": getattr(obj, "name", type(obj).__name__), "object": True} for obj in self._objects]
             self._run = RunDelivery(self._folder, specs, self._objects, self._faults, adopted=self._adopted,
                                     strict=self._inline, retry=self._retry,
-                                    pause=None if self._inline else self._worker.pause, params=self._params_now,
+                                    pause=None if self._inline else self._worker.pause, params=self._params,
                                     overflow=self._overflow)
         return self._run
 
-    def _params_now(self) -> Dict[str, Any]:
-        with self._plock:
-            return dict(self._params)
-
-    def _open(self) -> None:
-        try:
-            self._run.open()
-        except Exception as exc:  # noqa: BLE001 - never die: a writer without sinks still drains its queue
-            logger.error("spherewatch: the writer could not set up its sinks (%s: %s).", type(exc).__name__, exc,
-                         exc_info=exc)
-
-    def _handle(self, item: Any) -> None:
-        if self._run.sinks is not None:
-            self._run.handle(item)
-
-    def _finish(self) -> None:
-        self._run.close()
-
     def _late(self, item: Any) -> None:
+        """An evaluation the writer took after close() gave up on it: into the overflow file."""
         if isinstance(item, Evaluation):
-            with self._overflow.lock:
-                self._spill(item)
-
-    def _spill(self, rec: Evaluation) -> bool:
-        """Append ``rec`` to the overflow file (under its lock); the first one tells the writer with a marker."""
-        if not self._overflow.spill(rec):
-            return False
-        if not self._overflow.active:
-            self._overflow.active = True
-            self._worker.put(OVERFLOW)
-            logger.info("spherewatch: the sinks are slower than training; records overflow to %s until they catch up.",
-                        self._overflow.path)
-        return True
+            self._overflow.spill(item)
 
     def _dump_leftovers(self) -> int:
         """close() timed out: put the in-flight record (for the sinks that lack it) and the queue in the spool."""
@@ -307,30 +274,12 @@ class RecordWriter:
                 self._run.abandoned = True
                 missing = self._run.missing()
                 if missing is not None:
-                    n += self._spill(missing)
+                    n += self._overflow.spill(missing)
             for item in self._worker.abandon():
                 if isinstance(item, Evaluation):
-                    n += self._spill(item)
+                    n += self._overflow.spill(item)
             self._overflow.sync()
         return n
 
-    def _timeout(self, timeout: Optional[float]) -> float:
-        return float(self.config.close_timeout if timeout is None else timeout)
-
     def _start(self) -> None:
-        if not self._worker.started:
-            self._worker.start()
-            if not self._atexit:
-                self._atexit = True
-                atexit.register(self._close_at_exit)
-
-    def _close_at_exit(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - never fail the interpreter's exit
-            logger.debug("spherewatch: closing the writer at exit failed.", exc_info=True)
-
-    def _unregister(self) -> None:
-        if self._atexit:
-            self._atexit = False
-            atexit.unregister(self._close_at_exit)
+        self._worker.start(at_exit=self.close)
