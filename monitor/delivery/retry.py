@@ -6,13 +6,13 @@ SinkSpool`): the backlog is a queue of typed records, mirrored line by line in t
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from spherewatch.delivery.backlog import Backlog, Queued
+from spherewatch.delivery.outage import Outage
 from spherewatch.delivery.record import AlertEvent, Histogram, Record, Scalars, describe
 from spherewatch.delivery.sink import Sink, as_float_array, capabilities
 
@@ -112,12 +112,10 @@ class ResilientSink(Sink):
         self.max_pending = int(max_pending)
         self._clock = clock
         self._lock = threading.RLock()
-        self._outage = False
-        self._outage_since = 0.0
-        self._delay = self.retry_initial
-        self._next_retry = -math.inf
-        self._dropped = 0
-        self._overflow_logged = False
+        # the callbacks are read when called: a caller may set them after construction
+        self._outage = Outage(self.name, retry_initial=self.retry_initial, retry_max=self.retry_max, clock=clock,
+                              on_error=lambda name, exc: self.on_error(name, exc) if self.on_error else None,
+                              on_recovered=lambda name: self.on_recovered(name) if self.on_recovered else None)
         self._backlog = Backlog(self.name, spool_path, max_pending=self.max_pending, clock=clock,
                                 retry_initial=self.retry_initial, retry_max=self.retry_max)
         # what the inner sink supports, as it declares it: a sink with batches gets a replayed backlog in batches
@@ -139,12 +137,12 @@ class ResilientSink(Sink):
     @property
     def healthy(self) -> bool:
         """``True`` when no outage is in progress and nothing is queued."""
-        return not self._outage and not self._backlog
+        return not self._outage.active and not self._backlog
 
     @property
     def dropped(self) -> int:
         """Records given up on: rejected as malformed by the inner sink, or pushed out by ``max_pending``."""
-        return self._dropped
+        return self._outage.dropped
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Deliver (or queue) one step's scalars; never raises unless ``strict``."""
@@ -181,7 +179,7 @@ class ResilientSink(Sink):
                         raise
                     self._fault(exc, f"flushing sink {self.name!r} failed")
                 else:
-                    self._recovered(0)
+                    self._outage.recovered(0)
             self._backlog.sync()
 
     def deliver_now(self) -> bool:
@@ -215,7 +213,7 @@ class ResilientSink(Sink):
     def __repr__(self) -> str:
         return (
             f"ResilientSink({self.inner!r}, pending={self.pending}, healthy={self.healthy}, "
-            f"dropped={self._dropped}, spool_path={self.spool_path!r})"
+            f"dropped={self.dropped}, spool_path={self.spool_path!r})"
         )
 
     # ------------------------------------------------------------------ delivery
@@ -227,7 +225,7 @@ class ResilientSink(Sink):
             except Exception as exc:  # the caller handed over something that is not a number
                 if self.strict:
                     raise
-                self._drop_bad(op, exc)
+                self._outage.drop(op, exc)
                 return
             if self._backlog:  # keep order: behind the backlog
                 self._enqueue(record)
@@ -239,12 +237,12 @@ class ResilientSink(Sink):
                 if self.strict:
                     raise
                 if self._is_permanent(exc):
-                    self._drop(record, exc)
+                    self._outage.drop(describe(record.record), exc)
                     return
                 self._enqueue(record)
                 self._fault(exc, f"sink {self.name!r} failed")
             else:
-                self._recovered(0)
+                self._outage.recovered(0)
 
     def _deliver(self, item: Queued) -> None:
         r = item.record
@@ -264,7 +262,7 @@ class ResilientSink(Sink):
             raise TypeError(f"ResilientSink delivers scalars, histograms and alerts, not {describe(r)}.")
 
     def _drain(self, *, force: bool) -> None:
-        if not self._backlog or (not force and self._clock() < self._next_retry):
+        if not self._backlog or (not force and not self._outage.due()):
             return
         removed = delivered = 0
         while self._backlog:
@@ -283,13 +281,12 @@ class ResilientSink(Sink):
                 if self._is_permanent(exc):
                     self._backlog.pop()
                     removed += 1
-                    self._drop(record, exc)
+                    self._outage.drop(describe(record.record), exc)
                     continue
-                if self._outage:
-                    self._delay = min(self.retry_max, self._delay * 2)
-                    self._next_retry = self._clock() + self._delay
+                if self._outage.active:
+                    self._outage.backoff()
                     logger.debug("sink %r still failing (%s); %d queued, next retry in %.3gs.",
-                                 self.name, exc, len(self._backlog), self._delay)
+                                 self.name, exc, len(self._backlog), self._outage.delay)
                 else:  # replaying a spool from an earlier run, and the sink is down
                     self._fault(exc, f"sink {self.name!r} failed")
                 break
@@ -300,7 +297,7 @@ class ResilientSink(Sink):
         if removed:
             self._backlog.rewrite()
         if not self._backlog:
-            self._recovered(delivered)
+            self._outage.recovered(delivered)
 
     @property
     def next_retry(self) -> float | None:
@@ -308,7 +305,8 @@ class ResilientSink(Sink):
         spool_due = self._backlog.retry_at
         if not self._backlog:
             return spool_due
-        return self._next_retry if spool_due is None else max(self._next_retry, spool_due)
+        due = self._outage.next_retry
+        return due if spool_due is None else max(due, spool_due)
 
     def _is_permanent(self, exc: BaseException) -> bool:
         try:
@@ -318,74 +316,17 @@ class ResilientSink(Sink):
                          exc_info=True)
             return False
 
-    # ------------------------------------------------------------------ reporting
     def _fault(self, exc: BaseException, what: str) -> None:
-        """Start an outage (report once) or, during one, push the next retry out."""
-        if self._outage:
-            self._delay = min(self.retry_max, self._delay * 2)
-            self._next_retry = self._clock() + self._delay
-            return
-        self._outage = True
-        self._outage_since = self._clock()
-        self._delay = self.retry_initial
-        self._next_retry = self._outage_since + self._delay
-        where = f"; spooling to {self.spool_path}" if self._backlog.usable() else ""
-        logger.warning(
-            "spherewatch: %s (%s: %s); training continues, records are queued and retried with backoff "
-            "(first retry in %.3gs)%s.", what, type(exc).__name__, exc, self._delay, where,
-        )
-        self._call_on_error(exc)
-
-    def _recovered(self, delivered: int) -> None:
-        if not self._outage:
-            if delivered:
-                logger.info("spherewatch: sink %r: delivered %d spooled record(s) from an earlier run.",
-                            self.name, delivered)
-            return
-        logger.info(
-            "spherewatch: sink %r recovered after %.1fs; delivered %d queued record(s), in order.",
-            self.name, self._clock() - self._outage_since, delivered,
-        )
-        self._outage = False
-        self._overflow_logged = False
-        self._delay = self.retry_initial
-        self._next_retry = -math.inf
-        if self.on_recovered is not None:
-            try:
-                self.on_recovered(self.name)
-            except Exception:
-                logger.warning("spherewatch: the on_recovered callback of sink %r raised; ignored.", self.name,
-                               exc_info=True)
-
-    def _drop(self, item: Queued, exc: BaseException) -> None:
-        self._drop_bad(describe(item.record), exc)
-
-    def _drop_bad(self, what: str, exc: BaseException) -> None:
-        self._dropped += 1
-        if self._dropped == 1:
-            logger.error(
-                "spherewatch: sink %r rejected a %s (%s: %s); dropped it, since retrying cannot fix a malformed "
-                "record. Later drops are logged at debug level and counted in `.dropped`.",
-                self.name, what, type(exc).__name__, exc,
-            )
-            self._call_on_error(exc)
-        else:
-            logger.debug("spherewatch: sink %r dropped a %s (%s: %s).", self.name, what, type(exc).__name__, exc)
-
-    def _call_on_error(self, exc: BaseException) -> None:
-        if self.on_error is None:
-            return
-        try:
-            self.on_error(self.name, exc)
-        except Exception:
-            logger.warning("spherewatch: the on_error callback of sink %r raised; ignored.", self.name, exc_info=True)
+        """Start an outage (reported once, naming the spool file) or, during one, back off."""
+        where = "" if self._outage.active or not self._backlog.usable() else f"; spooling to {self.spool_path}"
+        self._outage.fault(exc, what, where)
 
     # ------------------------------------------------------------------ backlog
     def _enqueue(self, item: Queued) -> None:
         if self._backlog.push(item):  # the oldest was pushed out
-            self._dropped += 1
-            if not self._overflow_logged:
-                self._overflow_logged = True
+            self._outage.dropped += 1
+            if not self._outage.full_logged:
+                self._outage.full_logged = True
                 logger.warning(
                     "spherewatch: sink %r backlog reached max_pending=%d; dropping the oldest queued records "
                     "until it recovers.", self.name, self.max_pending,
@@ -410,7 +351,7 @@ class ResilientSink(Sink):
                 "spherewatch: %d record(s) could not be delivered to sink %r and are lost (no spool file; pass "
                 "spool_path=... to keep them).", left, self.name,
             )
-        if self._dropped:
-            logger.warning("spherewatch: sink %r dropped %d record(s) in total.", self.name, self._dropped)
+        if self.dropped:
+            logger.warning("spherewatch: sink %r dropped %d record(s) in total.", self.name, self.dropped)
         self._backlog.close_file()
 
