@@ -21,12 +21,12 @@ from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
 from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
+from spherewatch.delivery.writer import RecordWriter, split_sink_args
 from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
 from spherewatch.sampler import Sampler, check_tap, validate_rows
 from spherewatch.schedule import StepClock
 from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
-from spherewatch.writer import RecordWriter, split_sink_args
 
 __all__ = ["Monitor"]
 

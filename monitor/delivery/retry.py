@@ -66,6 +66,8 @@ class ResilientSink(Sink):
             per outage).
         clock: monotonic clock in seconds used for the backoff (default ``time.monotonic``).
         on_recovered: called as ``on_recovered(sink_name)`` when an outage ends (the backlog is delivered).
+        between: called between two deliveries of a backlog (e.g. the Monitor's writer yields to the training
+            thread there).
 
     Raises:
         ValueError: negative ``retry_initial``, ``retry_max < retry_initial`` or ``max_pending < 1``.
@@ -90,6 +92,7 @@ class ResilientSink(Sink):
         max_pending: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         on_recovered: Callable[[str], None] | None = None,
+        between: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         if not retry_initial >= 0:
@@ -105,7 +108,7 @@ class ResilientSink(Sink):
         self.on_error = on_error
         self.on_recovered = on_recovered
         #: called between two deliveries of a replayed backlog (``None``: nothing)
-        self.between: Callable[[], None] | None = None
+        self.between = between
         self.retry_initial = float(retry_initial)
         self.retry_max = float(retry_max)
         self.strict = bool(strict)

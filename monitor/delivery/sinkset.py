@@ -184,10 +184,9 @@ class SinkSet:
             if report is not None and self._recovered is not None:
                 self._recovered(f"sink:{sink_name}")
 
-        wrapped = ResilientSink(sink, spool_path=spool_path, on_error=on_error, on_recovered=on_recovered,
-                                strict=self._strict, retry_initial=self._retry[0], retry_max=self._retry[1])
-        wrapped.between = self._pause
-        return wrapped
+        return ResilientSink(sink, spool_path=spool_path, on_error=on_error, on_recovered=on_recovered,
+                             strict=self._strict, retry_initial=self._retry[0], retry_max=self._retry[1],
+                             between=self._pause)
 
     def _opened(self, spec: Dict[str, Any], sink: Any) -> None:
         entry = sink_entry(spec["name"])
