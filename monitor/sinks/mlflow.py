@@ -14,10 +14,13 @@ from spherewatch.keys import alert_count_key, order_keys, parse_key
 from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.mlflow_run import (
     DEFAULT_TRACKING_URI,
+    RUN_KEY_TAG,
     TRACKING_SCHEMES,
     active_run,
     check_tracking_uri,
     default_tracking_uri,
+    mark_training_experiment,
+    open_run,
     redact_uri,
 )
 
@@ -39,13 +42,10 @@ REPORT_ARTIFACT_DIR = "spherewatch/report"
 ALERT_STATE_TAG = "spherewatch.alert_state"
 WORST_SEVERITY_TAG = "spherewatch.worst_severity"
 FIRST_ALERT_STEP_TAG = "spherewatch.first_alert_step"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PARAM_PREFIX = "spherewatch."
 _MAX_SPECTRA_PER_KEY = 512  # the history is thinned (every other one dropped) beyond this
 _MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
-#: tag naming the Monitor run a run belongs to: a resumed run and a replay of a crashed run's spool find it by it
-RUN_KEY_TAG = "spherewatch.run_key"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
@@ -191,48 +191,14 @@ class MLflowSink(Sink):
         else:
             self.tracking_uri = tracking_uri or default_tracking_uri()
             self._client = MlflowClient(self.tracking_uri)
-            experiment_id = self._experiment_id(experiment_name or "spherewatch", artifact_location)
-            found = self._find_run(experiment_id, run_key) if (find_run and run_key) else None
-            if found is not None:
-                self.run_id = found
-                self._client.update_run(found, status="RUNNING")
-                logger.info("MLflowSink: continuing run %s (spherewatch run %s) on %s.", found, run_key,
-                            redact_uri(self.tracking_uri))
-            else:
-                run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-                if run_key:
-                    run_tags[RUN_KEY_TAG] = str(run_key)
-                run = self._client.create_run(experiment_id, run_name=run_name, tags=run_tags)
-                self.run_id = run.info.run_id
-                logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
-                            experiment_name or "spherewatch", redact_uri(self.tracking_uri))
+            self.run_id = open_run(self._client, self.tracking_uri, experiment_name=experiment_name or "spherewatch",
+                                   run_name=run_name, tags=tags, artifact_location=artifact_location,
+                                   run_key=run_key, find_run=find_run)
             self.created_run = True
         if tags and not self.created_run:
             self._client.log_batch(
                 self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True
             )
-
-    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
-        experiment = self._client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return self._client.create_experiment(name, artifact_location=artifact_location)
-            except Exception:  # created concurrently by another process: use theirs
-                experiment = self._client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-        if experiment.lifecycle_stage != "active":
-            raise ValueError(
-                f"MLflow experiment {name!r} (id {experiment.experiment_id}) on {redact_uri(self.tracking_uri)} "
-                f"is deleted; restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or pass "
-                "another experiment_name."
-            )
-        return experiment.experiment_id
-
-    def _find_run(self, experiment_id: str, run_key: str) -> str | None:
-        runs = self._client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                                        max_results=1)
-        return runs[0].info.run_id if runs else None
 
     @property
     def client(self) -> Any:
@@ -280,17 +246,6 @@ class MLflowSink(Sink):
         self._evaluations += 1
         self._steps = [min(self._steps[0], int(step)) if self._steps else int(step),
                        max(self._steps[-1], int(step)) if self._steps else int(step)]
-    def _mark_training_experiment(self) -> None:
-        """Tag the experiment as model training (``mlflow.experimentKind``) unless it says otherwise, so MLflow 3's
-        UI opens it on the runs and their charts instead of the empty GenAI overview. Best effort."""
-        try:
-            experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            experiment = self._client.get_experiment(experiment_id)
-            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
-                self._client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
-        except Exception as err:  # an old server without the tag, a read-only experiment: only the default view
-            logger.debug("MLflowSink: could not tag the experiment as model training: %s", err)
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Queue run parameters (``{name: value}``, values as strings of at most 500 characters); they are sent with the
         next :meth:`log_scalars` (so an outage delays them like any record, and the resilient wrapper retries them).
@@ -331,7 +286,7 @@ class MLflowSink(Sink):
         tags: tuple[Any, ...] = ()
         if own_steps and not self._started:
             if self.created_run:
-                self._mark_training_experiment()
+                mark_training_experiment(self._client, self.run_id)
             tags = tuple(self._state_tags())
         self._send_params()
         if metrics:

@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
-__all__ = ["DEFAULT_TRACKING_URI", "TRACKING_SCHEMES", "active_run", "check_tracking_uri", "default_tracking_uri",
-           "redact_uri", "same_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "RUN_KEY_TAG", "TRACKING_SCHEMES", "active_run", "check_tracking_uri",
+           "default_tracking_uri", "mark_training_experiment", "open_run", "redact_uri", "same_uri"]
 
 logger = logging.getLogger("spherewatch.sinks")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: tag naming the Monitor run a run belongs to: a resumed run and a replay of a crashed run's spool find it by it
+RUN_KEY_TAG = "spherewatch.run_key"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 #: URI schemes MLflow's tracking client accepts (``postgresql+psycopg2`` and the like count as ``postgresql``).
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
                     "uc")
@@ -121,3 +124,60 @@ def active_run(tracking_uri: Optional[str] = None, *, load: bool = False) -> Opt
                        "run, and ignoring tracking_uri=%r.", run.info.run_id, redact_uri(current),
                        redact_uri(tracking_uri))
     return run.info.run_id, current
+
+
+def open_run(client: Any, tracking_uri: str, *, experiment_name: str, run_name: Optional[str] = None,
+             tags: Optional[Mapping[str, Any]] = None, artifact_location: Optional[str] = None,
+             run_key: Optional[str] = None, find_run: bool = False) -> str:
+    """The id of a run spherewatch opens itself: the run tagged ``run_key`` in the experiment (``find_run``: a resumed
+    run, or the replay of a crashed run's spool), set running again, else a new run tagged with ``run_key``.
+
+    Raises:
+        ValueError: the experiment exists but is deleted (the message says how to restore it).
+    """
+    experiment_id = _experiment_id(client, experiment_name, artifact_location, tracking_uri)
+    if find_run and run_key:
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+        if runs:
+            found = runs[0].info.run_id
+            client.update_run(found, status="RUNNING")
+            logger.info("MLflowSink: continuing run %s (spherewatch run %s) on %s.", found, run_key,
+                        redact_uri(tracking_uri))
+            return found
+    run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if run_key:
+        run_tags[RUN_KEY_TAG] = str(run_key)
+    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+    logger.info("MLflowSink: created run %s in experiment %r on %s.", run.info.run_id, experiment_name,
+                redact_uri(tracking_uri))
+    return run.info.run_id
+
+
+def _experiment_id(client: Any, name: str, artifact_location: Optional[str], tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:  # created concurrently by another process: use theirs
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise ValueError(
+            f"MLflow experiment {name!r} (id {experiment.experiment_id}) on {redact_uri(tracking_uri)} "
+            f"is deleted; restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or pass "
+            "another experiment_name."
+        )
+    return experiment.experiment_id
+
+
+def mark_training_experiment(client: Any, run_id: str) -> None:
+    """Tag the run's experiment as model training (``mlflow.experimentKind``) unless it says otherwise, so MLflow 3's
+    UI opens it on the runs and their charts instead of the empty GenAI overview. Best effort."""
+    try:
+        experiment_id = client.get_run(run_id).info.experiment_id
+        experiment = client.get_experiment(experiment_id)
+        if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    except Exception as err:  # an old server without the tag, a read-only experiment: only the default view
+        logger.debug("MLflowSink: could not tag the experiment as model training: %s", err)
