@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from spherewatch.delivery.record import Evaluation
 from spherewatch.delivery.registry import build_sink, sink_entry
@@ -206,9 +206,6 @@ class SinkSet:
     def spool_paths(self) -> List[str]:
         return [p for p in (getattr(s.wrapper, "spool_path", None) for s in self._slots) if p]
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._slots)
-
     def __len__(self) -> int:
         return len(self._slots)
 
@@ -298,6 +295,7 @@ class SinkSet:
             self._fail(slot, exc, consequence)
 
     def _fail(self, slot: _Slot, exc: BaseException, consequence: str) -> None:
+        """Report a failure of ``slot`` (a replay only logs it)."""
         if self._report is not None:
             self._report(f"sink:{slot.name}", exc, consequence)
         else:

@@ -247,7 +247,7 @@ class RecordWriter:
 
     def __repr__(self) -> str:
         return (f"RecordWriter(run_key={self.run_key!r}, sinks={list(self._names)}, queued={self._worker.qsize()}, "
-                f"spool={self.folder!r})")
+                f"errors={self._worker.errors}, spool={self.folder!r})")
 
     # ------------------------------------------------------------------ internals
     def _prepare(self) -> RunDelivery:
