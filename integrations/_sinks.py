@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import Any, List, Optional, Sequence, Tuple
 
 from spherewatch.config import MonitorConfig, load_config
+from spherewatch.delivery.registry import build_sink
 from spherewatch.monitor import Monitor
 from spherewatch.sinks.base import Sink
+from spherewatch.sinks.mlflow_run import active_run
 
 __all__ = ["LoggerSink", "calling_callbacks", "hf_host_sinks", "lightning_host_sinks", "open_monitor", "split_sinks"]
 
@@ -61,15 +63,15 @@ def _guarded(what: str, build: Any, out: List[Any]) -> None:
 def lightning_host_sinks(loggers: Sequence[Any], tensorboard_types: tuple, mlflow_types: tuple, prefix: str) -> List[Any]:
     """A sink for each of a Lightning trainer's loggers: its TensorBoard writer, its MLflow run (no second run),
     or its ``log_metrics``."""
-    from spherewatch.sinks import MLflowSink, TensorBoardSink
+    from spherewatch.sinks import TensorBoardSink
 
     out: List[Any] = []
     for host in loggers:
         if isinstance(host, tensorboard_types):
             _guarded(type(host).__name__, lambda h=host: TensorBoardSink(writer=h.experiment, prefix=prefix), out)
-        elif isinstance(host, mlflow_types):
-            _guarded(type(host).__name__,
-                     lambda h=host: MLflowSink(tracking_uri=h._tracking_uri, run_id=h.run_id, prefix=prefix), out)
+        elif isinstance(host, mlflow_types):  # the logger's run (never a second one), on its store
+            _guarded(type(host).__name__, lambda h=host: build_sink(
+                {"name": "mlflow", "tracking_uri": h._tracking_uri, "run_id": h.run_id, "prefix": prefix}), out)
         else:
             out.append(LoggerSink(host))
     return out
@@ -97,7 +99,7 @@ def calling_callbacks(callback: Any, max_frames: int = 8) -> List[Any]:
 def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str) -> List[Any]:
     """The HF Trainer's own writers: the ``TensorBoardCallback``'s ``tb_writer`` and the active MLflow run of its
     ``MLflowCallback`` (never a second run), as ``args.report_to`` asks."""
-    from spherewatch.sinks import MLflowSink, TensorBoardSink
+    from spherewatch.sinks import TensorBoardSink
 
     report_to = getattr(args, "report_to", None) or []
     report_to = [str(r).lower() for r in ([report_to] if isinstance(report_to, str) else report_to)]
@@ -110,21 +112,20 @@ def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str) -> List[Any]
     elif "tensorboard" in report_to:
         log_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(output_dir, "runs", "spherewatch")
         logger.warning("spherewatch: HF's TensorBoard writer was not found; writing to %s instead.", log_dir)
-        _guarded("TensorBoard", lambda: TensorBoardSink(log_dir, prefix=prefix), out)
+        _guarded("TensorBoard", lambda: build_sink({"name": "tensorboard", "log_dir": log_dir, "prefix": prefix}), out)
     if "mlflow" in report_to:
-        _guarded("MLflow", lambda: _hf_mlflow_sink(MLflowSink, prefix), out)
+        _guarded("MLflow", lambda: _hf_mlflow_sink(prefix), out)
     return [s for s in out if s is not None]
 
 
-def _hf_mlflow_sink(sink_type: Any, prefix: str) -> Any:
-    import mlflow
-
-    run = mlflow.active_run()
-    if run is None:
+def _hf_mlflow_sink(prefix: str) -> Any:
+    active = active_run(load=True)  # the run HF's MLflowCallback started, on this (the training) thread
+    if active is None:
         logger.warning("spherewatch: report_to has 'mlflow' but no MLflow run is active "
                        "(DISABLE_MLFLOW_INTEGRATION?); not logging to MLflow.")
         return None
-    return sink_type(tracking_uri=mlflow.get_tracking_uri(), run_id=run.info.run_id, prefix=prefix)
+    run_id, tracking_uri = active
+    return build_sink({"name": "mlflow", "tracking_uri": tracking_uri, "run_id": run_id, "prefix": prefix})
 
 
 def open_monitor(config: MonitorConfig, sinks: List[Any], default_root: str, on_alert: Any) -> Monitor:

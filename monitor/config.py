@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
+from spherewatch.delivery.registry import SINK_NAMES, SINKS
 from spherewatch.keys import KeySchemeName
 from spherewatch.redact import redact
 
@@ -64,7 +65,8 @@ PRESETS: Dict[str, Tuple[str, ...]] = {
     "full": METRICS,
 }
 
-SinkName = Literal["tensorboard", "mlflow", "jsonl", "memory"]
+#: A sink name: one entry of the sink registry (:data:`spherewatch.delivery.registry.SINKS`).
+SinkName = Literal[SINK_NAMES]  # type: ignore[valid-type]
 
 #: Largest ``max_samples`` accepted (rows kept per tap; 2**20 rows of 768 fp32 values are 3 GiB). The actual bytes
 #: (``max_samples`` x D x 4 per view) are checked against ``max_buffer_bytes`` at the first capture of a tap,
@@ -413,6 +415,11 @@ class MonitorConfig(BaseModel):
         return cls(**{**_env_values(environ), **overrides})
 
 
+#: Fields whose environment variable is taken as it is (never parsed as JSON): the sinks' (from the registry) and these.
+_TEXT_FIELDS = frozenset({"webhook_url", "prefix", "default_tap", "spool_dir"}.union(
+    *(entry.text_fields for entry in SINKS.values())))
+
+
 def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
     environ = os.environ if environ is None else environ
     out: Dict[str, Any] = {}
@@ -425,8 +432,7 @@ def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
-        if name in ("webhook_url", "tracking_uri", "run_id", "log_dir", "jsonl_path", "experiment_name",
-                    "run_name", "prefix", "default_tap", "spool_dir"):
+        if name in _TEXT_FIELDS:
             out[name] = raw
             continue
         try:

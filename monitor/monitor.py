@@ -1,7 +1,7 @@
 """The :class:`Monitor`: a thin facade over the engine's parts, with data flowing one way::
 
     capture (sampler.py) -> buffer (buffer.py) -> evaluate (evaluation.py, compute.py)
-        -> alerts (alerting.py) and records -> writer (writer.py) -> sinks (sinks/)
+        -> alerts (alerting.py) and records -> writer (delivery/) -> sinks (sinks/)
 
 The schedule (schedule.py) decides from the step alone when rows are taken and evaluated; every failure goes
 through one fault reporter (faults.py).
@@ -9,9 +9,11 @@ through one fault reporter (faults.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
+import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -20,11 +22,12 @@ from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
 from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
+from spherewatch.delivery.writer import RecordWriter, split_sink_args
 from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
 from spherewatch.sampler import Sampler, check_tap, validate_rows
 from spherewatch.schedule import StepClock
-from spherewatch.writer import RecordWriter, split_sink_args
+from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
 __all__ = ["Monitor"]
 
@@ -96,6 +99,9 @@ class Monitor:
         self._should_stop = False
         self._closed = False
         self._step_calls = 0  # compared across ranks at the first evaluation (a step counter off by one shows here)
+        #: at close, attach the ``spherewatch report`` of the run to the sinks this monitor opened itself that take
+        #: artifacts (MLflow: ``spherewatch/report/``); False leaves it out (e.g. to attach a report of one's own)
+        self.attach_report = True
         self._handles: List[Any] = []
         self._warned_empty = False
         #: values of the latest evaluation, keyed ``<prefix>/<tap>/<metric>``
@@ -370,7 +376,7 @@ class Monitor:
                 h.remove()
             except Exception:  # pragma: no cover
                 pass
-        self._writer.close(timeout)
+        self._writer.close(timeout, finish=attach_report if self.attach_report else None)
         try:
             self._alerting.close()
         except Exception as exc:  # pragma: no cover
@@ -393,3 +399,23 @@ class Monitor:
         return (f"Monitor(every_n_steps={cfg.every_n_steps}, metrics={list(cfg.metric_names)}, "
                 f"taps={self._sampler.taps()}, step={self._clock.last_step})")
 
+
+def attach_report(sink: Any) -> None:
+    """Hand ``sink`` the ``spherewatch report`` of the run it writes to (``report.html`` and its PNGs, under
+    ``spherewatch/report/``). Called by the writer, on its thread, just before it closes a sink the Monitor opened
+    itself that takes artifacts. Best effort: nothing without matplotlib, a warning when it fails."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    source = sink.report_source()
+    if source is None:  # nothing of spherewatch's was logged
+        return
+    try:
+        from spherewatch.report import build_report  # lazy: matplotlib, and only at close
+
+        with tempfile.TemporaryDirectory(prefix="spherewatch-report-") as tmp:
+            build_report(source["run"], tmp, tracking_uri=source.get("tracking_uri"),
+                         prefix=source.get("prefix", "spherewatch"))
+            sink.log_artifacts(tmp, REPORT_ARTIFACT_DIR)
+    except Exception as err:  # noqa: BLE001 - the report is a bonus: the run's data is already logged
+        logger.warning("spherewatch: could not attach the report to %s run %s (%s: %s).", sink.name,
+                       source["run"], type(err).__name__, err)

@@ -4,11 +4,11 @@ Every sink implements :class:`Sink`; the Monitor wraps each one in :class:`Resil
 failing destination is reported once and retried, and never takes training down. The TensorBoard and
 MLflow backends are imported only when their sink is constructed.
 """
+from spherewatch.delivery.retry import ResilientSink
 from spherewatch.sinks.base import Sink
 from spherewatch.sinks.jsonl import JsonlSink, read_jsonl
 from spherewatch.sinks.memory import MemorySink
 from spherewatch.sinks.mlflow import MLflowSink
-from spherewatch.sinks.resilient import ResilientSink
 from spherewatch.sinks.tensorboard import TensorBoardSink
 
 __all__ = ["JsonlSink", "MLflowSink", "MemorySink", "ResilientSink", "Sink", "TensorBoardSink", "read_jsonl"]

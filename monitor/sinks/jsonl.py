@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -11,86 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spherewatch.delivery.files import make_private_dirs, open_private_append, write_all
+from spherewatch.delivery.record import alert_from_json, alert_to_json, decode_float, dumps_line, encode_float
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
-__all__ = ["JsonlSink", "decode_float", "encode_float", "make_private_dirs", "open_private_append", "read_jsonl"]
+# the float codec and the file helpers live in spherewatch.delivery; importable from here as before
+__all__ = ["JsonlSink", "decode_float", "dumps_line", "encode_float", "make_private_dirs", "open_private_append",
+           "read_jsonl", "write_all"]
 
 logger = logging.getLogger("spherewatch.sinks")
-
-# JSON has no NaN/Infinity literals (Python's json module writes them, but other parsers reject them),
-# so non-finite floats are written as these strings and turned back into floats by the reader.
-_NONFINITE_TO_STR = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
-_STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def encode_float(x: Any) -> float | str:
-    """``float(x)``, or the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` when it is not finite.
-
-    Example:
-        >>> encode_float(0.5), encode_float(float("nan")), encode_float(float("-inf"))
-        (0.5, 'NaN', '-Infinity')
-    """
-    x = float(x)
-    if math.isfinite(x):
-        return x
-    return _NONFINITE_TO_STR[repr(x)]
-
-
-def decode_float(x: Any) -> float:
-    """Inverse of :func:`encode_float`; ``null`` (``None``) also reads as NaN.
-
-    Example:
-        >>> decode_float("Infinity"), decode_float(2)
-        (inf, 2.0)
-    """
-    if x is None:
-        return math.nan
-    if isinstance(x, str):
-        try:
-            return _STR_TO_NONFINITE[x]
-        except KeyError:
-            raise ValueError(f"Expected a number or one of {sorted(_STR_TO_NONFINITE)}, got {x!r}.") from None
-    return float(x)
-
-
-def dumps_line(record: Mapping[str, Any]) -> bytes:
-    """One record as a strict-JSON line (``allow_nan=False``: a stray NaN raises instead of corrupting)."""
-    return (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
-
-
-def make_private_dirs(folder: str) -> None:
-    """Create ``folder`` and its missing parents with mode ``0o755`` (reduced by the umask, never world-writable)."""
-    missing = []
-    folder = os.path.abspath(folder)
-    while not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for name in reversed(missing):  # os.makedirs applies `mode` to the leaf only
-        try:
-            os.mkdir(name, 0o755)
-        except FileExistsError:
-            pass
-
-
-def open_private_append(path: str) -> int:
-    """Open ``path`` for appending (creating it and its parent folders) without world-write permission.
-
-    Files are created with mode ``0o644`` and folders with ``0o755`` (both further reduced by the umask);
-    an existing file keeps its permissions. Returns a raw file descriptor.
-    """
-    make_private_dirs(os.path.dirname(os.path.abspath(path)))
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is written."""
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 class JsonlSink(Sink):
@@ -126,6 +57,7 @@ class JsonlSink(Sink):
     """
 
     name = "jsonl"
+    supports_params = True
 
     def __init__(self, path: str | os.PathLike[str] = "spherewatch.jsonl") -> None:
         super().__init__()
@@ -187,9 +119,7 @@ class JsonlSink(Sink):
 
     def log_alert(self, alert: Alert) -> None:
         """Append an ``alert`` record: ``{"type": "alert", **alert.to_dict()}``."""
-        record = alert.to_dict()
-        record["value"] = encode_float(record["value"])
-        self._write({"type": "alert", **record})
+        self._write({"type": "alert", **alert_to_json(alert)})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Append a ``params`` record: ``{"type": "params", "time": ..., "params": {name: value}}`` (H11)."""
@@ -230,11 +160,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> dict[str, Any]:
         ``{"scalars": {key: [(step, value), ...]}, "histograms": {key: [(step, np.ndarray), ...]},
         "alerts": [Alert, ...]}``, each list in file order, non-finite values as float ``nan``/``inf``.
     """
-    from spherewatch.alerts.alert import Alert
-
     scalars: dict[str, list[tuple[int, float]]] = {}
     histograms: dict[str, list[tuple[int, np.ndarray]]] = {}
-    alerts: list[Alert] = []
+    alerts: list[Any] = []
     bad_lines: list[int] = []
     with open(os.fspath(path), "r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -251,9 +179,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> dict[str, Any]:
                     arr = np.array([decode_float(v) for v in record["values"]], dtype=np.float64)
                     histograms.setdefault(record["key"], []).append((int(record["step"]), arr))
                 elif kind == "alert":
-                    fields = {k: v for k, v in record.items() if k != "type"}
-                    fields["value"] = decode_float(fields.get("value"))
-                    alerts.append(Alert.from_dict(fields))
+                    alerts.append(alert_from_json({k: v for k, v in record.items() if k != "type"}))
             except (ValueError, KeyError, TypeError, AttributeError):
                 bad_lines.append(lineno)
     if bad_lines:

@@ -4,13 +4,25 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from spherewatch.alerts.verdict import OK, collapse_alerts, worst_severity
+from spherewatch.delivery.record import alert_to_json, encode_float
+from spherewatch.keys import alert_count_key, order_keys, parse_key
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.jsonl import encode_float
+from spherewatch.sinks.mlflow_run import (
+    DEFAULT_TRACKING_URI,
+    RUN_KEY_TAG,
+    TRACKING_SCHEMES,
+    active_run,
+    check_tracking_uri,
+    default_tracking_uri,
+    mark_training_experiment,
+    open_run,
+    redact_uri,
+)
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -18,16 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ALERTS_ARTIFACT", "ALERT_STATE_TAG", "DEFAULT_TRACKING_URI", "FIRST_ALERT_STEP_TAG", "PARAM_PREFIX",
     "REPORT_ARTIFACT_DIR", "RUN_KEY_TAG", "SPECTRA_ARTIFACT", "SPECTRA_HISTORY_ARTIFACT", "WORST_SEVERITY_TAG",
-    "MLflowSink", "check_tracking_uri",
+    "TRACKING_SCHEMES", "MLflowSink", "check_tracking_uri", "redact_uri",
 ]
-
-#: URI schemes MLflow's tracking client accepts (``postgresql+psycopg2`` and the like count as ``postgresql``).
-TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
-                    "uc")
 
 logger = logging.getLogger("spherewatch.sinks")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 ALERTS_ARTIFACT = "spherewatch/alerts.json"
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
 SPECTRA_HISTORY_ARTIFACT = "spherewatch/spectra_history.json"
@@ -35,88 +42,13 @@ REPORT_ARTIFACT_DIR = "spherewatch/report"
 ALERT_STATE_TAG = "spherewatch.alert_state"
 WORST_SEVERITY_TAG = "spherewatch.worst_severity"
 FIRST_ALERT_STEP_TAG = "spherewatch.first_alert_step"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 PARAM_PREFIX = "spherewatch."
-_SEVERITY_RANK = {"ok": 0, "info": 1, "warning": 2, "critical": 3}
 _MAX_SPECTRA_PER_KEY = 512  # the history is thinned (every other one dropped) beyond this
 _MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
-#: tag naming the Monitor run a run belongs to: a resumed run and a replay of a crashed run's spool find it by it
-RUN_KEY_TAG = "spherewatch.run_key"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with any ``user:password@`` replaced by ``***@`` (safe for logs and reprs).
-
-    Example:
-        >>> redact_uri("https://bob:s3cret@mlflow.example.com/path")
-        'https://***@mlflow.example.com/path'
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable uri>"
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-
-
-def check_tracking_uri(uri: str | None) -> None:
-    """Fail fast, without any network I/O, on a tracking URI MLflow cannot use (a typo in the scheme).
-
-    Raises:
-        ValueError: the scheme is not one of :data:`TRACKING_SCHEMES` (the message hides credentials).
-
-    Example:
-        >>> check_tracking_uri("http://127.0.0.1:5000")
-        >>> try:
-        ...     check_tracking_uri("htp://u:p@host")
-        ... except ValueError as err:
-        ...     print(str(err)[-40:])
-        (or a local path), got 'htp://***@host'.
-    """
-    if uri is None:
-        return
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"Expected `tracking_uri` to be a non-empty string, got {type(uri).__name__}.")
-    scheme, sep, _ = uri.partition("://")
-    if not sep and ":" in uri and not os.path.isabs(uri):
-        scheme, sep = uri.partition(":")[0], ":"  # databricks:/profile, file:relative
-    if not sep:
-        return  # a local path: MLflow's file store
-    if scheme.lower().split("+")[0] not in TRACKING_SCHEMES:
-        raise ValueError(
-            f"Expected an MLflow tracking URI with one of the schemes {', '.join(TRACKING_SCHEMES)} (or a local path), "
-            f"got {redact_uri(uri)!r}."
-        )
-
-
-def _same_uri(a: str, b: str) -> bool:
-    """Whether two tracking URIs name the same store (``sqlite:///x.db`` vs its absolute form)."""
-    def norm(uri: str) -> str:
-        if uri.startswith("sqlite:///"):
-            return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-        return uri.rstrip("/")
-
-    return norm(a) == norm(b)
-
-
-def _default_tracking_uri() -> str:
-    """The URI the user configured (``MLFLOW_TRACKING_URI`` or ``mlflow.set_tracking_uri``), else SQLite."""
-    import mlflow
-
-    try:
-        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
-    except ImportError:  # pragma: no cover - private helper moved
-        is_set = bool(os.environ.get("MLFLOW_TRACKING_URI"))
-    else:
-        is_set = is_tracking_uri_set()
-    return mlflow.get_tracking_uri() if is_set else DEFAULT_TRACKING_URI
 
 
 class MLflowSink(Sink):
@@ -155,8 +87,10 @@ class MLflowSink(Sink):
     * params: :meth:`log_params` (the Monitor logs its configuration as ``spherewatch.*`` params), never
       overwriting a param the run already holds;
     * at :meth:`close`: the run's description (tag ``mlflow.note.content``) = :meth:`verdict`, only on a run
-      this sink created; and, when matplotlib is installed and ``report_artifacts`` is true (the Monitor turns it
-      on), the ``spherewatch report`` of the run (``report.html`` and its PNGs) under ``spherewatch/report/``.
+      this sink created;
+    * artifacts: :meth:`log_artifacts` stores a folder with the run; a Monitor that opened this sink itself hands it
+      the ``spherewatch report`` of the run (``report.html`` and its PNGs, under ``spherewatch/report/``) before
+      closing it, reading the run back through :meth:`report_source`.
 
     Non-finite values: metrics go to MLflow as they are (it stores NaN and clips +/-inf); in the JSON
     artifacts they are written as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
@@ -183,6 +117,8 @@ class MLflowSink(Sink):
         run_key: the Monitor run this sink belongs to: set as the tag ``spherewatch.run_key`` on a run it creates.
         find_run: before creating a run, look for one tagged with ``run_key`` in the experiment and log to it (a
             resumed run, or the replay of a crashed run's spool, goes back into its own run).
+        created_run: with ``run_id``: the run was created by this Monitor run earlier (a resumed run), so this sink
+            describes and ends it at :meth:`close` like its creator would.
 
     Threads: the Monitor calls a sink from its one writer thread. ``MlflowClient`` calls with an explicit
     ``run_id`` are safe from any thread (no fluent, thread-local active-run state is used after construction);
@@ -200,6 +136,11 @@ class MLflowSink(Sink):
     """
 
     name = "mlflow"
+    supports_params = True
+    supports_batches = True
+    supports_artifacts = True
+    #: most metrics in one ``log_batch`` (MLflow's limit)
+    batch_limit = _MAX_METRICS_PER_BATCH
 
     def __init__(
         self,
@@ -214,6 +155,7 @@ class MLflowSink(Sink):
         artifact_interval: float = 60.0,
         run_key: str | None = None,
         find_run: bool = False,
+        created_run: bool = False,
     ) -> None:
         super().__init__()
         try:
@@ -236,69 +178,27 @@ class MLflowSink(Sink):
         self.artifact_interval = float(artifact_interval)
         self._view_state()
 
-        active = mlflow.active_run() if run_id is None else None
+        active = active_run(tracking_uri) if run_id is None else None
         if run_id is not None:
             self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
             self._client = MlflowClient(self.tracking_uri)
             self.run_id = str(run_id)
-            self.created_run = False
+            self.created_run = bool(created_run)
         elif active is not None:
-            current = mlflow.get_tracking_uri()
-            if tracking_uri and not _same_uri(tracking_uri, current):
-                logger.warning(
-                    "MLflowSink: an MLflow run is active (%s on %s); logging to it instead of opening a "
-                    "second run, and ignoring tracking_uri=%r.",
-                    active.info.run_id, redact_uri(current), redact_uri(tracking_uri),
-                )
-            self.tracking_uri = current
-            self._client = MlflowClient(current)
-            self.run_id = active.info.run_id
+            self.run_id, self.tracking_uri = active
+            self._client = MlflowClient(self.tracking_uri)
             self.created_run = False
         else:
-            self.tracking_uri = tracking_uri or _default_tracking_uri()
+            self.tracking_uri = tracking_uri or default_tracking_uri()
             self._client = MlflowClient(self.tracking_uri)
-            experiment_id = self._experiment_id(experiment_name or "spherewatch", artifact_location)
-            found = self._find_run(experiment_id, run_key) if (find_run and run_key) else None
-            if found is not None:
-                self.run_id = found
-                self._client.update_run(found, status="RUNNING")
-                logger.info("MLflowSink: continuing run %s (spherewatch run %s) on %s.", found, run_key,
-                            redact_uri(self.tracking_uri))
-            else:
-                run_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-                if run_key:
-                    run_tags[RUN_KEY_TAG] = str(run_key)
-                run = self._client.create_run(experiment_id, run_name=run_name, tags=run_tags)
-                self.run_id = run.info.run_id
-                logger.info("MLflowSink: created run %s in experiment %r on %s.", self.run_id,
-                            experiment_name or "spherewatch", redact_uri(self.tracking_uri))
+            self.run_id = open_run(self._client, self.tracking_uri, experiment_name=experiment_name or "spherewatch",
+                                   run_name=run_name, tags=tags, artifact_location=artifact_location,
+                                   run_key=run_key, find_run=find_run)
             self.created_run = True
         if tags and not self.created_run:
             self._client.log_batch(
                 self.run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()], synchronous=True
             )
-
-    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
-        experiment = self._client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return self._client.create_experiment(name, artifact_location=artifact_location)
-            except Exception:  # created concurrently by another process: use theirs
-                experiment = self._client.get_experiment_by_name(name)
-                if experiment is None:
-                    raise
-        if experiment.lifecycle_stage != "active":
-            raise ValueError(
-                f"MLflow experiment {name!r} (id {experiment.experiment_id}) on {redact_uri(self.tracking_uri)} "
-                f"is deleted; restore it (`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or pass "
-                "another experiment_name."
-            )
-        return experiment.experiment_id
-
-    def _find_run(self, experiment_id: str, run_key: str) -> str | None:
-        runs = self._client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                                        max_results=1)
-        return runs[0].info.run_id if runs else None
 
     @property
     def client(self) -> Any:
@@ -325,7 +225,6 @@ class MLflowSink(Sink):
         self._spectra_history: dict[str, list[dict[str, Any]]] = {}
         self._params_logged: set[str] = set()
         self._pending_params: dict[str, str] = {}
-        self.report_artifacts = False  # the Monitor turns it on for the sinks it opens
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """One ``log_batch`` with every key, in order of importance (:func:`spherewatch.keys.order_keys`; chunks of
@@ -335,12 +234,9 @@ class MLflowSink(Sink):
 
     def _record_metrics(self, step: int, scalars: Mapping[str, float], wall_time: float | None, started: bool):
         """``(metrics, own)`` of one record, the alert count 0 added to the first record holding spherewatch keys."""
-        from spherewatch.keys import alert_count_key, order_keys
-        from spherewatch.keys import parse_key as split_key
-
         timestamp = round((time.time() if wall_time is None else float(wall_time)) * 1000)
         values = {str(k): float(v) for k, v in scalars.items()}
-        own = any(split_key(k, self.prefix) is not None for k in values)
+        own = any(parse_key(k, self.prefix) is not None for k in values)
         if own and not started:
             values[alert_count_key(self.prefix)] = float(self._fired)
         return [self._Metric(k, values[k], timestamp, int(step)) for k in order_keys(values, self.prefix)], own
@@ -350,17 +246,6 @@ class MLflowSink(Sink):
         self._evaluations += 1
         self._steps = [min(self._steps[0], int(step)) if self._steps else int(step),
                        max(self._steps[-1], int(step)) if self._steps else int(step)]
-    def _mark_training_experiment(self) -> None:
-        """Tag the experiment as model training (``mlflow.experimentKind``) unless it says otherwise, so MLflow 3's
-        UI opens it on the runs and their charts instead of the empty GenAI overview. Best effort."""
-        try:
-            experiment_id = self._client.get_run(self.run_id).info.experiment_id
-            experiment = self._client.get_experiment(experiment_id)
-            if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
-                self._client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
-        except Exception as err:  # an old server without the tag, a read-only experiment: only the default view
-            logger.debug("MLflowSink: could not tag the experiment as model training: %s", err)
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Queue run parameters (``{name: value}``, values as strings of at most 500 characters); they are sent with the
         next :meth:`log_scalars` (so an outage delays them like any record, and the resilient wrapper retries them).
@@ -384,9 +269,6 @@ class MLflowSink(Sink):
         self._params_logged.update(self._pending_params)
         self._pending_params = {}
 
-    #: most metrics in one ``log_batch`` (MLflow's limit)
-    batch_limit = _MAX_METRICS_PER_BATCH
-
     def log_scalars_batch(self, records: list[tuple[int, Mapping[str, float], float | None]]) -> None:
         """Several steps' scalars ``[(step, values, wall_time), ...]`` in as few ``log_batch`` calls as MLflow allows
         (a replayed backlog: one request per 1000 metrics instead of one per step), with the same bookkeeping as
@@ -404,7 +286,7 @@ class MLflowSink(Sink):
         tags: tuple[Any, ...] = ()
         if own_steps and not self._started:
             if self.created_run:
-                self._mark_training_experiment()
+                mark_training_experiment(self._client, self.run_id)
             tags = tuple(self._state_tags())
         self._send_params()
         if metrics:
@@ -433,7 +315,7 @@ class MLflowSink(Sink):
     def _state_tags(self) -> list[Any]:
         """``alert_state`` (worst severity of the alerts still open, ``ok`` when none), ``worst_severity`` (worst ever
         fired) and ``first_alert_step`` (once an alert fired)."""
-        state = max(self._open_alerts.values(), key=lambda sev: _SEVERITY_RANK.get(sev, 0), default="ok")
+        state = worst_severity(self._open_alerts.values(), default=OK)
         tags = [self._RunTag(ALERT_STATE_TAG, state), self._RunTag(WORST_SEVERITY_TAG, self._worst)]
         if self._first_alert_step is not None:
             tags.append(self._RunTag(FIRST_ALERT_STEP_TAG, str(self._first_alert_step)))
@@ -444,8 +326,6 @@ class MLflowSink(Sink):
         ``spherewatch/alerts.json`` for rewriting (by :meth:`flush` at most once per ``artifact_interval`` and by
         :meth:`close`, not once per alert). A resolved alert (``alert.status == "resolved"``) closes the open one of the same
         rule and key; faults of the monitor itself are listed in the JSON but change neither state nor count."""
-        from spherewatch.keys import alert_count_key
-
         self._check_open()
         alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
         new = alert_id not in self._alert_ids
@@ -461,8 +341,7 @@ class MLflowSink(Sink):
             else:
                 self._fired += 1
                 self._open_alerts[(alert.rule, alert.key)] = str(alert.severity)
-                if _SEVERITY_RANK.get(str(alert.severity), 0) > _SEVERITY_RANK[self._worst]:
-                    self._worst = str(alert.severity)
+                self._worst = worst_severity((self._worst, alert.severity))
                 if self._first_alert_step is None or alert.step < self._first_alert_step:
                     self._first_alert_step = int(alert.step)
                 if alert.severity == "critical" and (self._first_critical_step is None
@@ -477,11 +356,7 @@ class MLflowSink(Sink):
     def _write_alerts(self) -> None:
         if not self._alerts_dirty:
             return
-        records = []
-        for a in self._alerts:
-            d = a.to_dict()
-            d["value"] = encode_float(d["value"])
-            records.append(d)
+        records = [alert_to_json(a) for a in self._alerts]
         self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
         self._alerts_dirty = False
         self._alerts_written_at = time.monotonic()
@@ -499,8 +374,7 @@ class MLflowSink(Sink):
             elif self._first_critical_step is not None:
                 head += " (critical)"
             head += f" — {self._fired} alert(s) in {self._evaluations} evaluations ({span})."
-            shown = [a for a in self._alerts
-                     if getattr(a, "status", "fired") != "resolved" and a.rule != "monitor_fault"][:2]
+            shown = collapse_alerts(self._alerts)[:2]
             if shown:
                 head += " First: " + "; ".join(
                     f"step {a.step} {a.severity} `{a.rule}` on `{a.key}`" for a in shown) + "."
@@ -508,23 +382,20 @@ class MLflowSink(Sink):
                 "alerts: the tags `spherewatch.*` and the artifact `spherewatch/alerts.json`; the full report: "
                 f"`{REPORT_ARTIFACT_DIR}/report.html`.")
 
-    def _write_report(self) -> None:
-        """``spherewatch report`` of this run as artifacts (``spherewatch/report/``): best effort, never raises."""
-        import tempfile
+    def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
+        """Store the files of ``local_dir`` with the run under ``artifact_path`` (e.g. the report: ``spherewatch/report``)."""
+        self._check_open()
+        self._client.log_artifacts(self.run_id, local_dir, artifact_path)
 
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return
-        try:
-            from spherewatch.report import build_report
-
-            with tempfile.TemporaryDirectory(prefix="spherewatch-report-") as tmp:
-                build_report(self.run_id, tmp, tracking_uri=self.tracking_uri, prefix=self.prefix)
-                self._client.log_artifacts(self.run_id, tmp, REPORT_ARTIFACT_DIR)
-        except Exception as err:  # the report is a bonus: the run's data is already logged
-            logger.warning("MLflowSink: could not attach the report to run %s (%s: %s).", self.run_id,
-                           type(err).__name__, err)
+    def report_source(self) -> dict[str, Any] | None:
+        """``{"run": run_id, "tracking_uri": ..., "prefix": ...}`` for ``spherewatch report``, once spherewatch values
+        were logged (``None`` before); the spectra and alerts artifacts are written first, so the report sees them."""
+        if self._closed or not self._started:
+            return None
+        self._send_params()
+        self._write_spectra()
+        self._write_alerts()
+        return {"run": self.run_id, "tracking_uri": self.tracking_uri, "prefix": self.prefix}
 
     @property
     def alerts(self) -> list[Alert]:
@@ -557,9 +428,6 @@ class MLflowSink(Sink):
         self._write_alerts()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
-        if self.report_artifacts and self._started:
-            self._write_report()
-        if self.created_run:
             self._client.set_terminated(self.run_id, status="FINISHED")
         self._closed = True
 

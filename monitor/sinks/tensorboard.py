@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spherewatch.delivery.files import make_private_dirs
 from spherewatch.keys import RESERVED_TAPS
 from spherewatch.keys import parse_key as split_key
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.jsonl import make_private_dirs
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -94,6 +94,7 @@ class TensorBoardSink(Sink):
     """
 
     name = "tensorboard"
+    supports_params = True
 
     def __init__(
         self,
