@@ -289,9 +289,8 @@ def run_demo(
                 log_dir=os.path.join(log_dir, run_name), tracking_uri=tracking_uri, experiment_name=experiment_name,
                 run_name=run_name, warn=False, on_alert=fired.append,
             )
-            for sink in mon.sinks:  # open the stores and event files now: setup, not training time
-                if getattr(sink, "name", "") == "mlflow":
-                    sink.report_artifacts = False  # the demo attaches its comparison report instead (below)
+            mon.attach_report = False  # the demo attaches its comparison report instead (below)
+            mon.sinks  # noqa: B018 - open the stores and event files now: setup, not training time
             mon.log_params(_hyperparameters(scenario, steps, 256, seed))
             monitors.append((run_name, scenario, mon, fired))
         _warm_up()

@@ -19,6 +19,7 @@ from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
 from spherewatch.alerts.hints import hint as _hint
 from spherewatch.alerts.rules import parse_rules
 from spherewatch.alerts.verdict import OK, worst_severity
+from spherewatch.delivery.record import decode_float, encode_float
 from spherewatch.keys import KeyScheme, parse_key
 
 __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
@@ -37,14 +38,14 @@ def _clear_window(st: _KeyState) -> int:
 
 
 def _float_to_json(x: float | None) -> Any:
-    """Finite floats as numbers, NaN/Inf as strings, so ``json.dumps(..., allow_nan=False)`` works."""
-    if x is None or math.isfinite(x):
-        return x
-    return repr(float(x))  # 'nan', 'inf', '-inf'
+    """Finite floats as numbers, NaN/Inf as the record codec's strings (``json.dumps(..., allow_nan=False)`` works);
+    ``None`` stays ``None``."""
+    return None if x is None else encode_float(x)
 
 
 def _float_from_json(x: Any) -> float | None:
-    return None if x is None else float(x)
+    """Inverse of :func:`_float_to_json`; checkpoints written before the codec (``'nan'``, ``'inf'``) read too."""
+    return None if x is None else decode_float(x)
 
 
 @dataclasses.dataclass
