@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from spherewatch.alerts.alert import Alert
 from spherewatch.errors import SpherewatchError
+from spherewatch.redact import redact
 
 __all__ = ["FaultReporter", "MAX_REPORTS_PER_PART", "RECOVER_AFTER"]
 
@@ -38,8 +39,6 @@ MAX_REPORTS_PER_PART = 5
 
 def _redact(text: str) -> str:
     """Credentials in URLs and webhook URLs never leave the process (an MLflow error holds the tracking URI)."""
-    from spherewatch.redact import redact
-
     try:
         return redact(text)
     except Exception:  # noqa: BLE001 - redaction must never turn a report into a crash

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from spherewatch import distributed as dist_utils
 from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
 from spherewatch.capture import Selector
@@ -25,6 +26,7 @@ from spherewatch.config import MonitorConfig, load_config
 from spherewatch.delivery.writer import RecordWriter, split_sink_args
 from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
+from spherewatch.redact import install_log_redaction
 from spherewatch.sampler import Sampler, check_tap, validate_rows
 from spherewatch.schedule import StepClock
 from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
@@ -91,8 +93,6 @@ class Monitor:
         self._sampler = Sampler(self.config, self._faults)
         self._sampler.armed = self._clock.armed
         self._evaluator = Evaluator(self.config, self._faults)
-        from spherewatch.redact import install_log_redaction
-
         install_log_redaction()
         # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
         self._writer = RecordWriter(self.config, objects, self._faults)
@@ -246,8 +246,6 @@ class Monitor:
     def _evaluate(self, s: int, rows: Mapping[str, Any], *, spectral: bool, scheduled: bool = True):
         """Evaluate ``rows`` at step ``s``, run the rules, write the records; every rank calls it at the same
         step. Under strict + DDP a failure is raised only after the last collective (by ``step``)."""
-        from spherewatch import distributed as dist_utils
-
         if not self._evaluator.agree(self._fingerprint(s, scheduled)):  # DDP: ranks that disagree stay off
             return [], {}
         defer = self.config.strict and dist_utils.is_distributed()

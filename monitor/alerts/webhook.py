@@ -21,6 +21,7 @@ from typing import Any, Callable
 from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.channels import Channel
+from spherewatch.redact import redact
 
 __all__ = ["MAX_ANSWER_BYTES", "WebhookChannel", "format_alert_text"]
 
@@ -262,8 +263,6 @@ class WebhookChannel(Channel):
         return "failed"
 
     def _deliver(self, alert: Alert, delivery_id: str) -> str:
-        from spherewatch.redact import redact
-
         body = json.dumps({"text": redact(format_alert_text(alert), (self.__url,))}).encode("utf-8")
         start = time.monotonic()
         backoff = self.backoff_initial
