@@ -163,13 +163,15 @@ class Sampler:
 
     def observe(self, z: Any = None, z_pos: Any = None, *, tap: Optional[str] = None, labels: Any = None,
                 pool: Optional[str] = None, views: Any = None) -> None:
-        if (views is None) == (z is None) or (views is not None and z_pos is not None):
-            # a bad call inside a training loop is reported once (raised under strict), never raised every step
-            what = "no embeddings (z=None)" if views is None and z is None else "both `z` and `views=`"
+        if views is not None and (z is not None or z_pos is not None):  # a programming error: raised at once
+            raise SpherewatchError("Pass either `z` (and optionally `z_pos`) or `views=` (B, V, D), not both.")
+        if views is None and z is None:
+            # no embeddings this step (e.g. a branch that produced none): reported once (raised under strict), never
+            # raised into the training loop at every step
             tap = tap or self.config.default_tap
             self._faults.report(f"capture:{tap}", SpherewatchError(
-                f"observe() got {what}: pass `z` (N, D) (and optionally `z_pos`), or `views=` (B, V, D)."),
-                "this call was ignored")
+                "observe() got no embeddings (z=None): pass `z` (N, D) (and optionally `z_pos`), or `views=` "
+                "(B, V, D)."), "this call was ignored")
             return
         if _is_compiling():  # inside torch.compile: a dict store dynamo can trace; taken eagerly at the next step
             self._pending.setdefault(f"observe:{tap}", (self._take_observed, (z, z_pos, tap, labels, pool, views), {}))
