@@ -1,0 +1,266 @@
+"""The rows of one tap at one evaluation, prepared once, and the pieces the metrics share.
+
+:class:`TapRows` holds what every metric of an evaluation reads: the rows with their degenerate rows made one point
+(:func:`one_point`), their L2-normalised form, the column standard deviations (``normalized_std`` and
+``dead_dimensions``), the mask of finite rows, the rows the decompositions see (non-finite rows zeroed), the
+paired views and the uniformity kernel with its block values. Each piece is computed on first use and kept for the
+evaluation; :mod:`spherewatch.compute` evaluates the catalogue's metrics on it (inside
+:func:`~spherewatch.metrics._shared.shared_work`, so the decompositions share their Grams as well).
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from spherewatch.metrics._shared import remember
+from spherewatch.metrics.uniformity import EXACT_MAX_ROWS, uniformity, uniformity_of_unit
+
+__all__ = ["NORM_FLOOR", "SPREAD_FLOOR", "TapRows", "ColumnStats", "one_point", "unit_rows"]
+
+#: Rows with an L2 norm at most this (absolute) are degenerate: all treated as one point.
+NORM_FLOOR = 1e-6
+#: A spectrum of L2-normalised rows whose eigenvalues sum to at most this has every dimension collapsed.
+SPREAD_FLOOR = 1e-8
+
+
+def one_point(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in fp32 with its degenerate rows (finite norm <= NORM_FLOOR) replaced by one fixed unit vector, and
+    the mask of those rows ``(N, 1)``.
+
+    Example:
+        >>> import torch
+        >>> z, tiny = one_point(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
+        >>> z.tolist(), tiny.flatten().tolist()
+        ([[0.7071067690849304, 0.7071067690849304], [3.0, 4.0]], [True, False])
+    """
+    x = x.float()
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    tiny = norms <= NORM_FLOOR  # NaN/Inf rows compare False: they are the nonfinite rule's business
+    point = torch.full((1, x.shape[1]), x.shape[1] ** -0.5, dtype=x.dtype, device=x.device)
+    return torch.where(tiny, point, x), tiny
+
+
+def _chunk(n: int, d: int, device: torch.device) -> int:
+    """Rows per chunk of the row passes: ~4 MB on the CPU (temporaries stay in cache and are reused instead of
+    being faulted in afresh), everything at once on accelerators (one launch per op)."""
+    return n if device.type != "cpu" else max(64, (1 << 20) // max(d, 1))
+
+
+def unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over ``x`` ``(N, D)``: ``(u, norms, nonfinite)`` -- the fp32 rows L2-normalised with degenerate rows
+    made one point (equal to ``normalize_rows(one_point(x)[0])``), the fp32 row norms ``(N, 1)`` of ``x`` and the
+    number of NaN/Inf entries of each row ``(N,)`` (int64). No host sync.
+
+    Example:
+        >>> import torch
+        >>> u, norms, bad = unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0], [float("nan"), 1.0]]))
+        >>> u[0].tolist(), norms[0].item(), bad.tolist()
+        ([0.6000000238418579, 0.800000011920929], 5.0, [0, 0, 1])
+    """
+    n, d = x.shape
+    dev = x.device
+    u = torch.empty(n, d, dtype=torch.float32, device=dev)
+    norms = torch.empty(n, 1, dtype=torch.float32, device=dev)
+    bad = torch.empty(n, dtype=torch.int64, device=dev)
+    point = torch.full((1, d), d ** -0.5, dtype=torch.float32, device=dev)
+    unit_point = (point / torch.linalg.vector_norm(point, dim=1, keepdim=True).clamp_min(1e-12))[0, 0]
+    step = _chunk(n, d, dev)
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        xc = x[a:b]
+        bad[a:b] = torch.count_nonzero(xc * 0, dim=1)  # x * 0 is NaN exactly where x is NaN or +-Inf
+        xf = xc.float()
+        nc = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
+        norms[a:b] = nc
+        torch.div(xf, nc.clamp_min(1e-12), out=u[a:b])
+        u[a:b].masked_fill_(nc <= NORM_FLOOR, unit_point)
+    return u, norms, bad
+
+
+class ColumnStats:
+    """Per-column statistics of normalised rows ``u`` ``(N, D)``, with those of the interleaved row blocks
+    ``u[b::blocks]`` (the batch-means blocks of :func:`~spherewatch.metrics.stderr.block_stderr`) from the same
+    passes: ``std`` ``(D,)`` (unbiased, two-pass within blocks, merged exactly), ``block_std`` ``(B, D)``,
+    ``block_sums`` ``(B, D)``, ``counts`` ``(B,)``; ``blocks`` is 1 when there are fewer than ``4 * blocks`` rows
+    (then ``block_*`` hold the whole batch as one block)."""
+
+    def __init__(self, u: torch.Tensor, blocks: int = 8) -> None:
+        n, d = u.shape
+        if n < 4 * blocks:
+            blocks = 1
+        k, r = divmod(n, blocks)
+        self.blocks = blocks
+        head = u[: k * blocks].view(k, blocks, d)
+        sums = head.sum(dim=0)
+        if r:
+            sums[:r] += u[k * blocks:]
+        counts = torch.full((blocks,), k, dtype=torch.float32, device=u.device)
+        counts[:r] += 1
+        means = sums / counts.unsqueeze(1)
+        m2 = torch.zeros(blocks, d, dtype=torch.float32, device=u.device)
+        step = max(1, _chunk(n, d, u.device) // blocks)
+        for a in range(0, k, step):
+            m2 += (head[a:a + step] - means).square_().sum(dim=0)
+        if r:
+            m2[:r] += (u[k * blocks:] - means[:r]).square_()
+        mean = sums.sum(dim=0) / n
+        total = m2.sum(dim=0) + (counts.unsqueeze(1) * (means - mean).square()).sum(dim=0)
+        self.counts, self.block_sums = counts, sums
+        self.block_std = (m2 / (counts.unsqueeze(1) - 1).clamp(min=1)).sqrt()
+        self.std = (total / max(n - 1, 1)).sqrt()
+
+
+class TapRows:
+    """One tap's rows at one evaluation: ``raw`` ``(N, D)``, the other views ``raw_pos`` (``(N, D)`` or
+    ``(N, V - 1, D)``, or ``None``) and ``labels``, with every derived piece computed once on first use.
+
+    Example:
+        >>> import torch
+        >>> tap = TapRows(torch.randn(64, 8), None, None)
+        >>> tap.u is tap.u, tuple(tap.col_std.shape)
+        (True, (8,))
+    """
+
+    def __init__(self, raw: torch.Tensor, raw_pos: Optional[torch.Tensor], labels: Optional[torch.Tensor], *,
+                 t: float = 2.0, alpha: float = 2.0, num_classes: Optional[int] = None) -> None:
+        self.raw, self.raw_pos, self.labels = raw, raw_pos, labels
+        self.t, self.alpha, self.num_classes = t, alpha, num_classes
+        self.n, self.d = raw.shape[0], raw.shape[1]
+        #: values of the metrics evaluated so far (``spectrum`` is read by ``collapsed_dimensions``, ``alpha_req``)
+        self.values: Dict[str, object] = {}
+
+    @cached_property
+    def _point(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return one_point(self.raw)
+
+    @property
+    def z(self) -> torch.Tensor:
+        """fp32 rows, degenerate rows made one point."""
+        return self._point[0]
+
+    @property
+    def tiny(self) -> torch.Tensor:
+        """``(N, 1)`` mask of the degenerate rows."""
+        return self._point[1]
+
+    @cached_property
+    def _unit(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return unit_rows(self.raw)
+
+    @property
+    def u(self) -> torch.Tensor:
+        """The rows (degenerate rows made one point) L2-normalised, fp32 (NaN rows stay NaN)."""
+        return self._unit[0]
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """``(N, 1)`` fp32 L2 norms of the raw rows."""
+        return self._unit[1]
+
+    @cached_property
+    def nonfinite_fraction(self) -> torch.Tensor:
+        """0-d fp32: share of the raw entries that are NaN or +-Inf."""
+        return (self._unit[2].sum().float() / float(self.n * self.d)).float()
+
+    @cached_property
+    def columns(self) -> ColumnStats:
+        """Column statistics of ``u`` and of its 8 interleaved row blocks."""
+        return ColumnStats(self.u, 8)
+
+    @property
+    def col_std(self) -> torch.Tensor:
+        """``(D,)`` unbiased standard deviation over rows of the normalised rows."""
+        return self.columns.std
+
+    @cached_property
+    def row_sq(self) -> torch.Tensor:
+        """``(N,)`` squared L2 norms of the normalised rows (1, or 0 for zero rows, NaN for non-finite ones)."""
+        return torch.linalg.vector_norm(self.u, dim=1).square()
+
+    @cached_property
+    def finite_rows(self) -> torch.Tensor:
+        """``(N, 1)``: rows without NaN/Inf."""
+        return (self._unit[2] == 0).unsqueeze(1)
+
+    @cached_property
+    def any_bad(self) -> torch.Tensor:
+        """0-d bool: some row is non-finite (the decompositions then report NaN; no host sync)."""
+        return ~self.finite_rows.all()
+
+    @cached_property
+    def z_spec(self) -> torch.Tensor:
+        """The rows the decompositions see: non-finite rows zeroed (LAPACK refuses them); their normalised form is
+        handed on to the shared scope, so it is not recomputed."""
+        zs = torch.where(self.finite_rows, self.z, torch.zeros_like(self.z))
+        remember(zs, "unit", torch.where(self.finite_rows, self.u, torch.zeros_like(self.u)))
+        return zs
+
+    @cached_property
+    def views(self) -> Optional[torch.Tensor]:
+        """The other views of each row, ``(N, V - 1, D)``, degenerate rows made one point; ``None`` without."""
+        if self.raw_pos is None:
+            return None
+        pos = self.raw_pos if self.raw_pos.ndim == 3 else self.raw_pos.unsqueeze(1)
+        return one_point(pos.flatten(0, 1))[0].reshape(pos.shape)
+
+    @cached_property
+    def zp(self) -> torch.Tensor:
+        """The paired view (view 1) of each row, ``(N, D)``."""
+        return self.views[:, 0]
+
+    @cached_property
+    def up(self) -> torch.Tensor:
+        """The paired view (degenerate rows made one point) L2-normalised."""
+        pos = self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
+        return unit_rows(pos)[0]
+
+    @cached_property
+    def pair_sq(self) -> torch.Tensor:
+        """``(N,)`` squared distances between the normalised rows and their paired view (chunked: no ``N x D``
+        temporary)."""
+        u, up = self.u, self.up
+        out = torch.empty(self.n, dtype=u.dtype, device=u.device)
+        step = _chunk(self.n, self.d, u.device)
+        for a in range(0, self.n, step):
+            out[a:a + step] = (u[a:a + step] - up[a:a + step]).pow(2).sum(dim=1)
+        return out
+
+    def uniformity(self, blocks: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(uniformity, its values on the interleaved blocks or None)`` from one kernel pass (exact up to
+        ``EXACT_MAX_ROWS`` rows; above, the pooled estimate and no blocks)."""
+        key = ("uniformity", blocks)
+        if key not in self.values:
+            if self.n > EXACT_MAX_ROWS:
+                self.values[key] = (uniformity(self.z, self.t), None)
+            else:
+                with_blocks = blocks if self.n >= 4 * blocks else 0
+                self.values[key] = uniformity_of_unit(self.u, self.t, blocks=with_blocks)
+        return self.values[key]
+
+    def uniformity_pos(self) -> torch.Tensor:
+        """Uniformity of the paired view (exact up to ``EXACT_MAX_ROWS`` rows, else pooled)."""
+        if self.n > EXACT_MAX_ROWS:
+            return uniformity(self.zp, self.t)
+        return uniformity_of_unit(self.up, self.t)[0]
+
+    def block_means(self, v: torch.Tensor, blocks: int = 8) -> Optional[torch.Tensor]:
+        """``(blocks,)`` means of a per-row value ``v`` ``(N,)`` over the interleaved row blocks, or ``None`` when
+        there are fewer than ``4 * blocks`` rows."""
+        if self.n < 4 * blocks:
+            return None
+        k, r = divmod(self.n, blocks)
+        sums = v[: k * blocks].view(k, blocks).sum(dim=0)
+        counts = torch.full((blocks,), k, dtype=sums.dtype, device=v.device)
+        if r:
+            sums[:r] += v[k * blocks:]
+            counts[:r] += 1
+        return sums / counts
+
+    def blocks(self, x: torch.Tensor, blocks: int, min_rows: int = 4) -> Optional[List[torch.Tensor]]:
+        """The interleaved row blocks ``x[b::blocks]`` of :func:`~spherewatch.metrics.stderr.block_stderr`, or
+        ``None`` when there are fewer than ``blocks * max(min_rows, 2)`` rows."""
+        if self.n < blocks * max(min_rows, 2):
+            return None
+        return [x[b::blocks] for b in range(blocks)]
