@@ -156,7 +156,7 @@ def rows_eigvalsh64(x: torch.Tensor, *, normalize: bool, center: bool, side: str
 
     def gram() -> torch.Tensor:
         c, m = reuse(x, ("moments64", normalize), lambda: centred_moments64(x, normalize=normalize))
-        return c if center else c + torch.outer(m, m).mul_(n)
+        return c if center else torch.addr(c, m, m, alpha=n)
 
     return reuse(x, key, lambda: eigvalsh64(gram()))
 

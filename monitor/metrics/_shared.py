@@ -56,15 +56,24 @@ def reuse(x: torch.Tensor, what: Hashable, fn: Callable[[], Any]) -> Any:
         return fn()
     hit = memo.get((id(x), what))
     if hit is not None and hit[0] is x:
+        if isinstance(hit[1], _Later):  # handed on by remember(), computed on first use
+            memo[(id(x), what)] = (x, hit[1].fn())
+            return memo[(id(x), what)][1]
         return hit[1]
     value = fn()
     memo[(id(x), what)] = (x, value)
     return value
 
 
+class _Later:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+
+
 def remember(x: torch.Tensor, what: Hashable, value: Any) -> None:
     """Record ``value`` as the ``what`` of ``x`` in the open scope (nothing outside one): a caller that derived it
-    more cheaply (e.g. the normalised rows of a masked copy from those of the original) hands it on."""
+    more cheaply (e.g. the normalised rows of a masked copy from those of the original) hands it on. A callable
+    ``value`` is called on first use only."""
     memo = getattr(_LOCAL, "memo", None)
     if memo is not None:
-        memo[(id(x), what)] = (x, value)
+        memo[(id(x), what)] = (x, _Later(value) if callable(value) else value)

@@ -63,20 +63,47 @@ def unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
     dev = x.device
     u = torch.empty(n, d, dtype=torch.float32, device=dev)
     norms = torch.empty(n, 1, dtype=torch.float32, device=dev)
-    bad = torch.empty(n, dtype=torch.int64, device=dev)
-    point = torch.full((1, d), d ** -0.5, dtype=torch.float32, device=dev)
-    unit_point = (point / torch.linalg.vector_norm(point, dim=1, keepdim=True).clamp_min(1e-12))[0, 0]
+    unit_point = _unit_point(d, dev)
     step = _chunk(n, d, dev)
     for a in range(0, n, step):
         b = min(a + step, n)
-        xc = x[a:b]
-        bad[a:b] = torch.count_nonzero(xc * 0, dim=1)  # x * 0 is NaN exactly where x is NaN or +-Inf
-        xf = xc.float()
-        nc = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
-        norms[a:b] = nc
-        torch.div(xf, nc.clamp_min(1e-12), out=u[a:b])
-        u[a:b].masked_fill_(nc <= NORM_FLOOR, unit_point)
-    return u, norms, bad
+        norms[a:b] = _unit_chunk(x[a:b], unit_point, u[a:b])
+    return u, norms, _nonfinite_per_row(x, norms)
+
+
+def _unit_chunk(x: torch.Tensor, unit_point: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write the L2-normalised rows of ``x`` (degenerate rows: the unit point) into ``out``; return their norms."""
+    xf = x.float()
+    nc = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
+    tiny = nc <= NORM_FLOOR  # NaN/Inf rows compare False
+    # x / |x| (as F.normalize: bit for bit), and the unit point for degenerate rows (x / inf = 0 there)
+    denom = torch.where(tiny, torch.full_like(nc, float("inf")), nc.clamp_min(1e-12))
+    torch.addcdiv(tiny.to(torch.float32) * unit_point, xf, denom, out=out)
+    return nc
+
+
+def _unit_point(d: int, device: torch.device) -> torch.Tensor:
+    """0-d: each entry of the L2-normalised one point (:func:`one_point`) of dimension ``d``."""
+    point = torch.full((1, d), d ** -0.5, dtype=torch.float32, device=device)
+    return (point / torch.linalg.vector_norm(point, dim=1, keepdim=True).clamp_min(1e-12))[0, 0]
+
+
+def _cpu_any(mask: torch.Tensor) -> Optional[bool]:
+    """``bool(mask.any())`` for a CPU tensor (free there), ``None`` on accelerators (it would synchronise)."""
+    return bool(mask.any()) if mask.device.type == "cpu" else None
+
+
+def _nonfinite_per_row(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` int64: NaN/Inf entries in each row of ``x``. A row holding one has a non-finite norm, so on the CPU
+    only rows with a non-finite norm are counted (usually none); elsewhere every row, without a host sync."""
+    suspect = ~torch.isfinite(norms.flatten())
+    if _cpu_any(suspect) is False:
+        return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    out = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    step = _chunk(x.shape[0], x.shape[1], x.device)
+    for a in range(0, x.shape[0], step):
+        out[a:a + step] = torch.count_nonzero(x[a:a + step] * 0, dim=1)  # x * 0 is NaN where x is NaN or +-Inf
+    return out
 
 
 class ColumnStats:
@@ -142,8 +169,8 @@ class TapRows:
 
     @property
     def tiny(self) -> torch.Tensor:
-        """``(N, 1)`` mask of the degenerate rows."""
-        return self._point[1]
+        """``(N, 1)`` mask of the degenerate rows (finite norm <= NORM_FLOOR)."""
+        return self.norms <= NORM_FLOOR
 
     @cached_property
     def _unit(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,8 +220,15 @@ class TapRows:
     def z_spec(self) -> torch.Tensor:
         """The rows the decompositions see: non-finite rows zeroed (LAPACK refuses them); their normalised form is
         handed on to the shared scope, so it is not recomputed."""
-        zs = torch.where(self.finite_rows, self.z, torch.zeros_like(self.z))
-        remember(zs, "unit", torch.where(self.finite_rows, self.u, torch.zeros_like(self.u)))
+        tiny, finite = self.tiny, self.finite_rows
+        if _cpu_any(tiny) is False and _cpu_any(~finite) is False:  # nothing to replace (CPU: a free check)
+            zs = self.raw.float()
+            remember(zs, "unit", self.u)
+            return zs
+        # one pass: the row itself, the one point (degenerate rows) or zeros (non-finite rows)
+        fill = tiny.to(torch.float32) * (self.d ** -0.5)
+        zs = torch.where(finite & ~tiny, self.raw.float(), fill)
+        remember(zs, "unit", lambda: torch.where(finite, self.u, torch.zeros_like(self.u)))
         return zs
 
     @cached_property
@@ -220,11 +254,22 @@ class TapRows:
     def pair_sq(self) -> torch.Tensor:
         """``(N,)`` squared distances between the normalised rows and their paired view (chunked: no ``N x D``
         temporary)."""
-        u, up = self.u, self.up
+        u = self.u
         out = torch.empty(self.n, dtype=u.dtype, device=u.device)
         step = _chunk(self.n, self.d, u.device)
+        if "up" in self.__dict__:  # the paired view is normalised already (uniformity_pos, LiDAR)
+            for a in range(0, self.n, step):
+                out[a:a + step] = (u[a:a + step] - self.up[a:a + step]).pow(2).sum(dim=1)
+            return out
+        # otherwise normalise it chunk by chunk, never materialised (the cheap preset needs only this)
+        pos = self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
+        unit_point = _unit_point(self.d, u.device)
+        buf = torch.empty(min(step, self.n), self.d, dtype=torch.float32, device=u.device)
         for a in range(0, self.n, step):
-            out[a:a + step] = (u[a:a + step] - up[a:a + step]).pow(2).sum(dim=1)
+            b = min(a + step, self.n)
+            up = buf[: b - a]
+            _unit_chunk(pos[a:b], unit_point, up)
+            out[a:b] = up.sub_(u[a:b]).pow_(2).sum(dim=1)
         return out
 
     def uniformity(self, blocks: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
