@@ -146,7 +146,7 @@ def _rank_se(tap: TapRows) -> Optional[torch.Tensor]:
 
 
 def _norm_stats(tap: TapRows) -> Dict[str, torch.Tensor]:
-    if tap.raw.dtype == torch.float64:  # statistics of fp64 rows in fp64 (the shared norms are fp32)
+    if tap.raw.dtype == torch.float64 or tap.n == 0:  # fp64 rows in fp64 (the shared norms are fp32); no rows: an error
         out = dict(M.norm_stats(tap.raw))
     else:
         out = dict(norm_stats_of_norms(tap.norms.flatten()))
@@ -299,7 +299,7 @@ SPECS: Tuple[MetricSpec, ...] = (
         "nonfinite_fraction", "non-finite fraction", HEALTH, 130,
         "fraction of embedding entries that are NaN or infinite.", "above 0 (diverged)", "0",
         function=M.nonfinite_fraction, min_rows=1, worse="rise", presets=CHEAP,
-        evaluate=lambda tap: tap.nonfinite_fraction,
+        evaluate=lambda tap: tap.nonfinite_fraction if tap.n else M.nonfinite_fraction(tap.raw),  # no rows: error
         hint=(
             "embeddings contain NaN/Inf values",
             "the loss for NaN, the learning rate, mixed-precision overflow (loss scaling) and the inputs",

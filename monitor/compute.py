@@ -112,8 +112,9 @@ SPECS_BY_NAME: Dict[str, MetricSpec] = {s.name: s for s in SPECS}
 
 
 def _available(spec: MetricSpec, tap: TapRows, spectral: bool) -> bool:
-    """Whether the tap has what ``spec`` needs (rows, a paired view, labels; spectral metrics on this step)."""
-    return (tap.n >= spec.min_rows and (spectral or not spec.spectral)
+    """Whether the tap has what ``spec`` needs (rows, a paired view, labels; spectral metrics on this step). The
+    per-row statistics (``min_rows=1``) always run: on no rows at all they report the error."""
+    return ((tap.n >= spec.min_rows or spec.min_rows <= 1) and (spectral or not spec.spectral)
             and ("pair" not in spec.needs or tap.raw_pos is not None)
             and ("labels" not in spec.needs or tap.labels is not None))
 

@@ -1,4 +1,8 @@
-"""The metric catalogue: every key the Monitor logs, in order of importance, with what it means.
+"""Keys: how every key the Monitor logs is built and parsed, in order of importance, with what it means.
+
+Each metric's entry (title, category, description, how to read it, rank) is read from the metric catalogue,
+:mod:`spherewatch.catalogue`; :data:`CATALOGUE`, :func:`describe`, :func:`info` and :func:`order_keys` serve it
+by key.
 
 One place defines how keys are built, in which order they are logged and shown, which category of the
 dashboards they belong to and how to read them. TensorBoard's custom-scalars layout and tag descriptions,

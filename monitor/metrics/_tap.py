@@ -10,7 +10,7 @@ evaluation; :mod:`spherewatch.compute` evaluates the catalogue's metrics on it (
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -302,10 +302,3 @@ class TapRows:
             sums[:r] += v[k * blocks:]
             counts[:r] += 1
         return sums / counts
-
-    def blocks(self, x: torch.Tensor, blocks: int, min_rows: int = 4) -> Optional[List[torch.Tensor]]:
-        """The interleaved row blocks ``x[b::blocks]`` of :func:`~spherewatch.metrics.stderr.block_stderr`, or
-        ``None`` when there are fewer than ``blocks * max(min_rows, 2)`` rows."""
-        if self.n < blocks * max(min_rows, 2):
-            return None
-        return [x[b::blocks] for b in range(blocks)]

@@ -88,8 +88,9 @@ def uniformity_of_unit(z: torch.Tensor, t: float, *, blocks: int = 0):
     value = torch.log(total / (n * (n - 1) / 2.0)).to(z.dtype)
     if within is None:
         return value, None
-    sizes = torch.tensor([len(range(b, n, blocks)) for b in range(blocks)], dtype=within.dtype)
-    pairs = (sizes * (sizes - 1) / 2.0).to(z.device, non_blocking=True)
+    sizes = torch.full((blocks,), n // blocks, dtype=within.dtype, device=z.device)  # made on the device: no copy
+    sizes[: n % blocks] += 1
+    pairs = sizes * (sizes - 1) / 2.0
     return value, torch.log(within / pairs).to(z.dtype)
 
 
