@@ -17,7 +17,7 @@ import torch
 from spherewatch.metrics._shared import remember
 from spherewatch.metrics.uniformity import EXACT_MAX_ROWS, uniformity, uniformity_of_unit
 
-__all__ = ["NORM_FLOOR", "SPREAD_FLOOR", "TapRows", "ColumnStats", "one_point", "unit_rows"]
+__all__ = ["NORM_FLOOR", "SPREAD_FLOOR", "TapRows", "RowPass", "one_point", "unit_rows"]
 
 #: Rows with an L2 norm at most this (absolute) are degenerate: all treated as one point.
 NORM_FLOOR = 1e-6
@@ -48,10 +48,10 @@ def _chunk(n: int, d: int, device: torch.device) -> int:
     return n if device.type != "cpu" else max(64, (1 << 20) // max(d, 1))
 
 
-def unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def unit_rows(x: torch.Tensor, *, nonfinite: bool = True) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """One pass over ``x`` ``(N, D)``: ``(u, norms, nonfinite)`` -- the fp32 rows L2-normalised with degenerate rows
     made one point (equal to ``normalize_rows(one_point(x)[0])``), the fp32 row norms ``(N, 1)`` of ``x`` and the
-    number of NaN/Inf entries of each row ``(N,)`` (int64). No host sync.
+    number of NaN/Inf entries of each row ``(N,)`` (int64; ``None`` when not ``nonfinite``). No host sync.
 
     Example:
         >>> import torch
@@ -68,7 +68,7 @@ def unit_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor
     for a in range(0, n, step):
         b = min(a + step, n)
         norms[a:b] = _unit_chunk(x[a:b], unit_point, u[a:b])
-    return u, norms, _nonfinite_per_row(x, norms)
+    return u, norms, _nonfinite_per_row(x, norms) if nonfinite else None
 
 
 def _unit_chunk(x: torch.Tensor, unit_point: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -106,37 +106,65 @@ def _nonfinite_per_row(x: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class ColumnStats:
-    """Per-column statistics of normalised rows ``u`` ``(N, D)``, with those of the interleaved row blocks
-    ``u[b::blocks]`` (the batch-means blocks of :func:`~spherewatch.metrics.stderr.block_stderr`) from the same
-    passes: ``std`` ``(D,)`` (unbiased, two-pass within blocks, merged exactly), ``block_std`` ``(B, D)``,
-    ``block_sums`` ``(B, D)``, ``counts`` ``(B,)``; ``blocks`` is 1 when there are fewer than ``4 * blocks`` rows
-    (then ``block_*`` hold the whole batch as one block)."""
+class RowPass:
+    """One chunked pass over the rows ``x`` ``(N, D)`` (and their paired view ``pos``) that computes what the
+    O(N D) metrics read, without keeping the normalised rows (each chunk is normalised, used and dropped while it is
+    in cache):
 
-    def __init__(self, u: torch.Tensor, blocks: int = 8) -> None:
-        n, d = u.shape
+    * ``norms`` ``(N, 1)`` fp32 row norms of ``x``, ``nonfinite`` ``(N,)`` NaN/Inf entries per row;
+    * ``row_sq`` ``(N,)`` squared norms of the normalised rows, ``pair_sq`` ``(N,)`` squared distances to the
+      normalised paired view (``None`` without one);
+    * column statistics of the normalised rows and of their interleaved row blocks ``b::blocks`` (the batch-means
+      blocks of :func:`~spherewatch.metrics.stderr.block_stderr`): ``block_sums``, ``block_std`` ``(B, D)``,
+      ``counts`` ``(B,)``, and ``std`` ``(D,)`` over all rows (unbiased; sums around a shift -- the first chunk's
+      column mean -- so nothing cancels near collapse). ``blocks`` is 1 below ``4 * blocks`` rows.
+    """
+
+    def __init__(self, x: torch.Tensor, pos: Optional[torch.Tensor] = None, blocks: int = 8) -> None:
+        n, d = x.shape
+        dev = x.device
         if n < 4 * blocks:
             blocks = 1
-        k, r = divmod(n, blocks)
         self.blocks = blocks
-        head = u[: k * blocks].view(k, blocks, d)
-        sums = head.sum(dim=0)
-        if r:
-            sums[:r] += u[k * blocks:]
-        counts = torch.full((blocks,), k, dtype=torch.float32, device=u.device)
-        counts[:r] += 1
-        means = sums / counts.unsqueeze(1)
-        m2 = torch.zeros(blocks, d, dtype=torch.float32, device=u.device)
-        step = max(1, _chunk(n, d, u.device) // blocks)
-        for a in range(0, k, step):
-            m2 += (head[a:a + step] - means).square_().sum(dim=0)
-        if r:
-            m2[:r] += (u[k * blocks:] - means[:r]).square_()
-        mean = sums.sum(dim=0) / n
-        total = m2.sum(dim=0) + (counts.unsqueeze(1) * (means - mean).square()).sum(dim=0)
-        self.counts, self.block_sums = counts, sums
-        self.block_std = (m2 / (counts.unsqueeze(1) - 1).clamp(min=1)).sqrt()
-        self.std = (total / max(n - 1, 1)).sqrt()
+        step = max(blocks, _chunk(n, d, dev) // blocks * blocks)  # whole periods of blocks: row i -> block i % B
+        unit_point = _unit_point(d, dev)
+        self.norms = torch.empty(n, 1, dtype=torch.float32, device=dev)
+        self.row_sq = torch.empty(n, dtype=torch.float32, device=dev)
+        self.pair_sq = None if pos is None else torch.empty(n, dtype=torch.float32, device=dev)
+        buf = torch.empty(min(step, n), d, dtype=torch.float32, device=dev)
+        pbuf = None if pos is None else torch.empty_like(buf)
+        sums = torch.zeros(blocks, d, dtype=torch.float32, device=dev)
+        squares = torch.zeros(blocks, d, dtype=torch.float32, device=dev)
+        shift = torch.zeros(d, dtype=torch.float32, device=dev)
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            uc = buf[: b - a]
+            self.norms[a:b] = _unit_chunk(x[a:b], unit_point, uc)
+            self.row_sq[a:b] = torch.linalg.vector_norm(uc, dim=1).square()
+            if pos is not None:
+                pc = pbuf[: b - a]
+                _unit_chunk(pos[a:b], unit_point, pc)
+                self.pair_sq[a:b] = (uc - pc).pow_(2).sum(dim=1)
+            if a == 0:
+                shift = uc.mean(dim=0)
+            dc = uc - shift
+            k, r = divmod(b - a, blocks)
+            head = dc[: k * blocks].view(k, blocks, d)
+            sums += head.sum(dim=0)
+            squares += head.square_().sum(dim=0)
+            if r:  # the last chunk's incomplete period
+                tail = dc[k * blocks:]
+                sums[:r] += tail
+                squares[:r] += tail.square()
+        counts = torch.full((blocks,), n // blocks, dtype=torch.float32, device=dev)
+        counts[: n % blocks] += 1
+        m = counts.unsqueeze(1)
+        self.counts = counts
+        self.block_sums = sums + m * shift
+        self.block_std = ((squares - sums.square() / m).clamp(min=0) / (m - 1).clamp(min=1)).sqrt()
+        total = sums.sum(dim=0)
+        self.std = ((squares.sum(dim=0) - total.square() / max(n, 1)).clamp(min=0) / max(n - 1, 1)).sqrt()
+        self.nonfinite = _nonfinite_per_row(x, self.norms)
 
 
 class TapRows:
@@ -173,43 +201,42 @@ class TapRows:
         return self.norms <= NORM_FLOOR
 
     @cached_property
-    def _unit(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return unit_rows(self.raw)
+    def columns(self) -> RowPass:
+        """The one pass over the rows (and the paired view): norms, non-finite entries, column statistics of the
+        normalised rows and of their 8 interleaved row blocks, row and pair distances."""
+        pos = None if self.raw_pos is None else (self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0])
+        return RowPass(self.raw, pos, 8)
 
-    @property
+    @cached_property
     def u(self) -> torch.Tensor:
-        """The rows (degenerate rows made one point) L2-normalised, fp32 (NaN rows stay NaN)."""
-        return self._unit[0]
+        """The rows (degenerate rows made one point) L2-normalised, fp32 (NaN rows stay NaN); computed only for the
+        metrics that read every normalised row (uniformity, the decompositions)."""
+        return unit_rows(self.raw, nonfinite=False)[0]
 
     @property
     def norms(self) -> torch.Tensor:
         """``(N, 1)`` fp32 L2 norms of the raw rows."""
-        return self._unit[1]
+        return self.columns.norms
 
     @cached_property
     def nonfinite_fraction(self) -> torch.Tensor:
         """0-d fp32: share of the raw entries that are NaN or +-Inf."""
-        return (self._unit[2].sum().float() / float(self.n * self.d)).float()
-
-    @cached_property
-    def columns(self) -> ColumnStats:
-        """Column statistics of ``u`` and of its 8 interleaved row blocks."""
-        return ColumnStats(self.u, 8)
+        return (self.columns.nonfinite.sum().float() / float(self.n * self.d)).float()
 
     @property
     def col_std(self) -> torch.Tensor:
         """``(D,)`` unbiased standard deviation over rows of the normalised rows."""
         return self.columns.std
 
-    @cached_property
+    @property
     def row_sq(self) -> torch.Tensor:
         """``(N,)`` squared L2 norms of the normalised rows (1, or 0 for zero rows, NaN for non-finite ones)."""
-        return torch.linalg.vector_norm(self.u, dim=1).square()
+        return self.columns.row_sq
 
     @cached_property
     def finite_rows(self) -> torch.Tensor:
         """``(N, 1)``: rows without NaN/Inf."""
-        return (self._unit[2] == 0).unsqueeze(1)
+        return (self.columns.nonfinite == 0).unsqueeze(1)
 
     @cached_property
     def any_bad(self) -> torch.Tensor:
@@ -250,27 +277,10 @@ class TapRows:
         pos = self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
         return unit_rows(pos)[0]
 
-    @cached_property
+    @property
     def pair_sq(self) -> torch.Tensor:
-        """``(N,)`` squared distances between the normalised rows and their paired view (chunked: no ``N x D``
-        temporary)."""
-        u = self.u
-        out = torch.empty(self.n, dtype=u.dtype, device=u.device)
-        step = _chunk(self.n, self.d, u.device)
-        if "up" in self.__dict__:  # the paired view is normalised already (uniformity_pos, LiDAR)
-            for a in range(0, self.n, step):
-                out[a:a + step] = (u[a:a + step] - self.up[a:a + step]).pow(2).sum(dim=1)
-            return out
-        # otherwise normalise it chunk by chunk, never materialised (the cheap preset needs only this)
-        pos = self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
-        unit_point = _unit_point(self.d, u.device)
-        buf = torch.empty(min(step, self.n), self.d, dtype=torch.float32, device=u.device)
-        for a in range(0, self.n, step):
-            b = min(a + step, self.n)
-            up = buf[: b - a]
-            _unit_chunk(pos[a:b], unit_point, up)
-            out[a:b] = up.sub_(u[a:b]).pow_(2).sum(dim=1)
-        return out
+        """``(N,)`` squared distances between the normalised rows and their paired view."""
+        return self.columns.pair_sq
 
     def uniformity(self, blocks: int = 0) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(uniformity, its values on the interleaved blocks or None)`` from one kernel pass (exact up to
