@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench bench-overhead bench-scale bench-gpu lint clean chromium
+.PHONY: demo test bench bench-eval bench-overhead bench-scale bench-gpu lint clean chromium
 
 # Re-installs only when the package metadata or the pins change; a second run is a no-op.
 $(STAMP): pyproject.toml constraints.txt
@@ -30,6 +30,9 @@ chromium:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
+
+bench-eval: $(STAMP)
+	$(BIN)/python benchmarks/evaluation.py
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py

@@ -22,6 +22,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
+from spherewatch.catalogue import PRESET_NAMES, metric_specs
+from spherewatch.catalogue import preset as catalogue_preset
 from spherewatch.delivery.registry import SINK_NAMES, SINKS
 from spherewatch.keys import KeySchemeName
 from spherewatch.redact import redact
@@ -33,37 +35,12 @@ __all__ = [
 
 ENV_PREFIX = "SPHEREWATCH_"
 
-#: Every metric the Monitor can log (key ``<prefix>/<tap>/<name>``).
-METRICS: Tuple[str, ...] = (
-    "alignment",
-    "uniformity",
-    "uniformity_pos",
-    "effective_rank",
-    "effective_rank_centered",
-    "normalized_std",
-    "mean_cosine",
-    "dead_dimensions",
-    "collapsed_dimensions",
-    "spectrum",
-    "alpha_req",
-    "nonfinite_fraction",
-    "norm_stats",
-    "nc1",
-    "lidar",
-)
+#: Every metric the Monitor can log (key ``<prefix>/<tap>/<name>``), from the catalogue (:mod:`spherewatch.catalogue`).
+METRICS: Tuple[str, ...] = tuple(s.name for s in metric_specs())
 #: Metrics that need an eigen-decomposition (they follow ``spectral_every_n_steps``).
-SPECTRAL_METRICS = frozenset(
-    {"effective_rank", "effective_rank_centered", "collapsed_dimensions", "spectrum", "alpha_req", "lidar"}
-)
+SPECTRAL_METRICS = frozenset(s.name for s in metric_specs() if s.spectral)
 #: Cost presets. ``cheap``: O(N D), no decomposition. ``standard``: + uniformity and RankMe. ``full``: everything.
-PRESETS: Dict[str, Tuple[str, ...]] = {
-    "cheap": ("alignment", "normalized_std", "mean_cosine", "dead_dimensions", "nonfinite_fraction", "norm_stats"),
-    "standard": (
-        "alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dimensions",
-        "nonfinite_fraction", "norm_stats",
-    ),
-    "full": METRICS,
-}
+PRESETS: Dict[str, Tuple[str, ...]] = {name: catalogue_preset(name) for name in PRESET_NAMES}
 
 #: A sink name: one entry of the sink registry (:data:`spherewatch.delivery.registry.SINKS`).
 SinkName = Literal[SINK_NAMES]  # type: ignore[valid-type]
@@ -88,11 +65,9 @@ def known_metric_keys() -> Tuple[str, ...]:
     """Every metric name a rule can watch (the ``<metric>`` of ``<prefix>/<tap>/<metric>``): the metrics, the keys
     logged beside them (``norm_mean``, ``zero_norm_fraction``, ``alpha_req_r2``, ...), ``rows`` and each metric's
     ``<metric>_stderr``."""
-    from spherewatch.compute import DERIVED_KEYS
-
     names: List[str] = [m for m in METRICS if m != "norm_stats"]
-    for extra in DERIVED_KEYS.values():
-        names += extra
+    for s in metric_specs():
+        names += s.derived
     names.append("rows")
     names += [f"{m}_stderr" for m in list(names)]
     return tuple(dict.fromkeys(names))

@@ -1,4 +1,8 @@
-"""The metric catalogue: every key the Monitor logs, in order of importance, with what it means.
+"""Keys: how every key the Monitor logs is built and parsed, in order of importance, with what it means.
+
+Each metric's entry (title, category, description, how to read it, rank) is read from the metric catalogue,
+:mod:`spherewatch.catalogue`; :data:`CATALOGUE`, :func:`describe`, :func:`info` and :func:`order_keys` serve it
+by key.
 
 One place defines how keys are built, in which order they are logged and shown, which category of the
 dashboards they belong to and how to read them. TensorBoard's custom-scalars layout and tag descriptions,
@@ -43,6 +47,8 @@ import json
 import re
 from typing import Dict, Iterable, List, Literal, Optional, Tuple, get_args
 
+from spherewatch.catalogue import CATEGORIES, HEALTH, OVERVIEW, SPECTRUM, key_specs  # noqa: F401 - re-exported
+
 __all__ = [
     "CATEGORIES",
     "CATALOGUE",
@@ -55,6 +61,7 @@ __all__ = [
     "MetricInfo",
     "alert_count_key",
     "describe",
+    "info",
     "is_loss_key",
     "metric_key",
     "metric_rank",
@@ -62,10 +69,7 @@ __all__ = [
     "parse_key",
 ]
 
-OVERVIEW, SPECTRUM, HEALTH = "Collapse overview", "Spectrum", "Health checks"
-#: Dashboard categories, in display order.
-CATEGORIES: Tuple[str, ...] = (OVERVIEW, SPECTRUM, HEALTH)
-
+# the categories and every metric's entry come from the catalogue (spherewatch.catalogue), re-exported here
 #: The host's loss, matched on keys outside the monitor's prefix (``loss``, ``train/loss``, ``train_loss``,
 #: ``val_loss_epoch``...). A regular expression matched from the start of the tag (as TensorBoard does).
 LOSS_PATTERN = r"^(?:[\w.-]+[/_])*loss(?:[/_][\w.-]+)*$"
@@ -97,61 +101,11 @@ class MetricInfo:
         return f"{self.description} Collapsed: {self.collapsed}. Healthy: {self.healthy}."
 
 
-def _m(metric: str, title: str, category: str, description: str, collapsed: str, healthy: str) -> MetricInfo:
-    return MetricInfo(metric, title, category, description, collapsed, healthy)
-
-
-#: Every metric the Monitor logs, most important first.
-CATALOGUE: Tuple[MetricInfo, ...] = (
-    _m("uniformity", "uniformity", OVERVIEW,
-       "log mean exp(-t·|x_i - x_j|²) over pairs of normalised embeddings: how spread out they are.",
-       "near 0 (all points in one spot)", "about -4 for t=2 in high dimension (spread over the sphere)"),
-    _m("effective_rank", "effective rank", OVERVIEW,
-       "RankMe, exp(entropy) of the normalised singular values: how many dimensions are used.",
-       "near 1", "close to the dimension D (biased low when N is not much larger than D)"),
-    _m("mean_cosine", "mean cosine", OVERVIEW,
-       "mean cosine similarity between different embeddings of a batch.",
-       "near 1 (all point the same way)", "near 0 (about 0.3 for ReLU features)"),
-    _m("alignment", "alignment", OVERVIEW,
-       "mean |x - x⁺|^alpha between the two views of a pair: how close positives are.",
-       "0 (trivially: everything is one point; read it with uniformity)", "small, with uniformity low"),
-    _m("spectrum", "spectrum", SPECTRUM,
-       "eigenvalues of the covariance of the normalised embeddings (a histogram per step).",
-       "one large eigenvalue, the rest near 0", "a slowly decaying spectrum"),
-    _m("collapsed_dimensions", "collapsed dimensions", SPECTRUM,
-       "number of covariance eigenvalues below 1e-5 of the largest (Jing et al. 2022).",
-       "D - 1", "0"),
-    _m("effective_rank_centered", "effective rank (centred)", SPECTRUM,
-       "effective rank of the mean-centred embeddings (ignores a shared offset).",
-       "near 1", "a large fraction of D"),
-    _m("alpha_req", "alpha-ReQ decay", SPECTRUM,
-       "power-law decay exponent of the eigenvalue spectrum (Agrawal et al. 2022).",
-       "large (fast decay), with a poor fit", "around 1"),
-    _m("alpha_req_r2", "alpha-ReQ fit R²", SPECTRUM,
-       "R² of the power-law fit behind alpha-ReQ (how much to trust it).",
-       "any", "near 1"),
-    _m("lidar", "LiDAR", SPECTRUM,
-       "effective rank of the linear discriminant of the embeddings (Thilak et al. 2024).",
-       "near 1", "large"),
-    _m("normalized_std", "normalised std", HEALTH,
-       "mean over dimensions of the std over rows of the normalised embeddings.",
-       "0", "near 1/sqrt(D)"),
-    _m("uniformity_pos", "uniformity (paired view)", HEALTH,
-       "uniformity of the second view of each pair.", "near 0", "about -4 for t=2"),
-    _m("nonfinite_fraction", "non-finite fraction", HEALTH,
-       "fraction of embedding entries that are NaN or infinite.", "above 0 (diverged)", "0"),
-    _m("dead_dimensions", "dead dimensions", HEALTH,
-       "fraction of dimensions that are constant over the batch.", "1", "0"),
-    _m("nc1", "NC1 (class collapse)", HEALTH,
-       "within-class over between-class variability (neural collapse, needs labels).",
-       "large (classes mixed)", "small (classes separable)"),
-    _m("norm_mean", "norm mean", HEALTH, "mean L2 norm of the raw embeddings.",
-       "0 or exploding", "stable over training"),
-    _m("norm_std", "norm std", HEALTH, "std of the L2 norms of the raw embeddings.", "0 or exploding", "stable"),
-    _m("norm_min", "norm min", HEALTH, "smallest L2 norm of the raw embeddings.", "0", "well above 0"),
-    _m("norm_max", "norm max", HEALTH, "largest L2 norm of the raw embeddings.", "exploding", "stable"),
+#: Every key the Monitor logs with a chart of its own, most important first (from :mod:`spherewatch.catalogue`).
+CATALOGUE: Tuple[MetricInfo, ...] = tuple(
+    MetricInfo(s.name, s.title, s.category, s.description, s.collapsed, s.healthy) for s in key_specs()
 )
-_BY_METRIC: Dict[str, MetricInfo] = {info.metric: info for info in CATALOGUE}
+_BY_METRIC: Dict[str, MetricInfo] = {info.metric: info for info in CATALOGUE}  # kept for older callers: use info()
 _RANK: Dict[str, int] = {info.metric: i for i, info in enumerate(CATALOGUE)}
 _LOSS = re.compile(LOSS_PATTERN)
 
@@ -268,6 +222,16 @@ def describe(key: str, prefix: str = "spherewatch") -> Optional[MetricInfo]:
         return LOSS_INFO
     parts = parse_key(key, prefix)
     return _BY_METRIC.get(parts[1]) if parts is not None else None
+
+
+def info(metric: str) -> Optional[MetricInfo]:
+    """The catalogue entry of a metric name (``uniformity``, ``norm_mean``); ``None`` if it has none.
+
+    Example:
+        >>> info("effective_rank").title
+        'effective rank'
+    """
+    return _BY_METRIC.get(metric)
 
 
 def _priority(key: str, prefix: str) -> Tuple[int, int, str]:

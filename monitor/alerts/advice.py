@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from spherewatch.catalogue import advice_group
+
 __all__ = ["LOSS_FAMILIES", "ADVICE", "advise", "check_family"]
 
 LOSS_FAMILIES: Tuple[str, ...] = ("contrastive", "non_contrastive", "supervised")
 
-_SPREAD = ("uniformity", "uniformity_pos", "mean_cosine", "normalized_std")
-_RANK = ("effective_rank", "effective_rank_centered", "collapsed_dimensions")
+# which metrics take which advice: the catalogue's ``advice`` field (spherewatch.catalogue)
+_SPREAD = advice_group("spread")
+_RANK = advice_group("rank")
 
 ADVICE: Dict[Optional[str], Dict[str, str]] = {
     None: {

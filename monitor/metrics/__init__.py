@@ -11,6 +11,10 @@ What every function does (the docstrings give formulas, shapes and examples):
   ``mean_cosine``, ``dead_dimensions``, ``spectrum``, ``collapsed_dimensions``, ``alpha_req``, ``nc1`` and ``lidar``
   (unless ``normalize=False``). ``norm_stats`` and ``nonfinite_fraction`` look at the raw rows, and
   ``effective_rank_from_gram`` / ``spectrum_from_moments`` take whatever the Gram or moments were built from.
+- **Shared work.** Inside :func:`spherewatch.metrics._shared.shared_work` (the Monitor opens one per tap and
+  evaluation) the functions called on the same tensor normalise it once and share one fp64 pass and one
+  decomposition per Gram (``effective_rank(center=True)`` and ``spectrum`` read the same eigenvalues); outside it
+  each call does its own work. Values are the same either way (to fp64 round-off).
 - **Shapes.** 0-d tensors on the input's device, except ``spectrum`` / ``spectrum_from_moments`` (``(D,)``),
   ``alpha_req`` (``AlphaReQ(alpha, r2)``, two 0-d tensors), ``norm_stats`` (a dict of four 0-d tensors) and
   ``uniformity_estimate`` (a ``UniformityEstimate``).

@@ -26,7 +26,10 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-__all__ = ["DecompositionFallbackWarning", "gram64", "rows_gram64", "eigvalsh64", "eigh64"]
+from spherewatch.metrics._shared import reuse, sharing
+
+__all__ = ["DecompositionFallbackWarning", "gram64", "rows_gram64", "rows_eigvalsh64", "centred_moments64",
+           "eigvalsh64", "eigh64"]
 
 
 _COL_BLOCK = 256  # column block of the upper-triangular Gram (measured best of 128/256/512 on 1 thread)
@@ -97,6 +100,12 @@ def rows_gram64(x: torch.Tensor, *, normalize: bool, center: bool, side: str = "
         return gram64(z, transpose=True)
     if not center:
         return gram64(x, prep)
+    return _centred(x, prep)[0]
+
+
+def _centred(x: torch.Tensor, prep) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(sum (z - m)(z - m)^T, m)`` of the prepared rows in one pass, ``m`` their fp64 column mean."""
+    n, d = x.shape
     # Centred in one pass over the rows, with a shift: sum (z - s)(z - s)^T and sum (z - s) around the mean s of
     # the first chunk, then sum (z - m)(z - m)^T = S - n (m - s)(m - s)^T. With s that close to the mean the
     # correction is tiny and cancels nothing (near collapse, 1e-5 around a common direction, the uncorrected
@@ -111,7 +120,45 @@ def rows_gram64(x: torch.Tensor, *, normalize: bool, center: bool, side: str = "
 
     g = gram64(x, shifted)
     delta = total / n
-    return g.sub_(torch.outer(delta, delta).mul_(n))
+    return g.sub_(torch.outer(delta, delta).mul_(n)), shift + delta
+
+
+def centred_moments64(x: torch.Tensor, *, normalize: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(C, m)``: the centred fp64 Gram ``sum_i (z_i - m)(z_i - m)^T`` (``D x D``) of the rows of ``x``
+    (L2-normalised in fp64 when ``normalize``) and their fp64 column mean ``m``, in one pass (see
+    :func:`rows_gram64`). The uncentred Gram is ``C + n m m^T`` (a sum of two PSD terms: nothing cancels).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(64, 4, dtype=torch.float64)
+        >>> c, m = centred_moments64(x, normalize=False)
+        >>> bool(torch.allclose(c + 64 * torch.outer(m, m), x.T @ x))
+        True
+    """
+    prep = (lambda b: _normalized64(b.to(torch.float64, copy=True))) if normalize else (
+        lambda b: b.to(torch.float64, copy=True))
+    return _centred(x, prep)
+
+
+def rows_eigvalsh64(x: torch.Tensor, *, normalize: bool, center: bool, side: str = "smaller") -> torch.Tensor:
+    """Ascending fp64 eigenvalues of :func:`rows_gram64` ``(x, normalize, center, side)``.
+
+    Inside an evaluation's :func:`~spherewatch.metrics._shared.shared_work` scope the work is shared: for
+    ``N >= D`` (the ``D x D`` side) one pass computes the centred Gram and the mean of the prepared rows, the
+    uncentred Gram is ``C + n m m^T``, and each Gram is decomposed once (``effective_rank_centered`` and
+    ``spectrum`` read the same eigenvalues).
+    """
+    n, d = x.shape
+    features = side == "features" or n >= d
+    key = ("eigvalsh64", normalize, center, features)
+    if not (sharing() and features):
+        return reuse(x, key, lambda: eigvalsh64(rows_gram64(x, normalize=normalize, center=center, side=side)))
+
+    def gram() -> torch.Tensor:
+        c, m = reuse(x, ("moments64", normalize), lambda: centred_moments64(x, normalize=normalize))
+        return c if center else torch.addr(c, m, m, alpha=n)
+
+    return reuse(x, key, lambda: eigvalsh64(gram()))
 
 
 def _fallback(what: str, fn, g: torch.Tensor, err: Optional[BaseException]):

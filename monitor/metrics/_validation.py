@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from spherewatch.metrics._shared import reuse
+
 __all__ = ["as_embeddings", "as_pair", "normalize_rows", "check_positive"]
 
 
@@ -49,8 +51,9 @@ def as_pair(x: torch.Tensor, y: torch.Tensor, names: tuple = ("x", "y")) -> tupl
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalise rows; a zero row stays zero (``F.normalize`` guards the division)."""
-    return F.normalize(x, p=2.0, dim=1, eps=1e-12)
+    """L2-normalise rows; a zero row stays zero (``F.normalize`` guards the division). Done once per tensor inside
+    an evaluation's :func:`~spherewatch.metrics._shared.shared_work` scope (the result must not be written to)."""
+    return reuse(x, "unit", lambda: F.normalize(x, p=2.0, dim=1, eps=1e-12))
 
 
 def check_positive(value: float, name: str) -> float:

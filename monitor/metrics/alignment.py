@@ -5,7 +5,7 @@ import torch
 
 from spherewatch.metrics._validation import as_pair, check_positive, normalize_rows
 
-__all__ = ["alignment"]
+__all__ = ["alignment", "alignment_of_unit"]
 
 
 def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
@@ -39,8 +39,12 @@ def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Ten
     """
     alpha = check_positive(alpha, "alpha")
     x, y = as_pair(x, y)
-    diff = normalize_rows(x) - normalize_rows(y)
-    sq = diff.pow(2).sum(dim=1)
+    return alignment_of_unit(normalize_rows(x), normalize_rows(y), alpha)
+
+
+def alignment_of_unit(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """:func:`alignment` of rows already L2-normalised (``(N, D)`` each, same dtype; no checks)."""
+    sq = (x - y).pow(2).sum(dim=1)
     if alpha == 2.0:
         return sq.mean()
     return sq.pow(alpha / 2.0).mean()

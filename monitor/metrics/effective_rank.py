@@ -4,10 +4,9 @@ from __future__ import annotations
 import warnings
 
 import torch
-import torch.nn.functional as F
 
-from spherewatch.metrics._linalg import DecompositionFallbackWarning, eigvalsh64, rows_gram64
-from spherewatch.metrics._validation import as_embeddings
+from spherewatch.metrics._linalg import DecompositionFallbackWarning, eigvalsh64, rows_eigvalsh64
+from spherewatch.metrics._validation import as_embeddings, normalize_rows
 
 __all__ = ["effective_rank", "effective_rank_from_gram", "entropy_effective_rank"]
 
@@ -103,11 +102,11 @@ def effective_rank(x: torch.Tensor, *, center: bool = False, normalize: bool = T
     """
     x = as_embeddings(x)
     if _svdvals_is_faster(x, center):
-        sigma = _svdvals32(F.normalize(x, dim=1) if normalize else x)
+        sigma = _svdvals32(normalize_rows(x) if normalize else x)
         if sigma is not None:
             return entropy_effective_rank(sigma).to(x.dtype)
-    g = rows_gram64(x, normalize=normalize, center=center)
-    return _erank_of_gram64(g).to(x.dtype)
+    lam = rows_eigvalsh64(x, normalize=normalize, center=center)
+    return entropy_effective_rank(torch.sqrt(lam.clamp(min=0))).to(x.dtype)
 
 
 #: Largest smaller side for which fp32 ``svdvals`` is used on the CPU (measured, one thread: at ``min(N, D) <=

@@ -7,7 +7,8 @@ import torch
 
 from spherewatch.metrics._validation import as_embeddings, normalize_rows
 
-__all__ = ["normalized_std", "mean_cosine", "nonfinite_fraction", "norm_stats", "dead_dimensions"]
+__all__ = ["normalized_std", "mean_cosine", "nonfinite_fraction", "norm_stats", "dead_dimensions", "mean_cosine_of_unit",
+           "norm_stats_of_norms"]
 
 
 def normalized_std(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,11 @@ def mean_cosine(x: torch.Tensor) -> torch.Tensor:
         1.0
     """
     x = as_embeddings(x)
-    z = normalize_rows(x)
+    return mean_cosine_of_unit(normalize_rows(x))
+
+
+def mean_cosine_of_unit(z: torch.Tensor) -> torch.Tensor:
+    """:func:`mean_cosine` of rows already L2-normalised (``(N, D)``, ``N >= 2``; no checks)."""
     n = z.shape[0]
     s = z.sum(dim=0)
     return (s.dot(s) - z.pow(2).sum()) / (n * (n - 1))
@@ -90,7 +95,11 @@ def norm_stats(x: torch.Tensor) -> Dict[str, torch.Tensor]:
         {'norm_mean': 3.0, 'norm_std': 2.8284270763397217, 'norm_min': 1.0, 'norm_max': 5.0}
     """
     x = as_embeddings(x, min_rows=1)
-    norms = torch.linalg.vector_norm(x, dim=1)
+    return norm_stats_of_norms(torch.linalg.vector_norm(x, dim=1))
+
+
+def norm_stats_of_norms(norms: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """:func:`norm_stats` from the row norms ``(N,)`` already computed."""
     finite = torch.isfinite(norms)
     cnt = finite.sum().to(norms.dtype)
     zero = torch.zeros_like(norms)

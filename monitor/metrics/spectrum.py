@@ -5,7 +5,7 @@ from typing import NamedTuple, Tuple
 
 import torch
 
-from spherewatch.metrics._linalg import eigvalsh64, rows_gram64
+from spherewatch.metrics._linalg import eigvalsh64, rows_eigvalsh64
 from spherewatch.metrics._validation import as_embeddings
 
 __all__ = ["spectrum", "spectrum_from_moments", "collapsed_dimensions", "alpha_req", "AlphaReQ"]
@@ -68,8 +68,9 @@ def spectrum(x: torch.Tensor) -> torch.Tensor:
     Reference: Jing et al., "Understanding Dimensional Collapse in Contrastive Self-supervised Learning", ICLR 2022.
     """
     x = as_embeddings(x)
-    m2 = rows_gram64(x, normalize=True, center=True, side="smaller")  # same non-zero eigenvalues either side
-    lam = spectrum_from_moments(x.shape[0], None, m2)
+    # the Gram of the smaller side: same non-zero eigenvalues either side
+    lam64 = rows_eigvalsh64(x, normalize=True, center=True, side="smaller")
+    lam = (lam64 / max(x.shape[0] - 1, 1)).flip(0).clamp(min=0).to(torch.float32)
     d = x.shape[1]
     if lam.shape[0] < d:  # N < D: the other D - N eigenvalues are exactly 0
         lam = torch.cat([lam, lam.new_zeros(d - lam.shape[0])])

@@ -5,7 +5,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["block_stderr"]
+__all__ = ["block_stderr", "stderr_of_blocks"]
 
 
 def block_stderr(
@@ -53,5 +53,10 @@ def block_stderr(
     for b in range(blocks):
         xb = x[b::blocks]
         values.append(fn(xb) if y is None else fn(xb, y[b::blocks]))
-    m = torch.stack([v.float() for v in values])
-    return m.std(unbiased=True) / (blocks ** 0.5)
+    return stderr_of_blocks(torch.stack([v.float() for v in values]))
+
+
+def stderr_of_blocks(values: torch.Tensor) -> torch.Tensor:
+    """The batch-means standard error ``sd(m_1..m_B) / sqrt(B)`` of ``B >= 2`` block values ``(B,)`` (fp32)."""
+    values = values.float()
+    return values.std(unbiased=True) / (values.shape[0] ** 0.5)

@@ -8,7 +8,7 @@ import torch
 
 from spherewatch.metrics._validation import as_embeddings, check_positive, normalize_rows
 
-__all__ = ["uniformity", "uniformity_estimate", "UniformityEstimate", "EXACT_MAX_ROWS"]
+__all__ = ["uniformity", "uniformity_estimate", "UniformityEstimate", "EXACT_MAX_ROWS", "uniformity_of_unit"]
 
 #: ``method="auto"`` computes the exact value up to this many rows and the pooled estimator above it.
 EXACT_MAX_ROWS = 16384
@@ -46,12 +46,21 @@ def _upper_kernel_sum(z: torch.Tensor, t: float, block_size: Optional[int]) -> t
     ``<= 0`` for unit and zero rows alike, so the in-place ``exp`` never overflows; the row factor
     ``exp(t (1 - s_i))`` is applied to the fp32 row sums. Exact for zero rows (they sit at the origin).
     """
+    return _kernel_sums(z, t, block_size, 0)[0]
+
+
+def _kernel_sums(z: torch.Tensor, t: float, block_size: Optional[int], groups: int):
+    """``(total, within)``: :func:`_upper_kernel_sum` of all rows, and (``groups >= 2``) the ``(groups,)`` sums over
+    the pairs ``i < j`` inside each interleaved group of rows (row ``i`` in group ``i mod groups``, the blocks of
+    :func:`~spherewatch.metrics.stderr.block_stderr`), read from the same kernel blocks (``None`` otherwise).
+    ``total`` is computed exactly as without groups."""
     n = z.shape[0]
     bs = _block_rows(n, block_size)
     sq = z.pow(2).sum(dim=1)
     col_bias = (-t * sq - t).unsqueeze(0)  # (1, N)
     acc = _acc_dtype(z.device)
     partials = []
+    within = torch.zeros(groups, dtype=acc, device=z.device) if groups >= 2 else None
     for a in range(0, n, bs):
         b = min(a + bs, n)
         g = torch.addmm(col_bias[:, a:], z[a:b], z[a:].T, beta=1.0, alpha=2.0 * t)  # (b-a, n-a)
@@ -62,7 +71,27 @@ def _upper_kernel_sum(z: torch.Tensor, t: float, block_size: Optional[int]) -> t
             rows = rows + g[:, w:].sum(dim=1)
         weight = torch.exp(t * (1.0 - sq[a:b]))
         partials.append((rows.to(acc) * weight.to(acc)).sum())
-    return torch.stack(partials).sum()
+        if within is not None:
+            for r in range(min(groups, w)):  # local rows r, r + groups, ... against the columns of their group
+                same = torch.triu(g[r::groups, r::groups], diagonal=1).sum(dim=1)
+                within[(a + r) % groups] += (same.to(acc) * weight[r::groups].to(acc)).sum()
+    return torch.stack(partials).sum(), within
+
+
+def uniformity_of_unit(z: torch.Tensor, t: float, *, blocks: int = 0):
+    """``(value, block_values)``: exact :func:`uniformity` of already L2-normalised (or zero) rows ``z`` (N >= 2),
+    and with ``blocks >= 2`` the uniformity of each interleaved block ``z[b::blocks]`` (``(blocks,)``, for the
+    batch-means standard error) from the same kernel pass; ``None`` without blocks. ``value`` equals
+    ``uniformity(x, t, method="exact")`` for ``z = normalize_rows(x)``."""
+    n = z.shape[0]
+    total, within = _kernel_sums(z, t, None, blocks)
+    value = torch.log(total / (n * (n - 1) / 2.0)).to(z.dtype)
+    if within is None:
+        return value, None
+    sizes = torch.full((blocks,), n // blocks, dtype=within.dtype, device=z.device)  # made on the device: no copy
+    sizes[: n % blocks] += 1
+    pairs = sizes * (sizes - 1) / 2.0
+    return value, torch.log(within / pairs).to(z.dtype)
 
 
 def uniformity(
