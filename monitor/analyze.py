@@ -17,11 +17,9 @@ import numpy as np
 import torch
 
 import spherewatch.metrics as M
-from spherewatch.metrics._linalg import gram64
-from spherewatch.metrics._validation import normalize_rows
+from spherewatch.metrics import gram64, normalize_rows, pair_kernel_sum
 from spherewatch.metrics.effective_rank import effective_rank_from_gram
 from spherewatch.metrics.spectrum import spectrum_from_moments
-from spherewatch.metrics.uniformity import _upper_kernel_sum  # the pooled estimate sums each chunk's pairs
 
 __all__ = ["analyze", "open_embeddings", "EmbeddingFile", "MAX_NPZ_MEMBER_BYTES"]
 
@@ -291,7 +289,7 @@ def analyze(
         s2 += (zd * zd).sum(0)
         raw_sum += chunk.double().sum(0)
         if m >= 2:
-            kern_sums.append(float(_upper_kernel_sum(zh, t, None)))
+            kern_sums.append(float(pair_kernel_sum(zh, t)))
             kern_pairs.append(m * (m - 1) / 2)
         if pos_chunks is not None:
             zp = normalize_rows(next(pos_chunks))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -25,7 +24,7 @@ from spherewatch.alerts.rules import Rule, default_rules
 from spherewatch.catalogue import PRESET_NAMES, metric_specs
 from spherewatch.catalogue import preset as catalogue_preset
 from spherewatch.delivery.registry import SINK_NAMES, SINKS
-from spherewatch.keys import KeySchemeName
+from spherewatch.keys import KEY_SEGMENT, KeySchemeName
 from spherewatch.redact import redact
 
 __all__ = [
@@ -55,7 +54,6 @@ MAX_CONFIG_DEPTH = 16
 MAX_CONFIG_ITEMS = 10_000
 #: Config files larger than this are refused before they are parsed.
 MAX_CONFIG_FILE_BYTES = 1 << 20
-_KEY_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _PATH_FIELDS = ("log_dir", "jsonl_path", "spool_dir", "tracking_uri", "run_id", "experiment_name", "run_name")
 _NUMBER_FIELDS = ("every_n_steps", "start_step", "spectral_every_n_steps", "max_samples", "window_steps", "seed",
                   "uniformity_t", "alignment_alpha", "num_classes", "webhook_timeout", "max_buffer_bytes")
@@ -312,7 +310,7 @@ class MonitorConfig(BaseModel):
         if "/" in value.strip("/"):
             raise ValueError(f"{value!r} must not contain '/' (keys are <prefix>/<tap>/<metric>)")
         value = value.strip("/")
-        if not _KEY_SAFE.match(value):
+        if not KEY_SEGMENT.match(value):
             raise ValueError(f"{value!r} must be made of letters, digits, '_', '.' and '-' (it is part of every log "
                              "key, <prefix>/<tap>/<metric>)")
         return value

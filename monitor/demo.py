@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spherewatch.alerts.verdict import collapse_alerts, verdict
+from spherewatch.catalogue import OVERVIEW, key_specs
 from spherewatch.compute import compute_tap_metrics
 from spherewatch.config import METRICS
 from spherewatch.keys import parse_key
@@ -388,7 +389,7 @@ def _experiment_id(tracking_uri: str, experiment_name: str) -> Optional[str]:
 
 def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: str,
                    experiment_id: Optional[str], report: Optional[str], replaced: int, out) -> None:
-    keys = ["uniformity", "effective_rank", "mean_cosine", "alignment"]
+    keys = [spec.name for spec in key_specs() if spec.category == OVERVIEW]  # the four that answer "did it collapse"
     rows = [["run"] + keys + ["loss", "alerts", "verdict"]]
     for run_name, res in results.items():
         vals = {parts[1]: v for k, v in res["values"].items() if (parts := parse_key(k)) is not None}

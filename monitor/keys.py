@@ -54,6 +54,7 @@ __all__ = [
     "CATALOGUE",
     "KEY_SCHEMES",
     "RESERVED_TAPS",
+    "KEY_SEGMENT",
     "KeyScheme",
     "LOSS_PATTERN",
     "ALERTS_INFO",
@@ -105,7 +106,7 @@ class MetricInfo:
 CATALOGUE: Tuple[MetricInfo, ...] = tuple(
     MetricInfo(s.name, s.title, s.category, s.description, s.collapsed, s.healthy) for s in key_specs()
 )
-_BY_METRIC: Dict[str, MetricInfo] = {info.metric: info for info in CATALOGUE}  # kept for older callers: use info()
+_BY_METRIC: Dict[str, MetricInfo] = {info.metric: info for info in CATALOGUE}  # outside this module: info()
 _RANK: Dict[str, int] = {info.metric: i for i, info in enumerate(CATALOGUE)}
 _LOSS = re.compile(LOSS_PATTERN)
 
@@ -121,6 +122,8 @@ KeySchemeName = Literal["short", "tap"]
 KEY_SCHEMES: Tuple[str, ...] = get_args(KeySchemeName)
 #: Path segments that follow the prefix in keys that are not metrics: no tap (and no metric) may take these names.
 RESERVED_TAPS: Tuple[str, ...] = ("alerts", "monitor", "params")
+#: What a segment of a key (a prefix part, a tap) may hold: letters, digits, ``_``, ``.`` and ``-``.
+KEY_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
 def metric_key(metric: str, tap: Optional[str] = None, prefix: str = "spherewatch", *,

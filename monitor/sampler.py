@@ -10,6 +10,7 @@ import torch
 from spherewatch.buffer import RowReservoir
 from spherewatch.capture import Selector, extract_embeddings
 from spherewatch.errors import SpherewatchError
+from spherewatch.keys import KEY_SEGMENT, RESERVED_TAPS
 
 __all__ = ["Sampler", "check_tap", "deferred_output_hook", "validate_batch", "validate_rows"]
 
@@ -52,10 +53,7 @@ def deferred_output_hook(
 def check_tap(tap: Any) -> str:
     """A tap name is part of every key ``<prefix>/<tap>/<metric>``: letters, digits, ``_ . -`` only, and none of
     :data:`spherewatch.keys.RESERVED_TAPS`."""
-    from spherewatch.config import _KEY_SAFE
-    from spherewatch.keys import RESERVED_TAPS
-
-    if not isinstance(tap, str) or not _KEY_SAFE.match(tap):
+    if not isinstance(tap, str) or not KEY_SEGMENT.match(tap):
         raise ValueError(f"Expected a tap name made of letters, digits, '_', '.' and '-' (it is part of the log keys "
                          f"<prefix>/<tap>/<metric>), got {tap!r}.")
     if tap in RESERVED_TAPS:

@@ -16,9 +16,9 @@ from typing import Any
 from spherewatch.alerts.advice import advise, check_family
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
-from spherewatch.alerts.hints import hint as _hint
 from spherewatch.alerts.rules import parse_rules
 from spherewatch.alerts.verdict import OK, worst_severity
+from spherewatch.catalogue import hint as _hint
 from spherewatch.delivery.record import decode_float, encode_float
 from spherewatch.keys import KeyScheme, parse_key
 

@@ -29,7 +29,7 @@ import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
-from spherewatch.alerts.hints import hint
+from spherewatch.catalogue import hint
 
 __all__ = ["EVALUATORS", "Judgement", "RuleEvaluator", "Sample", "evaluator_for", "register"]
 

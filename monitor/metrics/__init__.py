@@ -24,14 +24,15 @@ What every function does (the docstrings give formulas, shapes and examples):
   values for a finite input, it is recomputed on the CPU in fp64 and a :class:`DecompositionFallbackWarning` is
   emitted. ``nc1`` without ``num_classes`` also reads ``labels.max()`` (one more sync).
 """
-from spherewatch.metrics._linalg import DecompositionFallbackWarning
+from spherewatch.metrics._linalg import DecompositionFallbackWarning, gram64
+from spherewatch.metrics._validation import normalize_rows
 from spherewatch.metrics.alignment import alignment
 from spherewatch.metrics.effective_rank import effective_rank, effective_rank_from_gram
 from spherewatch.metrics.indicators import dead_dimensions, mean_cosine, nonfinite_fraction, norm_stats, normalized_std
 from spherewatch.metrics.lidar import lidar
 from spherewatch.metrics.nc1 import nc1
 from spherewatch.metrics.spectrum import AlphaReQ, alpha_req, collapsed_dimensions, spectrum, spectrum_from_moments
-from spherewatch.metrics.uniformity import UniformityEstimate, uniformity, uniformity_estimate
+from spherewatch.metrics.uniformity import UniformityEstimate, pair_kernel_sum, uniformity, uniformity_estimate
 
 __all__ = [
     "alignment",
@@ -53,4 +54,8 @@ __all__ = [
     "nc1",
     "lidar",
     "DecompositionFallbackWarning",
+    # building blocks of streamed metrics (spherewatch analyze): Grams and pair sums add up over chunks
+    "normalize_rows",
+    "gram64",
+    "pair_kernel_sum",
 ]

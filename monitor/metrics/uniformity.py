@@ -49,6 +49,19 @@ def _upper_kernel_sum(z: torch.Tensor, t: float, block_size: Optional[int]) -> t
     return _kernel_sums(z, t, block_size, 0)[0]
 
 
+def pair_kernel_sum(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Sum over pairs ``i < j`` of ``exp(-t ||z_i - z_j||^2)`` for rows already L2-normalised (norm 1, or 0 for a
+    degenerate row): the building block of a streamed uniformity (``spherewatch analyze`` adds each chunk's sum).
+    0-d fp32 tensor on ``z``'s device; ``log(sum / (N (N - 1) / 2))`` is :func:`uniformity`.
+
+    Example:
+        >>> z = torch.eye(3)
+        >>> round(float(pair_kernel_sum(z, t=2.0)), 4) == round(3 * math.exp(-4.0), 4)
+        True
+    """
+    return _upper_kernel_sum(z, t, None)
+
+
 def _kernel_sums(z: torch.Tensor, t: float, block_size: Optional[int], groups: int):
     """``(total, within)``: :func:`_upper_kernel_sum` of all rows, and (``groups >= 2``) the ``(groups,)`` sums over
     the pairs ``i < j`` inside each interleaved group of rows (row ``i`` in group ``i mod groups``, the blocks of

@@ -14,12 +14,11 @@ import json
 from typing import Any, List, Tuple
 
 from spherewatch.alerts.rules import RULE_ADAPTER, CollapseRule, ThresholdRule, default_rules
+from spherewatch.catalogue import collapsed_at_top
 from spherewatch.report.rundata import RunData
 
 __all__ = ["threshold_lines"]
 
-#: metrics whose collapsed value is the top of their range (healthy values lie below it)
-_COLLAPSED_AT_TOP = frozenset({"uniformity", "uniformity_pos", "mean_cosine", "dead_dimensions", "zero_norm_fraction"})
 #: the params under which a run logged its rules (``spherewatch.rule.<name>``, one JSON rule each)
 _RULE_PARAM = "spherewatch.rule."
 
@@ -47,7 +46,7 @@ def threshold_lines(data: RunData) -> List[Tuple[str, str, str, float]]:
                     lines.append((str(rule.name), rule.metric, side, float(value)))
         elif isinstance(rule, CollapseRule) and not rule.relative:
             # the edge of the collapse zone |value - collapsed| <= margin, on the side the healthy values lie
-            if rule.metric in _COLLAPSED_AT_TOP:
+            if rule.metric in collapsed_at_top():  # healthy values lie below the collapsed one
                 lines.append((str(rule.name), rule.metric, "above", float(rule.collapsed - rule.margin)))
             else:
                 lines.append((str(rule.name), rule.metric, "below", float(rule.collapsed + rule.margin)))
