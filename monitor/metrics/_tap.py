@@ -71,10 +71,31 @@ def unit_rows(x: torch.Tensor, *, nonfinite: bool = True) -> Tuple[torch.Tensor,
     return u, norms, _nonfinite_per_row(x, norms) if nonfinite else None
 
 
+def pow2_row_scale(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 1)``: a power of two near the largest magnitude of each row whose entries reach ``2**50``, else 1.
+
+    Dividing by it is exact, and so is the norm of the result times it: rows of finite entries up to fp32's
+    largest (3.4e38), whose sum of squares overflows, keep their direction and an honest norm (``inf`` only when
+    the norm itself exceeds fp32's range), instead of reading as zero rows (``x / inf``), i.e. as collapse.
+    """
+    amax = x.abs().amax(dim=1, keepdim=True)
+    big = (amax > 2.0 ** 50) & torch.isfinite(amax)
+    return torch.where(big, torch.exp2(torch.floor(torch.log2(amax.clamp_min(1.0)))), torch.ones_like(amax))
+
+
 def _unit_chunk(x: torch.Tensor, unit_point: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Write the L2-normalised rows of ``x`` (degenerate rows: the unit point) into ``out``; return their norms."""
     xf = x.float()
     nc = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
+    if _cpu_any(~torch.isfinite(nc)) is not False:  # an overflowing sum of squares (on accelerators: always checked)
+        scale = pow2_row_scale(xf)
+        xf = xf / scale
+        nc = torch.linalg.vector_norm(xf, dim=1, keepdim=True) * scale
+        denom = torch.linalg.vector_norm(xf, dim=1, keepdim=True)
+        tiny = nc <= NORM_FLOOR
+        denom = torch.where(tiny, torch.full_like(denom, float("inf")), denom.clamp_min(1e-12))
+        torch.div(xf, denom, out=out).add_(tiny.to(torch.float32) * unit_point)
+        return nc
     tiny = nc <= NORM_FLOOR  # NaN/Inf rows compare False
     # x / |x| (as F.normalize: bit for bit), and the unit point for degenerate rows (x / inf = 0 there)
     denom = torch.where(tiny, torch.full_like(nc, float("inf")), nc.clamp_min(1e-12))

@@ -53,7 +53,21 @@ def as_pair(x: torch.Tensor, y: torch.Tensor, names: tuple = ("x", "y")) -> tupl
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise rows; a zero row stays zero (``F.normalize`` guards the division). Done once per tensor inside
     an evaluation's :func:`~spherewatch.metrics._shared.shared_work` scope (the result must not be written to)."""
-    return reuse(x, "unit", lambda: F.normalize(x, p=2.0, dim=1, eps=1e-12))
+    return reuse(x, "unit", lambda: _normalize(x))
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize`` (bit for bit), also for finite rows whose sum of squares overflows (up to fp32's largest):
+    those are first divided by a power of two (exact), so they keep their direction instead of becoming zero."""
+    u = F.normalize(x, p=2.0, dim=1, eps=1e-12)
+    if x.numel() == 0 or not x.is_floating_point():
+        return u
+    amax = x.detach().abs().amax()
+    if x.device.type == "cpu" and not bool(amax > 2.0 ** 50):  # free on the CPU; accelerators always rescale
+        return u
+    from spherewatch.metrics._tap import pow2_row_scale  # _tap imports this module
+
+    return F.normalize(x / pow2_row_scale(x.float()).to(x.dtype), p=2.0, dim=1, eps=1e-12)
 
 
 def check_positive(value: float, name: str) -> float:

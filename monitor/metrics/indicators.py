@@ -99,16 +99,18 @@ def norm_stats(x: torch.Tensor) -> Dict[str, torch.Tensor]:
 
 
 def norm_stats_of_norms(norms: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """:func:`norm_stats` from the row norms ``(N,)`` already computed."""
+    """:func:`norm_stats` from the row norms ``(N,)`` already computed. The sums run in fp64: norms near fp32's
+    largest value (1e37 and up) would overflow an fp32 sum into a false ``inf``."""
     finite = torch.isfinite(norms)
-    cnt = finite.sum().to(norms.dtype)
-    zero = torch.zeros_like(norms)
-    mean = torch.where(finite, norms, zero).sum() / cnt
-    var = torch.where(finite, (norms - mean) ** 2, zero).sum() / (cnt - 1).clamp(min=1)
+    wide = norms.double()
+    cnt = finite.sum().double()
+    zero = torch.zeros_like(wide)
+    mean = torch.where(finite, wide, zero).sum() / cnt
+    var = torch.where(finite, (wide - mean) ** 2, zero).sum() / (cnt - 1).clamp(min=1)
     inf = torch.full_like(norms, float("inf"))
     return {
-        "norm_mean": mean,
-        "norm_std": var.sqrt(),
+        "norm_mean": mean.to(norms.dtype),
+        "norm_std": var.sqrt().to(norms.dtype),
         "norm_min": torch.where(finite, norms, inf).min(),
         "norm_max": torch.where(finite, norms, -inf).max(),
     }
