@@ -203,6 +203,22 @@ class SinkSet:
         return [slot.shown for slot in self._slots]
 
     @property
+    def remote(self) -> List[int]:
+        """Indices of the sinks that write to a server (registry entries not ``local``; objects that say
+        ``remote = True``): the writer hands them records on a thread of their own, so that a slow server never
+        holds the local sinks' records back."""
+        out = []
+        for i, slot in enumerate(self._slots):
+            if slot.lazy is not None:
+                remote = not sink_entry(slot.spec["name"]).local
+            else:
+                obj = slot.obj.inner if isinstance(slot.obj, ResilientSink) else slot.obj
+                remote = bool(getattr(obj, "remote", False))
+            if remote:
+                out.append(i)
+        return out
+
+    @property
     def spool_paths(self) -> List[str]:
         return [p for p in (getattr(s.wrapper, "spool_path", None) for s in self._slots) if p]
 
@@ -219,10 +235,12 @@ class SinkSet:
                     pass
 
     # ------------------------------------------------------------------ writing
-    def write(self, rec: Evaluation, done: Optional[set] = None, flush: bool = True) -> None:
-        """Hand ``rec`` to its sinks (those of ``rec.only``); ``done`` collects the indices written."""
+    def write(self, rec: Evaluation, done: Optional[set] = None, flush: bool = True,
+              slots: Optional[Sequence[int]] = None) -> None:
+        """Hand ``rec`` to its sinks (those of ``rec.only``, and of ``slots`` when given); ``done`` collects the
+        indices written."""
         for i, slot in enumerate(self._slots):
-            if rec.only is not None and i not in rec.only:
+            if (rec.only is not None and i not in rec.only) or (slots is not None and i not in slots):
                 continue
             if self._pause is not None:
                 self._pause()
@@ -241,9 +259,9 @@ class SinkSet:
             if done is not None:
                 done.add(i)
 
-    def send_params(self, params: Mapping[str, Any]) -> None:
+    def send_params(self, params: Mapping[str, Any], slots: Optional[Sequence[int]] = None) -> None:
         """Parameters not yet sent to an opened sink that keeps them (a sink still down gets them later)."""
-        for slot in self._slots:
+        for slot in self._pick(slots):
             target = slot.target
             if target is None or not capabilities(target).params:
                 continue
@@ -257,16 +275,19 @@ class SinkSet:
                 # itself through its records (spooled and retried), so this is not a second fault report
                 logger.debug("spherewatch: parameters for sink %r not logged yet.", slot.name, exc_info=True)
 
-    def next_retry(self) -> Optional[float]:
-        due = [r for r in (getattr(s.wrapper, "next_retry", None) for s in self._slots) if r is not None]
+    def _pick(self, slots: Optional[Sequence[int]]) -> List[_Slot]:
+        return self._slots if slots is None else [self._slots[i] for i in slots]
+
+    def next_retry(self, slots: Optional[Sequence[int]] = None) -> Optional[float]:
+        due = [r for r in (getattr(s.wrapper, "next_retry", None) for s in self._pick(slots)) if r is not None]
         return min(due) if due else None
 
     def pending(self) -> int:
         return sum(getattr(s.wrapper, "pending", 0) for s in self._slots)
 
-    def retry_due(self, now: float) -> None:
+    def retry_due(self, now: float, slots: Optional[Sequence[int]] = None) -> None:
         """Retry the backlogs whose backoff has elapsed."""
-        for slot in self._slots:
+        for slot in self._pick(slots):
             due = getattr(slot.wrapper, "next_retry", None)
             if due is not None and due <= now:
                 self._call(slot, slot.wrapper.flush)

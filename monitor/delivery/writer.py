@@ -207,7 +207,11 @@ class RecordWriter:
             if self._run is not None and self._run.sinks is not None:
                 self._run.sinks.flush()
             return True
-        return self._worker.barrier(float(self.config.close_timeout if timeout is None else timeout))
+        limit = float(self.config.close_timeout if timeout is None else timeout)
+        end = time.monotonic() + limit
+        if not self._worker.barrier(limit):
+            return False
+        return self._run is None or self._run.drain(max(0.0, end - time.monotonic()))
 
     def close(self, timeout: Optional[float] = None, finish: Optional[Callable[[Any], None]] = None) -> None:
         """Drain the queue into the sinks and close them, for at most ``timeout`` seconds (default the config's
@@ -258,7 +262,7 @@ class RecordWriter:
             self._run = RunDelivery(self._folder, specs, self._objects, self._faults, adopted=self._adopted,
                                     strict=self._inline, retry=self._retry,
                                     pause=None if self._inline else self._worker.pause, params=self._params,
-                                    overflow=self._overflow)
+                                    overflow=self._overflow, log_dir=self.config.log_dir)
         return self._run
 
     def _late(self, item: Any) -> None:
@@ -272,8 +276,7 @@ class RecordWriter:
         with self._overflow.lock:
             if self._run is not None:
                 self._run.abandoned = True
-                missing = self._run.missing()
-                if missing is not None:
+                for missing in self._run.missing():
                     n += self._overflow.spill(missing)
             for item in self._worker.abandon():
                 if isinstance(item, Evaluation):

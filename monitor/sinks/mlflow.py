@@ -139,6 +139,8 @@ class MLflowSink(Sink):
     supports_params = True
     supports_batches = True
     supports_artifacts = True
+    #: a server: a Monitor hands it records on a thread of its own (a slow server never holds the local sinks back)
+    remote = True
     #: most metrics in one ``log_batch`` (MLflow's limit)
     batch_limit = _MAX_METRICS_PER_BATCH
 
