@@ -26,6 +26,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from spherewatch import distributed as dist_utils
@@ -41,6 +42,16 @@ __all__ = ["RecordWriter", "split_sink_args"]
 logger = logging.getLogger("spherewatch.writer")
 
 _SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
+_WRITERS: "weakref.WeakSet[RecordWriter]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer.disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def split_sink_args(sinks: Optional[Sequence[Any]], overrides: Dict[str, Any]) -> List[Any]:
@@ -115,6 +126,7 @@ class RecordWriter:
         self._closing = self._closed = self._dumped = False
         self._params = RunParams()  # sent by the writer thread before its next record, once per sink
         self._config_logged = False
+        _WRITERS.add(self)
 
     # ------------------------------------------------------------------ state (resume = the same run)
     @property
@@ -252,6 +264,14 @@ class RecordWriter:
     def __repr__(self) -> str:
         return (f"RecordWriter(run_key={self.run_key!r}, sinks={list(self._names)}, queued={self._worker.qsize()}, "
                 f"errors={self._worker.errors}, spool={self.folder!r})")
+
+    def disown(self) -> None:
+        """In a forked child (``os.fork`` after records were queued): the queue, the sinks and the spool folder are
+        the parent's. The child's copy writes nothing, spools nothing, closes its copy of the folder's lock (the lock
+        stays the parent's) and ends at once at exit."""
+        self._closing = self._closed = self._dumped = True
+        self._worker.disown()
+        self._folder.disown()
 
     # ------------------------------------------------------------------ internals
     def _prepare(self) -> RunDelivery:
