@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,25 @@ _MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
+#: The modules of MLflow and of the libraries its stores use: warnings they raise are theirs to fix, not the user's.
+DEPENDENCY_MODULES = r"(mlflow|sqlalchemy|alembic|pydantic|google\.protobuf|pkg_resources|opentelemetry|urllib3|requests)(\.|$)"
+_contained = threading.Lock()
+_contained_done: list[bool] = []
+
+
+def contain_dependency_warnings() -> None:
+    """Under warnings-as-errors (``python -W error``, ``filterwarnings("error")``), a deprecation warning inside
+    MLflow or SQLAlchemy would make a healthy sink fail to open; the warnings *attributed to those modules* are shown
+    (``"default"``: once per place) instead of raised. Added once, only when an ``"error"`` filter is in place; the
+    user's own code, and spherewatch's, still raise. A process-wide filter (``warnings`` has no per-thread one), but
+    narrowed to those modules, so nothing else the training thread does is affected."""
+    with _contained:
+        if _contained_done or not any(f[0] == "error" for f in warnings.filters):
+            return
+        _contained_done.append(True)
+        warnings.filterwarnings("default", module=DEPENDENCY_MODULES)
 
 
 class MLflowSink(Sink):
@@ -160,6 +181,7 @@ class MLflowSink(Sink):
         created_run: bool = False,
     ) -> None:
         super().__init__()
+        contain_dependency_warnings()
         try:
             import mlflow
             from mlflow import MlflowClient
