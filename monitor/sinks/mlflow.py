@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -56,6 +57,8 @@ _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
 #: The modules of MLflow and of the libraries its stores use: warnings they raise are theirs to fix, not the user's.
 DEPENDENCY_MODULES = r"(mlflow|sqlalchemy|alembic|pydantic|google\.protobuf|pkg_resources|opentelemetry|urllib3|requests)(\.|$)"
 _contained = threading.Lock()
+_SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+_SUPPRESS_LOCK = threading.Lock()
 _contained_done: list[bool] = []
 
 
@@ -452,8 +455,27 @@ class MLflowSink(Sink):
         self._write_alerts()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
-            self._client.set_terminated(self.run_id, status="FINISHED")
+            self._end_run()
         self._closed = True
+
+    def _end_run(self) -> None:
+        """End the run (``FINISHED``). MLflow prints "View run ... at: <tracking URI>" when a run over HTTP ends; with
+        credentials in the URI (``http://user:password@host``) that line would show them: it is suppressed then, and
+        the run's place is logged with the credentials redacted."""
+        if "@" not in str(self.tracking_uri or "").split("://", 1)[-1].split("/", 1)[0]:
+            self._client.set_terminated(self.run_id, status="FINISHED")
+            return
+        with _SUPPRESS_LOCK:
+            old = os.environ.get(_SUPPRESS_URL)
+            os.environ[_SUPPRESS_URL] = "true"
+            try:
+                self._client.set_terminated(self.run_id, status="FINISHED")
+            finally:
+                if old is None:
+                    os.environ.pop(_SUPPRESS_URL, None)
+                else:
+                    os.environ[_SUPPRESS_URL] = old
+        logger.info("spherewatch: MLflow run %s ended (%s).", self.run_id, redact_uri(self.tracking_uri))
 
     def is_permanent_error(self, exc: BaseException) -> bool:
         """Malformed records (MLflow ``INVALID_PARAMETER_VALUE``) and ``ValueError``/``TypeError`` are
