@@ -26,6 +26,7 @@ from spherewatch.delivery.registry import build_sink, sink_entry
 from spherewatch.delivery.retry import ResilientSink
 from spherewatch.delivery.sink import Sink, capabilities
 from spherewatch.delivery.spool import RunFolder
+from spherewatch.delivery.yielding import yielding
 
 __all__ = ["LazySink", "NullSink", "SinkSet"]
 
@@ -41,10 +42,11 @@ class LazySink(Sink):
 
     supports_batches = True  # forwarded to the opened sink's log_scalars_batch
 
-    def __init__(self, name: str, opener: Callable[[], Sink], on_open: Optional[Callable[[Sink], None]] = None):
+    def __init__(self, name: str, opener: Callable[[], Sink], on_open: Optional[Callable[[Sink], None]] = None,
+                 pause: Optional[Callable[[], None]] = None):
         super().__init__()
         self.name = name
-        self._opener, self._on_open = opener, on_open
+        self._opener, self._on_open, self._pause = opener, on_open, pause
         self._inner: Optional[Sink] = None
         self._open_failed = False
 
@@ -56,7 +58,8 @@ class LazySink(Sink):
     def open(self) -> Sink:
         if self._inner is None:
             try:
-                self._inner = self._opener()
+                with yielding(self._pause):  # imports and store set-up: the training thread keeps the GIL
+                    self._inner = self._opener()
             except BaseException:
                 self._open_failed = True
                 raise
@@ -168,7 +171,7 @@ class SinkSet:
                 self._slots.append(_Slot(NullSink(), spec, obj=None))
             else:
                 lazy = LazySink(spec["name"], lambda spec=spec: build_sink(spec),
-                                on_open=lambda sink, spec=spec: self._opened(spec, sink))
+                                on_open=lambda sink, spec=spec: self._opened(spec, sink), pause=pause)
                 self._slots.append(_Slot(self._wrap(lazy, folder.sink_spool(spec["name"], i)), spec, lazy=lazy))
 
     def _wrap(self, sink: Any, spool_path: str) -> Any:
