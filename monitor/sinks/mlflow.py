@@ -8,6 +8,7 @@ import os
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,15 @@ __all__ = [
 logger = logging.getLogger("spherewatch.sinks")
 
 ALERTS_ARTIFACT = "spherewatch/alerts.json"
+#: Sealed parts of the alert list, written once each: ``spherewatch/alerts-<sink start>-<part>.json`` (JSON lists, in
+#: name order before ``alerts.json``, which holds the newest, open part).
+ALERTS_PART_PREFIX = "spherewatch/alerts-"
+#: Alerts per part: ``alerts.json`` is rewritten with at most this many; a full part is sealed into its own artifact.
+ALERTS_PER_PART = 1000
+#: Alerts the sink keeps as objects (:attr:`MLflowSink.alerts`, the verdict): the first ones; the rest are on the
+#: server only. Alert ids remembered to drop a redelivered duplicate: the latest ones.
+KEEP_ALERTS = 1000
+KEEP_ALERT_IDS = 4096
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
 SPECTRA_HISTORY_ARTIFACT = "spherewatch/spectra_history.json"
 REPORT_ARTIFACT_DIR = "spherewatch/report"
@@ -73,6 +83,11 @@ def contain_dependency_warnings() -> None:
             return
         _contained_done.append(True)
         warnings.filterwarnings("default", module=DEPENDENCY_MODULES)
+
+
+def _json_list(encoded: list[str]) -> str:
+    """A JSON list of already encoded records, one per line."""
+    return "[\n" + ",\n".join(encoded) + "\n]" if encoded else "[]"
 
 
 class MLflowSink(Sink):
@@ -194,8 +209,11 @@ class MLflowSink(Sink):
         self._Metric = Metric
         self._RunTag = RunTag
         self.prefix = prefix.rstrip("/")
-        self._alerts: list[Alert] = []
-        self._alert_ids: dict[tuple[Any, ...], int] = {}
+        self._alerts: list[Alert] = []  # the first KEEP_ALERTS
+        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # the latest KEEP_ALERT_IDS
+        self._alert_part: list[str] = []  # the open part's records, JSON-encoded
+        self._alert_parts = 0
+        self._alert_part_stem = f"{ALERTS_PART_PREFIX}{int(time.time() * 1000):013d}-"
         self._alerts_dirty = False
         self._alerts_written_at = -math.inf
         self.run_key = run_key
@@ -357,8 +375,12 @@ class MLflowSink(Sink):
         alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
         new = alert_id not in self._alert_ids
         if new:
-            self._alerts.append(alert)
-            self._alert_ids[alert_id] = len(self._alerts)
+            if len(self._alerts) < KEEP_ALERTS:
+                self._alerts.append(alert)
+            self._alert_ids[alert_id] = None
+            if len(self._alert_ids) > KEEP_ALERT_IDS:
+                self._alert_ids.popitem(last=False)
+            self._alert_part.append(json.dumps(alert_to_json(alert), allow_nan=False))
         resolved = getattr(alert, "status", "fired") == "resolved"
         fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
         metrics = []
@@ -379,12 +401,16 @@ class MLflowSink(Sink):
                                         round(alert.time * 1000), int(alert.step)))
         self._log_metrics(metrics, tags=tuple(self._state_tags()))
         self._alerts_dirty = True
+        if len(self._alert_part) >= ALERTS_PER_PART:  # seal the full part: written once, never again
+            name = f"{self._alert_part_stem}{self._alert_parts:05d}.json"
+            self._client.log_text(self.run_id, _json_list(self._alert_part), name)
+            self._alert_parts += 1
+            self._alert_part = []
 
     def _write_alerts(self) -> None:
         if not self._alerts_dirty:
             return
-        records = [alert_to_json(a) for a in self._alerts]
-        self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
+        self._client.log_text(self.run_id, _json_list(self._alert_part), ALERTS_ARTIFACT)
         self._alerts_dirty = False
         self._alerts_written_at = time.monotonic()
 
@@ -426,7 +452,7 @@ class MLflowSink(Sink):
 
     @property
     def alerts(self) -> list[Alert]:
-        """Alerts logged so far (a copy)."""
+        """Alerts logged so far (a copy; the first :data:`KEEP_ALERTS`: the run's artifacts hold them all)."""
         return list(self._alerts)
 
     def flush(self) -> None:
