@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,9 @@ def test_sigkill_with_a_frozen_mlflow_server_loses_no_jsonl_point_but_the_last(t
                              str(tmp_path / "spool"), str(STEPS)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "trained"
+        deadline = time.monotonic() + 120
+        while not server.conns and time.monotonic() < deadline:  # the MLflow sink opens (imports) meanwhile
+            time.sleep(0.1)
         assert server.conns  # the MLflow sink is stuck on the frozen server
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
