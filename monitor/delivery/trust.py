@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from spherewatch.delivery.files import read_json
+from spherewatch.sinks.mlflow_run import DEFAULT_TRACKING_URI
 
 __all__ = ["check_folder", "inside", "normalize_uri", "refuse_once", "trusted_specs"]
 
@@ -180,7 +181,7 @@ def _mlflow_spec(spec: Mapping[str, Any], mine: Sequence[Mapping[str, Any]]) -> 
     theirs = spec.get("tracking_uri")
     target = normalize_uri(theirs) if isinstance(theirs, str) else None
     for own in mine:
-        uri = own.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = own.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
         if target is not None and normalize_uri(uri) == target:
             break
     else:
