@@ -13,6 +13,10 @@ Faults (each on its own Monitor and tracking run; MLflow's HTTP settings are lef
 - ``tb-full`` / ``tb-readonly``: the TensorBoard log folder is on a tmpfs that is filled up / remounted read-only for
   ``--disk`` s (needs root for ``mount``; otherwise the folder is replaced by a file, the same error path);
 - ``webhook``: every webhook request hangs for ``--hang`` s (the channel's timeout is 5 s; it retries).
+- ``startup``: no fault: the first ``--startup`` s of a fresh process with ``sinks=("jsonl", "mlflow")`` on a new
+  SQLite store (the sink opens: ``import mlflow``, the store's migrations) next to one with ``sinks=("jsonl",)``;
+  every step counts, from the first (issue 22 row 9: steps of 0.5-1.6 s there before the writer yielded during
+  opening). Its own table.
 
 The loop: an MLP encoder (64 -> 256 -> 64) on two noisy views of 128 rows, an InfoNCE loss, SGD; the monitor
 evaluates every ``--every`` steps (``standard`` preset). One torch thread. A step's time is the whole iteration
@@ -349,7 +353,42 @@ def run_fault(name: str, args, tmp: str, template_db: str):
 
 
 FAULTS = ("bare", "mlflow-baseline", "unreachable", "frozen", "restart", "tb-baseline", "tb-full", "tb-readonly",
-          "webhook-baseline", "webhook")
+          "webhook-baseline", "webhook", "startup")
+
+_STARTUP = """
+import json, sys, tempfile, time
+import torch, torch.nn as nn, torch.nn.functional as F
+torch.set_num_threads(1)
+import spherewatch as sw
+d = tempfile.mkdtemp()
+sinks = tuple(sys.argv[1].split(","))
+kw = {"tracking_uri": f"sqlite:///{d}/mlflow.db"} if "mlflow" in sinks else {}
+mon = sw.Monitor(sinks=sinks, log_dir=d, every_n_steps=int(sys.argv[3]), warn=False, **kw)
+net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 64))
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+times, step, t_end = [], 0, time.perf_counter() + float(sys.argv[2])
+while time.perf_counter() < t_end:
+    t0 = time.perf_counter()
+    x = torch.randn(128, 64)
+    z1, z2 = net(x + 0.1 * torch.randn_like(x)), net(x + 0.1 * torch.randn_like(x))
+    loss = F.cross_entropy(F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T / 0.5, torch.arange(128))
+    opt.zero_grad(); loss.backward(); opt.step()
+    mon.observe(z1.detach(), z2.detach()); mon.step(step)
+    times.append(time.perf_counter() - t0); step += 1
+mon.close()
+print(json.dumps({"steps": len(times), "worst_ms": 1e3 * max(times), "over_50ms": sum(t > 0.05 for t in times)}))
+"""
+
+
+def startup(args) -> None:
+    """The ``startup`` row: worst step from the first, with and without the MLflow sink (fresh processes)."""
+    print("| startup (first %.0f s, every step) | steps | worst step (ms) | steps > 50 ms |" % args.startup)
+    print("|---|---:|---:|---:|")
+    for sinks in ("jsonl", "jsonl,mlflow"):
+        out = subprocess.run([sys.executable, "-c", _STARTUP, sinks, str(args.startup), str(args.every)],
+                             capture_output=True, text=True, check=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        print(f"| {sinks} | {row['steps']} | {row['worst_ms']:.1f} | {row['over_50ms']} |", flush=True)
 
 
 def main() -> None:
@@ -361,11 +400,17 @@ def main() -> None:
     p.add_argument("--late", type=float, default=10.0)
     p.add_argument("--baseline", type=float, default=20.0)
     p.add_argument("--every", type=int, default=10)
+    p.add_argument("--startup", type=float, default=5.0)
     p.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(FAULTS))
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: stop servers, unmount tmpfs folders
     torch.set_num_threads(1)
     only = [f for f in args.only.split(",") if f] or list(FAULTS)
+    if "startup" in only:
+        startup(args)
+        only.remove("startup")
+        if not only:
+            return
     with tempfile.TemporaryDirectory() as tmp:
         template_db = os.path.join(tmp, "template.db")
         if any(f in ("mlflow-baseline", "unreachable", "frozen", "restart") for f in only):

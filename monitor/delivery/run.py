@@ -4,22 +4,24 @@ the queue's overflow over, replay the folder's backlog and the spools of crashed
 A resumed run (``Monitor.load_state_dict``) carries the same ``run_key``: it takes its folder over and delivers the
 backlog into its own sinks, before any new record. A run that finds another run's folder unlocked (that process
 ended without delivering, e.g. SIGKILL) replays it into the sinks that folder's ``run.json`` names (the same MLflow
-run, the same JSONL file or TensorBoard folder), once, then removes it.
+run, the same JSONL file or TensorBoard folder), once, then removes it -- on a thread of its own
+(:mod:`spherewatch.delivery.orphans`), and only a folder that :mod:`spherewatch.delivery.trust` accepts.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from spherewatch.delivery import spool
+from spherewatch.delivery.orphans import OrphanReplay
 from spherewatch.delivery.record import Evaluation
 from spherewatch.delivery.registry import SINKS
 from spherewatch.delivery.sinkset import SinkSet
 from spherewatch.delivery.spool import Overflow, RunFolder
+from spherewatch.delivery.worker import Worker, wait_until
 
 __all__ = ["OVERFLOW", "RunDelivery", "RunParams"]
 
@@ -27,6 +29,9 @@ logger = logging.getLogger("spherewatch.writer")
 
 #: Queue marker: the overflow file holds records queued after everything before the marker.
 OVERFLOW = object()
+#: Evaluations queued for the remote sinks' thread before the writer thread waits for it (then this run's own
+#: queue overflows to its spool folder, on disk).
+REMOTE_QUEUE = 4096
 
 
 class RunParams:
@@ -45,13 +50,6 @@ class RunParams:
             return dict(self._params)
 
 
-class _Orphan:
-    """Another run's spool folder, unlocked (its process is gone): replayed into the sinks it names, then removed."""
-
-    def __init__(self, folder: RunFolder, sinks: SinkSet) -> None:
-        self.folder, self.sinks = folder, sinks
-
-
 class RunDelivery:
     """The writer thread's side of a :class:`~spherewatch.delivery.writer.RecordWriter` (see the module docstring).
 
@@ -66,19 +64,28 @@ class RunDelivery:
         pause: between two writes (yield to the training thread); ``None`` under strict.
         params: the run parameters (sent to the sinks that keep them, once each).
         finish: called with each own sink that takes artifacts, before it is closed (the report).
+        log_dir: the run's log folder (a crashed run's local files inside it count as this run's).
+        replay_join_s: how long close() waits for the replay of crashed runs' folders.
     """
 
     def __init__(self, folder: RunFolder, specs: List[Dict[str, Any]], objects: Sequence[Any], faults: Any, *,
                  adopted: bool, strict: bool, retry: Tuple[float, float], pause: Optional[Callable[[], None]],
                  params: RunParams, overflow: Overflow,
-                 finish: Optional[Callable[[Any], None]] = None) -> None:
+                 finish: Optional[Callable[[Any], None]] = None, log_dir: Optional[str] = None,
+                 replay_join_s: float = 2.0) -> None:
         self.folder, self._specs, self._objects, self._faults = folder, specs, list(objects), faults
         self._adopted, self._strict, self._retry, self._pause = adopted, strict, retry, pause
         self._params, self._overflow, self.finish = params, overflow, finish
         self.sinks: Optional[SinkSet] = None
-        self._orphans: List[_Orphan] = []
+        self._log_dir, self._replay_join_s = log_dir, float(replay_join_s)
+        self.orphans: Optional[OrphanReplay] = None
         self.inflight: Optional[Tuple[Evaluation, set]] = None
+        self.remote_inflight: Optional[Tuple[Evaluation, set]] = None
         self.abandoned = False
+        self._run_file_lock = threading.Lock()
+        self.lane: Optional[Worker] = None  #: the remote sinks' thread (none under strict or without such a sink)
+        self._local: Optional[List[int]] = None
+        self._remote: List[int] = []
 
     # ------------------------------------------------------------------ opening
     def open(self) -> None:
@@ -106,10 +113,19 @@ class RunDelivery:
                              on_spec=self.save_run_file)
         self.sinks.open_local()
         self.save_run_file()
+        self._remote = self.sinks.remote if not self._strict else []
+        if self._remote:  # a slow server never holds the local sinks' records back
+            self._local = [i for i in range(len(self.sinks)) if i not in self._remote]
+            self.lane = Worker(self._write_remote, on_idle=self._retry_remote, idle_timeout=self._remote_idle,
+                               on_close=self._close_remote, on_late=self._late_remote, name="spherewatch-remote")
+            self.lane.start()
         if self._adopted:  # our own overflow records from the earlier process, after the sinks' spooled backlog
             self.replay(self.folder.queue_files(exclude=self._overflow.gen), self.sinks)
-        if not self._strict:
-            self._find_orphans()
+        if not self._strict:  # crashed runs' folders: on their own thread, never before this run's records
+            self.orphans = OrphanReplay(self.folder.root, self.folder.run_key, self._specs,
+                                        [self._log_dir] if self._log_dir else [], retry=self._retry,
+                                        pause=self._pause)
+            self.orphans.start()
 
     def _lock(self) -> None:
         try:
@@ -129,7 +145,8 @@ class RunDelivery:
             self.folder.lock()
 
     def save_run_file(self) -> None:
-        self.folder.write_sinks(self._specs)
+        with self._run_file_lock:  # the writer thread and the remote sinks' thread (an MLflow run it created)
+            self.folder.write_sinks(self._specs)
 
     # ------------------------------------------------------------------ writing
     def handle(self, item: Any) -> None:
@@ -144,14 +161,39 @@ class RunDelivery:
             self.write(item)
 
     def write(self, rec: Evaluation) -> None:
-        """Hand ``rec`` to this run's sinks, parameters not yet sent first."""
+        """Hand ``rec`` to this run's sinks, parameters not yet sent first: the local ones here, the remote ones on
+        their own thread (:attr:`lane`)."""
         if self.sinks is None:
             return
-        self.sinks.send_params(self._params.snapshot())
+        self.sinks.send_params(self._params.snapshot(), self._local)
         done: set = set()
         self.inflight = (rec, done)
-        self.sinks.write(rec, done)
+        self.sinks.write(rec, done, slots=self._local)
+        if self.lane is not None and (rec.only is None or any(i in rec.only for i in self._remote)):
+            wait_until(lambda: self.lane.qsize() < REMOTE_QUEUE or self.abandoned or self.lane.finished, 1e9)
+            self.lane.put(rec)
         self.inflight = None
+
+    def _write_remote(self, rec: Evaluation) -> None:
+        """The remote sinks' thread: hand ``rec`` to them."""
+        self.sinks.send_params(self._params.snapshot(), self._remote)
+        done: set = set()
+        self.remote_inflight = (rec, done)
+        self.sinks.write(rec, done, slots=self._remote)
+        self.remote_inflight = None
+
+    def _retry_remote(self) -> None:
+        self.sinks.retry_due(time.monotonic(), self._remote)
+
+    def _remote_idle(self) -> float:
+        return _until(self.sinks.next_retry(self._remote))
+
+    def _close_remote(self) -> None:
+        self.sinks.send_params(self._params.snapshot(), self._remote)  # parameters given after the last record
+
+    def _late_remote(self, item: Any) -> None:
+        if isinstance(item, Evaluation):
+            self._overflow.spill(self._restrict(item, set(), self._remote))
 
     def replay(self, paths: Sequence[str], sinks: Optional[SinkSet]) -> None:
         """Write the evaluations of overflow files into ``sinks``, marking progress, then remove the files."""
@@ -173,81 +215,66 @@ class RunDelivery:
 
     def report(self, part: str, exc: BaseException, consequence: str) -> None:
         """Report to the Monitor, at the step of the record being written (may raise under strict)."""
-        step = self.inflight[0].step if self.inflight is not None else None
+        inflight = self.remote_inflight if threading.current_thread().name == "spherewatch-remote" else self.inflight
+        step = inflight[0].step if inflight is not None else None
         self._faults.report(part, exc, consequence, step=step)
 
     # ------------------------------------------------------------------ retries and crashed runs
     def idle_timeout(self) -> float:
-        due = [r for r in [self.sinks.next_retry() if self.sinks else None]
-               + [o.sinks.next_retry() for o in self._orphans] if r is not None]
-        if not due:
-            return 1.0
-        return min(1.0, max(0.01, min(due) - time.monotonic()))
+        return _until(self.sinks.next_retry(self._local) if self.sinks else None)
 
     def retry_due(self) -> None:
-        """Retry what is due: backlogs of failing sinks, crashed runs' replays."""
-        now = time.monotonic()
+        """Retry what is due: backlogs of failing sinks."""
         if self.sinks is not None:
-            self.sinks.retry_due(now)
-        for orphan in list(self._orphans):
-            orphan.sinks.flush()
-            if orphan.sinks.pending() == 0:
-                self._finish_orphan(orphan)
+            self.sinks.retry_due(time.monotonic(), self._local)
 
-    def _find_orphans(self) -> None:
-        for folder in spool.other_runs(self.folder.root, self.folder.run_key):
-            try:
-                if not folder.lock():
-                    continue  # a live run: never touch its spool
-            except OSError:
-                continue
-            specs: List[Dict[str, Any]] = []
-            for spec in folder.read_sinks():
-                entry = SINKS.get(spec.get("name", "")) if isinstance(spec, dict) else None
-                if entry is None or spec.get("object") or not entry.rebuildable:
-                    specs.append({"name": None})  # replayed into nothing: only its own run can rebuild it
-                    continue
-                specs.append(entry.resume(dict(spec), {}, True) if entry.resume is not None else dict(spec))
-            sinks = SinkSet(specs, [], folder, retry=self._retry, pause=self._pause)
-            unknown = folder.foreign_spools(sinks.spool_paths)
-            logger.info("spherewatch: found the spool of run %s (its process ended before delivering it) in %s; "
-                        "replaying it into that run's sinks.", folder.run_key, folder.path)
-            self.replay(folder.queue_files(), sinks)
-            if unknown:
-                logger.warning("spherewatch: %s holds records of sink objects that only their own run can rebuild "
-                               "(%s); left in place.", folder.path, ", ".join(unknown))
-            self._orphans.append(_Orphan(folder, sinks))
-
-    def _finish_orphan(self, orphan: _Orphan) -> None:
-        self._orphans.remove(orphan)
-        orphan.sinks.close(self.finish)
-        if orphan.folder.release():
-            logger.info("spherewatch: delivered the spool of run %s.", os.path.basename(orphan.folder.path))
+    def drain(self, timeout: float) -> bool:
+        """Wait until the remote sinks' thread handed over every record the writer gave it (at most ``timeout``)."""
+        return True if self.lane is None else self.lane.barrier(timeout)
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
-        """Send the last parameters, close every sink (this run's, crashed runs'), release the folder."""
+        """Send the last parameters, close this run's sinks, stop the crashed runs' replay (a bounded wait), release
+        the folder."""
         if self.sinks is not None:
             try:
-                self.sinks.send_params(self._params.snapshot())  # parameters given after the last record
+                self.sinks.send_params(self._params.snapshot(), self._local)  # parameters given after the last record
             except Exception:  # noqa: BLE001 - send_params logs its own failures
                 pass
+            if self.lane is not None:  # the remote sinks' records first (close() gives up at its deadline)
+                self.lane.close(0.0)
+                wait_until(lambda: self.lane.finished or self.abandoned, 1e9)
+                if self.abandoned:
+                    return
             self.sinks.close(self.finish)
-        for orphan in list(self._orphans):
-            if orphan.sinks.pending() == 0:
-                self._finish_orphan(orphan)  # delivered: its folder goes
-            else:
-                orphan.sinks.close()
-                orphan.folder.let_go()
-        self._orphans = []
+        if self.orphans is not None and not self.orphans.stop(self._replay_join_s):
+            logger.info("spherewatch: the replay of crashed runs' spools did not end within %.3gs; what it did not "
+                        "deliver stays in their folders for the next run.", self._replay_join_s)
         self.folder.release()
 
-    def missing(self) -> Optional[Evaluation]:
-        """The evaluation being written, restricted to the sinks that lack it (``None``: nothing in flight)."""
-        if self.inflight is None or self.sinks is None:
-            return None
-        rec, done = self.inflight
-        missing = tuple(i for i in range(len(self.sinks)) if i not in done)
-        if not missing:
-            return None
-        return Evaluation(rec.seq, rec.step, rec.time, rec.values, rec.hists, rec.alerts, missing)
+    def missing(self) -> List[Evaluation]:
+        """close() gave up: the evaluations not handed to every sink, each restricted to the sinks that lack it, in
+        order (the remote sinks' in-flight and queued ones, then the writer's in-flight one)."""
+        if self.sinks is None:
+            return []
+        out = []
+        if self.lane is not None:
+            inflight = self.remote_inflight
+            if inflight is not None:
+                out.append(self._restrict(inflight[0], inflight[1], self._remote))
+            out += [self._restrict(rec, set(), self._remote) for rec in self.lane.abandon()
+                    if isinstance(rec, Evaluation)]
+        if self.inflight is not None:
+            rec, done = self.inflight
+            out.append(self._restrict(rec, done, range(len(self.sinks))))
+        return [rec for rec in out if rec.only]
+
+    @staticmethod
+    def _restrict(rec: Evaluation, done: set, slots: Sequence[int]) -> Evaluation:
+        only = tuple(i for i in slots if i not in done and (rec.only is None or i in rec.only))
+        return Evaluation(rec.seq, rec.step, rec.time, rec.values, rec.hists, rec.alerts, only)
+
+
+def _until(due: Optional[float]) -> float:
+    """Seconds to wait for an item before the retry due at ``due`` (monotonic; at most 1 s)."""
+    return 1.0 if due is None else min(1.0, max(0.01, due - time.monotonic()))

@@ -26,6 +26,7 @@ from spherewatch.delivery.registry import build_sink, sink_entry
 from spherewatch.delivery.retry import ResilientSink
 from spherewatch.delivery.sink import Sink, capabilities
 from spherewatch.delivery.spool import RunFolder
+from spherewatch.delivery.yielding import yielding
 
 __all__ = ["LazySink", "NullSink", "SinkSet"]
 
@@ -41,10 +42,11 @@ class LazySink(Sink):
 
     supports_batches = True  # forwarded to the opened sink's log_scalars_batch
 
-    def __init__(self, name: str, opener: Callable[[], Sink], on_open: Optional[Callable[[Sink], None]] = None):
+    def __init__(self, name: str, opener: Callable[[], Sink], on_open: Optional[Callable[[Sink], None]] = None,
+                 pause: Optional[Callable[[], None]] = None):
         super().__init__()
         self.name = name
-        self._opener, self._on_open = opener, on_open
+        self._opener, self._on_open, self._pause = opener, on_open, pause
         self._inner: Optional[Sink] = None
         self._open_failed = False
 
@@ -56,7 +58,8 @@ class LazySink(Sink):
     def open(self) -> Sink:
         if self._inner is None:
             try:
-                self._inner = self._opener()
+                with yielding(self._pause):  # imports and store set-up: the training thread keeps the GIL
+                    self._inner = self._opener()
             except BaseException:
                 self._open_failed = True
                 raise
@@ -168,7 +171,7 @@ class SinkSet:
                 self._slots.append(_Slot(NullSink(), spec, obj=None))
             else:
                 lazy = LazySink(spec["name"], lambda spec=spec: build_sink(spec),
-                                on_open=lambda sink, spec=spec: self._opened(spec, sink))
+                                on_open=lambda sink, spec=spec: self._opened(spec, sink), pause=pause)
                 self._slots.append(_Slot(self._wrap(lazy, folder.sink_spool(spec["name"], i)), spec, lazy=lazy))
 
     def _wrap(self, sink: Any, spool_path: str) -> Any:
@@ -203,6 +206,22 @@ class SinkSet:
         return [slot.shown for slot in self._slots]
 
     @property
+    def remote(self) -> List[int]:
+        """Indices of the sinks that write to a server (registry entries not ``local``; objects that say
+        ``remote = True``): the writer hands them records on a thread of their own, so that a slow server never
+        holds the local sinks' records back."""
+        out = []
+        for i, slot in enumerate(self._slots):
+            if slot.lazy is not None:
+                remote = not sink_entry(slot.spec["name"]).local
+            else:
+                obj = slot.obj.inner if isinstance(slot.obj, ResilientSink) else slot.obj
+                remote = bool(getattr(obj, "remote", False))
+            if remote:
+                out.append(i)
+        return out
+
+    @property
     def spool_paths(self) -> List[str]:
         return [p for p in (getattr(s.wrapper, "spool_path", None) for s in self._slots) if p]
 
@@ -219,10 +238,12 @@ class SinkSet:
                     pass
 
     # ------------------------------------------------------------------ writing
-    def write(self, rec: Evaluation, done: Optional[set] = None, flush: bool = True) -> None:
-        """Hand ``rec`` to its sinks (those of ``rec.only``); ``done`` collects the indices written."""
+    def write(self, rec: Evaluation, done: Optional[set] = None, flush: bool = True,
+              slots: Optional[Sequence[int]] = None) -> None:
+        """Hand ``rec`` to its sinks (those of ``rec.only``, and of ``slots`` when given); ``done`` collects the
+        indices written."""
         for i, slot in enumerate(self._slots):
-            if rec.only is not None and i not in rec.only:
+            if (rec.only is not None and i not in rec.only) or (slots is not None and i not in slots):
                 continue
             if self._pause is not None:
                 self._pause()
@@ -241,9 +262,9 @@ class SinkSet:
             if done is not None:
                 done.add(i)
 
-    def send_params(self, params: Mapping[str, Any]) -> None:
+    def send_params(self, params: Mapping[str, Any], slots: Optional[Sequence[int]] = None) -> None:
         """Parameters not yet sent to an opened sink that keeps them (a sink still down gets them later)."""
-        for slot in self._slots:
+        for slot in self._pick(slots):
             target = slot.target
             if target is None or not capabilities(target).params:
                 continue
@@ -257,16 +278,19 @@ class SinkSet:
                 # itself through its records (spooled and retried), so this is not a second fault report
                 logger.debug("spherewatch: parameters for sink %r not logged yet.", slot.name, exc_info=True)
 
-    def next_retry(self) -> Optional[float]:
-        due = [r for r in (getattr(s.wrapper, "next_retry", None) for s in self._slots) if r is not None]
+    def _pick(self, slots: Optional[Sequence[int]]) -> List[_Slot]:
+        return self._slots if slots is None else [self._slots[i] for i in slots]
+
+    def next_retry(self, slots: Optional[Sequence[int]] = None) -> Optional[float]:
+        due = [r for r in (getattr(s.wrapper, "next_retry", None) for s in self._pick(slots)) if r is not None]
         return min(due) if due else None
 
     def pending(self) -> int:
         return sum(getattr(s.wrapper, "pending", 0) for s in self._slots)
 
-    def retry_due(self, now: float) -> None:
+    def retry_due(self, now: float, slots: Optional[Sequence[int]] = None) -> None:
         """Retry the backlogs whose backoff has elapsed."""
-        for slot in self._slots:
+        for slot in self._pick(slots):
             due = getattr(slot.wrapper, "next_retry", None)
             if due is not None and due <= now:
                 self._call(slot, slot.wrapper.flush)

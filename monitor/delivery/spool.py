@@ -189,6 +189,11 @@ class RunFolder:
             self.lock_fd = None
         return removed
 
+    def disown(self) -> None:
+        """In a forked child: close the inherited lock descriptor (the parent's lock stays held by the parent)."""
+        unlock_folder(self.lock_fd)
+        self.lock_fd = None
+
     def let_go(self) -> None:
         """Drop the lock, keeping the folder: the next run delivers what is in it."""
         unlock_folder(self.lock_fd)

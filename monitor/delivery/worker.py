@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -81,6 +82,7 @@ class Worker:
         self.errors = 0  #: exceptions raised by the callbacks
         self.last_error: Optional[BaseException] = None
         self.busy = False  #: the training thread is in an evaluation (see :meth:`pause`)
+        self.pid = os.getpid()  #: the process that owns the thread (a forked child does not: see :meth:`disown`)
 
     @property
     def started(self) -> bool:
@@ -101,7 +103,15 @@ class Worker:
             self._at_exit = None
             atexit.unregister(self._exit)
 
+    def disown(self) -> None:
+        """In a forked child: the thread is the parent's (it does not run here); forget the exit call, take no item,
+        wait for nothing."""
+        self._at_exit = None
+        self.abandoned = self.finished = True
+
     def _exit(self) -> None:
+        if os.getpid() != self.pid:  # a forked child exits: the queue and the sinks are its parent's
+            return
         try:
             if self._at_exit is not None:
                 self._at_exit()

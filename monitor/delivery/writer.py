@@ -26,6 +26,7 @@ import logging
 import os
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from spherewatch import distributed as dist_utils
@@ -41,6 +42,16 @@ __all__ = ["RecordWriter", "split_sink_args"]
 logger = logging.getLogger("spherewatch.writer")
 
 _SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
+_WRITERS: "weakref.WeakSet[RecordWriter]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer.disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def split_sink_args(sinks: Optional[Sequence[Any]], overrides: Dict[str, Any]) -> List[Any]:
@@ -115,6 +126,7 @@ class RecordWriter:
         self._closing = self._closed = self._dumped = False
         self._params = RunParams()  # sent by the writer thread before its next record, once per sink
         self._config_logged = False
+        _WRITERS.add(self)
 
     # ------------------------------------------------------------------ state (resume = the same run)
     @property
@@ -207,7 +219,11 @@ class RecordWriter:
             if self._run is not None and self._run.sinks is not None:
                 self._run.sinks.flush()
             return True
-        return self._worker.barrier(float(self.config.close_timeout if timeout is None else timeout))
+        limit = float(self.config.close_timeout if timeout is None else timeout)
+        end = time.monotonic() + limit
+        if not self._worker.barrier(limit):
+            return False
+        return self._run is None or self._run.drain(max(0.0, end - time.monotonic()))
 
     def close(self, timeout: Optional[float] = None, finish: Optional[Callable[[Any], None]] = None) -> None:
         """Drain the queue into the sinks and close them, for at most ``timeout`` seconds (default the config's
@@ -249,6 +265,14 @@ class RecordWriter:
         return (f"RecordWriter(run_key={self.run_key!r}, sinks={list(self._names)}, queued={self._worker.qsize()}, "
                 f"errors={self._worker.errors}, spool={self.folder!r})")
 
+    def disown(self) -> None:
+        """In a forked child (``os.fork`` after records were queued): the queue, the sinks and the spool folder are
+        the parent's. The child's copy writes nothing, spools nothing, closes its copy of the folder's lock (the lock
+        stays the parent's) and ends at once at exit."""
+        self._closing = self._closed = self._dumped = True
+        self._worker.disown()
+        self._folder.disown()
+
     # ------------------------------------------------------------------ internals
     def _prepare(self) -> RunDelivery:
         """What each configured sink is, decided on the training thread (MLflow's active run is thread-local)."""
@@ -258,7 +282,7 @@ class RecordWriter:
             self._run = RunDelivery(self._folder, specs, self._objects, self._faults, adopted=self._adopted,
                                     strict=self._inline, retry=self._retry,
                                     pause=None if self._inline else self._worker.pause, params=self._params,
-                                    overflow=self._overflow)
+                                    overflow=self._overflow, log_dir=self.config.log_dir)
         return self._run
 
     def _late(self, item: Any) -> None:
@@ -272,8 +296,7 @@ class RecordWriter:
         with self._overflow.lock:
             if self._run is not None:
                 self._run.abandoned = True
-                missing = self._run.missing()
-                if missing is not None:
+                for missing in self._run.missing():
                     n += self._overflow.spill(missing)
             for item in self._worker.abandon():
                 if isinstance(item, Evaluation):

@@ -276,7 +276,9 @@ def _load_mlflow(run_id: str, tracking_uri: Optional[str], prefix: str) -> RunDa
     history = None
     try:
         available = {a.path for a in client.list_artifacts(run_id, "spherewatch")}
-        for record in _read_json_artifact(client, run_id, ALERTS_ARTIFACT, available) or []:
+        parts = sorted(p for p in available if p.startswith("spherewatch/alerts-") and p.endswith(".json"))
+        records = [r for part in parts for r in (_read_json_artifact(client, run_id, part, available) or [])]
+        for record in records + (_read_json_artifact(client, run_id, ALERTS_ARTIFACT, available) or []):
             record = dict(record)
             record["value"] = decode_float(record.get("value"))
             alerts.append(Alert.from_dict(record))

@@ -4,7 +4,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import threading
 import time
+import warnings
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,15 @@ __all__ = [
 logger = logging.getLogger("spherewatch.sinks")
 
 ALERTS_ARTIFACT = "spherewatch/alerts.json"
+#: Sealed parts of the alert list, written once each: ``spherewatch/alerts-<sink start>-<part>.json`` (JSON lists, in
+#: name order before ``alerts.json``, which holds the newest, open part).
+ALERTS_PART_PREFIX = "spherewatch/alerts-"
+#: Alerts per part: ``alerts.json`` is rewritten with at most this many; a full part is sealed into its own artifact.
+ALERTS_PER_PART = 1000
+#: Alerts the sink keeps as objects (:attr:`MLflowSink.alerts`, the verdict): the first ones; the rest are on the
+#: server only. Alert ids remembered to drop a redelivered duplicate: the latest ones.
+KEEP_ALERTS = 1000
+KEEP_ALERT_IDS = 4096
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
 SPECTRA_HISTORY_ARTIFACT = "spherewatch/spectra_history.json"
 REPORT_ARTIFACT_DIR = "spherewatch/report"
@@ -49,6 +62,32 @@ _MAX_PARAM_LENGTH = 500  # MLflow's historical limit on a param value
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 # MLflow error codes that mean "this record is malformed": retrying it can never succeed.
 _PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "BAD_REQUEST"})
+
+
+#: The modules of MLflow and of the libraries its stores use: warnings they raise are theirs to fix, not the user's.
+DEPENDENCY_MODULES = r"(mlflow|sqlalchemy|alembic|pydantic|google\.protobuf|pkg_resources|opentelemetry|urllib3|requests)(\.|$)"
+_contained = threading.Lock()
+_SUPPRESS_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+_SUPPRESS_LOCK = threading.Lock()
+_contained_done: list[bool] = []
+
+
+def contain_dependency_warnings() -> None:
+    """Under warnings-as-errors (``python -W error``, ``filterwarnings("error")``), a deprecation warning inside
+    MLflow or SQLAlchemy would make a healthy sink fail to open; the warnings *attributed to those modules* are shown
+    (``"default"``: once per place) instead of raised. Added once, only when an ``"error"`` filter is in place; the
+    user's own code, and spherewatch's, still raise. A process-wide filter (``warnings`` has no per-thread one), but
+    narrowed to those modules, so nothing else the training thread does is affected."""
+    with _contained:
+        if _contained_done or not any(f[0] == "error" for f in warnings.filters):
+            return
+        _contained_done.append(True)
+        warnings.filterwarnings("default", module=DEPENDENCY_MODULES)
+
+
+def _json_list(encoded: list[str]) -> str:
+    """A JSON list of already encoded records, one per line."""
+    return "[\n" + ",\n".join(encoded) + "\n]" if encoded else "[]"
 
 
 class MLflowSink(Sink):
@@ -139,6 +178,8 @@ class MLflowSink(Sink):
     supports_params = True
     supports_batches = True
     supports_artifacts = True
+    #: a server: a Monitor hands it records on a thread of its own (a slow server never holds the local sinks back)
+    remote = True
     #: most metrics in one ``log_batch`` (MLflow's limit)
     batch_limit = _MAX_METRICS_PER_BATCH
 
@@ -158,6 +199,7 @@ class MLflowSink(Sink):
         created_run: bool = False,
     ) -> None:
         super().__init__()
+        contain_dependency_warnings()
         try:
             import mlflow
             from mlflow import MlflowClient
@@ -167,8 +209,11 @@ class MLflowSink(Sink):
         self._Metric = Metric
         self._RunTag = RunTag
         self.prefix = prefix.rstrip("/")
-        self._alerts: list[Alert] = []
-        self._alert_ids: dict[tuple[Any, ...], int] = {}
+        self._alerts: list[Alert] = []  # the first KEEP_ALERTS
+        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # the latest KEEP_ALERT_IDS
+        self._alert_part: list[str] = []  # the open part's records, JSON-encoded
+        self._alert_parts = 0
+        self._alert_part_stem = f"{ALERTS_PART_PREFIX}{int(time.time() * 1000):013d}-"
         self._alerts_dirty = False
         self._alerts_written_at = -math.inf
         self.run_key = run_key
@@ -330,8 +375,12 @@ class MLflowSink(Sink):
         alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
         new = alert_id not in self._alert_ids
         if new:
-            self._alerts.append(alert)
-            self._alert_ids[alert_id] = len(self._alerts)
+            if len(self._alerts) < KEEP_ALERTS:
+                self._alerts.append(alert)
+            self._alert_ids[alert_id] = None
+            if len(self._alert_ids) > KEEP_ALERT_IDS:
+                self._alert_ids.popitem(last=False)
+            self._alert_part.append(json.dumps(alert_to_json(alert), allow_nan=False))
         resolved = getattr(alert, "status", "fired") == "resolved"
         fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
         metrics = []
@@ -352,12 +401,16 @@ class MLflowSink(Sink):
                                         round(alert.time * 1000), int(alert.step)))
         self._log_metrics(metrics, tags=tuple(self._state_tags()))
         self._alerts_dirty = True
+        if len(self._alert_part) >= ALERTS_PER_PART:  # seal the full part: written once, never again
+            name = f"{self._alert_part_stem}{self._alert_parts:05d}.json"
+            self._client.log_text(self.run_id, _json_list(self._alert_part), name)
+            self._alert_parts += 1
+            self._alert_part = []
 
     def _write_alerts(self) -> None:
         if not self._alerts_dirty:
             return
-        records = [alert_to_json(a) for a in self._alerts]
-        self._client.log_text(self.run_id, json.dumps(records, indent=1, allow_nan=False), ALERTS_ARTIFACT)
+        self._client.log_text(self.run_id, _json_list(self._alert_part), ALERTS_ARTIFACT)
         self._alerts_dirty = False
         self._alerts_written_at = time.monotonic()
 
@@ -399,7 +452,7 @@ class MLflowSink(Sink):
 
     @property
     def alerts(self) -> list[Alert]:
-        """Alerts logged so far (a copy)."""
+        """Alerts logged so far (a copy; the first :data:`KEEP_ALERTS`: the run's artifacts hold them all)."""
         return list(self._alerts)
 
     def flush(self) -> None:
@@ -428,8 +481,27 @@ class MLflowSink(Sink):
         self._write_alerts()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
-            self._client.set_terminated(self.run_id, status="FINISHED")
+            self._end_run()
         self._closed = True
+
+    def _end_run(self) -> None:
+        """End the run (``FINISHED``). MLflow prints "View run ... at: <tracking URI>" when a run over HTTP ends; with
+        credentials in the URI (``http://user:password@host``) that line would show them: it is suppressed then, and
+        the run's place is logged with the credentials redacted."""
+        if "@" not in str(self.tracking_uri or "").split("://", 1)[-1].split("/", 1)[0]:
+            self._client.set_terminated(self.run_id, status="FINISHED")
+            return
+        with _SUPPRESS_LOCK:
+            old = os.environ.get(_SUPPRESS_URL)
+            os.environ[_SUPPRESS_URL] = "true"
+            try:
+                self._client.set_terminated(self.run_id, status="FINISHED")
+            finally:
+                if old is None:
+                    os.environ.pop(_SUPPRESS_URL, None)
+                else:
+                    os.environ[_SUPPRESS_URL] = old
+        logger.info("spherewatch: MLflow run %s ended (%s).", self.run_id, redact_uri(self.tracking_uri))
 
     def is_permanent_error(self, exc: BaseException) -> bool:
         """Malformed records (MLflow ``INVALID_PARAMETER_VALUE``) and ``ValueError``/``TypeError`` are

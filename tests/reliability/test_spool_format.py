@@ -68,7 +68,8 @@ def _old_run_folder(spool_dir, key, jsonl_path):
 def test_a_spool_folder_written_by_0_1_is_replayed_once_into_its_sinks(tmp_path):
     spool_dir, jsonl_path = tmp_path / "spool", tmp_path / "old.jsonl"
     folder = _old_run_folder(spool_dir, "0123456789abcdef", jsonl_path)
-    mon = sw.Monitor(sinks=("memory",), spool_dir=str(spool_dir), log_dir=str(tmp_path / "runs"), warn=False)
+    # (a crashed run's local file is replayed only when it is this run's: its own destination, or inside its log_dir)
+    mon = sw.Monitor(sinks=("memory",), spool_dir=str(spool_dir), log_dir=str(tmp_path), warn=False)
     mon.log(0, {"train/loss": 1.0})  # the writer starts, finds the orphan and replays it
     mon.close()
     logged = read_jsonl(jsonl_path)

@@ -138,7 +138,9 @@ def test_a_live_runs_spool_is_never_replayed_by_another_run_and_an_ended_one_goe
     assert scalar_steps(read_jsonl(tmp_path / "b.jsonl")["scalars"][U]) == [0, 1, 2]  # only B's own points
 
     blocked.unlink()  # A's destination works again; the next run on this spool folder replays A into A's file
-    c = sw.Monitor(sinks=("memory",), spool_dir=str(tmp_path / "spool"), every_n_steps=1, warn=False)
+    # (a crashed run's local file is replayed only when it is this run's: its own destination, or inside its log_dir)
+    c = sw.Monitor(sinks=("memory",), log_dir=str(tmp_path), spool_dir=str(tmp_path / "spool"), every_n_steps=1,
+                   warn=False)
     TinyTrainer(seed=2).run(c, range(2))
     c.flush()
     c.close()
