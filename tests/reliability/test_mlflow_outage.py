@@ -196,11 +196,11 @@ def test_a_killed_and_restarted_server_gets_the_backlog_once_in_batches(
     with pytest.raises(sw.SpherewatchError, match=r"spherewatch sink:mlflow failed: .*"):
         strict_trainer.run(strict, range(10, 11))  # strict writes on the caller's thread: the failure raises here
 
-    mlflow_server.start()  # same port, same store
-    calls = []
+    calls = []  # counted from before the restart: the sink's own thread may deliver the backlog at once
     inner = mon.sink("mlflow")
     real = inner.client.log_batch
     inner.client.log_batch = lambda *a, **k: (calls.append(len(k.get("metrics") or [])), real(*a, **k))[1]
+    mlflow_server.start()  # same port, same store
     mon.flush()
     trainer.run(mon, range(20, 30), embeddings=_poison)
     mon.close()
