@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import weakref
 from typing import Any, Callable
 
 from spherewatch._version import __version__
@@ -26,6 +27,17 @@ from spherewatch.redact import redact
 __all__ = ["MAX_ANSWER_BYTES", "WebhookChannel", "format_alert_text"]
 
 _log = logging.getLogger("spherewatch.alerts.webhook")
+#: Channels alive in this process: a forked child disowns them (their thread and queue are the parent's).
+_CHANNELS: "weakref.WeakSet[WebhookChannel]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_CHANNELS):
+        channel.disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _GiveUp(Exception):
@@ -143,6 +155,21 @@ class WebhookChannel(Channel):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._warned_drop = False
+        _CHANNELS.add(self)
+
+    def disown(self) -> None:
+        """In a forked child: the sending thread and the queued alerts are the parent's. Send nothing, and let the
+        child's exit return at once instead of waiting ``exit_timeout`` for a thread that does not exist here."""
+        self._lock = threading.RLock()  # the parent's lock may have been held by a thread that is not here
+        self._idle = threading.Condition(self._lock)
+        self._closed = True
+        self._pending = 0
+        self._queue = queue.Queue(maxsize=self.max_queue)
+        self._thread = None
+        try:
+            atexit.unregister(self._close_at_exit)
+        except Exception:  # pragma: no cover
+            pass
 
     # ------------------------------------------------------------------------------------------------ public
     @property
