@@ -16,28 +16,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import weakref
 from typing import Any, Callable
 
 from spherewatch._version import __version__
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.channels import Channel
+from spherewatch.forks import disown_in_forked_child
 from spherewatch.redact import redact
 
 __all__ = ["MAX_ANSWER_BYTES", "WebhookChannel", "format_alert_text"]
 
 _log = logging.getLogger("spherewatch.alerts.webhook")
-#: Channels alive in this process: a forked child disowns them (their thread and queue are the parent's).
-_CHANNELS: "weakref.WeakSet[WebhookChannel]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for channel in list(_CHANNELS):
-        channel.disown()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _GiveUp(Exception):
@@ -155,7 +144,7 @@ class WebhookChannel(Channel):
         self._closed = False
         self._thread: threading.Thread | None = None
         self._warned_drop = False
-        _CHANNELS.add(self)
+        disown_in_forked_child(self)  # a forked child's copy: the thread and queue are the parent's
 
     def disown(self) -> None:
         """In a forked child: the sending thread and the queued alerts are the parent's. Send nothing, and let the
@@ -404,7 +393,9 @@ class _Connections:
                 pass
 
 
-class _TrackedHTTPHandler(urllib.request.HTTPHandler):
+class _Tracked:
+    """Mixin for urllib's HTTP(S) handlers: every connection they open is handed to ``connections``."""
+
     def __init__(self, connections: _Connections) -> None:
         super().__init__()
         self._connections = connections
@@ -413,13 +404,12 @@ class _TrackedHTTPHandler(urllib.request.HTTPHandler):
         return super().do_open(self._connections.factory(http_class), req, **http_conn_args)
 
 
-class _TrackedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, connections: _Connections) -> None:
-        super().__init__()
-        self._connections = connections
+class _TrackedHTTPHandler(_Tracked, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class, req, **http_conn_args):  # noqa: D102
-        return super().do_open(self._connections.factory(http_class), req, **http_conn_args)
+
+class _TrackedHTTPSHandler(_Tracked, urllib.request.HTTPSHandler):
+    pass
 
 
 def _retry_after(value: str | None) -> float | None:

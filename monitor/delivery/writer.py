@@ -26,7 +26,6 @@ import logging
 import os
 import time
 import uuid
-import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from spherewatch import distributed as dist_utils
@@ -35,6 +34,7 @@ from spherewatch.delivery.registry import SINK_NAMES, check_sink_names, sink_spe
 from spherewatch.delivery.run import OVERFLOW, RunDelivery, RunParams
 from spherewatch.delivery.spool import Overflow, RunFolder
 from spherewatch.delivery.worker import Worker
+from spherewatch.forks import disown_in_forked_child
 from spherewatch.keys import config_params
 
 __all__ = ["RecordWriter", "split_sink_args"]
@@ -42,16 +42,6 @@ __all__ = ["RecordWriter", "split_sink_args"]
 logger = logging.getLogger("spherewatch.writer")
 
 _SINK_METHODS = ("log_scalars", "log_histogram", "log_alert", "flush", "close")
-_WRITERS: "weakref.WeakSet[RecordWriter]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for writer in list(_WRITERS):
-        writer.disown()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def split_sink_args(sinks: Optional[Sequence[Any]], overrides: Dict[str, Any]) -> List[Any]:
@@ -126,7 +116,7 @@ class RecordWriter:
         self._closing = self._closed = self._dumped = False
         self._params = RunParams()  # sent by the writer thread before its next record, once per sink
         self._config_logged = False
-        _WRITERS.add(self)
+        disown_in_forked_child(self)
 
     # ------------------------------------------------------------------ state (resume = the same run)
     @property
