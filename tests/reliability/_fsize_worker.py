@@ -53,6 +53,7 @@ def main(out: str) -> None:
     trainer = TinyTrainer()
     trainer.run(mon, range(0, 10), embeddings=poison)
 
+    mon.flush()  # the file's size is read only once the writer thread wrote steps 0-9 (it could still be writing)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     limit = os.path.getsize(jsonl) + 100
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the default action kills the process
