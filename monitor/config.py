@@ -211,6 +211,10 @@ class MonitorConfig(BaseModel):
     rules: Optional[Tuple[Rule, ...]] = Field(None, description="alert rules; default: spherewatch.alerts.default_rules()")
     webhook_url: Optional[SecretStr] = Field(None, description="Slack-compatible webhook; or SPHEREWATCH_WEBHOOK_URL")
     webhook_timeout: float = Field(5.0, gt=0, le=300, allow_inf_nan=False, description="seconds per webhook request")
+    alert_channels: Tuple[Literal["wandb", "trackio"], ...] = Field(
+        (), description="also send each fired alert as a W&B alert (run.alert) / a trackio alert (trackio.alert), "
+        "through the wandb / trackio sink (added to the sinks when absent)"
+    )
     warn: bool = Field(
         True, description="deliver each alert as one CollapseWarning (faults: MonitorFault); False: one log record"
     )

@@ -9,13 +9,13 @@ its module plus one entry here.
 
 Example:
     >>> SINK_NAMES
-    ('tensorboard', 'mlflow', 'jsonl', 'memory')
+    ('tensorboard', 'mlflow', 'wandb', 'trackio', 'jsonl', 'memory')
     >>> SINKS["memory"].local, SINKS["memory"].rebuildable
     (True, False)
-    >>> check_sink_names(["wandb"], None)
+    >>> check_sink_names(["neptune"], None)
     Traceback (most recent call last):
     ...
-    ValueError: Unknown sink 'wandb'; use one of: tensorboard, mlflow, jsonl, memory.
+    ValueError: Unknown sink 'neptune'; use one of: tensorboard, mlflow, wandb, trackio, jsonl, memory.
 """
 from __future__ import annotations
 
@@ -116,6 +116,33 @@ def _mlflow_check(config: Any) -> None:
     check_tracking_uri(config.tracking_uri)
 
 
+# ----------------------------------------------------------------------------------------------------- wandb, trackio
+def _wandb(spec: Mapping[str, Any]) -> Any:
+    from spherewatch.sinks.wandb import WandbSink
+
+    return WandbSink(project=spec.get("project"), run_name=spec.get("run_name"), prefix=spec.get("prefix", "spherewatch"),
+                     alerts=bool(spec.get("alerts")), run_id=spec.get("run_id"))
+
+
+def _wandb_spec(config: Any, run_key: str) -> Spec:
+    """The host's active run is found when the sink opens (``wandb.run`` is process-wide); else a run of its own in
+    the project ``experiment_name``."""
+    return {"project": config.experiment_name, "run_name": config.run_name, "prefix": config.prefix,
+            "alerts": "wandb" in (getattr(config, "alert_channels", None) or ())}
+
+
+def _trackio(spec: Mapping[str, Any]) -> Any:
+    from spherewatch.sinks.trackio import TrackioSink
+
+    return TrackioSink(project=spec.get("project"), run_name=spec.get("run_name"), prefix=spec.get("prefix", "spherewatch"),
+                       alerts=bool(spec.get("alerts")))
+
+
+def _trackio_spec(config: Any, run_key: str) -> Spec:
+    return {"project": config.experiment_name, "run_name": config.run_name, "prefix": config.prefix,
+            "alerts": "trackio" in (getattr(config, "alert_channels", None) or ())}
+
+
 # ------------------------------------------------------------------------------------------------------ jsonl, memory
 def _jsonl(spec: Mapping[str, Any]) -> Any:
     from spherewatch.sinks.jsonl import JsonlSink
@@ -137,6 +164,12 @@ SINKS: Dict[str, SinkEntry] = {e.name: e for e in (
               install="MLflowSink needs `mlflow`: pip install 'spherewatch[mlflow]'.", check=_mlflow_check,
               local=False, resume=_mlflow_resume, opened=_mlflow_opened,
               text_fields=("tracking_uri", "run_id", "experiment_name", "run_name")),
+    SinkEntry("wandb", _wandb, _wandb_spec, requires="wandb",
+              install="WandbSink needs `wandb`: pip install 'spherewatch[wandb]'.", local=False,
+              opened=lambda sink: {"run_id": sink.run_id}, text_fields=("experiment_name", "run_name")),
+    SinkEntry("trackio", _trackio, _trackio_spec, requires="trackio",
+              install="TrackioSink needs `trackio`: pip install 'spherewatch[trackio]'.", rebuildable=False,
+              text_fields=("experiment_name", "run_name")),
     SinkEntry("jsonl", _jsonl, lambda config, run_key: {"path": os.path.abspath(config.resolved_jsonl_path)},
               text_fields=("log_dir", "jsonl_path")),
     SinkEntry("memory", _memory, lambda config, run_key: {}, rebuildable=False),

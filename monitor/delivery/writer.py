@@ -99,6 +99,9 @@ class RecordWriter:
         self._objects = list(extra_sinks)
         self._faults = faults
         names = config.sinks if config.sinks is not None else (() if self._objects else ("jsonl",))
+        for channel in getattr(config, "alert_channels", None) or ():  # an alert channel is delivered by its sink
+            if channel not in names and not any(getattr(o, "name", None) == channel for o in self._objects):
+                names = (*names, channel)
         check_sink_names(names, config.tracking_uri, config)
         self._names = tuple(names)
         self._max_queue = int(max_queue)

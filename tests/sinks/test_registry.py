@@ -17,16 +17,17 @@ from spherewatch.sinks.base import Capabilities, capabilities
 def test_the_config_takes_exactly_the_registrys_sink_names():
     tuple_type, _ = typing.get_args(sw.MonitorConfig.model_fields["sinks"].annotation)  # Optional[Tuple[...]]
     literal, _ = typing.get_args(tuple_type)  # Tuple[Literal[...], ...]
-    assert typing.get_args(literal) == SINK_NAMES == ("tensorboard", "mlflow", "jsonl", "memory")
+    assert typing.get_args(literal) == SINK_NAMES == ("tensorboard", "mlflow", "wandb", "trackio", "jsonl", "memory")
 
 
 def test_each_entry_says_where_it_writes_and_whether_another_process_can_rebuild_it(tmp_path):
     assert [n for n in SINK_NAMES if SINKS[n].local] == ["tensorboard", "jsonl", "memory"]
-    assert [n for n in SINK_NAMES if not SINKS[n].rebuildable] == ["memory"]
+    assert [n for n in SINK_NAMES if not SINKS[n].rebuildable] == ["trackio", "memory"]
     config = sw.MonitorConfig(log_dir=str(tmp_path), sinks=("jsonl",))
     assert sink_spec("jsonl", config, "k") == {"name": "jsonl", "path": str(tmp_path / "spherewatch.jsonl")}
-    with pytest.raises(ValueError, match="Unknown sink 'wandb'; use one of: tensorboard, mlflow, jsonl, memory"):
-        check_sink_names(["wandb"])
+    with pytest.raises(ValueError, match="Unknown sink 'neptune'; use one of: tensorboard, mlflow, wandb, trackio, jsonl, "
+                       "memory"):
+        check_sink_names(["neptune"])
     with pytest.raises(ValueError, match="tracking URI"):
         check_sink_names(["mlflow"], "htp://host")
 

@@ -1,0 +1,351 @@
+"""Stream metrics, spectra and alerts to a Weights & Biases run: the host's active run, or one this sink opens.
+
+``wandb`` is imported when the sink is built, never by ``import spherewatch``.
+
+Example::
+
+    import wandb, spherewatch as sw
+
+    run = wandb.init(project="simclr")                     # the host's run
+    mon = sw.Monitor(sinks=("wandb",), alert_channels=("wandb",))  # into that run, alerts as W&B alerts
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from spherewatch.alerts.verdict import OK, verdict, worst_severity
+from spherewatch.keys import alert_count_key, order_keys
+from spherewatch.sinks.base import Sink, as_float_array
+
+if TYPE_CHECKING:
+    from spherewatch.alerts.alert import Alert
+
+__all__ = ["ALERT_STATE_KEY", "VERDICT_KEY", "WandbSink", "active_run", "alert_title"]
+
+logger = logging.getLogger("spherewatch.sinks")
+
+#: run.summary keys (under the prefix): the worst severity of the alerts still open, the worst ever, the first step
+#: with an alert, the number fired, and the one-line verdict.
+ALERT_STATE_KEY = "alert_state"
+WORST_SEVERITY_KEY = "worst_severity"
+FIRST_ALERT_STEP_KEY = "first_alert_step"
+ALERTS_FIRED_KEY = "alerts_fired"
+VERDICT_KEY = "verdict"
+#: W&B alert levels of spherewatch's severities.
+LEVELS = {"info": "INFO", "warning": "WARN", "critical": "ERROR"}
+#: W&B drops a ``run.alert`` whose title was already sent within ``wait_duration``; titles must be < 64 characters.
+_MAX_TITLE = 63
+_KEEP_ALERT_IDS = 4096
+_MAX_BINS = 64
+
+
+def active_run() -> Any:
+    """The host's active ``wandb.run`` (``None`` when wandb is not imported, no run is active, or it has finished).
+    The one place spherewatch looks for the host's W&B run, so that it never opens a second one beside it."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is None or _finished(run):
+        return None
+    return run
+
+
+def _finished(run: Any) -> bool:
+    return bool(getattr(run, "_is_finished", False))
+
+
+def alert_title(alert: Any, prefix: str = "spherewatch") -> str:
+    """The W&B alert title of ``alert``: its identity (rule, key and severity), under 64 characters, so that a
+    condition that persists is one W&B alert (W&B drops a repeat of a title within ``wait_duration``).
+
+    Example:
+        >>> from spherewatch.alerts.alert import Alert
+        >>> alert_title(Alert("rank_collapse", "spherewatch/effective_rank", 1.2, 40, "critical"))
+        'spherewatch critical: rank_collapse on effective_rank'
+    """
+    key = str(alert.key)
+    short = key[len(prefix.rstrip("/")) + 1:] if key.startswith(prefix.rstrip("/") + "/") else key
+    title = f"{prefix.rstrip('/')} {alert.severity}: {alert.rule} on {short}"
+    if len(title) > _MAX_TITLE:  # keep the identity: a digest of the full title in place of the cut tail
+        digest = hashlib.sha1(title.encode()).hexdigest()[:8]
+        title = title[:_MAX_TITLE - 9] + "~" + digest
+    return title
+
+
+class WandbSink(Sink):
+    """Log metrics, spectra and alerts into a W&B run.
+
+    Run resolution, in order:
+
+    1. ``run`` given (e.g. Lightning's ``WandbLogger.experiment``, the run of HF's ``WandbCallback``): log to it;
+    2. the host's active ``wandb.run``: log to it, never opening a second run beside it;
+    3. otherwise open a run (``wandb.init(project=..., reinit="create_new")``, so the global ``wandb.run`` of the
+       host is never replaced) and finish it at :meth:`close`. Only a run this sink opened is finished.
+
+    ``WANDB_MODE=offline`` and ``disabled`` (and ``mode=``) are wandb's own: an offline run writes its ``.wandb``
+    file under ``WANDB_DIR``; a disabled run takes everything and keeps nothing.
+
+    What goes where:
+
+    * each evaluation is **one** ``run.log`` call (its own history row): the scalars, ``<prefix>/step`` = the
+      evaluation's step, each spectrum as a ``wandb.Histogram``, and ``<prefix>/alerts/count`` (fired collapse
+      alerts so far, counted with the evaluation's own alerts). ``define_metric("<prefix>/*", step_metric="<prefix>/step")`` (and the same for each key),
+      so W&B plots spherewatch's charts against spherewatch's step and never against, or through, the host's step
+      counter: no ``step=`` is passed, the host's own ``step=``/``commit`` logic is untouched;
+    * the Monitor's configuration (:meth:`log_params`): ``run.config["<prefix>"]`` (a nested dict; a key the run's
+      config already holds is never overwritten);
+    * the alert state in ``run.summary``: ``<prefix>/alert_state`` (worst open severity, ``ok`` when none),
+      ``<prefix>/worst_severity``, ``<prefix>/first_alert_step``, ``<prefix>/alerts_fired`` and
+      ``<prefix>/verdict`` (:func:`spherewatch.alerts.verdict.verdict`);
+    * with ``alerts=True`` (the alert channel ``"wandb"``): each fired alert (not a resolution, not a reminder of an
+      alert still open) is one ``run.alert(title, text, level, wait_duration)``, titled with its identity
+      (:func:`alert_title`), so that a persisting condition is one W&B alert.
+
+    The Monitor calls it from its writer thread (wandb's client hands every call to its own service process through
+    one event loop, so this is safe while the host logs from the training thread), behind a
+    :class:`~spherewatch.sinks.ResilientSink`: a failing ``run.log`` is retried with backoff and spooled, in order.
+
+    Args:
+        run: the W&B run to log to.
+        project, entity, run_name, group, tags, mode, dir: for a run this sink opens (``wandb.init``).
+        prefix: the key prefix (``spherewatch``).
+        alerts: send fired alerts as ``run.alert`` (the ``"wandb"`` alert channel).
+        alert_wait: seconds W&B waits before it sends another alert with the same title (``wait_duration``).
+        run_id: open (resume) this run id when there is no active run (a replay of a crashed run's spool).
+    """
+
+    name = "wandb"
+    supports_params = True
+    #: a service process (and a server online): the Monitor hands it records on a thread of its own
+    remote = True
+
+    def __init__(self, run: Any = None, *, project: str | None = None, entity: str | None = None,
+                 run_name: str | None = None, group: str | None = None, tags: Any = None, mode: str | None = None,
+                 dir: str | None = None, prefix: str = "spherewatch", alerts: bool = False,
+                 alert_wait: float = 3600.0, run_id: str | None = None) -> None:
+        super().__init__()
+        try:
+            import wandb
+        except ImportError as err:
+            raise ModuleNotFoundError("WandbSink needs `wandb`: pip install 'spherewatch[wandb]'.") from err
+        self._wandb = wandb
+        self.prefix = prefix.rstrip("/")
+        self.alerts_enabled = bool(alerts)
+        self.alert_wait = float(alert_wait)
+        if run is None:
+            run = active_run()
+            if run is not None and run_id is not None and getattr(run, "id", None) != run_id:
+                run = None  # a replay of another run's spool: never into the host's current run
+        if run is not None:
+            self.run, self.created_run = run, False
+        else:
+            kwargs: dict[str, Any] = {"project": project or "spherewatch", "entity": entity, "name": run_name,
+                                      "group": group, "tags": list(tags) if tags else None, "mode": mode, "dir": dir,
+                                      "reinit": "create_new"}
+            if run_id is not None:
+                kwargs.update(id=run_id, resume="allow")
+            self.run = wandb.init(**{k: v for k, v in kwargs.items() if v is not None})
+            self.created_run = True
+        self.run_id = getattr(self.run, "id", None)
+        self._defined: set[str] = set()
+        self._pending: dict[str, Any] | None = None  # the evaluation being assembled: one run.log
+        self._pending_step: int | None = None
+        self._params: dict[str, Any] = {}
+        self._open: dict[tuple[str, str], str] = {}
+        self._alerts: list[Any] = []
+        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._sent_titles: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._worst = OK
+        self._first_alert_step: int | None = None
+        self._fired = 0
+        self._last_step: int | None = None
+        self._summary_dirty = False
+        self._started = False
+        self._define(f"{self.prefix}/step", None)
+        self._define(f"{self.prefix}/*", f"{self.prefix}/step")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def step_key(self) -> str:
+        """``<prefix>/step``: the x axis of spherewatch's charts."""
+        return f"{self.prefix}/step"
+
+    def _define(self, name: str, step_metric: str | None) -> None:
+        if name in self._defined:
+            return
+        if step_metric is None:
+            self.run.define_metric(name)
+        else:
+            self.run.define_metric(name, step_metric=step_metric)
+        self._defined.add(name)
+
+    def _own(self, key: str) -> bool:
+        return key.startswith(self.prefix + "/")
+
+    def _send_pending(self) -> None:
+        """``run.log`` the evaluation assembled so far (kept when it raises, to be sent by the next call)."""
+        if self._pending is None:
+            return
+        row = self._pending
+        for key in row:
+            if key != self.step_key and self._own(key):
+                self._define(key, self.step_key)
+        self.run.log(row)
+        self._pending, self._pending_step = None, None
+
+    # ------------------------------------------------------------------ Sink
+    def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
+        """Start the row of evaluation ``step`` (sent, with its spectra and alert count, by :meth:`flush` or the next
+        evaluation): the scalars in order of importance and ``<prefix>/step``."""
+        self._check_open()
+        values = {str(k): float(v) for k, v in scalars.items()}
+        if self._pending is not None and self._pending_step != int(step):
+            self._send_pending()
+        row = self._pending if self._pending is not None else {self.step_key: int(step)}
+        if any(self._own(k) for k in values):  # the alert count in every evaluation's row: a step line
+            row[alert_count_key(self.prefix)] = self._fired
+        for key in order_keys(values, self.prefix):
+            row[key] = values[key]
+        self._pending, self._pending_step = row, int(step)
+        self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
+        if not self._started and any(self._own(k) for k in values):
+            self._started = self._summary_dirty = True  # a healthy run reads ok, not blank
+
+    def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
+        """Add ``key`` as a ``wandb.Histogram`` (finite values, at most 64 bins) to the row of evaluation ``step``."""
+        self._check_open()
+        arr = as_float_array(values)
+        arr = arr[[math.isfinite(v) for v in arr]] if arr.size else arr
+        if arr.size == 0:
+            return
+        if self._pending is not None and self._pending_step != int(step):
+            self._send_pending()
+        if self._pending is None:
+            self._pending, self._pending_step = {self.step_key: int(step)}, int(step)
+        hist = self._wandb.Histogram(arr.tolist(), num_bins=max(1, min(_MAX_BINS, int(arr.size))))
+        self._pending[str(key)] = hist
+
+    def log_alert(self, alert: Alert) -> None:
+        """Update the alert state (``run.summary``), count fired collapse alerts into the evaluation's row, and with
+        ``alerts=True`` send a newly fired alert as one ``run.alert``."""
+        self._check_open()
+        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
+        if alert_id in self._alert_ids:  # a redelivered record: nothing twice
+            return
+        resolved = getattr(alert, "status", "fired") == "resolved"
+        fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
+        new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
+        if self.alerts_enabled and not resolved and (new_episode or fault):
+            self._send_pending()  # the evaluation's points first
+            title = alert_title(alert, self.prefix)
+            self.run.alert(title=title, text=_alert_text(alert), level=LEVELS.get(str(alert.severity), "WARN"),
+                           wait_duration=self.alert_wait)
+        self._alert_ids[alert_id] = None
+        if len(self._alert_ids) > _KEEP_ALERT_IDS:
+            self._alert_ids.popitem(last=False)
+        if fault:
+            return
+        if resolved:
+            self._open.pop((alert.rule, alert.key), None)
+        else:
+            self._open[(alert.rule, alert.key)] = str(alert.severity)
+            if new_episode:
+                self._fired += 1
+                if len(self._alerts) < 1000:
+                    self._alerts.append(alert)
+                self._worst = worst_severity((self._worst, alert.severity))
+                if self._first_alert_step is None or alert.step < self._first_alert_step:
+                    self._first_alert_step = int(alert.step)
+                if self._pending is not None and self._pending_step == int(alert.step):
+                    self._pending[alert_count_key(self.prefix)] = self._fired
+        self._summary_dirty = True
+
+    def _summary(self) -> dict[str, Any]:
+        p = self.prefix
+        out: dict[str, Any] = {
+            f"{p}/{ALERT_STATE_KEY}": worst_severity(self._open.values(), default=OK),
+            f"{p}/{WORST_SEVERITY_KEY}": self._worst,
+            f"{p}/{ALERTS_FIRED_KEY}": self._fired,
+            f"{p}/{VERDICT_KEY}": self.verdict(),
+        }
+        if self._first_alert_step is not None:
+            out[f"{p}/{FIRST_ALERT_STEP_KEY}"] = self._first_alert_step
+        return out
+
+    def verdict(self) -> str:
+        """The run's one-line verdict (``collapse detected at step 40`` / ``healthy: no alerts in 300 steps``)."""
+        return verdict(self._alerts, last_step=self._last_step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """The Monitor's configuration (``spherewatch.<field>``) into ``run.config["<prefix>"]`` as a nested dict (sent
+        with the next :meth:`flush`); other parameters (the host's) at the top level. Never overwrites a value the
+        run's config already holds."""
+        self._check_open()
+        for k, v in params.items():
+            self._params[str(k)] = v
+
+    def _send_params(self) -> None:
+        if not self._params:
+            return
+        own: dict[str, Any] = {}
+        other: dict[str, Any] = {}
+        for k, v in self._params.items():
+            if k.startswith("spherewatch."):
+                own[k[len("spherewatch."):]] = v
+            else:
+                other[k] = v
+        existing = dict(self.run.config.get(self.prefix) or {}) if own else {}
+        update: dict[str, Any] = {k: v for k, v in other.items() if k not in self.run.config}
+        if own:
+            update[self.prefix] = {**own, **existing}
+        if update:
+            self.run.config.update(update, allow_val_change=True)
+        self._params = {}
+
+    def flush(self) -> None:
+        """Send the evaluation's row, the configuration and the alert state (``run.summary``)."""
+        if self._closed:
+            return
+        self._send_params()
+        self._send_pending()
+        if self._summary_dirty:
+            self.run.summary.update(self._summary())
+            self._summary_dirty = False
+
+    def close(self) -> None:
+        """Flush; finish the run only if this sink opened it (the host's run stays open for the host). Idempotent."""
+        if self._closed:
+            return
+        if not _finished(self.run):
+            self._summary_dirty = self._summary_dirty or self._last_step is not None
+            self.flush()
+            if self.created_run:
+                self.run.finish()
+        elif self._pending is not None:
+            logger.warning("spherewatch: the W&B run %s finished before spherewatch's last evaluation (step %s) "
+                           "was logged; finish the run after the Monitor closes.", self.run_id, self._pending_step)
+        self._closed = True
+
+    def is_permanent_error(self, exc: BaseException) -> bool:
+        """A run that has finished can take nothing more (``UsageError``): permanent. Others are transient."""
+        usage = getattr(getattr(self._wandb, "errors", None), "UsageError", None)
+        if usage is not None and isinstance(exc, usage):
+            return True
+        return super().is_permanent_error(exc)
+
+    def __repr__(self) -> str:
+        return f"WandbSink(run_id={self.run_id!r}, created_run={self.created_run}, closed={self._closed})"
+
+
+def _alert_text(alert: Any) -> str:
+    value = f"{alert.value:.6g}" if isinstance(alert.value, float) and math.isfinite(alert.value) else str(alert.value)
+    text = f"{alert.message or alert.rule}\n\nstep {alert.step}: {alert.key} = {value} ({alert.severity})"
+    if getattr(alert, "action", "log") == "stop":
+        text += "; training is asked to stop"
+    return text + f"\nfired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(alert.time))}."
