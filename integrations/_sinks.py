@@ -60,14 +60,17 @@ def _guarded(what: str, build: Any, out: List[Any]) -> None:
         logger.error("spherewatch: cannot log through %s (%s: %s); it is skipped.", what, type(exc).__name__, exc)
 
 
-def lightning_host_sinks(loggers: Sequence[Any], tensorboard_types: tuple, mlflow_types: tuple, prefix: str) -> List[Any]:
-    """A sink for each of a Lightning trainer's loggers: its TensorBoard writer, its MLflow run (no second run),
-    or its ``log_metrics``."""
+def lightning_host_sinks(loggers: Sequence[Any], tensorboard_types: tuple, mlflow_types: tuple, prefix: str,
+                         alert_channels: Sequence[str] = ()) -> List[Any]:
+    """A sink for each of a Lightning trainer's loggers: its TensorBoard writer, its MLflow run (no second run), its
+    W&B run (``WandbLogger.experiment``, no second run), or its ``log_metrics``."""
     from spherewatch.sinks import TensorBoardSink
 
     out: List[Any] = []
     for host in loggers:
-        if isinstance(host, tensorboard_types):
+        if type(host).__name__ == "WandbLogger":  # lightning's and pytorch_lightning's: its run, found by name
+            _guarded(type(host).__name__, lambda h=host: _wandb_sink(h.experiment, prefix, alert_channels), out)
+        elif isinstance(host, tensorboard_types):
             _guarded(type(host).__name__, lambda h=host: TensorBoardSink(writer=h.experiment, prefix=prefix), out)
         elif isinstance(host, mlflow_types):  # the logger's run (never a second one), on its store
             _guarded(type(host).__name__, lambda h=host: build_sink(
@@ -75,6 +78,12 @@ def lightning_host_sinks(loggers: Sequence[Any], tensorboard_types: tuple, mlflo
         else:
             out.append(LoggerSink(host))
     return out
+
+
+def _wandb_sink(run: Any, prefix: str, alert_channels: Sequence[str]) -> Any:
+    from spherewatch.sinks.wandb import WandbSink
+
+    return WandbSink(run, prefix=prefix, alerts="wandb" in tuple(alert_channels or ()))
 
 
 def calling_callbacks(callback: Any, max_frames: int = 8) -> List[Any]:
@@ -96,9 +105,9 @@ def calling_callbacks(callback: Any, max_frames: int = 8) -> List[Any]:
         caller = None
 
 
-def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str) -> List[Any]:
-    """The HF Trainer's own writers: the ``TensorBoardCallback``'s ``tb_writer`` and the active MLflow run of its
-    ``MLflowCallback`` (never a second run), as ``args.report_to`` asks."""
+def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str, alert_channels: Sequence[str] = ()) -> List[Any]:
+    """The HF Trainer's own writers: the ``TensorBoardCallback``'s ``tb_writer``, the active MLflow run of its
+    ``MLflowCallback`` and the W&B run of its ``WandbCallback`` (never a second run), as ``args.report_to`` asks."""
     from spherewatch.sinks import TensorBoardSink
 
     report_to = getattr(args, "report_to", None) or []
@@ -115,7 +124,22 @@ def hf_host_sinks(callbacks: Sequence[Any], args: Any, prefix: str) -> List[Any]
         _guarded("TensorBoard", lambda: build_sink({"name": "tensorboard", "log_dir": log_dir, "prefix": prefix}), out)
     if "mlflow" in report_to:
         _guarded("MLflow", lambda: _hf_mlflow_sink(prefix), out)
+    if "wandb" in report_to:
+        _guarded("W&B", lambda: _hf_wandb_sink(callbacks, prefix, alert_channels), out)
     return [s for s in out if s is not None]
+
+
+def _hf_wandb_sink(callbacks: Sequence[Any], prefix: str, alert_channels: Sequence[str]) -> Any:
+    """The run HF's ``WandbCallback`` started (its ``_wandb.run``, else the active ``wandb.run``)."""
+    from spherewatch.sinks.wandb import active_run
+
+    host = next((cb for cb in callbacks if type(cb).__name__ == "WandbCallback"), None)
+    run = getattr(getattr(host, "_wandb", None), "run", None) or active_run()
+    if run is None:
+        logger.warning("spherewatch: report_to has 'wandb' but no W&B run is active (WANDB_DISABLED?); not logging "
+                       "to W&B.")
+        return None
+    return _wandb_sink(run, prefix, alert_channels)
 
 
 def _hf_mlflow_sink(prefix: str) -> Any:

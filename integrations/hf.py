@@ -53,8 +53,9 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
     * **When**: at ``on_step_end`` with ``state.global_step`` (once per optimizer step: with gradient
       accumulation one micro-batch per step is taken, every one with ``every_micro_batch=True``).
     * **Where it logs**, on the main process only: into the event file of HF's ``TensorBoardCallback`` (its
-      ``tb_writer``) when that callback is active, and into the MLflow run of HF's ``MLflowCallback`` (the
-      active run; never a second run) when ``"mlflow"`` is in ``report_to``. With neither and no configured sink,
+      ``tb_writer``) when that callback is active, into the MLflow run of HF's ``MLflowCallback`` (the
+      active run; never a second run) when ``"mlflow"`` is in ``report_to``, and into the W&B run of its
+      ``WandbCallback`` when ``"wandb"`` is (spherewatch's own step metric, see :class:`~spherewatch.sinks.WandbSink`). With neither and no configured sink,
       it writes ``<output_dir>/spherewatch/spherewatch.jsonl``.
     * **Stopping**: ``control.should_training_stop = True`` once a rule with ``action="stop"`` has fired.
     * **Checkpoints**: an ``ExportableState``: the Monitor's state is saved in ``trainer_state.json`` and,
@@ -129,7 +130,7 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         """Open the Monitor (with the host's sinks) and install the hook on ``model``'s ``module_path``."""
-        sinks = (hf_host_sinks(calling_callbacks(self), args, self.config.prefix)
+        sinks = (hf_host_sinks(calling_callbacks(self), args, self.config.prefix, self.config.alert_channels)
                  if (self.use_host_loggers and state.is_world_process_zero) else [])
         self.open_monitor(sinks, args.output_dir)  # a second train() with the same callback continues
         if model is not None and is_sentence_transformer(unwrap_model(model)):  # module_path None = sentence embedding

@@ -8,7 +8,10 @@ import glob
 import json
 import os
 import struct
+import time
 from typing import Any, Dict, Iterator, List
+
+import pytest
 
 _BLOCK = 32768
 _HEADER = 7  # crc32 (4), length (2), type (1)
@@ -53,8 +56,12 @@ def records(path: str) -> List[Any]:
     return out
 
 
-def _key(item: Any) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
+def _put(out: Dict[str, Any], item: Any) -> None:
+    """``out[key] = value``; a nested key (a histogram's ``_type``, ``values``, ``bins``) into nested dicts."""
+    path = list(item.nested_key) if item.nested_key else [item.key]
+    for part in path[:-1]:
+        out = out.setdefault(part, {})
+    out[path[-1]] = json.loads(item.value_json)
 
 
 class OfflineRun:
@@ -70,18 +77,22 @@ class OfflineRun:
         self.config: Dict[str, Any] = {}
         self.metrics: List[Any] = []
         self.alerts: List[Any] = []
+        self.finished = "exit" in kinds
         for r, kind in zip(self.records, kinds):
             if kind == "history":
-                self.history.append({_key(i): json.loads(i.value_json) for i in r.history.item})
+                row: Dict[str, Any] = {}
+                for item in r.history.item:
+                    _put(row, item)
+                self.history.append(row)
             elif kind == "summary":
                 for u in r.summary.update:
-                    self.summary[_key(u)] = json.loads(u.value_json)
+                    _put(self.summary, u)
             elif kind == "config":
                 for u in r.config.update:
-                    self.config[_key(u)] = json.loads(u.value_json)
+                    _put(self.config, u)
             elif kind == "run":
                 for u in r.run.config.update:
-                    self.config[_key(u)] = json.loads(u.value_json)
+                    _put(self.config, u)
             elif kind == "metric":
                 self.metrics.append(r.metric)
             elif kind == "alert":
@@ -91,7 +102,32 @@ class OfflineRun:
         return [row for row in self.history if key in row]
 
 
-def offline_runs(wandb_dir: str) -> List[OfflineRun]:
-    """Every offline run under ``wandb_dir`` (``WANDB_DIR``)."""
+def offline_runs(wandb_dir: str, timeout: float = 30.0) -> List[OfflineRun]:
+    """Every offline run under ``wandb_dir`` (``WANDB_DIR``), each read once its ``exit`` record is written:
+    ``run.finish()`` returns before wandb's service has written the whole file."""
     paths = sorted(glob.glob(os.path.join(str(wandb_dir), "**", "offline-run-*", "run-*.wandb"), recursive=True))
-    return [OfflineRun(p) for p in paths]
+    out = []
+    for path in paths:
+        end = time.monotonic() + timeout
+        while True:
+            run = OfflineRun(path)
+            if run.finished or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        out.append(run)
+    return out
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    """Offline W&B under ``tmp_path`` (``WANDB_DIR``), quiet, no git; no run left active afterwards."""
+    import wandb
+
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                        "WANDB_DISABLE_GIT": "true", "WANDB_CONSOLE": "off"}.items():
+        monkeypatch.setenv(name, value)
+    wandb.teardown()  # wandb's process-wide settings may have been read from another test's environment
+    yield tmp_path
+    if wandb.run is not None:
+        wandb.run.finish()
+    wandb.teardown()

@@ -135,12 +135,15 @@ def _trackio(spec: Mapping[str, Any]) -> Any:
     from spherewatch.sinks.trackio import TrackioSink
 
     return TrackioSink(project=spec.get("project"), run_name=spec.get("run_name"), prefix=spec.get("prefix", "spherewatch"),
-                       alerts=bool(spec.get("alerts")))
+                       alerts=bool(spec.get("alerts")), host_token=spec.get("host_token"))
 
 
 def _trackio_spec(config: Any, run_key: str) -> Spec:
+    """trackio's current run is per thread: the host's is looked up here, on the training thread."""
+    from spherewatch.sinks.trackio import host_run_token
+
     return {"project": config.experiment_name, "run_name": config.run_name, "prefix": config.prefix,
-            "alerts": "trackio" in (getattr(config, "alert_channels", None) or ())}
+            "alerts": "trackio" in (getattr(config, "alert_channels", None) or ()), "host_token": host_run_token()}
 
 
 # ------------------------------------------------------------------------------------------------------ jsonl, memory

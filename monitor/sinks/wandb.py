@@ -159,8 +159,8 @@ class WandbSink(Sink):
         self._params: dict[str, Any] = {}
         self._open: dict[tuple[str, str], str] = {}
         self._alerts: list[Any] = []
-        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()
-        self._sent_titles: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # delivered
+        self._counted: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # in the alert state
         self._worst = OK
         self._first_alert_step: int | None = None
         self._fired = 0
@@ -241,16 +241,16 @@ class WandbSink(Sink):
         resolved = getattr(alert, "status", "fired") == "resolved"
         fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
         new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
+        if alert_id not in self._counted:  # the state once, even when run.alert below fails and the alert is retried
+            _remember(self._counted, alert_id)
+            if not fault:
+                self._count(alert, resolved, new_episode)
         if self.alerts_enabled and not resolved and (new_episode or fault):
-            self._send_pending()  # the evaluation's points first
-            title = alert_title(alert, self.prefix)
-            self.run.alert(title=title, text=_alert_text(alert), level=LEVELS.get(str(alert.severity), "WARN"),
-                           wait_duration=self.alert_wait)
-        self._alert_ids[alert_id] = None
-        if len(self._alert_ids) > _KEEP_ALERT_IDS:
-            self._alert_ids.popitem(last=False)
-        if fault:
-            return
+            self.run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert),
+                           level=LEVELS.get(str(alert.severity), "WARN"), wait_duration=self.alert_wait)
+        _remember(self._alert_ids, alert_id)
+
+    def _count(self, alert: Any, resolved: bool, new_episode: bool) -> None:
         if resolved:
             self._open.pop((alert.rule, alert.key), None)
         else:
@@ -341,6 +341,12 @@ class WandbSink(Sink):
 
     def __repr__(self) -> str:
         return f"WandbSink(run_id={self.run_id!r}, created_run={self.created_run}, closed={self._closed})"
+
+
+def _remember(seen: OrderedDict, key: Any) -> None:
+    seen[key] = None
+    if len(seen) > _KEEP_ALERT_IDS:
+        seen.popitem(last=False)
 
 
 def _alert_text(alert: Any) -> str:

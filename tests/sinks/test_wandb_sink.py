@@ -1,0 +1,140 @@
+"""WandbSink with the real wandb client in offline mode: every point goes into the host's run once, at its own step
+metric, read back from the run's own .wandb file with wandb's protobuf schema (no network, no account)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("wandb")
+
+import spherewatch as sw  # noqa: E402
+from wandb_files import offline_runs, wandb_env  # noqa: E402,F401 - wandb_env: a fixture
+
+U = "spherewatch/uniformity"
+STEP = "spherewatch/step"
+
+
+def _train(mon, steps, log, collapse_at=None):
+    g = torch.Generator().manual_seed(0)
+    for step in steps:
+        z = torch.randn(64, 16, generator=g)
+        if collapse_at is not None and step >= collapse_at:  # all rows along one direction: rank and spread collapse
+            z = z[:, :1] * torch.ones(1, 16) + 1e-3 * z
+        mon.observe(z)
+        log(step)
+        mon.step(step)
+
+
+def _spherewatch_rows(run):
+    return [row for row in run.history if STEP in row]
+
+
+def _assert_every_point_once(run, memory):
+    """Each evaluation the Monitor made is one history row, at its step, with every scalar of that evaluation as the
+    Monitor computed it (the memory sink beside it)."""
+    rows = _spherewatch_rows(run)
+    assert [row[STEP] for row in rows] == [step for step, _ in memory.scalars]
+    for row, (step, values) in zip(rows, memory.scalars):
+        for key, value in values.items():
+            assert row[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), (step, key)
+    return rows
+
+
+def test_the_hosts_run_gets_every_point_once_against_spherewatchs_step(wandb_env):
+    import wandb
+
+    run = wandb.init(project="host")
+    memory = sw.sinks.MemorySink()
+    mon = sw.Monitor(sinks=("wandb", memory), every_n_steps=5, warn=False, log_dir=str(wandb_env / "sw"),
+                     alert_channels=("wandb",), preset="full")
+    _train(mon, range(40), lambda step: run.log({"train/loss": 1.0 / (step + 1)}), collapse_at=20)
+    mon.close()
+    assert wandb.run is run  # the host's run stays the active one, open
+    run.finish()
+
+    runs = offline_runs(wandb_env)
+    assert [r.run_ids for r in runs] == [[run.id]]  # one run: the host's
+    got = runs[0]
+    assert len(got.rows_with("train/loss")) == 40  # the host's points: none lost, none moved
+    rows = _assert_every_point_once(got, memory)
+    assert [row[STEP] for row in rows] == list(range(0, 40, 5))
+    by_step = {row[STEP]: row for row in rows}
+    assert memory.histograms  # each spectrum in its evaluation's row, as a histogram of its finite values
+    for step, key, values in memory.histograms:
+        hist = by_step[step][key]
+        assert hist["_type"] == "histogram" and sum(hist["values"]) == int(np.isfinite(values).sum())
+    assert sum(key in row for row in rows for key in {k for _, k, _ in memory.histograms}) == len(memory.histograms)
+    # charts use spherewatch's step, never the host's
+    assert any(m.glob_name == "spherewatch/*" and m.step_metric == STEP for m in got.metrics)
+    assert any(m.name == U and m.step_metric == STEP for m in got.metrics)
+    # alerts: one W&B alert per episode, at its level; the state and the verdict in the summary
+    fired = [a for a in memory.alerts if a.status == "fired" and a.count == 1 and a.kind == "collapse"]
+    assert fired and len(got.alerts) == len(fired)
+    assert len({a.title for a in got.alerts}) == len(got.alerts)
+    assert {a.level for a in got.alerts} <= {"WARN", "ERROR"}
+    assert got.summary["spherewatch/alert_state"] == "critical"
+    assert got.summary["spherewatch/alerts_fired"] == len(fired)
+    assert got.summary["spherewatch/verdict"].startswith("collapse detected at step 20")
+    assert rows[-1]["spherewatch/alerts/count"] == len(fired)
+    assert got.config["spherewatch"]["every_n_steps"] == "5"
+
+
+def test_without_a_host_run_it_opens_its_own_and_finishes_it(wandb_env):
+    import wandb
+
+    mon = sw.Monitor(sinks=("wandb",), every_n_steps=2, warn=False, log_dir=str(wandb_env / "sw"),
+                     experiment_name="own-project")
+    _train(mon, range(10), lambda step: None)
+    mon.close()
+    assert wandb.run is None  # never the process's global run
+    runs = offline_runs(wandb_env)
+    assert len(runs) == 1
+    got = runs[0]
+    assert any(r.WhichOneof("record_type") == "exit" for r in got.records)  # finished by the sink
+    assert [row[STEP] for row in _spherewatch_rows(got)] == [0, 2, 4, 6, 8]
+    assert got.summary["spherewatch/alert_state"] == "ok"
+    assert got.summary["spherewatch/verdict"] == "healthy: no alerts in 8 steps"
+    assert got.alerts == []  # the channel is off by default
+
+
+def test_an_outage_of_run_log_loses_nothing_and_keeps_the_order(wandb_env):
+    import wandb
+
+    run = wandb.init(project="host")
+    real_log = run.log
+    down = threading.Event()
+    down.set()
+    failures = []
+
+    def log(data, *args, **kwargs):  # the monitor's writer thread finds W&B down; the host's thread never does
+        if down.is_set() and threading.current_thread() is not threading.main_thread():
+            failures.append(1)
+            raise ConnectionError("wandb service unreachable")
+        return real_log(data, *args, **kwargs)
+
+    run.log = log
+    memory = sw.sinks.MemorySink()
+    mon = sw.Monitor(sinks=("wandb", memory), every_n_steps=2, warn=False, log_dir=str(wandb_env / "sw"))
+    _train(mon, range(20), lambda step: run.log({"train/loss": float(step)}))
+    assert mon.flush(10)
+    down.clear()  # back up: close delivers the backlog, in order, once
+    mon.close()
+    run.log = real_log
+    run.finish()
+    assert failures
+    got = offline_runs(wandb_env)[0]
+    rows = _assert_every_point_once(got, memory)
+    assert [row[STEP] for row in rows] == list(range(0, 20, 2))
+    assert len(got.rows_with("train/loss")) == 20
+
+
+def test_disabled_mode_writes_nothing_and_training_goes_on(wandb_env, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    mon = sw.Monitor(sinks=("wandb",), every_n_steps=2, warn=False, log_dir=str(wandb_env / "sw"))
+    _train(mon, range(6), lambda step: None)
+    mon.close()
+    assert offline_runs(wandb_env) == []
+    assert not any(k.startswith("sink") and n for k, n in mon.faults.items())
