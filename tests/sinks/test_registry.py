@@ -21,7 +21,7 @@ def test_the_config_takes_exactly_the_registrys_sink_names():
 
 
 def test_each_entry_says_where_it_writes_and_whether_another_process_can_rebuild_it(tmp_path):
-    assert [n for n in SINK_NAMES if SINKS[n].local] == ["tensorboard", "jsonl", "memory"]
+    assert [n for n in SINK_NAMES if SINKS[n].local] == ["tensorboard", "trackio", "jsonl", "memory"]
     assert [n for n in SINK_NAMES if not SINKS[n].rebuildable] == ["trackio", "memory"]
     config = sw.MonitorConfig(log_dir=str(tmp_path), sinks=("jsonl",))
     assert sink_spec("jsonl", config, "k") == {"name": "jsonl", "path": str(tmp_path / "spherewatch.jsonl")}
