@@ -29,7 +29,7 @@ from spherewatch.sinks import MemorySink, read_jsonl
         ({"webhook_timeout": float("inf")}, "webhook_timeout", "finite number"),
         ({"webhook_timeout": "soon"}, "webhook_timeout", "valid number"),
         ({"uniformity_t": float("inf")}, "uniformity_t", "finite number"),
-        ({"sinks": ("jsonl", "wandb")}, "sinks.1", "'tensorboard', 'mlflow', 'jsonl' or 'memory'"),
+        ({"sinks": ("jsonl", "neptune")}, "sinks.1", "'tensorboard', 'mlflow', 'wandb', 'trackio', 'jsonl' or 'memory'"),
         ({"sinks": "jsonl"}, "sinks", "valid tuple"),  # a bare string in a file or dict; the Monitor keyword takes one
     ],
 )
@@ -42,7 +42,7 @@ def test_invalid_field_names_its_path(kwargs, path, fragment):
 
 def test_invalid_value_in_a_monitor_keyword_fails_before_training(tmp_path):
     with pytest.raises(ValidationError, match="sinks.0"):
-        sw.Monitor(sinks="wandb")
+        sw.Monitor(sinks="neptune")
     with pytest.raises(ValidationError, match="webhook_timeout"):
         sw.Monitor(sinks=("memory",), webhook_url="https://hooks.example.invalid/x", webhook_timeout=0)
 
@@ -81,7 +81,7 @@ def test_sink_names_and_objects_combine(make_monitor, tmp_path):
     "name,value,path",
     [
         ("SPHEREWATCH_WEBHOOK_TIMEOUT", "0", "webhook_timeout"),
-        ("SPHEREWATCH_SINKS", "jsonl,wandb", "sinks.1"),
+        ("SPHEREWATCH_SINKS", "jsonl,neptune", "sinks.1"),
         ("SPHEREWATCH_STRICT", "maybe", "strict"),
         ("SPHEREWATCH_PRESET", "fast", "preset"),
         ("SPHEREWATCH_METRICS", "uniformityy", "metrics"),
