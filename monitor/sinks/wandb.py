@@ -93,11 +93,15 @@ class WandbSink(Sink):
 
     What goes where:
 
-    * each evaluation is **one** ``run.log`` call (its own history row): the scalars, ``<prefix>/step`` = the
+    * each evaluation is **one** ``run.log`` call, one history row: the scalars, ``<prefix>/step`` = the
       evaluation's step, each spectrum as a ``wandb.Histogram``, and ``<prefix>/alerts/count`` (fired collapse
-      alerts so far, counted with the evaluation's own alerts). ``define_metric("<prefix>/*", step_metric="<prefix>/step")`` (and the same for each key),
-      so W&B plots spherewatch's charts against spherewatch's step and never against, or through, the host's step
-      counter: no ``step=`` is passed, the host's own ``step=``/``commit`` logic is untouched;
+      alerts so far, counted with the evaluation's own alerts). ``define_metric("<prefix>/*",
+      step_metric="<prefix>/step")`` (and the same for each key): W&B plots spherewatch's charts against
+      spherewatch's step, never against the host's. No ``step=`` is ever passed. In the host's run a row joins the
+      host's open row (``commit=False``, one spherewatch row per host row), so the host's own ``step=`` and
+      ``commit`` keep their meaning and none of its points is dropped; only when spherewatch evaluates more often
+      than the host logs (or at :meth:`close`) does it commit a row itself, which advances the host's counter by one
+      (harmless without ``step=``, as HF's and Lightning's loggers log). See :meth:`_deliver`;
     * the Monitor's configuration (:meth:`log_params`): ``run.config["<prefix>"]`` (a nested dict; a key the run's
       config already holds is never overwritten);
     * the alert state in ``run.summary``: ``<prefix>/alert_state`` (worst open severity, ``ok`` when none),
@@ -156,6 +160,8 @@ class WandbSink(Sink):
         self._defined: set[str] = set()
         self._pending: dict[str, Any] | None = None  # the evaluation being assembled: one run.log
         self._pending_step: int | None = None
+        self._rows: list[dict[str, Any]] = []  # finished evaluations not yet in the run
+        self._attached_at: int | None = None  # the host's counter past which our last row's host row is closed
         self._params: dict[str, Any] = {}
         self._open: dict[tuple[str, str], str] = {}
         self._alerts: list[Any] = []
@@ -188,16 +194,49 @@ class WandbSink(Sink):
     def _own(self, key: str) -> bool:
         return key.startswith(self.prefix + "/")
 
-    def _send_pending(self) -> None:
-        """``run.log`` the evaluation assembled so far (kept when it raises, to be sent by the next call)."""
-        if self._pending is None:
-            return
-        row = self._pending
-        for key in row:
-            if key != self.step_key and self._own(key):
-                self._define(key, self.step_key)
-        self.run.log(row)
-        self._pending, self._pending_step = None, None
+    def _send_pending(self, force: bool = False) -> None:
+        """Queue the evaluation assembled so far as a finished row and deliver the rows the host's run can take."""
+        if self._pending is not None:
+            self._rows.append(self._pending)
+            self._pending, self._pending_step = None, None
+        self._deliver(force)
+
+    def _host_step(self) -> int | None:
+        """The host's step counter as wandb's client keeps it (``None``: unknown, or a run this sink opened)."""
+        if self.created_run:
+            return None
+        step = getattr(self.run, "_local_step", getattr(self.run, "_step", None))
+        return step if isinstance(step, int) else None
+
+    def _deliver(self, force: bool = False) -> None:
+        """``run.log`` the finished rows, in order, each exactly once (a row stays queued when ``run.log`` raises).
+
+        In a run of its own, each row is committed (its own history step). In the host's run, a row rides along with
+        the host's open history row (``commit=False``: the host's ``step=`` and ``commit`` keep their meaning and no
+        step of the host's is ever taken), one spherewatch row per host row; while the host has not moved on since the
+        last one, the row waits. Only when rows pile up (the host logs less often than spherewatch evaluates) or at
+        :meth:`close` is the open row committed to make room, which takes one step of the host's counter (harmless
+        when the host logs without ``step=``, as HF's and Lightning's loggers do).
+        """
+        while self._rows:
+            row = self._rows[0]
+            for key in row:
+                if key != self.step_key and self._own(key):
+                    self._define(key, self.step_key)
+            host = self._host_step()
+            if host is None:
+                self.run.log(row)
+            else:
+                if self._attached_at is not None and host <= self._attached_at:  # our last row may still be open
+                    if len(self._rows) < 2 and not force:
+                        return
+                    self.run.log({}, commit=True)  # close that row: this one cannot overwrite it
+                self.run.log(row, commit=False)
+                # The host's client moves its counter just after handing a row over, so read now it can lag the row
+                # this one joined by one: the row is surely closed once the counter passes this value plus one.
+                after = self._host_step()
+                self._attached_at = None if after is None else after + 1
+            self._rows.pop(0)
 
     # ------------------------------------------------------------------ Sink
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
@@ -324,10 +363,11 @@ class WandbSink(Sink):
             return
         if not _finished(self.run):
             self._summary_dirty = self._summary_dirty or self._last_step is not None
+            self._send_pending(force=True)
             self.flush()
             if self.created_run:
                 self.run.finish()
-        elif self._pending is not None:
+        elif self._pending is not None or self._rows:
             logger.warning("spherewatch: the W&B run %s finished before spherewatch's last evaluation (step %s) "
                            "was logged; finish the run after the Monitor closes.", self.run_id, self._pending_step)
         self._closed = True

@@ -82,6 +82,32 @@ def test_the_hosts_run_gets_every_point_once_against_spherewatchs_step(wandb_env
     assert got.config["spherewatch"]["every_n_steps"] == "5"
 
 
+def test_a_host_that_logs_with_step_loses_no_point_and_keeps_its_steps(wandb_env):
+    """The host passes ``step=`` and logs twice per step: spherewatch's rows ride along with the host's rows
+    (``commit=False``), so no host point is dropped for a step that went backwards, and every host row keeps its step."""
+    import wandb
+
+    run = wandb.init(project="host")
+    memory = sw.sinks.MemorySink()
+    mon = sw.Monitor(sinks=("wandb", memory), every_n_steps=5, warn=False, log_dir=str(wandb_env / "sw"))
+
+    g = torch.Generator().manual_seed(0)
+    for step in range(40):
+        mon.observe(torch.randn(64, 16, generator=g))
+        run.log({"train/loss": float(step)}, step=step)
+        mon.step(step)
+        mon.flush(10)  # the writer has logged this evaluation before the host logs the same step again
+        run.log({"train/lr": 0.1 * step}, step=step)
+    mon.close()
+    run.finish()
+    got = offline_runs(wandb_env)[0]
+    loss = {row["_step"]: row["train/loss"] for row in got.rows_with("train/loss")}
+    lr = {row["_step"]: row["train/lr"] for row in got.rows_with("train/lr")}
+    assert loss == {s: float(s) for s in range(40)}
+    assert lr == {s: pytest.approx(0.1 * s) for s in range(40)}
+    _assert_every_point_once(got, memory)
+
+
 def test_without_a_host_run_it_opens_its_own_and_finishes_it(wandb_env):
     import wandb
 
