@@ -55,8 +55,8 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
     * **Where it logs**, on the main process only: into the event file of HF's ``TensorBoardCallback`` (its
       ``tb_writer``) when that callback is active, into the MLflow run of HF's ``MLflowCallback`` (the
       active run; never a second run) when ``"mlflow"`` is in ``report_to``, and into the W&B run of its
-      ``WandbCallback`` when ``"wandb"`` is (spherewatch's own step metric, see :class:`~spherewatch.sinks.WandbSink`). With neither and no configured sink,
-      it writes ``<output_dir>/spherewatch/spherewatch.jsonl``.
+      ``WandbCallback`` when ``"wandb"`` is (see :class:`~spherewatch.sinks.WandbSink`). With none of them and no
+      configured sink, it writes ``<output_dir>/spherewatch/spherewatch.jsonl``.
     * **Stopping**: ``control.should_training_stop = True`` once a rule with ``action="stop"`` has fired.
     * **Checkpoints**: an ``ExportableState``: the Monitor's state is saved in ``trainer_state.json`` and,
       with ``TrainingArguments(restore_callback_states_from_checkpoint=True)``, restored on resume. HF rebuilds

@@ -6,9 +6,12 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from wandb_files import offline_runs, wandb_env  # noqa: E402,F401 - wandb_env: a fixture
+import wandb_files  # noqa: E402
+from wandb_files import offline_runs  # noqa: E402
 
 from spherewatch.sinks import MemorySink, WandbSink  # noqa: E402
+
+wandb_env = wandb_files.wandb_env  # the fixture: offline W&B under tmp_path
 
 STEP = "spherewatch/step"
 ALWAYS = {"kind": "threshold", "metric": "mean_cosine", "above": -1.0}  # fires at the first evaluation, stays open
@@ -32,11 +35,10 @@ def _check_one_host_run(wandb_dir, memory, host_key):
 
 
 def test_lightning_wandb_logger_run_gets_every_point_and_the_alert_once(tmp_path, wandb_env):
-    from lightning.pytorch.loggers import WandbLogger
-
     import lightning.pytorch as pl
     import torch
     import torch.nn.functional as F
+    from lightning.pytorch.loggers import WandbLogger
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -73,9 +75,8 @@ def test_lightning_wandb_logger_run_gets_every_point_and_the_alert_once(tmp_path
 
 
 def test_hf_trainer_report_to_wandb_run_gets_every_point_and_the_alert_once(tmp_path, wandb_env, monkeypatch):
-    import wandb
-
     import torch
+    import wandb
     from transformers import BertConfig, BertModel, Trainer, TrainingArguments
 
     from spherewatch.integrations.hf import MonitorTrainerCallback

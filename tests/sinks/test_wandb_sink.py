@@ -10,8 +10,12 @@ import torch
 
 pytest.importorskip("wandb")
 
+import wandb_files  # noqa: E402
+from wandb_files import offline_runs  # noqa: E402
+
 import spherewatch as sw  # noqa: E402
-from wandb_files import offline_runs, wandb_env  # noqa: E402,F401 - wandb_env: a fixture
+
+wandb_env = wandb_files.wandb_env  # the fixture: offline W&B under tmp_path
 
 U = "spherewatch/uniformity"
 STEP = "spherewatch/step"
