@@ -6,6 +6,7 @@ the Monitor decides its sinks) and handed to the sink built on the writer thread
 """
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import threading
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from spherewatch.errors import SpherewatchError
 from spherewatch.keys import alert_count_key, order_keys
 from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.wandb import _alert_text, alert_title
@@ -91,14 +93,21 @@ class TrackioSink(Sink):
         self._pending: dict[str, Any] | None = None
         self._pending_step: int | None = None
         self._fired = 0
-        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()
+        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # delivered
+        self._counted: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # in the alert count
 
     def _ensure_run(self) -> Any:
         if self.run is None:  # opened at the first write, so that the Monitor's configuration goes into init
             config = {self.prefix: {k[len("spherewatch."):] if k.startswith("spherewatch.") else k: v
                                     for k, v in self._params.items()}} if self._params else None
-            self.run = self._trackio.init(project=self._project, name=self._run_name, config=config,
-                                          auto_log_cpu=False, auto_log_gpu=False)
+            kwargs = {"project": self._project, "name": self._run_name, "config": config, "auto_log_cpu": False,
+                      "auto_log_gpu": False}
+            try:  # older trackio: fewer keywords (no automatic system metrics to turn off)
+                accepted = inspect.signature(self._trackio.init).parameters
+                kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+            except (TypeError, ValueError):
+                pass
+            self.run = self._trackio.init(**kwargs)
             self.created_run = True
         return self.run
 
@@ -130,7 +139,10 @@ class TrackioSink(Sink):
             self._send_pending()
         if self._pending is None:
             self._pending, self._pending_step = {}, int(step)
-        self._pending[str(key)] = self._trackio.Histogram(finite, num_bins=max(1, min(64, len(finite))))
+        histogram = getattr(self._trackio, "Histogram", None)
+        if histogram is None:  # trackio before histograms: the spectrum stays in the other sinks
+            return
+        self._pending[str(key)] = histogram(finite, num_bins=max(1, min(64, len(finite))))
 
     def log_alert(self, alert: Alert) -> None:
         self._check_open()
@@ -140,18 +152,24 @@ class TrackioSink(Sink):
         resolved = getattr(alert, "status", "fired") == "resolved"
         fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
         new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
+        if alert_id not in self._counted:  # counted once, even when run.alert below fails and the alert is retried
+            self._counted[alert_id] = None
+            if len(self._counted) > _KEEP_ALERT_IDS:
+                self._counted.popitem(last=False)
+            if not fault and new_episode:
+                self._fired += 1
+                if self._pending is not None and self._pending_step == int(alert.step):
+                    self._pending[alert_count_key(self.prefix)] = self._fired
         if self.alerts_enabled and not resolved and (new_episode or fault):
-            self._send_pending()
+            run = self._ensure_run()
+            if not callable(getattr(run, "alert", None)) or not hasattr(self._trackio, "AlertLevel"):
+                raise SpherewatchError("the alert channel 'trackio' needs a trackio with trackio.alert: "
+                                       "pip install -U trackio")
             level = getattr(self._trackio.AlertLevel, _LEVELS.get(str(alert.severity), "WARN"))
-            self._ensure_run().alert(title=alert_title(alert, self.prefix), text=_alert_text(alert), level=level,
-                                     step=int(alert.step))
+            run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert), level=level, step=int(alert.step))
         self._alert_ids[alert_id] = None
         if len(self._alert_ids) > _KEEP_ALERT_IDS:
             self._alert_ids.popitem(last=False)
-        if not fault and new_episode:
-            self._fired += 1
-            if self._pending is not None and self._pending_step == int(alert.step):
-                self._pending[alert_count_key(self.prefix)] = self._fired
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._check_open()

@@ -62,6 +62,7 @@ def test_the_hosts_trackio_run_gets_every_point_once_and_one_alert_per_episode(t
     assert fired and len(alerts) == len(fired)
     assert sorted((a["step"], a["level"]) for a in alerts) == sorted(
         (a.step, {"warning": "warn", "critical": "error"}[a.severity]) for a in fired)
+    assert ours[-1]["spherewatch/alerts/count"] == len(fired)  # every fired alert counted, in its evaluation's row
     assert [p for p in SQLiteStorage.get_projects() if p] == ["host"]  # no second project or run
 
 
