@@ -418,7 +418,8 @@ def _env_values(environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
             raise _error("environment", (ENV_PREFIX + name.upper(),), "nested too deeply", raw[:80]) from None
         except ValueError:
             # plain words: "standard", "mean"; comma lists for tuples: "tensorboard,mlflow"
-            out[name] = tuple(p.strip() for p in raw.split(",")) if "," in raw or name in ("sinks", "metrics") else raw
+            out[name] = (tuple(p.strip() for p in raw.split(",")) if "," in raw or name in ("sinks", "metrics", "alert_channels")
+                         else raw)
     return out
 
 

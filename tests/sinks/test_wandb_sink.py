@@ -2,6 +2,7 @@
 metric, read back from the run's own .wandb file with wandb's protobuf schema (no network, no account)."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -168,3 +169,34 @@ def test_disabled_mode_writes_nothing_and_training_goes_on(wandb_env, monkeypatc
     mon.close()
     assert offline_runs(wandb_env) == []
     assert not any(k.startswith("sink") and n for k, n in mon.faults.items())
+
+
+def test_the_wandb_alert_channel_alone_adds_the_sink_into_the_hosts_run(wandb_env, monkeypatch):
+    import wandb
+
+    from spherewatch.sinks import WandbSink
+
+    monkeypatch.setenv("SPHEREWATCH_ALERT_CHANNELS", "wandb")
+    run = wandb.init(project="host")
+    mon = sw.Monitor(every_n_steps=5, warn=False, log_dir=str(wandb_env / "sw"),
+                     rules=[{"kind": "threshold", "metric": "mean_cosine", "above": -1.0}])
+    _train(mon, range(12), lambda step: run.log({"train/loss": float(step)}))
+    names = [getattr(s, "name", None) for s in mon.sinks]
+    assert names == ["jsonl", "wandb"] and mon.sinks[1].run is run and mon.sinks[1].alerts_enabled
+    mon.close()
+    run.finish()
+    (got,) = offline_runs(wandb_env)
+    assert len(got.alerts) == 1 and got.alerts[0].level == "WARN"  # open from step 0 to the end: one W&B alert
+    assert got.alerts[0].wait_duration == 3600 * 1000
+
+
+def test_alert_titles_are_the_alerts_identity_and_fit_w_and_bs_limit():
+    from spherewatch.alerts import Alert
+    from spherewatch.sinks.wandb import alert_title
+
+    a = Alert("rank_collapse", "spherewatch/effective_rank", 1.2, 40, "critical")
+    assert alert_title(a) == "spherewatch critical: rank_collapse on effective_rank"
+    long_a = Alert("uniformity_degradation_persists", "spherewatch/a_very_long_tap_name/uniformity", -0.5, 40)
+    other = Alert("uniformity_degradation_persists", "spherewatch/a_very_long_tap_name_two/uniformity", -0.5, 40)
+    assert len(alert_title(long_a)) < 64 and alert_title(long_a) != alert_title(other)
+    assert alert_title(long_a) == alert_title(dataclasses.replace(long_a, step=90, value=-0.1))  # the same condition
