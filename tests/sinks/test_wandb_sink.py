@@ -182,7 +182,8 @@ def test_the_wandb_alert_channel_alone_adds_the_sink_into_the_hosts_run(wandb_en
                      rules=[{"kind": "threshold", "metric": "mean_cosine", "above": -1.0}])
     _train(mon, range(12), lambda step: run.log({"train/loss": float(step)}))
     names = [getattr(s, "name", None) for s in mon.sinks]
-    assert names == ["jsonl", "wandb"] and mon.sinks[1].run is run and mon.sinks[1].alerts_enabled
+    assert names == ["jsonl", "wandb"] and isinstance(mon.sinks[1], WandbSink)
+    assert mon.sinks[1].run is run and mon.sinks[1].alerts_enabled
     mon.close()
     run.finish()
     (got,) = offline_runs(wandb_env)
