@@ -131,3 +131,27 @@ def wandb_env(tmp_path, monkeypatch):
     if wandb.run is not None:
         wandb.run.finish()
     wandb.teardown()
+
+
+def evaluations(run: OfflineRun, prefix: str = "spherewatch") -> List[Dict[str, Any]]:
+    """spherewatch's evaluations in the run's history, in order: the rows holding ``<prefix>/step`` merged per step
+    (an evaluation's spectra and alert count can land in the host's next row when the host committed between
+    spherewatch's calls). Asserts that no spherewatch value was logged twice for one step (the alert count excepted:
+    it is updated with the evaluation's alerts, the latest wins) and that the steps come in order."""
+    step_key, count_key = f"{prefix}/step", f"{prefix}/alerts/count"
+    merged: Dict[int, Dict[str, Any]] = {}
+    order: List[int] = []
+    for row in run.history:
+        if step_key not in row:
+            continue
+        step = row[step_key]
+        if step not in merged:
+            assert not order or step > order[-1], f"evaluation {step} logged after {order[-1]}"
+            merged[step] = {step_key: step}
+            order.append(step)
+        for key, value in row.items():
+            if not key.startswith(prefix + "/") or key == step_key:
+                continue
+            assert key == count_key or key not in merged[step], f"{key} logged twice at step {step}"
+            merged[step][key] = value
+    return [merged[step] for step in order]

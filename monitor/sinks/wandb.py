@@ -93,15 +93,16 @@ class WandbSink(Sink):
 
     What goes where:
 
-    * each evaluation is **one** ``run.log`` call, one history row: the scalars, ``<prefix>/step`` = the
-      evaluation's step, each spectrum as a ``wandb.Histogram``, and ``<prefix>/alerts/count`` (fired collapse
-      alerts so far, counted with the evaluation's own alerts). ``define_metric("<prefix>/*",
-      step_metric="<prefix>/step")`` (and the same for each key): W&B plots spherewatch's charts against
-      spherewatch's step, never against the host's. No ``step=`` is ever passed. In the host's run a row joins the
-      host's open row (``commit=False``, one spherewatch row per host row), so the host's own ``step=`` and
-      ``commit`` keep their meaning and none of its points is dropped; only when spherewatch evaluates more often
-      than the host logs (or at :meth:`close`) does it commit a row itself, which advances the host's counter by one
-      (harmless without ``step=``, as HF's and Lightning's loggers log). See :meth:`_deliver`;
+    * each evaluation is one history row: ``<prefix>/step`` = the evaluation's step, its scalars and
+      ``<prefix>/alerts/count`` (fired collapse alerts so far) in one ``run.log``; each spectrum (a
+      ``wandb.Histogram``) and the count updated by the evaluation's alerts join that row (``commit=False``).
+      ``define_metric("<prefix>/*", step_metric="<prefix>/step")`` (and the same for each key): W&B plots
+      spherewatch's charts against spherewatch's step, never against the host's. No ``step=`` is ever passed. In the
+      host's run the row joins the host's open row, so the host's own ``step=`` and ``commit`` keep their meaning and
+      none of its points is dropped; only when spherewatch evaluates more often than the host logs does it commit a
+      row itself, which advances the run's step by one (harmless without ``step=``, as HF's and Lightning's loggers
+      log). Every ``run.log`` happens in the call that carries the record, so a failure is the resilient wrapper's to
+      spool and retry. See :meth:`_log`;
     * the Monitor's configuration (:meth:`log_params`): ``run.config["<prefix>"]`` (a nested dict; a key the run's
       config already holds is never overwritten);
     * the alert state in ``run.summary``: ``<prefix>/alert_state`` (worst open severity, ``ok`` when none),
@@ -158,10 +159,8 @@ class WandbSink(Sink):
             self.created_run = True
         self.run_id = getattr(self.run, "id", None)
         self._defined: set[str] = set()
-        self._pending: dict[str, Any] | None = None  # the evaluation being assembled: one run.log
-        self._pending_step: int | None = None
-        self._rows: list[dict[str, Any]] = []  # finished evaluations not yet in the run
-        self._attached_at: int | None = None  # the host's counter past which our last row's host row is closed
+        self._row_step: int | None = None  # the evaluation whose history row is open (takes its spectra, count)
+        self._attached_at: int | None = None  # the host's counter past which that row is surely closed
         self._params: dict[str, Any] = {}
         self._open: dict[tuple[str, str], str] = {}
         self._alerts: list[Any] = []
@@ -173,6 +172,7 @@ class WandbSink(Sink):
         self._last_step: int | None = None
         self._summary_dirty = False
         self._started = False
+        self._count_due = False
         self._define(f"{self.prefix}/step", None)
         self._define(f"{self.prefix}/*", f"{self.prefix}/step")
 
@@ -194,81 +194,69 @@ class WandbSink(Sink):
     def _own(self, key: str) -> bool:
         return key.startswith(self.prefix + "/")
 
-    def _send_pending(self, force: bool = False) -> None:
-        """Queue the evaluation assembled so far as a finished row and deliver the rows the host's run can take."""
-        if self._pending is not None:
-            self._rows.append(self._pending)
-            self._pending, self._pending_step = None, None
-        self._deliver(force)
-
     def _host_step(self) -> int | None:
-        """The host's step counter as wandb's client keeps it (``None``: unknown, or a run this sink opened)."""
-        if self.created_run:
-            return None
+        """The run's step counter as wandb's client keeps it (``None``: unknown)."""
         step = getattr(self.run, "_local_step", getattr(self.run, "_step", None))
         return step if isinstance(step, int) else None
 
-    def _deliver(self, force: bool = False) -> None:
-        """``run.log`` the finished rows, in order, each exactly once (a row stays queued when ``run.log`` raises).
+    def _log(self, data: dict[str, Any], new_row: bool) -> None:
+        """One ``run.log(data, commit=False)``: into the history row that is open, which the host (or the next
+        evaluation, or ``finish``) commits. ``new_row``: the data starts an evaluation, so the row that holds the
+        previous evaluation must be closed first.
 
-        In a run of its own, each row is committed (its own history step). In the host's run, a row rides along with
-        the host's open history row (``commit=False``: the host's ``step=`` and ``commit`` keep their meaning and no
-        step of the host's is ever taken), one spherewatch row per host row; while the host has not moved on since the
-        last one, the row waits. Only when rows pile up (the host logs less often than spherewatch evaluates) or at
-        :meth:`close` is the open row committed to make room, which takes one step of the host's counter (harmless
-        when the host logs without ``step=``, as HF's and Lightning's loggers do).
+        In the host's run the row rides along with the host's open row: the host's ``step=`` and ``commit`` keep their
+        meaning and no step of the host's is taken, as long as the host has moved on since the previous evaluation
+        (it logs at least as often as spherewatch evaluates). When it has not, or in a run of this sink's own, the
+        previous row is committed here (``run.log({}, commit=True)``), which advances the run's step by one: harmless
+        when the host logs without ``step=`` (HF's and Lightning's loggers, ``wandb.log(d)``).
         """
-        while self._rows:
-            row = self._rows[0]
-            for key in row:
-                if key != self.step_key and self._own(key):
-                    self._define(key, self.step_key)
+        for key in data:
+            if key != self.step_key and self._own(key):
+                self._define(key, self.step_key)
+        if new_row and self._attached_at is not None:
             host = self._host_step()
-            if host is None:
-                self.run.log(row)
-            else:
-                if self._attached_at is not None and host <= self._attached_at:  # our last row may still be open
-                    if len(self._rows) < 2 and not force:
-                        return
-                    self.run.log({}, commit=True)  # close that row: this one cannot overwrite it
-                self.run.log(row, commit=False)
-                # The host's client moves its counter just after handing a row over, so read now it can lag the row
-                # this one joined by one: the row is surely closed once the counter passes this value plus one.
-                after = self._host_step()
-                self._attached_at = None if after is None else after + 1
-            self._rows.pop(0)
+            if self.created_run or host is None or host <= self._attached_at:  # the previous row may be open
+                self.run.log({}, commit=True)
+            self._attached_at = None  # closed: a retry of this call does not commit again
+        self.run.log(data, commit=False)
+        # wandb's client moves its counter just after it hands a row over: read now, the value can lag the row this
+        # data joined by one, so that row is surely closed once the counter passes this value plus one
+        after = self._host_step()
+        if after is not None:
+            self._attached_at = max(after + 1, self._attached_at if self._attached_at is not None else after + 1)
+        else:
+            self._attached_at = -1  # unknown counter: always commit before the next evaluation
 
     # ------------------------------------------------------------------ Sink
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
-        """Start the row of evaluation ``step`` (sent, with its spectra and alert count, by :meth:`flush` or the next
-        evaluation): the scalars in order of importance and ``<prefix>/step``."""
+        """Start the history row of evaluation ``step``: ``<prefix>/step``, the scalars in order of importance and the
+        alert count, in one ``run.log`` (see :meth:`_log`); its spectra and alerts join that row."""
         self._check_open()
         values = {str(k): float(v) for k, v in scalars.items()}
-        if self._pending is not None and self._pending_step != int(step):
-            self._send_pending()
-        row = self._pending if self._pending is not None else {self.step_key: int(step)}
-        if any(self._own(k) for k in values):  # the alert count in every evaluation's row: a step line
-            row[alert_count_key(self.prefix)] = self._fired
+        own = any(self._own(k) for k in values)
+        row: dict[str, Any] = {self.step_key: int(step)} if own else {}
         for key in order_keys(values, self.prefix):
             row[key] = values[key]
-        self._pending, self._pending_step = row, int(step)
-        self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
-        if not self._started and any(self._own(k) for k in values):
-            self._started = self._summary_dirty = True  # a healthy run reads ok, not blank
+        if own:
+            row[alert_count_key(self.prefix)] = self._fired  # in every evaluation's row: a step line
+        new_row = own and self._row_step != int(step)
+        self._log(row, new_row)
+        if own:
+            self._row_step = int(step)
+            self._last_step = int(step) if self._last_step is None else max(self._last_step, int(step))
+            if not self._started:
+                self._started = self._summary_dirty = True  # a healthy run reads ok, not blank
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
-        """Add ``key`` as a ``wandb.Histogram`` (finite values, at most 64 bins) to the row of evaluation ``step``."""
+        """``key`` as a ``wandb.Histogram`` (finite values, at most 64 bins) in the row of evaluation ``step``."""
         self._check_open()
         arr = as_float_array(values)
         arr = arr[[math.isfinite(v) for v in arr]] if arr.size else arr
         if arr.size == 0:
             return
-        if self._pending is not None and self._pending_step != int(step):
-            self._send_pending()
-        if self._pending is None:
-            self._pending, self._pending_step = {self.step_key: int(step)}, int(step)
         hist = self._wandb.Histogram(arr.tolist(), num_bins=max(1, min(_MAX_BINS, int(arr.size))))
-        self._pending[str(key)] = hist
+        self._log({self.step_key: int(step), str(key): hist}, self._row_step != int(step))
+        self._row_step = int(step)
 
     def log_alert(self, alert: Alert) -> None:
         """Update the alert state (``run.summary``), count fired collapse alerts into the evaluation's row, and with
@@ -284,6 +272,10 @@ class WandbSink(Sink):
             _remember(self._counted, alert_id)
             if not fault:
                 self._count(alert, resolved, new_episode)
+        if self._count_due:  # the count of the evaluation's row, now with this alert (the same key: updated)
+            self._log({self.step_key: int(alert.step), alert_count_key(self.prefix): self._fired},
+                      self._row_step != int(alert.step))
+            self._row_step, self._count_due = int(alert.step), False
         if self.alerts_enabled and not resolved and (new_episode or fault):
             self.run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert),
                            level=LEVELS.get(str(alert.severity), "WARN"), wait_duration=self.alert_wait)
@@ -301,8 +293,7 @@ class WandbSink(Sink):
                 self._worst = worst_severity((self._worst, alert.severity))
                 if self._first_alert_step is None or alert.step < self._first_alert_step:
                     self._first_alert_step = int(alert.step)
-                if self._pending is not None and self._pending_step == int(alert.step):
-                    self._pending[alert_count_key(self.prefix)] = self._fired
+                self._count_due = True
         self._summary_dirty = True
 
     def _summary(self) -> dict[str, Any]:
@@ -352,7 +343,6 @@ class WandbSink(Sink):
         if self._closed:
             return
         self._send_params()
-        self._send_pending()
         if self._summary_dirty:
             self.run.summary.update(self._summary())
             self._summary_dirty = False
@@ -363,13 +353,13 @@ class WandbSink(Sink):
             return
         if not _finished(self.run):
             self._summary_dirty = self._summary_dirty or self._last_step is not None
-            self._send_pending(force=True)
             self.flush()
             if self.created_run:
                 self.run.finish()
-        elif self._pending is not None or self._rows:
-            logger.warning("spherewatch: the W&B run %s finished before spherewatch's last evaluation (step %s) "
-                           "was logged; finish the run after the Monitor closes.", self.run_id, self._pending_step)
+        else:
+            logger.warning("spherewatch: the W&B run %s finished before the Monitor closed; its last alert state "
+                           "and verdict are not in the run's summary (finish the run after the Monitor closes).",
+                           self.run_id)
         self._closed = True
 
     def is_permanent_error(self, exc: BaseException) -> bool:

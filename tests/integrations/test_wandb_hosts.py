@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("wandb")
 
 import wandb_files  # noqa: E402
-from wandb_files import offline_runs  # noqa: E402
+from wandb_files import evaluations, offline_runs  # noqa: E402
 
 from spherewatch.sinks import MemorySink, WandbSink  # noqa: E402
 
@@ -21,7 +21,7 @@ def _check_one_host_run(wandb_dir, memory, host_key):
     runs = offline_runs(wandb_dir)
     assert len(runs) == 1 and len(runs[0].run_ids) == 1  # the host's run, no second one
     got = runs[0]
-    rows = [row for row in got.history if STEP in row]
+    rows = evaluations(got)
     assert [row[STEP] for row in rows] == [step for step, _ in memory.scalars]  # every evaluation once, in order
     for row, (step, values) in zip(rows, memory.scalars):
         for key, value in values.items():

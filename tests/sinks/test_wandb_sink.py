@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("wandb")
 
 import wandb_files  # noqa: E402
-from wandb_files import offline_runs  # noqa: E402
+from wandb_files import evaluations, offline_runs  # noqa: E402
 
 import spherewatch as sw  # noqa: E402
 
@@ -34,7 +34,7 @@ def _train(mon, steps, log, collapse_at=None):
 
 
 def _spherewatch_rows(run):
-    return [row for row in run.history if STEP in row]
+    return evaluations(run)
 
 
 def _assert_every_point_once(run, memory):
@@ -201,3 +201,36 @@ def test_alert_titles_are_the_alerts_identity_and_fit_w_and_bs_limit():
     other = Alert("uniformity_degradation_persists", "spherewatch/a_very_long_tap_name_two/uniformity", -0.5, 40)
     assert len(alert_title(long_a)) < 64 and alert_title(long_a) != alert_title(other)
     assert alert_title(long_a) == alert_title(dataclasses.replace(long_a, step=90, value=-0.1))  # the same condition
+
+
+def test_points_spooled_while_wandb_was_down_go_into_the_run_once_when_the_run_resumes(wandb_env):
+    """W&B fails for the monitor during a whole run: its points wait in the spool folder; the resumed Monitor (same
+    state, same spool folder) delivers them into the host's run before its own, each once."""
+    import wandb
+
+    run = wandb.init(project="host")
+    real_log = run.log
+
+    def down(data, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            raise ConnectionError("wandb service unreachable")
+        return real_log(data, *args, **kwargs)
+
+    run.log = down
+    spool = str(wandb_env / "spool")
+    first = sw.Monitor(sinks=("wandb",), every_n_steps=2, warn=False, log_dir=str(wandb_env / "sw"), spool_dir=spool)
+    _train(first, range(10), lambda step: run.log({"train/loss": float(step)}))
+    state = first.state_dict()
+    first.close()  # still down: the points stay in the spool folder
+    run.log = real_log
+    memory = sw.sinks.MemorySink()
+    second = sw.Monitor(sinks=("wandb", memory), every_n_steps=2, warn=False, log_dir=str(wandb_env / "sw"),
+                        spool_dir=spool)
+    second.load_state_dict(state)
+    _train(second, range(10, 16), lambda step: run.log({"train/loss": float(step)}))
+    second.close()
+    run.finish()
+    (got,) = offline_runs(wandb_env)
+    assert got.run_ids == [run.id]
+    assert [row[STEP] for row in _spherewatch_rows(got)] == list(range(0, 16, 2))  # once each, in order
+    assert len(got.rows_with("train/loss")) == 16
