@@ -99,9 +99,12 @@ class RecordWriter:
         self._objects = list(extra_sinks)
         self._faults = faults
         names = config.sinks if config.sinks is not None else (() if self._objects else ("jsonl",))
+        held = {getattr(o, "name", None) for o in self._objects}
         for channel in getattr(config, "alert_channels", None) or ():  # an alert channel is delivered by its sink
-            if channel not in names and not any(getattr(o, "name", None) == channel for o in self._objects):
+            if channel not in names and channel not in held:
                 names = (*names, channel)
+        # a W&B/trackio run handed over by the host (an adapter) is the run the named sink would join: once only
+        names = tuple(n for n in names if not (n in ("wandb", "trackio") and n in held))
         check_sink_names(names, config.tracking_uri, config)
         self._names = tuple(names)
         self._max_queue = int(max_queue)

@@ -110,3 +110,24 @@ def test_hf_trainer_report_to_wandb_run_gets_every_point_and_the_alert_once(tmp_
     assert any(isinstance(s, WandbSink) and s.run is wandb.run for s in cb.monitor.sinks)
     wandb.run.finish()
     _check_one_host_run(wandb_env, memory, "train/loss")  # HF's own key, beside train/global_step
+
+
+def test_naming_the_wandb_sink_beside_a_wandb_logger_logs_each_point_once(tmp_path, wandb_env):
+    import lightning.pytorch as pl
+    import torch
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.loggers import WandbLogger
+
+    from spherewatch.integrations.lightning import MonitorCallback
+
+    logger = WandbLogger(project="host", save_dir=str(tmp_path), offline=True)
+    cb = MonitorCallback(module_path="layer", every_n_steps=2, warn=False, sinks=["wandb"])
+    trainer = pl.Trainer(accelerator="cpu", devices=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, max_steps=8,
+                         enable_checkpointing=False, limit_val_batches=0)
+    torch.manual_seed(0)
+    trainer.fit(BoringModel())
+    assert [getattr(s, "name", None) for s in cb.monitor.sinks] == ["wandb"]
+    logger.experiment.finish()
+    (got,) = offline_runs(wandb_env)
+    assert [row[STEP] for row in evaluations(got)] == [1, 2, 4, 6, 8]  # each once (evaluations asserts no repeat)
