@@ -10,15 +10,16 @@ collapse zone that is not recovering, never on the first sample of a run (a rand
   0.05 of 1, ``head_uniform_output_persists`` (critical) after three in a row. Usage is then near 1 as well (it is
   never below the teacher's entropy) and the teacher-student KL falls to 0 in the evaluations after.
 * **one prototype dominating** (DINO's second mode; SwAV without Sinkhorn): ``head_prototype_collapse`` (warning)
-  when ``usage_entropy`` has lost half of the highest value the run reached (the scale of a healthy value depends
-  on K and the rows per window: relative to the run itself), ``head_prototype_collapse_persists`` (critical) after
-  three in a row, and ``head_one_prototype`` (critical, two in a row) when one prototype takes at least half of all
+  when ``prototypes_in_use`` (``exp`` of the usage entropy) has fallen below half of the highest value the run
+  reached (above 1; a healthy value depends on K and on the rows of a window, so the reference is the run itself),
+  ``head_prototype_collapse_persists`` (critical) after three in a row, and ``head_one_prototype`` (critical, two in a row) when one prototype takes at least half of all
   samples (``max_mean_probability >= 0.5``; healthy heads stay near ``1 / prototypes in use``).
 
 Measured on tests/scenarios/heads.py (benchmarks/heads.py prints the table): healthy DINO (teacher-temperature
-warm-up 0.02 -> 0.04, prototypes frozen for 50 steps) reads a teacher entropy of 0.14 -> 0.75 and a usage of
-0.79 -> 0.96; healthy SwAV 0.33 -> 0.89 -> 0.55 and 0.99-1.0; the collapses read 0.999 (uniform) and usage 0.12 / 0
-with a largest mean assignment of 0.82 / 1.0 (one prototype).
+warm-up 0.02 -> 0.04, prototypes frozen for 50 steps, K = 256) reads a teacher entropy of 0.14 -> 0.75 and 78 ->
+about 200 prototypes in use; healthy SwAV (K = 64) 0.33 -> 0.89 -> 0.55 and 61-64 in use. Uniform output reads
+0.999; DINO without centring falls from about 200 prototypes in use to 46 within 25 steps (24 later; one prototype
+takes 0.28 of the samples), SwAV without Sinkhorn to 1 (one prototype takes them all).
 
 The fixes each alert names come from the catalogue's hints (:mod:`spherewatch.catalogue`): the teacher's
 temperature and its warm-up, centring and the EMA momentum (uniform output); centring, Sinkhorn / equipartition,
@@ -46,11 +47,11 @@ HEAD_RULE_SETTINGS: Dict[str, Dict[str, Any]] = {
         severity="critical",
     ),
     "head_prototype_collapse": dict(
-        kind="collapse", metric="usage_entropy", collapsed=0.0, margin=0.5, relative=True, patience=1,
+        kind="collapse", metric="prototypes_in_use", collapsed=1.0, margin=0.5, relative=True, patience=1,
         hysteresis=0.2, severity="warning",
     ),
     "head_prototype_collapse_persists": dict(
-        kind="collapse", metric="usage_entropy", collapsed=0.0, margin=0.5, relative=True, patience=3,
+        kind="collapse", metric="prototypes_in_use", collapsed=1.0, margin=0.5, relative=True, patience=3,
         hysteresis=0.2, severity="critical",
     ),
     "head_one_prototype": dict(
