@@ -12,12 +12,13 @@ raised far above the student's (1.0: uniform output), SwAV's Sinkhorn removed (c
 epsilon: one prototype).
 
 **The onset is measured without the monitor**, on a fixed probe: every ``probe_every`` steps the whole digits set
-(1797 images, no augmentation: not the monitor's sampled rows) goes through the teacher (SwAV: the network's
-prototype scores) and two numbers are read: the **hard-assignment perplexity** ``exp H(histogram of argmax
-prototypes)`` and the **mean normalised entropy of the teacher's assignment** (with the loss's centre and
-temperature; SwAV: of the codes the loss uses). The same probe runs on the healthy twin. The collapse is *real* at
-the first probe after the switch where the perplexity has fallen below half the twin's at the same step (one
-prototype), or the entropy has covered half the distance from the twin's to 1 (uniform output).
+(1797 images, no augmentation: not the monitor's sampled rows, nor its code) goes through the teacher (SwAV: the
+network's prototype scores) and three numbers are read: the **hard-assignment perplexity** ``exp H(histogram of
+argmax prototypes)``, the **usage perplexity** ``exp H(mean assignment)`` and the **mean normalised entropy of the
+teacher's assignment** (with the loss's centre and temperature; SwAV: of the codes the loss uses). The same probe
+runs on the healthy twin. The collapse is *real* at the first probe at or after the switch where either perplexity
+has fallen below half the twin's at the same step (one prototype), or the entropy has covered half the distance
+from the twin's to 1 (uniform output).
 
 Used by ``tests/scenarios/test_heads.py`` (two short runs) and ``benchmarks/heads.py`` (the detection table).
 """
@@ -124,7 +125,7 @@ class HeadProbe:
 
     def __init__(self) -> None:
         self.x = dino_module().digits()[0]
-        self.history: List[tuple] = []  # (step, hard perplexity, teacher entropy)
+        self.history: List[tuple] = []  # (step, hard perplexity, teacher entropy, usage perplexity)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, step: int) -> None:
@@ -147,17 +148,19 @@ class HeadProbe:
         h = counts.float() / counts.sum()
         perplexity = math.exp(float(-(h[h > 0] * h[h > 0].log()).sum()))
         ent = float(-torch.special.xlogy(p, p).sum(dim=1).mean()) / math.log(k)
-        self.history.append((step, perplexity, ent))
+        mean = p.mean(dim=0)
+        soft = math.exp(float(-torch.special.xlogy(mean, mean).sum()))
+        self.history.append((step, perplexity, ent, soft))
 
 
 def onset(run: List[tuple], twin: List[tuple], switch: int, mode: str) -> Optional[int]:
     """The first probe step at or after ``switch`` where the run has collapsed against its healthy twin."""
-    ref = {s: (pp, e) for s, pp, e in twin}
-    for s, pp, e in run:
+    ref = {h[0]: h[1:] for h in twin}
+    for s, pp, e, soft in run:
         if s < switch or s not in ref:
             continue
-        pp0, e0 = ref[s]
-        if mode == "one_prototype" and pp < 0.5 * pp0:
+        pp0, e0, soft0 = ref[s]
+        if mode == "one_prototype" and (pp < 0.5 * pp0 or soft < 0.5 * soft0):
             return s
         if mode == "uniform" and e > e0 + 0.5 * (1 - e0):
             return s
