@@ -152,3 +152,18 @@ def test_without_a_head_tap_the_head_rules_see_nothing():
     mon.close()
     assert not any("/head/" in k for k in mon.last_values)
     assert math.isfinite(mon.last_values["spherewatch/uniformity"])
+
+
+def test_head_rules_are_part_of_the_defaults_and_escalate_with_persistence():
+    from spherewatch.alerts import default_rules
+    from spherewatch.alerts.head_defaults import HEAD_RULE_SETTINGS
+    from spherewatch.alerts.rules import CollapseRule
+
+    rules = {r.name: r for r in default_rules() if r.name.startswith("head_")}
+    assert set(rules) == set(HEAD_RULE_SETTINGS)
+    assert all(isinstance(r, CollapseRule) for r in rules.values())
+    for base in ("head_uniform_output", "head_prototype_collapse"):
+        assert (rules[base].severity, rules[base].patience) == ("warning", 1)
+        assert (rules[base + "_persists"].severity, rules[base + "_persists"].patience) == ("critical", 3)
+    assert rules["head_one_prototype"].severity == "critical"
+    sw.MonitorConfig(rules=list(default_rules()))  # every metric they watch is a known key
