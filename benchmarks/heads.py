@@ -9,8 +9,9 @@ monitor: a probe on the teacher's assignments of all 1797 digits against the hea
 
 Per scenario: runs, positives (the probe found a collapse), TP (a head alert at most one interval after the onset)
 / FP (a head alert on a run without collapse, or before the switch) / FN / TN, the largest delay from the onset to
-the first head alert (target <= one interval; negative: the alert came at the switch, before the probe saw it), runs with a critical head alert before the onset
-(target 0), the head rules that fired, and the alerts of the backbone tap (the embeddings' rules) for comparison.
+the first head alert (target <= one interval; negative: the alert came at the switch, before the probe saw it),
+runs with a critical head alert before the onset (target 0), the head rules that fired, and the alerts of the
+backbone tap (the embeddings' rules) for comparison.
 
     python benchmarks/heads.py                     # 3 seeds, every scenario (~5 min on 2 loaded cores)
     python benchmarks/heads.py --seeds 1 --only dino dino_no_centering

@@ -33,8 +33,8 @@ from spherewatch.metrics.indicators import norm_stats_of_norms
 from spherewatch.metrics.stderr import block_stderr, stderr_of_blocks
 
 __all__ = [
-    "OVERVIEW", "SPECTRUM", "HEALTH", "HEAD", "CATEGORIES", "head_specs", "PRESET_NAMES", "MetricSpec", "SPECS", "spec", "metric_specs",
-    "key_specs", "preset", "hint", "GENERIC_HINT", "advice_group", "collapsed_at_top",
+    "OVERVIEW", "SPECTRUM", "HEALTH", "HEAD", "CATEGORIES", "head_specs", "PRESET_NAMES", "MetricSpec", "SPECS", "spec",
+    "metric_specs", "key_specs", "preset", "hint", "GENERIC_HINT", "advice_group", "collapsed_at_top",
 ]
 
 OVERVIEW, SPECTRUM, HEALTH = "Collapse overview", "Spectrum", "Health checks"

@@ -12,8 +12,9 @@ collapse zone that is not recovering, never on the first sample of a run (a rand
 * **one prototype dominating** (DINO's second mode; SwAV without Sinkhorn): ``head_prototype_collapse`` (warning)
   when ``prototypes_in_use`` (``exp`` of the usage entropy) has fallen below half of the highest value the run
   reached (above 1; a healthy value depends on K and on the rows of a window, so the reference is the run itself),
-  ``head_prototype_collapse_persists`` (critical) after three in a row, and ``head_one_prototype`` (critical, two in a row) when one prototype takes at least half of all
-  samples (``max_mean_probability >= 0.5``; healthy heads stay near ``1 / prototypes in use``).
+  ``head_prototype_collapse_persists`` (critical) after three in a row, and ``head_one_prototype`` (critical, two
+  in a row) when one prototype takes at least half of all samples (``max_mean_probability >= 0.5``; healthy heads
+  stay near ``1 / prototypes in use``).
 
 Measured on tests/scenarios/heads.py (benchmarks/heads.py prints the table): healthy DINO (teacher-temperature
 warm-up 0.02 -> 0.04, prototypes frozen for 50 steps, K = 256) reads a teacher entropy of 0.14 -> 0.75 and 78 ->

@@ -167,3 +167,22 @@ def test_head_rules_are_part_of_the_defaults_and_escalate_with_persistence():
         assert (rules[base + "_persists"].severity, rules[base + "_persists"].patience) == ("critical", 3)
     assert rules["head_one_prototype"].severity == "critical"
     sw.MonitorConfig(rules=list(default_rules()))  # every metric they watch is a known key
+
+
+def test_the_report_shows_the_head_metrics_and_alerts(tmp_path):
+    pytest.importorskip("matplotlib")
+    from spherewatch.report import build_report
+
+    mon = sw.Monitor(every_n_steps=5, sinks=("jsonl",), log_dir=str(tmp_path), warn=False)
+    for step in range(1, 41):
+        mon.observe(torch.randn(64, 8))
+        t = torch.randn(64, 32)
+        if step > 20:
+            t[:, 0] += 50  # one prototype takes every sample
+        mon.observe_head(t, teacher_temp=0.5)
+        mon.step(step)
+    mon.close()
+    out = build_report(str(tmp_path / "spherewatch.jsonl"), str(tmp_path / "report"))
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "head/prototypes_in_use" in html and "head_prototype_collapse" in html
+    assert (tmp_path / "report" / "metrics.png").exists() and out
