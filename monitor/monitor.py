@@ -28,7 +28,7 @@ from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
 from spherewatch.heads import DEFAULT_HEAD_TAP, HeadTaps, Temperature, select_logits
 from spherewatch.redact import install_log_redaction
-from spherewatch.sampler import Sampler, check_tap, validate_rows
+from spherewatch.sampler import Sampler, _is_compiling, check_tap, validate_rows
 from spherewatch.schedule import StepClock
 from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
@@ -193,6 +193,11 @@ class Monitor:
                 DINO's teacher warm-up 0.04 -> 0.07); not used with ``probs=True``.
             center: DINO's centre ``(K,)``, subtracted from the teacher's logits before the temperature.
         """
+        if _is_compiling():  # inside torch.compile: kept (a dict store dynamo can trace), taken at the next step
+            self._sampler._pending.setdefault(f"observe_head:{tap}", (
+                lambda args, kw: self.observe_head(*args, **kw), (teacher, student),
+                dict(teacher_temp=teacher_temp, student_temp=student_temp, tap=tap, center=center, probs=probs)))
+            return
         if self._heads.closed or not self._sampler.armed:
             return
         self._heads.add(check_tap(tap), teacher, student, teacher_temp=teacher_temp, student_temp=student_temp,

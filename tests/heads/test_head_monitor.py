@@ -186,3 +186,24 @@ def test_the_report_shows_the_head_metrics_and_alerts(tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     assert "head/prototypes_in_use" in html and "head_prototype_collapse" in html
     assert (tmp_path / "report" / "metrics.png").exists() and out
+
+
+def test_observe_head_inside_torch_compile_fullgraph_is_taken_at_the_next_step():
+    mon = _mon(every_n_steps=2)
+    head = torch.nn.Linear(8, 16)
+
+    def f(x):
+        t = head(x)
+        mon.observe_head(t, teacher_temp=0.5)
+        return t.sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    xs = {}
+    for step in range(1, 5):
+        xs[step] = torch.randn(32, 8)
+        compiled(xs[step])
+        mon.step(step)
+    mon.close()
+    ref = head_values(head_stats(head(xs[4]).detach(), teacher_temp=0.5))
+    assert mon.last_values["spherewatch/head/teacher_entropy"] == pytest.approx(float(ref["teacher_entropy"]), rel=1e-5)
+    assert not mon.faults
