@@ -13,6 +13,7 @@ import torch
 
 from spherewatch.capture import Selector
 from spherewatch.integrations._core import AdapterCore
+from spherewatch.integrations._heads import check_head_spec, observe_head_from
 from spherewatch.integrations._hooks import RowCollector, add_output_hook, extract
 from spherewatch.integrations._sinks import lightning_host_sinks
 from spherewatch.integrations.torch import resolve_module
@@ -32,8 +33,9 @@ class LightningMonitorCallbackCore(AdapterCore):
                  output_key_pos: Optional[str] = None, labels_key: Optional[str] = None, tap: Optional[str] = None,
                  select: Selector = None, pool: Optional[str] = None, val_tap: Optional[str] = None,
                  log_to_module: bool = True, use_loggers: bool = True, sinks: Optional[Sequence[Any]] = None,
-                 on_alert: Any = None, **overrides: Any) -> None:
-        if (module_path is None) == (output_key is None):
+                 on_alert: Any = None, head: Optional[Mapping[str, Any]] = None, **overrides: Any) -> None:
+        self.head = check_head_spec(head)  # the assignment head's logits in training_step's dict (issue 18)
+        if (module_path is None) == (output_key is None) and not (self.head is not None and module_path is None):
             raise ValueError(
                 "Pass exactly one of `module_path=` (a submodule of the LightningModule, e.g. 'encoder') or "
                 "`output_key=` (a key of the dict that `training_step` returns, e.g. 'z'); got "
@@ -124,6 +126,8 @@ class LightningMonitorCallbackCore(AdapterCore):
             got = _step_tensors(mon, outputs, self._keys, self.tap, "training_step")
             if got is not None:
                 mon.observe(got[0], got[1], tap=self.tap, labels=got[2], pool=self.pool)
+        if self.head is not None and mon.armed:
+            observe_head_from(mon, outputs, self.head, "training_step")
         step = int(trainer.global_step)
         if step == self._last_global_step:  # gradient accumulation: no optimizer step yet
             return

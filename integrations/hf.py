@@ -71,6 +71,10 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         select: which part of the module's output holds the embeddings (see ``Monitor.watch``).
         pool: pooling of ``(B, T, H)`` outputs (``"mean"``, ``"first"`` for [CLS], ``"last"``).
         use_host_loggers: log into HF's TensorBoard writer and MLflow run.
+        head_path: dotted path of an assignment head (DINO, iBOT, SwAV, MSN; issue 18) whose output holds ``(B, K)``
+            logits (a tensor, or ``logits`` of a ``ModelOutput``; ``""``: the model itself), watched as by
+            ``Monitor.watch(module, kind="head")`` in training passes, at ``head_temperature``, under ``head_tap``
+            (default ``"head"``).
         sinks: more sinks: names (the ``sinks`` config field) and/or sink objects.
         on_alert: callable(s) called with every fired :class:`~spherewatch.Alert`.
         **overrides: ``MonitorConfig`` fields, e.g. ``every_n_steps=50``.
@@ -94,6 +98,9 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         use_host_loggers: bool = True,
         sinks: Optional[Sequence[Any]] = None,
         on_alert: Any = None,
+        head_path: Optional[str] = None,
+        head_temperature: Any = 1.0,
+        head_tap: str = "head",
         _from_checkpoint: bool = False,
         **overrides: Any,
     ) -> None:
@@ -103,6 +110,7 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         self.select = select
         self.pool = pool
         self.use_host_loggers = bool(use_host_loggers)
+        self.head_path, self.head_temperature, self.head_tap = head_path, head_temperature, head_tap
         live = _LIVE.get(self.tap) if _from_checkpoint else None
         if live is not None:
             self._adopt(live)
@@ -110,7 +118,8 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
             _LIVE[self.tap] = self
 
     def _adopt(self, live: "MonitorTrainerCallback") -> None:
-        for name in ("config", "module_path", "select", "pool", "use_host_loggers", "_user_sinks", "_on_alert"):
+        for name in ("config", "module_path", "select", "pool", "use_host_loggers", "_user_sinks", "_on_alert",
+                     "head_path", "head_temperature", "head_tap"):
             setattr(self, name, getattr(live, name))
 
     # ------------------------------------------------------------------ ExportableState
@@ -123,6 +132,9 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
             "select": self.select if isinstance(self.select, (str, int)) else None,
             "pool": self.pool,
             "use_host_loggers": self.use_host_loggers,
+            "head_path": self.head_path,
+            "head_temperature": self.head_temperature if isinstance(self.head_temperature, (int, float)) else 1.0,
+            "head_tap": self.head_tap,
             "_from_checkpoint": True,
         }
         return {"args": args, "attributes": {"monitor_state": self.monitor_state}}
@@ -148,6 +160,15 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
                                            when=lambda: root.training))
         else:
             logger.info("spherewatch: no module_path given; call `callback.monitor.observe(z)` to feed embeddings.")
+        if self.head_path is not None:  # the assignment head's logits (issue 18)
+            if model is None:
+                raise ValueError("MonitorTrainerCallback needs the model (on_train_begin got model=None) to watch "
+                                 f"the head {self.head_path!r}.")
+            root = unwrap_model(model)
+            head = root if self.head_path == "" else resolve_module(root, self.head_path)
+            # the Monitor removes its own hooks when it closes (attach() keeps the embeddings' capture)
+            self.monitor.watch(head, self.head_tap, kind="head", temperature=self.head_temperature,
+                               when=lambda: root.training)
         return control
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -59,6 +59,11 @@ class MonitorCallback(LightningMonitorCallbackCore, Callback):
         use_loggers: log through ``trainer.loggers``.
         sinks: more sinks: names (the ``sinks`` config field) and/or sink objects.
         on_alert: callable(s) called with every fired :class:`~spherewatch.Alert`.
+        head: an assignment head (DINO, iBOT, SwAV, MSN; issue 18): where its logits are in ``training_step``'s
+            returned dict, e.g. ``{"teacher": "teacher_logits", "student": "student_logits", "teacher_temp":
+            "teacher_temp", "student_temp": 0.1}`` (temperatures: numbers, callables or keys of that dict; also
+            ``center``, ``probs``, ``tap``); logged under ``<prefix>/head/...`` (see ``Monitor.observe_head``).
+            With ``head=``, ``module_path`` / ``output_key`` may both be left out (the head alone is watched).
         **overrides: ``MonitorConfig`` fields, e.g. ``every_n_steps=50, preset="full"``.
 
     Attributes:

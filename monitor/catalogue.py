@@ -33,13 +33,15 @@ from spherewatch.metrics.indicators import norm_stats_of_norms
 from spherewatch.metrics.stderr import block_stderr, stderr_of_blocks
 
 __all__ = [
-    "OVERVIEW", "SPECTRUM", "HEALTH", "CATEGORIES", "PRESET_NAMES", "MetricSpec", "SPECS", "spec", "metric_specs",
-    "key_specs", "preset", "hint", "GENERIC_HINT", "advice_group", "collapsed_at_top",
+    "OVERVIEW", "SPECTRUM", "HEALTH", "HEAD", "CATEGORIES", "head_specs", "PRESET_NAMES", "MetricSpec", "SPECS", "spec",
+    "metric_specs", "key_specs", "preset", "hint", "GENERIC_HINT", "advice_group", "collapsed_at_top",
 ]
 
 OVERVIEW, SPECTRUM, HEALTH = "Collapse overview", "Spectrum", "Health checks"
-#: Dashboard categories, in display order.
-CATEGORIES: Tuple[str, ...] = (OVERVIEW, SPECTRUM, HEALTH)
+#: The category of the assignment-head metrics (issue 18; shown only when a head tap is logged).
+HEAD = "Assignment head"
+#: Dashboard categories, in display order ("Health checks" stays last: closed by default).
+CATEGORIES: Tuple[str, ...] = (OVERVIEW, SPECTRUM, HEAD, HEALTH)
 #: The cost presets (``MonitorConfig.preset``). ``cheap``: O(N D), no decomposition. ``standard``: + uniformity and
 #: RankMe. ``full``: every metric.
 PRESET_NAMES: Tuple[str, ...] = ("cheap", "standard", "full")
@@ -75,6 +77,8 @@ class MetricSpec:
         hint: ``(what a degradation means, what to check)`` for the alerts' messages (None: :data:`GENERIC_HINT`).
         advice: the loss-family advice group of :mod:`spherewatch.alerts.advice` (``"spread"``/``"rank"``) or None.
         presets: the cost presets it belongs to (a derived key: those of its metric).
+        head: a metric of a head tap (:mod:`spherewatch.heads`, read from ``(B, K)`` assignments, never from
+            embeddings): not a ``metrics`` config entry, computed whenever a head tap has rows.
     """
 
     name: str
@@ -100,6 +104,7 @@ class MetricSpec:
     hint: Optional[Tuple[str, str]] = None
     advice: Optional[str] = None
     presets: FrozenSet[str] = FULL
+    head: bool = False
 
     @property
     def derived(self) -> Tuple[str, ...]:
@@ -335,6 +340,59 @@ SPECS: Tuple[MetricSpec, ...] = (
                derived_of="norm_stats"),
     MetricSpec("zero_norm_fraction", None, HEALTH, 210, "share of rows with an L2 norm at most NORM_FLOOR (1e-6).",
                "1", "0", derived_of="norm_stats", collapsed_value=1.0, worse="rise"),
+    # the assignment head's metrics (issue 18; spherewatch.metrics.head, logged by head taps)
+    MetricSpec(
+        "teacher_entropy", "teacher entropy", HEAD, 105,
+        "mean per-sample entropy of the teacher's assignment over the K prototypes, / log K (DINO Fig. 7).",
+        "1 (uniform output: every sample spread evenly over every prototype)",
+        "well below 1 (a sharp teacher, about 0.1-0.5)", function=M.teacher_entropy, head=True, collapsed_value=1.0,
+        worse="rise",
+        hint=("the teacher's output is becoming uniform — every sample is assigned evenly to every prototype "
+              "(uniform-output collapse)",
+              "the teacher's temperature and its warm-up (too high: no sharpening; DINO uses 0.04 -> 0.07), the "
+              "centring (a centre momentum too high or the centre not updated), and the EMA momentum of the "
+              "teacher"),
+    ),
+    MetricSpec(
+        "usage_entropy", "prototype usage entropy", HEAD, 106,
+        "entropy of the batch-mean assignment, / log K: how evenly the prototypes are used.",
+        "0 (one prototype takes every sample)", "high (many prototypes in use)", function=M.usage_entropy,
+        head=True, collapsed_value=0.0, worse="fall",
+        hint=("the head assigns every sample to fewer and fewer prototypes (one-prototype collapse)",
+              "the centring of the teacher's output (DINO: removed, or a centre momentum too low), Sinkhorn / "
+              "equipartition of the codes (SwAV: its iterations and epsilon), freezing the prototypes for the first "
+              "epoch(s), the teacher temperature (too low sharpens onto few prototypes) and the EMA momentum"),
+    ),
+    MetricSpec(
+        "prototypes_in_use", "prototypes in use", HEAD, 107,
+        "exp(entropy of the batch-mean assignment): the number of prototypes in use (1 to K).",
+        "1 (one prototype)", "a large share of K (or of the rows, when rows < K)", function=M.prototypes_in_use,
+        head=True, collapsed_value=1.0, worse="fall",
+        hint=("the head assigns every sample to fewer and fewer prototypes (one-prototype collapse)",
+              "the centring of the teacher's output (DINO), Sinkhorn / equipartition of the codes (SwAV), freezing "
+              "the prototypes for the first epoch(s), the teacher temperature and the EMA momentum"),
+    ),
+    MetricSpec(
+        "max_mean_probability", "largest mean assignment", HEAD, 108,
+        "the largest entry of the batch-mean assignment: the share of all samples taken by one prototype.",
+        "1 (one prototype takes every sample)", "a small multiple of 1 / (prototypes in use)",
+        function=M.max_mean_probability, head=True, collapsed_value=1.0, worse="rise",
+        hint=("one prototype takes most of the samples (one-prototype collapse)",
+              "the centring of the teacher's output (DINO: removed, or a centre momentum too low), Sinkhorn / "
+              "equipartition of the codes (SwAV), freezing the prototypes for the first epoch(s), the teacher "
+              "temperature and the EMA momentum"),
+    ),
+    MetricSpec(
+        "teacher_student_kl", "teacher-student KL", HEAD, 109,
+        "mean KL(teacher || student) over rows, nats: what the student can still learn from the teacher.",
+        "0 (the teacher carries no information: either collapse mode)", "well above 0 (order 0.1-1)",
+        function=M.teacher_student_kl, head=True, collapsed_value=0.0, worse="fall",
+    ),
+    MetricSpec(
+        "dead_prototype_fraction", "dead prototypes", HEAD, 115,
+        "fraction of the K prototypes that are no sampled row's argmax (at least 1 - rows/K).",
+        "1 - 1/K (one prototype)", "stable, low when rows >> K", function=M.dead_prototype_fraction, head=True,
+    ),
 )
 
 _BY_NAME: Dict[str, MetricSpec] = {s.name: s for s in SPECS}
@@ -350,8 +408,13 @@ def spec(name: str) -> Optional[MetricSpec]:
 
 
 def metric_specs() -> Tuple[MetricSpec, ...]:
-    """The metrics (not the derived keys), in the config's order."""
-    return tuple(s for s in SPECS if s.derived_of is None)
+    """The metrics of embedding taps (not the derived keys, not the head metrics), in the config's order."""
+    return tuple(s for s in SPECS if s.derived_of is None and not s.head)
+
+
+def head_specs() -> Tuple[MetricSpec, ...]:
+    """The metrics of head taps (:mod:`spherewatch.heads`), in display order."""
+    return tuple(s for s in SPECS if s.head)
 
 
 def key_specs() -> Tuple[MetricSpec, ...]:

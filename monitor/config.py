@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from spherewatch.alerts.rules import Rule, default_rules
-from spherewatch.catalogue import PRESET_NAMES, metric_specs
+from spherewatch.catalogue import PRESET_NAMES, head_specs, metric_specs
 from spherewatch.catalogue import preset as catalogue_preset
 from spherewatch.delivery.registry import SINK_NAMES, SINKS
 from spherewatch.keys import KEY_SEGMENT, KeySchemeName
@@ -68,6 +68,7 @@ def known_metric_keys() -> Tuple[str, ...]:
         names += s.derived
     names.append("rows")
     names += [f"{m}_stderr" for m in list(names)]
+    names += [s.name for s in head_specs()]  # the assignment heads' metrics (head taps, issue 18)
     return tuple(dict.fromkeys(names))
 
 

@@ -26,8 +26,9 @@ from spherewatch.config import MonitorConfig, load_config
 from spherewatch.delivery.writer import RecordWriter, split_sink_args
 from spherewatch.evaluation import Evaluator
 from spherewatch.faults import FaultReporter
+from spherewatch.heads import DEFAULT_HEAD_TAP, HeadTaps, Temperature, select_logits
 from spherewatch.redact import install_log_redaction
-from spherewatch.sampler import Sampler, check_tap, validate_rows
+from spherewatch.sampler import Sampler, _is_compiling, check_tap, validate_rows
 from spherewatch.schedule import StepClock
 from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
@@ -92,6 +93,7 @@ class Monitor:
         self._clock = StepClock(self.config)
         self._sampler = Sampler(self.config, self._faults)
         self._sampler.armed = self._clock.armed
+        self._heads = HeadTaps(self.config, self._faults, lambda: self._sampler.armed)  # assignment heads (issue 18)
         self._evaluator = Evaluator(self.config, self._faults)
         install_log_redaction()
         # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
@@ -125,8 +127,8 @@ class Monitor:
 
     @property
     def captures(self) -> Dict[str, int]:
-        """Batches taken per tap."""
-        return self._sampler.captures
+        """Batches taken per tap (embedding taps and head taps)."""
+        return {**self._sampler.captures, **self._heads.captures}
 
     @property
     def alerts(self) -> List[Alert]:
@@ -171,8 +173,39 @@ class Monitor:
         """
         self._sampler.observe(z, z_pos, tap=tap, labels=labels, pool=pool, views=views)
 
+    def observe_head(self, teacher: torch.Tensor, student: Optional[torch.Tensor] = None, *,
+                     teacher_temp: Temperature = 1.0, student_temp: Temperature = 1.0, tap: str = DEFAULT_HEAD_TAP,
+                     center: Optional[torch.Tensor] = None, probs: bool = False) -> None:
+        """Hand over an assignment head's output (DINO, iBOT, SwAV, MSN): the teacher's ``(B, K)`` logits (and the
+        student's, for ``teacher_student_kl``) with the temperatures the loss uses; logged under ``tap`` (default
+        ``head``: ``spherewatch/head/usage_entropy``, ...). See :mod:`spherewatch.metrics.head`.
+
+        A call of its own rather than more arguments of :meth:`observe`: the head's rows are assignments over
+        ``K`` prototypes, not embeddings (no geometry metric applies to them, and none of the head metrics to
+        embeddings), and they are kept as ``O(K)`` sums, never buffered. The same schedule as :meth:`observe`
+        (one batch per tap per capture step unless ``every_micro_batch``; a flag check on other steps).
+
+        Args:
+            teacher: ``(B, K)`` teacher logits (``probs=False``) or probabilities / codes (``probs=True``: SwAV's
+                Sinkhorn codes, an MSN or iBOT target).
+            student: ``(B, K)`` student logits (or probabilities) of the same samples, or None.
+            teacher_temp, student_temp: the temperatures (a number or a callable giving the current one, e.g.
+                DINO's teacher warm-up 0.04 -> 0.07); not used with ``probs=True``.
+            center: DINO's centre ``(K,)``, subtracted from the teacher's logits before the temperature.
+        """
+        if _is_compiling():  # inside torch.compile: kept (a dict store dynamo can trace), taken at the next step
+            self._sampler._pending.setdefault(f"observe_head:{tap}", (
+                lambda args, kw: self.observe_head(*args, **kw), (teacher, student),
+                dict(teacher_temp=teacher_temp, student_temp=student_temp, tap=tap, center=center, probs=probs)))
+            return
+        if self._heads.closed or not self._sampler.armed:
+            return
+        self._heads.add(check_tap(tap), teacher, student, teacher_temp=teacher_temp, student_temp=student_temp,
+                        probs=probs, center=center)
+
     def watch(self, module: torch.nn.Module, tap: Optional[str] = None, *, select: Selector = None,
-              pool: Optional[str] = None, when: Optional[Callable[[], bool]] = None):
+              pool: Optional[str] = None, when: Optional[Callable[[], bool]] = None, kind: str = "embeddings",
+              temperature: Temperature = 1.0, probs: bool = False):
         """Capture the output of ``module`` with a forward hook, installed once and armed only on capture steps.
 
         Args:
@@ -188,12 +221,34 @@ class Monitor:
                 ``attention_mask`` keyword argument of the module when there is one).
             when: take a call only while ``when()`` is true (e.g. ``lambda: module.training``, so evaluation passes
                 between optimizer steps are never taken for training batches).
+            kind: ``"embeddings"`` (default) or ``"head"``: the module is an assignment head (DINO's teacher head,
+                SwAV's prototypes) whose output holds ``(B, K)`` logits; they are taken as by :meth:`observe_head`
+                (teacher only, at ``temperature``: a number or a callable for a warm-up schedule; ``probs=True``
+                when the output is already probabilities). Default tap ``head``.
 
         Returns:
             a handle with ``.remove()``.
         """
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"Expected an nn.Module to watch, got {type(module).__name__}.")
+        if kind == "head":
+            head_tap = check_tap(tap or DEFAULT_HEAD_TAP)
+
+            def take(output: Any, kwargs: Mapping[str, Any]) -> None:
+                try:
+                    logits = select_logits(output, select)
+                except Exception as exc:
+                    self._faults.report(f"capture:{head_tap}", exc, "this batch was not recorded")
+                    return
+                self._heads.add(head_tap, logits, None, teacher_temp=temperature, probs=probs)
+
+            fire = (lambda: self._sampler.armed) if when is None else (lambda: self._sampler.armed and when())
+            handle = module.register_forward_hook(self._sampler.output_hook(fire, take, training_only=when is not None),
+                                                  with_kwargs=True)
+            self._handles.append(handle)
+            return handle
+        if kind != "embeddings":
+            raise ValueError(f"Expected kind='embeddings' or 'head', got {kind!r}.")
         hook = self._sampler.hook(check_tap(tap or self.config.default_tap), select, pool or self.config.pool, when)
         handle = module.register_forward_hook(hook, with_kwargs=True)
         self._handles.append(handle)
@@ -237,7 +292,9 @@ class Monitor:
             # rows captured at a step outside the coming evaluation's window (e.g. a first step that was not an
             # evaluation step after all) must not leak into it
             self._sampler.clear()
+            self._heads.clear()
         self._sampler.next_step()
+        self._heads.next_step()
         self._sampler.armed = self._clock.armed
         self._faults.raise_deferred()
         self._alerting.raise_escalated()  # a CollapseWarning escalated by a warnings filter: raised here, in user code
@@ -251,6 +308,8 @@ class Monitor:
         defer = self.config.strict and dist_utils.is_distributed()
         with self._faults.deferring() if defer else contextlib.nullcontext():
             values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations)
+            if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: collectives under DDP)
+                values = {**values, **self._head_values()}
             if scheduled:
                 self._clock.evaluated(s, spectral)
             fired: List[Alert] = []
@@ -270,6 +329,19 @@ class Monitor:
             stop = self._evaluator.any_stop(any(a.action == "stop" for a in fired) or self._should_stop)
             self._should_stop = self._should_stop or stop
         return fired, values
+
+    def _head_values(self) -> Dict[str, float]:
+        """The head taps' metrics of this window as floats (one readback); ``{}`` without head taps."""
+        try:
+            tensors = self._heads.evaluate(self.config.keys)
+            if not tensors:
+                return {}
+            from spherewatch.evaluation import readback
+
+            return readback(tensors, {})[0]
+        except Exception as exc:
+            self._faults.report("metrics:head", exc, "the head metrics were skipped at this step")
+            return {}
 
     def _fingerprint(self, s: int, scheduled: bool) -> Dict[str, Any]:
         """What every rank's Monitor must agree on at its first evaluation (see ``distributed.handshake``)."""
@@ -354,6 +426,7 @@ class Monitor:
         self.last_values = {keys.canonical(k): v for k, v in dict(state.get("last_values", {})).items()}
         self._writer.load_state_dict(state.get("writer", {}))  # the same run: its spool folder and MLflow run
         self._sampler.clear()
+        self._heads.clear()
 
     # ------------------------------------------------------------------ lifecycle
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -368,7 +441,7 @@ class Monitor:
         channels (queued webhook alerts are sent). Idempotent, and safe to call from a signal handler."""
         if self._closed:
             return
-        self._closed = self._sampler.closed = True
+        self._closed = self._sampler.closed = self._heads.closed = True
         for h in self._handles:
             try:
                 h.remove()

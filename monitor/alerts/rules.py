@@ -40,6 +40,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from spherewatch.alerts.head_defaults import head_rules
+
 __all__ = [
     "DEFAULT_RULE_SETTINGS",
     "RULE_ADAPTER",
@@ -383,9 +385,12 @@ def default_rules() -> tuple[Any, ...]:
     Example:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
-         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite']
+         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite',
+         'head_uniform_output', 'head_uniform_output_persists', 'head_prototype_collapse',
+         'head_prototype_collapse_persists', 'head_one_prototype']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():
         rules.append(RULE_ADAPTER.validate_python({"name": name, **settings}))
+    rules.extend(head_rules())  # the assignment head's (issue 18): inert without a head tap
     return tuple(rules)

@@ -18,6 +18,9 @@ What every function does (the docstrings give formulas, shapes and examples):
 - **Shapes.** 0-d tensors on the input's device, except ``spectrum`` / ``spectrum_from_moments`` (``(D,)``),
   ``alpha_req`` (``AlphaReQ(alpha, r2)``, two 0-d tensors), ``norm_stats`` (a dict of four 0-d tensors) and
   ``uniformity_estimate`` (a ``UniformityEstimate``).
+- **Assignment heads.** :mod:`spherewatch.metrics.head` (``teacher_entropy``, ``usage_entropy``,
+  ``prototypes_in_use``, ``max_mean_probability``, ``teacher_student_kl``, ``dead_prototype_fraction``) read
+  ``(B, K)`` logits or probabilities of a prototype head (DINO, iBOT, SwAV, MSN), not embeddings.
 - **Host synchronisation.** The O(N D) and pairwise metrics never synchronise, so the Monitor batches the
   read-back. A metric with an eigen-decomposition reads one flag back per decomposition (is the result finite?;
   CUDA's solvers synchronise to check their status anyway): when the device solver raised or returned non-finite
@@ -28,6 +31,15 @@ from spherewatch.metrics._linalg import DecompositionFallbackWarning, gram64
 from spherewatch.metrics._validation import normalize_rows
 from spherewatch.metrics.alignment import alignment
 from spherewatch.metrics.effective_rank import effective_rank, effective_rank_from_gram
+from spherewatch.metrics.head import (
+    dead_prototype_fraction,
+    head_probabilities,
+    max_mean_probability,
+    prototypes_in_use,
+    teacher_entropy,
+    teacher_student_kl,
+    usage_entropy,
+)
 from spherewatch.metrics.indicators import dead_dimensions, mean_cosine, nonfinite_fraction, norm_stats, normalized_std
 from spherewatch.metrics.lidar import lidar
 from spherewatch.metrics.nc1 import nc1
@@ -53,6 +65,14 @@ __all__ = [
     "AlphaReQ",
     "nc1",
     "lidar",
+    # assignment heads (DINO, iBOT, SwAV, MSN): (B, K) teacher / student logits or probabilities
+    "teacher_entropy",
+    "usage_entropy",
+    "prototypes_in_use",
+    "max_mean_probability",
+    "teacher_student_kl",
+    "dead_prototype_fraction",
+    "head_probabilities",
     "DecompositionFallbackWarning",
     # building blocks of streamed metrics (spherewatch analyze): Grams and pair sums add up over chunks
     "normalize_rows",

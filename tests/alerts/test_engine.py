@@ -294,8 +294,9 @@ def _scenario():
 
 
 RESUME_RULES = (
-    # the random walk never gets near complete collapse and has no normalized_std
-    *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse")],
+    # the random walk never gets near complete collapse and has no normalized_std (nor a head tap)
+    *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse")
+      and not r.name.startswith("head_")],
     DegradationRule(name="rank_vs_baseline", metric="effective_rank", direction="fall", fraction=0.3,
                     reference="baseline", baseline_samples=3, hysteresis=0.1, cooldown=2),
     ThresholdRule(metric="mean_cosine", above=0.8, below=0.1, patience=2, hysteresis=0.05, cooldown=3),

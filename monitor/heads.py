@@ -1,0 +1,185 @@
+"""Head taps (issue 18): the assignment head of DINO / iBOT / SwAV / MSN, watched beside the embeddings.
+
+A head tap takes ``(B, K)`` teacher (and optionally student) logits or probabilities on the Monitor's capture steps
+(:meth:`Monitor.observe_head <spherewatch.Monitor.observe_head>`, or ``Monitor.watch(head, kind="head")``) and keeps
+only their **additive statistics** (:func:`spherewatch.metrics.head.head_stats`: row count, sum of the assignments,
+sum of the per-row entropies, argmax counts, sum of the per-row KLs) -- ``O(K)`` memory whatever the batch, never
+the rows. At an evaluation the statistics of the window are summed across ranks with one ``all_reduce`` (after one
+``all_gather_object`` of the head taps' names and ``K``) and the metrics are read from them
+(:func:`~spherewatch.metrics.head.head_values`), logged as ``<prefix>/<tap>/<metric>`` (tap ``head`` by default:
+``spherewatch/head/usage_entropy``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from spherewatch import distributed as dist_utils
+from spherewatch.errors import SpherewatchError
+from spherewatch.metrics.head import head_stats, head_values, merge_head_stats
+
+__all__ = ["HeadTaps", "DEFAULT_HEAD_TAP", "Temperature"]
+
+#: The tap name of a head when none is given.
+DEFAULT_HEAD_TAP = "head"
+#: A temperature: a number, or a callable returning the current one (a warm-up schedule).
+Temperature = Union[float, Callable[[], float]]
+
+_ORDER = ("rows", "nonfinite_rows", "entropy_sum", "kl_sum", "kl_rows")
+
+
+def _temp(t: Temperature) -> float:
+    value = float(t() if callable(t) else t)
+    if not value > 0:
+        raise ValueError(f"Expected a temperature > 0, got {value}.")
+    return value
+
+
+def select_logits(output: Any, select: Any = None) -> torch.Tensor:
+    """The ``(B, K)`` logits in a head module's output: the tensor itself, ``select`` (a key, an index or a
+    callable), element 0 of a tuple, or ``logits`` of a dict / ``ModelOutput``."""
+    if callable(select):
+        out = select(output)
+    elif select is not None:
+        out = output[select]
+    elif isinstance(output, torch.Tensor):
+        out = output
+    elif isinstance(output, Mapping) or hasattr(output, "keys"):
+        out = output["logits"] if "logits" in output else next(iter(output.values()))
+    elif isinstance(output, (tuple, list)) and output:
+        out = output[0]
+    else:
+        out = output
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"Expected the head's output to hold a (B, K) tensor of logits, got {type(out).__name__}.")
+    return out
+
+
+class HeadTaps:
+    """The head taps of one Monitor: per-tap statistics of the current window.
+
+    Args:
+        config: the Monitor's config (``every_micro_batch``).
+        faults: where failures are reported (once per tap).
+        armed: whether this is a capture step (the Monitor's schedule).
+    """
+
+    def __init__(self, config: Any, faults: Any, armed: Callable[[], bool]) -> None:
+        self.config = config
+        self._faults = faults
+        self._armed = armed
+        self.closed = False
+        self._epoch = 0
+        self._captured: Dict[str, int] = {}
+        self._stats: Dict[str, Dict[str, torch.Tensor]] = {}
+        self.captures: Dict[str, int] = {}
+
+    def add(self, tap: str, teacher: Any, student: Any = None, *, teacher_temp: Temperature = 1.0,
+            student_temp: Temperature = 1.0, probs: bool = False, center: Any = None) -> None:
+        """Take one batch of ``tap`` on a capture step (at most one per step unless ``every_micro_batch``)."""
+        if self.closed or not self._armed():
+            return
+        if self._captured.get(tap) == self._epoch and not self.config.every_micro_batch:
+            return
+        self._captured[tap] = self._epoch
+        try:
+            if teacher is None:
+                raise SpherewatchError("observe_head() got no teacher output (teacher=None): pass the teacher's "
+                                       "(B, K) logits or probabilities.")
+            with torch.no_grad():
+                stats = head_stats(teacher, student, teacher_temp=_temp(teacher_temp),
+                                   student_temp=_temp(student_temp), probs=probs, center=center)
+                self._stats[tap] = merge_head_stats(self._stats.get(tap), stats)
+            self.captures[tap] = self.captures.get(tap, 0) + 1
+            self._faults.recovered(f"capture:{tap}")
+        except Exception as exc:
+            self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")
+
+    def next_step(self) -> None:
+        self._epoch += 1
+
+    def clear(self) -> None:
+        self._stats.clear()
+
+    def taps(self) -> List[str]:
+        return sorted(self.captures)
+
+    def evaluate(self, keys: Any) -> Dict[str, torch.Tensor]:
+        """The head metrics of the window, keyed by ``keys.key(metric, tap)`` (0-d tensors), and clear it. Under
+        ``torch.distributed`` every rank must call it at the same evaluation (two collectives, whatever it holds)."""
+        stats, self._stats = self._stats, {}
+        if dist_utils.is_distributed():
+            stats = self._reduce(stats)
+        out: Dict[str, torch.Tensor] = {}
+        for tap in sorted(stats):
+            try:  # a window whose rows were all non-finite reads NaN (the nonfinite rule's business)
+                for name, value in head_values(stats[tap]).items():
+                    out[keys.key(name, tap)] = value
+                self._faults.recovered(f"metrics:{tap}")
+            except Exception as exc:
+                self._faults.report(f"metrics:{tap}", exc, "its head metrics were skipped at this step")
+        return out
+
+    def _reduce(self, stats: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Sum every rank's statistics: one ``all_gather_object`` of ``{tap: (K, has_kl)}``, then one ``all_reduce``
+        of all taps' statistics in one flat fp64 vector (``5 + 2K`` numbers per tap). Never the rows."""
+        mine = {tap: (int(s["prob_sum"].shape[0]), "kl_sum" in s) for tap, s in stats.items()}
+        gathered: List[Optional[Dict[str, Tuple[int, bool]]]] = [None] * dist_utils.world_size()
+        try:
+            torch.distributed.all_gather_object(gathered, mine)
+        except Exception as exc:
+            self._faults.report("distributed", exc, "the head metrics were skipped at this step")
+            return {}
+        shapes: Dict[str, set] = {}
+        kl: Dict[str, bool] = {}
+        for part in gathered:
+            for tap, (k, has_kl) in (part or {}).items():
+                shapes.setdefault(tap, set()).add(k)
+                kl[tap] = kl.get(tap, True) and has_kl
+        ok = []
+        for tap in sorted(shapes):
+            if len(shapes[tap]) != 1:  # the same decision on every rank (from the gathered shapes)
+                self._faults.report(f"metrics:{tap}", ValueError(
+                    f"ranks hold heads with different numbers of prototypes K {sorted(shapes[tap])} for tap {tap!r}"),
+                    "its head metrics were skipped at this step")
+                continue
+            ok.append(tap)
+        if not ok:
+            return {}
+        dev = dist_utils._comm_device()
+        parts = []
+        for tap in ok:
+            k = next(iter(shapes[tap]))
+            s = stats.get(tap)
+            head = torch.zeros(len(_ORDER), dtype=torch.float64, device=dev)
+            vecs = torch.zeros(2, k, dtype=torch.float64, device=dev)
+            if s is not None:
+                head = torch.stack([s[n].detach().to(dev, torch.float64) if n in s
+                                    else torch.zeros((), dtype=torch.float64, device=dev) for n in _ORDER])
+                vecs = torch.stack([s["prob_sum"].detach().to(dev, torch.float64),
+                                    s["argmax_count"].detach().to(dev, torch.float64)])
+            parts += [head, vecs.flatten()]
+        flat = torch.cat(parts)
+        try:
+            torch.distributed.all_reduce(flat)
+        except Exception as exc:
+            self._faults.report("distributed", exc, "the head metrics were skipped at this step")
+            return {}
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
+        i = 0
+        for tap in ok:
+            k = next(iter(shapes[tap]))
+            head = flat[i:i + len(_ORDER)]
+            i += len(_ORDER)
+            vecs = flat[i:i + 2 * k].view(2, k)
+            i += 2 * k
+            local = next(iter(stats.values()))["rows"].device if stats else dev
+            s = {n: head[j].float().to(local) for j, n in enumerate(_ORDER)}
+            if not kl[tap]:
+                s.pop("kl_sum")
+                s.pop("kl_rows")
+            s["prob_sum"] = vecs[0].float().to(local)
+            s["argmax_count"] = vecs[1].float().to(local)
+            out[tap] = s
+        return out
