@@ -21,6 +21,7 @@ R = "spherewatch/effective_rank"
 N = "spherewatch/norm_mean"
 C = "spherewatch/collapsed_dimensions"
 COUNT = "spherewatch/alerts/count"
+LEVEL = "spherewatch/alerts/level"
 SIZE_ALL = {"scalars": 0, "tensors": 0, "histograms": 0}
 
 
@@ -83,7 +84,8 @@ def test_tensorboard_layout_puts_the_collapse_overview_first_and_health_checks_c
     assert [c.title for c in layout.category] == ["Collapse overview", "Spectrum", "Health checks"]
     assert [c.closed for c in layout.category] == [False, False, True]
     overview = [chart.title for chart in layout.category[0].chart]
-    assert overview == ["uniformity", "effective rank", "training loss (host)", "alerts fired"]
+    assert overview == ["uniformity", "effective rank", "training loss (host)",
+                        "alert level (0 ok, 2 warning, 3 critical)", "alerts fired"]
     loss_regex = layout.category[0].chart[2].multiline.tag[0]
     assert re.match(loss_regex, "train/loss") and not re.match(loss_regex, U)
 
@@ -103,7 +105,11 @@ def test_tensorboard_tags_carry_their_description_and_the_alert_count_starts_at_
     info = describe(U)
     assert acc.SummaryMetadata(U).summary_description == info.one_line
     assert "Collapsed:" in info.one_line and "Healthy:" in info.one_line
-    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [(1, 0.0), (10, 1.0)]
+    # one point per evaluation: the count rises at the alert's step, the level stays up until the alert resolves
+    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [(1, 0.0), (10, 1.0), (20, 1.0)]
+    assert [(e.step, e.value) for e in acc.Scalars(LEVEL)] == [(1, 0.0), (10, 2.0), (20, 0.0)]
+    assert "3 critical" in acc.SummaryMetadata(LEVEL).summary_description
+    assert acc.SummaryMetadata(COUNT).summary_description == describe(COUNT).one_line
     assert [e.step for e in acc.Scalars(U)] == [1, 10, 20]
 
 
@@ -117,7 +123,7 @@ def test_tensorboard_receives_keys_in_order_of_importance(tmp_path):
     (path,) = tmp_path.glob("events.out.tfevents.*")
     tags = [v.tag for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
     scalar_tags = list(dict.fromkeys(t for t in tags if t.startswith("spherewatch/")))  # first points: twice
-    assert scalar_tags == [U, R, COUNT, C, N]
+    assert scalar_tags == [U, R, C, N, COUNT, LEVEL]  # the alert state follows, once the step's alerts are in
 
 
 def test_tensorboard_params_are_a_text_table(tmp_path):
@@ -259,7 +265,7 @@ def test_a_writer_other_than_torchs_gets_plain_calls_in_the_same_order():
     sink.log_scalars(1, _values(1))
     sink.close()
     assert writer.calls[0] == ("layout", ["Collapse overview", "Spectrum", "Health checks"])
-    assert [tag for kind, tag in writer.calls[1:]] == [U, R, COUNT, C, N]
+    assert [tag for kind, tag in writer.calls[1:]] == [U, R, C, N, COUNT, LEVEL]
 
 
 def test_the_hosts_hyperparameters_reach_the_hparams_tab_with_the_overview_metrics(tmp_path):
