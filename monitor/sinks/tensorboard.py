@@ -469,15 +469,15 @@ class TensorBoardSink(Sink):
                     self._write_described(key, float(value), step, when, described[key])
                 else:
                     self._writer.add_scalar(key, float(value), global_step=step, walltime=when)
-        self._fired_total, self._open_alerts = count, open_alerts
-        self._pending_evals, self._pending_events = {}, {}
         for step, items in sorted(self._pending_alerts.items()):
             self._writer.add_text(
                 f"{self.prefix.rstrip('/')}/alerts", "\n\n---\n\n".join(text for _, text in items),
                 global_step=step, walltime=max(t for t, _ in items),
             )
         self._writer.flush()
-        self._pending_alerts = {}  # kept until written: a failed flush writes them again to the next writer
+        # kept until written: a failed flush writes them again to the next writer
+        self._pending_alerts, self._pending_evals, self._pending_events = {}, {}, {}
+        self._fired_total, self._open_alerts = count, open_alerts
 
     def flush(self) -> None:
         """Write queued alerts and flush the writer's event files."""

@@ -281,3 +281,64 @@ def test_the_hosts_hyperparameters_reach_the_hparams_tab_with_the_overview_metri
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {h.name for h in experiment.hparam_infos} == {"lr", "scenario"}
     assert [m.name.tag for m in experiment.metric_infos] == [U, R, COUNT]
+
+
+def test_tensorboard_alert_level_and_count_mark_every_evaluation_and_where_alerts_fired(tmp_path):
+    """The level is the worst open alert's rank (2 warning, 3 critical), the count rises by one per fired alert at its
+    step; a replayed alert counts once, faults never; several alerts of one step add up at that step."""
+    from spherewatch.sinks import TensorBoardSink
+    from spherewatch.sinks.tensorboard import custom_scalars_url
+
+    with TensorBoardSink(str(tmp_path)) as sink:
+        for step in range(0, 70, 10):
+            sink.log_scalars(step, _values(step))
+            if step == 20:
+                first = Alert("uniformity_degradation", U, -2.8, 20, "warning", "losing spread", 1000.0)
+                sink.log_alert(first)
+                sink.log_alert(first)  # a replay
+            if step == 40:
+                sink.log_alert(Alert("uniformity_collapse", U, -0.3, 40, "critical", "collapsed", 1001.0))
+                sink.log_alert(Alert("rank_collapse", R, 3.0, 40, "warning", "rank fell", 1002.0))
+                sink.log_alert(Alert("monitor_fault", "spherewatch/monitor/x", 1.0, 40, "warning", "fault", 1003.0))
+            if step == 50:
+                sink.log_alert(ResolvedAlert("uniformity_collapse", U, -2.5, 50, "critical", "back", 1004.0))
+            sink.flush()
+    acc = _read(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [
+        (0, 0.0), (10, 0.0), (20, 1.0), (30, 1.0), (40, 3.0), (50, 3.0), (60, 3.0)]
+    assert [(e.step, e.value) for e in acc.Scalars(LEVEL)] == [
+        (0, 0.0), (10, 0.0), (20, 2.0), (30, 2.0), (40, 3.0), (50, 2.0), (60, 2.0)]
+    # the layout's overview charts the level and the count, each from its own tag only
+    (layout,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    (level_regex,) = charts["alert level (0 ok, 2 warning, 3 critical)"]
+    (count_regex,) = charts["alerts fired"]
+    tags = acc.Tags()["scalars"]
+    assert [t for t in tags if re.match(level_regex, t)] == [LEVEL]
+    assert [t for t in tags if re.match(count_regex, t)] == [COUNT]
+    assert custom_scalars_url("http://127.0.0.1:6006/") == "http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0"
+
+
+def test_tensorboard_alert_level_of_alerts_without_evaluations_and_a_failed_write_kept(tmp_path):
+    """A sink used directly (alerts, no values) still writes the level and count at the alerts' steps; a write that
+    fails keeps them for the next writer."""
+    from spherewatch.sinks import TensorBoardSink
+
+    sink = TensorBoardSink(str(tmp_path))
+    sink.log_alert(Alert("uniformity_collapse", U, -0.3, 7, "critical", "collapsed", 1000.0))
+    real, calls = sink._writer.flush, []
+
+    def failing():
+        calls.append(1)
+        raise OSError("disk full")
+
+    sink._writer.flush = failing
+    with pytest.raises(OSError):
+        sink.flush()
+    sink._writer.flush = real
+    sink.close()  # a new event file: the point is written again
+    acc = _read(tmp_path)
+    assert {(e.step, e.value) for e in acc.Scalars(COUNT)} == {(7, 1.0)}  # in both event files, the same point
+    assert {(e.step, e.value) for e in acc.Scalars(LEVEL)} == {(7, 3.0)}
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2 and calls
