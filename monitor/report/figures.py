@@ -305,8 +305,9 @@ def overview_figure(runs: List[RunData], path: str, *, prefix: str = "spherewatc
     return fig
 
 
-def metrics_figure(runs: List[RunData], prefix: str, path: str) -> None:
-    """One panel per metric logged by any of ``runs``, in order of importance, three per row, written to ``path``."""
+def metrics_figure(runs: List[RunData], prefix: str, path: str) -> Any:
+    """One panel per metric logged by any of ``runs``, in order of importance, three per row, written to ``path``.
+    Returns the matplotlib ``Figure``."""
     metrics: List[str] = []
     for d in runs:
         metrics += [m for m in _by_metric(list(d.scalars), prefix) if m not in metrics]
@@ -328,6 +329,7 @@ def metrics_figure(runs: List[RunData], prefix: str, path: str) -> None:
         axes[j // ncols][j % ncols].set_visible(False)
     _legend(fig, runs, prefix)
     _save(fig, path)
+    return fig
 
 
 def alignment_uniformity_pairs(data: RunData, prefix: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
