@@ -111,7 +111,13 @@ class MLflowSink(Sink):
       :meth:`log_scalars` call, timestamped with ``wall_time``;
     * scalars are sent in order of importance (:func:`spherewatch.keys.order_keys`), so what MLflow takes from the
       first logged key (the compare page's parallel-coordinates default, the metrics list of a run) starts with
-      uniformity, effective rank, mean cosine, alignment (its chart view sorts charts by key within a section);
+      uniformity, effective rank, mean cosine, alignment (its default chart view sorts charts by key within a
+      section);
+    * the chart view (``chart_view``): a saved view of the experiment's runs page (the experiment tag
+      ``mlflow.sharedViewState.spherewatch``, :mod:`spherewatch.sinks.mlflow_view`): the sections "Collapse
+      overview" (the four overview metrics, the host's loss, the alert count), "Spectrum", "Health checks"
+      (closed), two cards per row, no smoothing; :meth:`view_url` opens it in the model training workflow, and the
+      run's description links to it;
     * histograms: MLflow has no histogram type, so spectra go to JSON artifacts: the latest per key in
       ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) and every one in
       ``spherewatch/spectra_history.json`` (``{key: [{"step", "time", "values"}, ...]}``, thinned to at most 512
