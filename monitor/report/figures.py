@@ -1,7 +1,10 @@
 """The report's PNG figures: the collapse overview, every metric, the alignment–uniformity plane, the spectrum.
 
 Every run is drawn on shared axes (a colour per run, a line style per tap), alerts as dots coloured by severity at
-their step, the fixed thresholds of the run's rules as dashed lines. matplotlib (``pip install
+their step, the fixed thresholds of the run's rules as dashed lines (labelled where no curve runs), the step axis from
+the first logged step to the last (the page's "steps 1–300" names the same range). The overview also marks each run's
+first collapse alert, whatever metric it fired on, with a dotted vertical line at its step on every panel: the step the
+run's verdict banner names. matplotlib (``pip install
 'spherewatch[report]'``) is imported only when a figure is drawn, and only through its object-oriented API with the
 Agg canvas: the user's pyplot backend and state are left alone. Output is deterministic (no timestamp in the PNG).
 
@@ -25,8 +28,8 @@ from spherewatch.report.rundata import RunData
 from spherewatch.report.thresholds import threshold_lines
 
 __all__ = [
-    "RUN_COLORS", "SEVERITY_COLORS", "alignment_figure", "alignment_uniformity_pairs", "metrics_figure",
-    "overview_figure", "spectrum_figure",
+    "RUN_COLORS", "SEVERITY_COLORS", "alignment_figure", "alignment_uniformity_pairs", "first_alert",
+    "metrics_figure", "overview_figure", "spectrum_figure", "step_range",
 ]
 
 SEVERITY_COLORS = {"info": "#1f77b4", "warning": "#ff8c00", "critical": "#d62728"}
@@ -52,6 +55,96 @@ def _by_metric(keys: List[str], prefix: str) -> Dict[str, Dict[str, str]]:
 
 def _loss_keys(data: RunData, prefix: str) -> List[str]:
     return sorted(k for k in data.scalars if parse_key(k, prefix) is None)
+
+
+def step_range(runs: List[RunData]) -> Optional[Tuple[int, int]]:
+    """``(first, last)`` step of every scalar the figures draw (the metrics and the host's loss) over ``runs``;
+    ``None`` when there is none. The report's summary names each run's range the same way."""
+    steps = [s for d in runs for points in d.scalars.values() for s, _ in points]
+    return (int(min(steps)), int(max(steps))) if steps else None
+
+
+def first_alert(data: RunData) -> Optional[Any]:
+    """The run's first collapse alert (the earliest step; the most severe of that step), the one its verdict names;
+    ``None`` for a healthy run."""
+    fired = collapse_alerts(data.alerts)
+    return min(fired, key=lambda a: (a.step, -severity_rank(a.severity))) if fired else None
+
+
+def _step_axis(ax: Any, span: Optional[Tuple[int, int]]) -> None:
+    """The x axis from the first logged step to the last, both ticked (a chart of steps 1–300 starts at 1, not 0)."""
+    if span is None:
+        return
+    from matplotlib.ticker import MaxNLocator
+
+    first, last = span
+    pad = max(0.01 * (last - first), 0.5)
+    ax.set_xlim(first - pad, last + pad)
+    inner = [t for t in MaxNLocator(nbins=6, integer=True).tick_values(first, last)
+             if first + 0.06 * (last - first) < t < last - 0.06 * (last - first)]
+    ax.set_xticks(sorted({first, last, *inner}))
+
+
+def _mark_first_alerts(ax: Any, runs: List[RunData]) -> None:
+    """A dotted vertical line, in its severity's colour, at each run's first collapse alert (the legend says what
+    fired there)."""
+    for data in runs:
+        alert = first_alert(data)
+        if alert is not None:
+            ax.axvline(alert.step, color=SEVERITY_COLORS.get(alert.severity, "black"), ls=":", lw=1.8, zorder=1.5,
+                       gid="first-alert")
+
+
+def _first_alert_label(data: RunData, prefix: str, several: bool) -> Optional[str]:
+    """``first alert: step 40, mean cosine (warning)`` (with the run's name when ``several``); None when healthy."""
+    alert = first_alert(data)
+    if alert is None:
+        return None
+    parts = parse_key(alert.key, prefix)
+    what = _title(parts[1]) if parts is not None else _plain(alert.key)
+    who = f"{_plain(data.name)}: first alert" if several else "first alert"
+    return f"{who} at step {alert.step}, {what} ({alert.severity})"
+
+
+def _display_path(line: Any, spacing: float = 2.0) -> np.ndarray:
+    """The curve of ``line`` in display coordinates, sampled every ``spacing`` pixels along its segments (a steep
+    rise between two points passes through what lies between them); gaps (NaN) are not bridged."""
+    xy = line.get_transform().transform(np.column_stack(line.get_data()).astype(float))
+    out = [xy[np.all(np.isfinite(xy), axis=1)]]
+    for a, b in zip(xy[:-1], xy[1:]):
+        if np.all(np.isfinite(a)) and np.all(np.isfinite(b)):
+            n = int(np.hypot(*(b - a)) // spacing)
+            if n > 1:
+                t = np.linspace(0.0, 1.0, n + 1)[1:-1, None]
+                out.append(a + t * (b - a))
+    return np.concatenate(out) if out else np.zeros((0, 2))
+
+
+def _place_threshold_label(ax: Any, text: str, value: float) -> Any:
+    """The label of a threshold line where the fewest points of the curves fall under it: the left or right end,
+    above or below the line, on a white box drawn over the curves (never hidden by one)."""
+    renderer = ax.figure.canvas.get_renderer()
+    points = np.concatenate([_display_path(line) for line in ax.get_lines() if line.get_gid() is None]
+                            or [np.zeros((0, 2))])
+    best = None
+    for x, ha in ((0.01, "left"), (0.99, "right")):
+        for dy, va in ((3, "bottom"), (-3, "top")):
+            label = ax.annotate(text, (x, value), xycoords=("axes fraction", "data"), textcoords="offset points",
+                                xytext=(0, dy), ha=ha, va=va, fontsize=8, color="#616161", zorder=4, gid="threshold",
+                                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none",
+                                      "alpha": 0.9})
+            box = label.get_window_extent(renderer)
+            inside = int(np.sum((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
+                                & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))) if len(points) else 0
+            if best is None or inside < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (inside, label)
+            else:
+                label.remove()
+            if inside == 0:
+                return best[1]
+    return best[1]
 
 
 def _finite_xy(points: List[Tuple[int, float]]) -> Tuple[np.ndarray, np.ndarray]:
@@ -110,9 +203,10 @@ def _steady_ylim(ax: Any, values: List[float], thresholds: List[float]) -> None:
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def _panel(ax: Any, runs: List[RunData], metric: Optional[str], prefix: str, *, loss: bool = False) -> None:
+def _panel(ax: Any, runs: List[RunData], metric: Optional[str], prefix: str, *, loss: bool = False,
+           span: Optional[Tuple[int, int]] = None) -> None:
     """One metric (or the host's loss) of every run on one axes: a colour per run, a line style per tap,
-    the run's alerts on that metric as dots, fixed thresholds as dashed grey lines."""
+    the run's alerts on that metric as dots, fixed thresholds as dashed grey lines; the x axis over ``span``."""
     values: List[float] = []
     thresholds: List[float] = []
     for r, data in enumerate(runs):
@@ -133,22 +227,25 @@ def _panel(ax: Any, runs: List[RunData], metric: Optional[str], prefix: str, *, 
             if parts is not None and parts[1] == metric and math.isfinite(a.value):
                 ax.scatter([a.step], [a.value], s=50, marker="o", color=SEVERITY_COLORS.get(a.severity, "black"),
                            edgecolors=color, linewidths=1.4, zorder=3)
+    labels: List[Tuple[str, float]] = []
     if not loss and runs:
         seen = set()
         for _, pattern, side, value in threshold_lines(runs[0]):
             if fnmatch.fnmatchcase(metric or "", pattern) and (side, value) not in seen:
                 seen.add((side, value))
-                ax.axhline(value, color="#757575", ls="--", lw=1.0, zorder=1)
-                ax.annotate(f"alert {side} {value:g}", (0.01, value), xycoords=("axes fraction", "data"),
-                            textcoords="offset points", xytext=(0, 3), fontsize=8, color="#616161")
+                ax.axhline(value, color="#757575", ls="--", lw=1.0, zorder=1, gid="threshold")
+                labels.append((f"alert {side} {value:g}", value))
                 thresholds.append(value)
     _steady_ylim(ax, values, thresholds)
+    _step_axis(ax, span)
+    for text, value in labels:  # once the axes are final: placed where no curve runs
+        _place_threshold_label(ax, text, value)
     ax.set_title("training loss (host)" if loss else _title(metric or ""), fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.tick_params(labelsize=9)
 
 
-def _legend(fig: Any, runs: List[RunData], prefix: str, *, y: float = 1.0) -> None:
+def _legend(fig: Any, runs: List[RunData], prefix: str, *, y: float = 1.0, first_alerts: bool = False) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=RUN_COLORS[r % len(RUN_COLORS)], lw=2.5, label=_plain(_run_label(d, prefix)))
@@ -161,6 +258,12 @@ def _legend(fig: Any, runs: List[RunData], prefix: str, *, y: float = 1.0) -> No
     severities = sorted((s for s in SEVERITY_COLORS if s in fired), key=severity_rank)
     handles += [Line2D([], [], ls="", color=SEVERITY_COLORS[s], marker="o", markeredgecolor="black",
                        label=f"{s} alert") for s in severities]
+    if first_alerts:
+        for data in runs:
+            label = _first_alert_label(data, prefix, len(runs) > 1)
+            if label is not None:
+                handles.append(Line2D([], [], ls=":", lw=1.8, label=label,
+                                      color=SEVERITY_COLORS.get(first_alert(data).severity, "black")))
     width, height = fig.get_size_inches()
     longest = max(len(h.get_label()) for h in handles)
     ncols = max(1, min(len(handles), int(width / (0.8 + 0.075 * longest))))
@@ -170,13 +273,17 @@ def _legend(fig: Any, runs: List[RunData], prefix: str, *, y: float = 1.0) -> No
 
 
 def _run_label(data: RunData, prefix: str) -> str:
-    return f"{data.name}: {verdict(data, prefix)}"
+    """``name: collapse detected at step 40, ...`` or ``name: no alerts in 300 steps`` (the banner above the figures
+    says "healthy"; a run named ``...-healthy`` would read it twice)."""
+    text = verdict(data, prefix)
+    return f"{data.name}: {text[len('healthy: '):] if text.startswith('healthy: ') else text}"
 
 
 def overview_figure(runs: List[RunData], path: str, *, prefix: str = "spherewatch",
-                    metrics: Tuple[str, ...] = ("uniformity", "effective_rank"), loss: bool = True) -> None:
+                    metrics: Tuple[str, ...] = ("uniformity", "effective_rank"), loss: bool = True) -> Any:
     """The collapse overview: ``metrics`` (and the host's loss, when logged and ``loss``) of every run on shared
-    axes, one panel each, in one row."""
+    axes, one panel each, in one row, each run's first collapse alert marked on every panel (a dotted line at its
+    step; the legend names the metric it fired on). Returns the matplotlib ``Figure``."""
     present = [m for m in metrics if any(m in _by_metric(list(d.scalars), prefix) for d in runs)]
     with_loss = loss and any(_loss_keys(d, prefix) for d in runs)
     n = max(1, len(present) + int(with_loss))
@@ -184,18 +291,23 @@ def overview_figure(runs: List[RunData], path: str, *, prefix: str = "spherewatc
     axes = fig.subplots(1, n, squeeze=False)[0]
     fig.subplots_adjust(wspace=0.25, **_inches_to_fraction(fig, 0.55 + 0.25 * math.ceil(len(runs) / 4), 0.5, 0.55,
                                                               0.2))
+    span = step_range(runs)
     for ax, metric in zip(axes, present):
-        _panel(ax, runs, metric, prefix)
+        _panel(ax, runs, metric, prefix, span=span)
         ax.set_xlabel("step", fontsize=9)
     if with_loss:
-        _panel(axes[len(present)], runs, None, prefix, loss=True)
+        _panel(axes[len(present)], runs, None, prefix, loss=True, span=span)
         axes[len(present)].set_xlabel("step", fontsize=9)
-    _legend(fig, runs, prefix)
+    for ax in axes[:n]:  # the first alert, whatever metric it fired on, on every panel
+        _mark_first_alerts(ax, runs)
+    _legend(fig, runs, prefix, first_alerts=any(first_alert(d) is not None for d in runs))
     _save(fig, path)
+    return fig
 
 
-def metrics_figure(runs: List[RunData], prefix: str, path: str) -> None:
-    """One panel per metric logged by any of ``runs``, in order of importance, three per row, written to ``path``."""
+def metrics_figure(runs: List[RunData], prefix: str, path: str) -> Any:
+    """One panel per metric logged by any of ``runs``, in order of importance, three per row, written to ``path``.
+    Returns the matplotlib ``Figure``."""
     metrics: List[str] = []
     for d in runs:
         metrics += [m for m in _by_metric(list(d.scalars), prefix) if m not in metrics]
@@ -206,9 +318,10 @@ def metrics_figure(runs: List[RunData], prefix: str, path: str) -> None:
     fig = _new_figure(4.2 * ncols, 2.8 * nrows + 0.7)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     fig.subplots_adjust(hspace=0.32, wspace=0.25, **_inches_to_fraction(fig, 0.85, 0.5, 0.55, 0.2))
+    span = step_range(runs)
     for i, metric in enumerate(metrics):
         ax = axes[i // ncols][i % ncols]
-        _panel(ax, runs, metric, prefix)
+        _panel(ax, runs, metric, prefix, span=span)
         if i + ncols >= n:  # the lowest panel of its column
             ax.set_xlabel("step", fontsize=9)
             ax.xaxis.set_tick_params(labelbottom=True)
@@ -216,6 +329,7 @@ def metrics_figure(runs: List[RunData], prefix: str, path: str) -> None:
         axes[j // ncols][j % ncols].set_visible(False)
     _legend(fig, runs, prefix)
     _save(fig, path)
+    return fig
 
 
 def alignment_uniformity_pairs(data: RunData, prefix: str) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -23,9 +23,9 @@ import numpy as np
 from spherewatch._version import __version__
 from spherewatch.alerts.verdict import collapse_alerts, severity_rank
 from spherewatch.keys import order_keys
-from spherewatch.report.figures import RUN_COLORS
+from spherewatch.report.figures import RUN_COLORS, step_range
 from spherewatch.report.run_verdict import verdict
-from spherewatch.report.rundata import RunData, own_keys
+from spherewatch.report.rundata import RunData
 
 __all__ = ["embed_png", "render_page"]
 
@@ -125,8 +125,8 @@ def _values_html(runs: List[RunData], prefix: str) -> str:
 
 
 def _summary(data: RunData, prefix: str) -> str:
-    steps = [s for k in own_keys(data.scalars, prefix) for s, _ in data.scalars[k]]
-    span = f"steps {min(steps)}–{max(steps)}" if steps else "no scalar steps"
+    steps = step_range([data])  # what the figures' step axes span (the metrics and the host's loss)
+    span = f"steps {steps[0]}–{steps[1]}" if steps else "no scalar steps"
     worst_first = sorted({a.severity for a in data.alerts}, key=severity_rank, reverse=True)
     counts = ", ".join(f"{sum(a.severity == s for a in data.alerts)} {s}" for s in worst_first)
     return (f"{len(data.scalars)} keys, {span}, {len(data.alerts)} alert(s)" + (f" ({counts})" if counts else ""))

@@ -111,7 +111,13 @@ class MLflowSink(Sink):
       :meth:`log_scalars` call, timestamped with ``wall_time``;
     * scalars are sent in order of importance (:func:`spherewatch.keys.order_keys`), so what MLflow takes from the
       first logged key (the compare page's parallel-coordinates default, the metrics list of a run) starts with
-      uniformity, effective rank, mean cosine, alignment (its chart view sorts charts by key within a section);
+      uniformity, effective rank, mean cosine, alignment (its default chart view sorts charts by key within a
+      section);
+    * the chart view (``chart_view``): a saved view of the experiment's runs page (the experiment tag
+      ``mlflow.sharedViewState.spherewatch``, :mod:`spherewatch.sinks.mlflow_view`): the sections "Collapse
+      overview" (the four overview metrics, the host's loss, the alert count), "Spectrum", "Health checks"
+      (closed), two cards per row, no smoothing; :meth:`view_url` opens it in the model training workflow, and the
+      run's description links to it;
     * histograms: MLflow has no histogram type, so spectra go to JSON artifacts: the latest per key in
       ``spherewatch/spectra.json`` (``{key: {"step", "time", "values"}}``) and every one in
       ``spherewatch/spectra_history.json`` (``{key: [{"step", "time", "values"}, ...]}``, thinned to at most 512
@@ -158,6 +164,9 @@ class MLflowSink(Sink):
             resumed run, or the replay of a crashed run's spool, goes back into its own run).
         created_run: with ``run_id``: the run was created by this Monitor run earlier (a resumed run), so this sink
             describes and ends it at :meth:`close` like its creator would.
+        chart_view: save spherewatch's chart view on the run's experiment (:mod:`spherewatch.sinks.mlflow_view`: the
+            collapse overview first, opened by :meth:`view_url`), with the first spherewatch values and again at
+            :meth:`close` when new keys were logged.
 
     Threads: the Monitor calls a sink from its one writer thread. ``MlflowClient`` calls with an explicit
     ``run_id`` are safe from any thread (no fluent, thread-local active-run state is used after construction);
@@ -197,6 +206,7 @@ class MLflowSink(Sink):
         run_key: str | None = None,
         find_run: bool = False,
         created_run: bool = False,
+        chart_view: bool = True,
     ) -> None:
         super().__init__()
         contain_dependency_warnings()
@@ -221,6 +231,11 @@ class MLflowSink(Sink):
         self._spectra_dirty = False
         self._spectra_written_at = -math.inf
         self.artifact_interval = float(artifact_interval)
+        self.chart_view = bool(chart_view)
+        self._experiment_id: str | None = None
+        self._view_keys: dict[str, None] = {}  # every key logged, in order (the saved chart view lists them)
+        self._view_written: set[str] = set()  # the keys of the last view written
+        self._view_tried = False
         self._view_state()
 
         active = active_run(tracking_uri) if run_id is None else None
@@ -338,6 +353,10 @@ class MLflowSink(Sink):
             self._log_metrics(metrics, tags=tags)
         for step in own_steps:
             self._note_steps(step)
+        self._view_keys.update(dict.fromkeys(m.key for m in metrics))
+        if self._started and not self._view_tried:  # once while the run goes on (a failure: again at close)
+            self._view_tried = True
+            self._write_view()
 
     def log_histogram(self, step: int, key: str, values: Any, *, wall_time: float | None = None) -> None:
         """Keep the spectrum of ``key``: the latest in ``spherewatch/spectra.json`` and every one (thinned to at most
@@ -431,9 +450,43 @@ class MLflowSink(Sink):
             if shown:
                 head += " First: " + "; ".join(
                     f"step {a.step} {a.severity} `{a.rule}` on `{a.key}`" for a in shown) + "."
-        return (head + " Charts: the `spherewatch` section (uniformity, effective rank, mean cosine, alignment); "
-                "alerts: the tags `spherewatch.*` and the artifact `spherewatch/alerts.json`; the full report: "
-                f"`{REPORT_ARTIFACT_DIR}/report.html`.")
+        charts = "Charts: the `spherewatch` section (uniformity, effective rank, mean cosine, alignment)"
+        if self.chart_view and self._view_written:
+            from spherewatch.sinks.mlflow_view import VIEW_NAME, view_path
+
+            charts = (f"Charts: the view [{VIEW_NAME}]({view_path(self.experiment_id)}) (uniformity, effective rank, "
+                      "mean cosine, alignment, the loss and the alert count first)")
+        return (head + f" {charts}; alerts: the tags `spherewatch.*` and the artifact `spherewatch/alerts.json`; the "
+                f"full report: `{REPORT_ARTIFACT_DIR}/report.html`.")
+
+    @property
+    def experiment_id(self) -> str:
+        """The id of the run's experiment (asked of the server once)."""
+        if self._experiment_id is None:
+            self._experiment_id = str(self._client.get_run(self.run_id).info.experiment_id)
+        return self._experiment_id
+
+    def _write_view(self) -> None:
+        """Save the chart view (:func:`spherewatch.sinks.mlflow_view.write_view`) when its keys changed; best effort."""
+        if not self.chart_view or set(self._view_keys) == self._view_written:
+            return
+        from spherewatch.sinks.mlflow_view import write_view
+
+        try:
+            experiment_id = self.experiment_id
+        except Exception as err:  # the server is gone for now: written at close
+            logger.debug("MLflowSink: no chart view yet (%s).", err)
+            return
+        if write_view(self._client, experiment_id, list(self._view_keys), self.prefix):
+            self._view_written = set(self._view_keys)
+
+    def view_url(self, base: str | None = None) -> str:
+        """The MLflow UI's chart view of this run's experiment: the collapse overview first, in model training mode
+        (:func:`spherewatch.sinks.mlflow_view.view_url`; ``base``: the UI's address, by default the tracking server,
+        or ``http://127.0.0.1:5000`` where ``mlflow ui`` serves a local store)."""
+        from spherewatch.sinks.mlflow_view import view_url
+
+        return view_url(self, base)
 
     def log_artifacts(self, local_dir: str, artifact_path: str) -> None:
         """Store the files of ``local_dir`` with the run under ``artifact_path`` (e.g. the report: ``spherewatch/report``)."""
@@ -479,6 +532,8 @@ class MLflowSink(Sink):
         self._send_params()
         self._write_spectra()
         self._write_alerts()
+        if self._started:
+            self._write_view()
         if self.created_run:  # the monitor owns the run: its description is the verdict
             self._client.set_tag(self.run_id, NOTE_TAG, self.verdict())
             self._end_run()

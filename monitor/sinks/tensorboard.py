@@ -18,13 +18,37 @@ from spherewatch.sinks.base import Sink, as_float_array
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
-__all__ = ["TensorBoardSink", "alert_markdown"]
+__all__ = ["ALERT_LEVEL_TITLE", "TensorBoardSink", "alert_level_key", "alert_markdown", "custom_scalars_url"]
 
 logger = logging.getLogger("spherewatch.sinks")
 
 _WRITER_METHODS = ("add_scalar", "add_histogram", "add_text", "flush")
 #: A tap's path segment in the layout's regexes: any segment but the reserved ones (the alert counter, faults).
 _TAP_SEGMENT = f"(?!(?:{'|'.join(map(re.escape, RESERVED_TAPS))})/)[^/]+"
+#: The chart of the alert level in the layout's overview (the values are :data:`spherewatch.alerts.verdict.SEVERITY_RANK`).
+ALERT_LEVEL_TITLE = "alert level (0 ok, 2 warning, 3 critical)"
+_ALERT_LEVEL_DESCRIPTION = ("the worst severity among the collapse alerts open at this step (0 ok, 1 info, 2 warning, "
+                            "3 critical): it rises at the step an alert fires and falls when the alert resolves; the "
+                            "alert's text is in the Text tab at that step.")
+#: TensorBoard's own default address (``tensorboard --logdir ...``).
+DEFAULT_TENSORBOARD = "http://localhost:6006"
+
+
+def alert_level_key(prefix: str = "spherewatch") -> str:
+    """The alert level scalar, ``<prefix>/alerts/level`` (TensorBoard): 0 while no alert is open, else the rank of the
+    worst open one (:data:`spherewatch.alerts.verdict.SEVERITY_RANK`: 1 info, 2 warning, 3 critical)."""
+    return f"{prefix.rstrip('/')}/alerts/level"
+
+
+def custom_scalars_url(base: str = DEFAULT_TENSORBOARD) -> str:
+    """The Custom Scalars dashboard with smoothing off (``_smoothingWeight=0`` in the URL: TensorBoard's smoothing is a
+    setting of its UI, 0.6 by default, which would turn the alert count 0 -> 1 into 0.4 and blur when it rose).
+
+    Example:
+        >>> custom_scalars_url()
+        'http://localhost:6006/#custom_scalars&_smoothingWeight=0'
+    """
+    return f"{base.rstrip('/')}/#custom_scalars&_smoothingWeight=0"
 
 
 def alert_markdown(alert: Alert) -> str:
@@ -52,13 +76,19 @@ class TensorBoardSink(Sink):
     * Keys are written in order of importance (:mod:`spherewatch.keys`); the first point of every known tag
       carries a one-line description (what it measures, its collapsed and its healthy value), shown by
       TensorBoard next to the chart.
-    * The alert count: ``<prefix>/alerts/count``, 0 from the first evaluation, then the cumulative number of
-      fired alerts at each alert's step (as in MLflow).
+    * Where alerts fired, at every evaluation step (written at :meth:`flush`, once the step's alerts are in): the alert
+      count ``<prefix>/alerts/count`` (cumulative number of fired collapse alerts, 0 from the first evaluation) and
+      the alert level ``<prefix>/alerts/level`` (:func:`alert_level_key`: 0 while no alert is open, else the rank of
+      the worst open one, 2 warning, 3 critical). One point per evaluation, not only at alert steps, so both read as
+      steps that rise where an alert fired, over the same steps as the metrics, and TensorBoard's default
+      "ignore outliers in chart scaling" (on, kept in the browser) does not cut them: an alert that is rare among the
+      points (a 1 at one step in a hundred) would be, so the level stays up while the alert is open.
     * A custom-scalars layout (Custom Scalars tab), written once with the first spherewatch keys: categories
-      "Collapse overview" (uniformity, effective rank, mean cosine, alignment, the host's training loss, the
-      alert count), "Spectrum" and "Health checks" (closed by default); one multi-line chart per metric whose
-      regex gathers every tap of that metric (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``).
-      Metrics first logged later still appear in the Scalars tab, just not in that layout.
+      "Collapse overview" (uniformity, effective rank, mean cosine, alignment, the host's training loss, the alert
+      level, the alert count), "Spectrum" and "Health checks" (closed by default); one multi-line chart per metric
+      whose regex gathers every tap of that metric (chart ``uniformity`` plots ``^spherewatch/[^/]+/uniformity$``).
+      Metrics first logged later still appear in the Scalars tab, just not in that layout. Open it with
+      :func:`custom_scalars_url` (smoothing off: TensorBoard smooths every chart by 0.6 unless the URL says otherwise).
 
     Reusing the host's writer (Lightning's ``TensorBoardLogger.experiment``, Hugging Face's
     ``TensorBoardCallback.tb_writer``) keeps everything in the run's own event files: pass it as ``writer``.
@@ -112,8 +142,11 @@ class TensorBoardSink(Sink):
         # what is logged (spherewatch.keys): descriptions on first points, the alert counter
         self._described: set[str] = set()
         self._counted: set[tuple[Any, ...]] = set()
-        self._pending_counts: dict[int, tuple[float, int]] = {}
-        self._count_started = False
+        # the alert count and level: evaluation steps and alert events not written yet, and the state written so far
+        self._pending_evals: dict[int, float | None] = {}
+        self._pending_events: dict[int, list[tuple[bool, Alert]]] = {}  # step -> [(fired, alert)]
+        self._fired_total = 0
+        self._open_alerts: dict[tuple[str, str], str] = {}
         self._hparams: dict[str, Any] = {}
         self._hparams_written = False
         if writer is not None:
@@ -187,7 +220,8 @@ class TensorBoardSink(Sink):
         Categories follow :data:`spherewatch.keys.CATEGORIES` ("Collapse overview", "Spectrum", "Health
         checks"); charts follow the catalogue's priority, one per metric with a line per tap, titled with the
         catalogue's short title. "Collapse overview" always holds the host's training loss (any tag outside the
-        prefix matching :data:`spherewatch.keys.LOSS_PATTERN`, e.g. ``train/loss``) and the alert count.
+        prefix matching :data:`spherewatch.keys.LOSS_PATTERN`, e.g. ``train/loss``), the alert level and the alert
+        count.
         """
         from spherewatch.keys import ALERTS_INFO, CATEGORIES, LOSS_INFO, LOSS_PATTERN, describe, order_keys
 
@@ -208,6 +242,7 @@ class TensorBoardSink(Sink):
             pattern = f"^{re.escape(prefix)}/(?:{_TAP_SEGMENT}/)?{re.escape(metric)}$"
             categories[category].setdefault(title, ["Multiline", [pattern]])
         overview[LOSS_INFO.title] = ["Multiline", [f"(?!{re.escape(prefix)}/)" + LOSS_PATTERN.lstrip("^")]]
+        overview[ALERT_LEVEL_TITLE] = ["Multiline", [f"^{re.escape(alert_level_key(prefix))}$"]]
         overview[ALERTS_INFO.title] = ["Multiline", [f"^{re.escape(prefix)}/alerts/count$"]]
         return {c: charts for c, charts in categories.items() if charts}
 
@@ -281,6 +316,23 @@ class TensorBoardSink(Sink):
             values.append(Summary.Value(tag=key, simple_value=value))
         return Summary(value=values)
 
+    def _write_described(self, key: str, value: float, step: int, wall_time: float | None, description: str) -> None:
+        """One point of ``key`` carrying ``description`` (torch's writer: as :meth:`_scalar_summary` does), else a plain
+        ``add_scalar``."""
+        file_writer = self._proto_file_writer()
+        if file_writer is None:
+            self._writer.add_scalar(key, value, global_step=step, walltime=wall_time)
+            return
+        from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+        from tensorboard.compat.proto.tensor_pb2 import TensorProto
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+
+        metadata = SummaryMetadata(summary_description=description,
+                                   plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+        tensor = TensorProto(dtype="DT_FLOAT", float_val=[value], tensor_shape=TensorShapeProto())
+        file_writer.add_summary(Summary(value=[Summary.Value(tag=key, tensor=tensor, metadata=metadata),
+                                               Summary.Value(tag=key, simple_value=value)]), step, wall_time)
+
     def _count_alerts(self, alert: Alert) -> bool:
         """Count a fired collapse alert once (a replayed or resolved alert is not counted again)."""
         if getattr(alert, "status", "fired") == "resolved" or getattr(alert, "kind", "collapse") == "fault":
@@ -295,18 +347,15 @@ class TensorBoardSink(Sink):
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Every key in order of importance (:func:`spherewatch.keys.order_keys`), a tag's first point with its
-        description. The first call holding spherewatch keys also writes the custom-scalars layout and the alert
-        count 0 (so a healthy run shows 0, not nothing)."""
-        from spherewatch.keys import alert_count_key, order_keys
+        description. The first call holding spherewatch keys also writes the custom-scalars layout; a call holding
+        them is an evaluation: the alert count and level get a point at its step (at :meth:`flush`, once the step's
+        alerts are in, so a healthy run shows 0, not nothing)."""
+        from spherewatch.keys import order_keys
 
         self._check_open()
         values = {str(k): float(v) for k, v in scalars.items()}
         items = [(k, values[k]) for k in order_keys(values, self.prefix)]
         own = any(split_key(k, self.prefix) is not None for k, _ in items)
-        count_key = alert_count_key(self.prefix)
-        if own and not self._count_started:
-            values[count_key] = float(len(self._counted))
-            items = [(k, values[k]) for k in order_keys(values, self.prefix)]
 
         def write() -> None:
             if own:
@@ -319,7 +368,7 @@ class TensorBoardSink(Sink):
                 for key, value in items:
                     self._writer.add_scalar(key, value, global_step=int(step), walltime=wall_time)
             if own:
-                self._count_started = True
+                self._pending_evals.setdefault(int(step), wall_time)
 
         self._writing(write)
 
@@ -379,21 +428,56 @@ class TensorBoardSink(Sink):
         self._check_open()
         self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
         if self._count_alerts(alert):
-            self._pending_counts[int(alert.step)] = (alert.time, len(self._counted))
+            self._pending_events.setdefault(int(alert.step), []).append((True, alert))
+        elif (getattr(alert, "status", "fired") == "resolved" and getattr(alert, "kind", "collapse") != "fault"
+              and alert.rule != "monitor_fault"):
+            self._pending_events.setdefault(int(alert.step), []).append((False, alert))
+
+    def _alert_points(self) -> tuple[list[tuple[int, float | None, int, int]], int, dict[tuple[str, str], str]]:
+        """``(step, wall time, count, level)`` at every evaluation and alert step not written yet, in step order, and
+        the count and open alerts after them. A step's alerts count at that step (the Monitor logs an evaluation's
+        scalars, then its alerts, then flushes)."""
+        from spherewatch.alerts.verdict import severity_rank
+
+        count, open_alerts = self._fired_total, dict(self._open_alerts)
+        points = []
+        for step in sorted(set(self._pending_evals) | set(self._pending_events)):
+            events = self._pending_events.get(step, [])
+            for fired, alert in events:
+                if fired:
+                    count += 1
+                    open_alerts[(alert.rule, alert.key)] = str(alert.severity)
+                else:
+                    open_alerts.pop((alert.rule, alert.key), None)
+            when = self._pending_evals.get(step)
+            if when is None and events:
+                when = max(alert.time for _, alert in events)
+            level = max((severity_rank(s) for s in open_alerts.values()), default=0)
+            points.append((step, when, count, level))
+        return points, count, open_alerts
 
     def _write_alerts(self) -> None:
-        from spherewatch.keys import alert_count_key
+        from spherewatch.keys import ALERTS_INFO, alert_count_key
 
-        for step, (when, count) in sorted(self._pending_counts.items()):
-            self._writer.add_scalar(alert_count_key(self.prefix), float(count), global_step=step, walltime=when)
-        self._pending_counts = {}
+        points, count, open_alerts = self._alert_points()
+        described = {alert_count_key(self.prefix): ALERTS_INFO.one_line,
+                     alert_level_key(self.prefix): _ALERT_LEVEL_DESCRIPTION}
+        for step, when, fired, level in points:
+            for key, value in zip(described, (fired, level)):
+                if key not in self._described:  # its first point carries what it means (Scalars tab)
+                    self._described.add(key)
+                    self._write_described(key, float(value), step, when, described[key])
+                else:
+                    self._writer.add_scalar(key, float(value), global_step=step, walltime=when)
         for step, items in sorted(self._pending_alerts.items()):
             self._writer.add_text(
                 f"{self.prefix.rstrip('/')}/alerts", "\n\n---\n\n".join(text for _, text in items),
                 global_step=step, walltime=max(t for t, _ in items),
             )
         self._writer.flush()
-        self._pending_alerts = {}  # kept until written: a failed flush writes them again to the next writer
+        # kept until written: a failed flush writes them again to the next writer
+        self._pending_alerts, self._pending_evals, self._pending_events = {}, {}, {}
+        self._fired_total, self._open_alerts = count, open_alerts
 
     def flush(self) -> None:
         """Write queued alerts and flush the writer's event files."""

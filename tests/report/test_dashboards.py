@@ -21,6 +21,7 @@ R = "spherewatch/effective_rank"
 N = "spherewatch/norm_mean"
 C = "spherewatch/collapsed_dimensions"
 COUNT = "spherewatch/alerts/count"
+LEVEL = "spherewatch/alerts/level"
 SIZE_ALL = {"scalars": 0, "tensors": 0, "histograms": 0}
 
 
@@ -83,7 +84,8 @@ def test_tensorboard_layout_puts_the_collapse_overview_first_and_health_checks_c
     assert [c.title for c in layout.category] == ["Collapse overview", "Spectrum", "Health checks"]
     assert [c.closed for c in layout.category] == [False, False, True]
     overview = [chart.title for chart in layout.category[0].chart]
-    assert overview == ["uniformity", "effective rank", "training loss (host)", "alerts fired"]
+    assert overview == ["uniformity", "effective rank", "training loss (host)",
+                        "alert level (0 ok, 2 warning, 3 critical)", "alerts fired"]
     loss_regex = layout.category[0].chart[2].multiline.tag[0]
     assert re.match(loss_regex, "train/loss") and not re.match(loss_regex, U)
 
@@ -103,7 +105,11 @@ def test_tensorboard_tags_carry_their_description_and_the_alert_count_starts_at_
     info = describe(U)
     assert acc.SummaryMetadata(U).summary_description == info.one_line
     assert "Collapsed:" in info.one_line and "Healthy:" in info.one_line
-    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [(1, 0.0), (10, 1.0)]
+    # one point per evaluation: the count rises at the alert's step, the level stays up until the alert resolves
+    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [(1, 0.0), (10, 1.0), (20, 1.0)]
+    assert [(e.step, e.value) for e in acc.Scalars(LEVEL)] == [(1, 0.0), (10, 2.0), (20, 0.0)]
+    assert "3 critical" in acc.SummaryMetadata(LEVEL).summary_description
+    assert acc.SummaryMetadata(COUNT).summary_description == describe(COUNT).one_line
     assert [e.step for e in acc.Scalars(U)] == [1, 10, 20]
 
 
@@ -117,7 +123,7 @@ def test_tensorboard_receives_keys_in_order_of_importance(tmp_path):
     (path,) = tmp_path.glob("events.out.tfevents.*")
     tags = [v.tag for event in EventFileLoader(str(path)).Load() for v in event.summary.value]
     scalar_tags = list(dict.fromkeys(t for t in tags if t.startswith("spherewatch/")))  # first points: twice
-    assert scalar_tags == [U, R, COUNT, C, N]
+    assert scalar_tags == [U, R, C, N, COUNT, LEVEL]  # the alert state follows, once the step's alerts are in
 
 
 def test_tensorboard_params_are_a_text_table(tmp_path):
@@ -259,7 +265,7 @@ def test_a_writer_other_than_torchs_gets_plain_calls_in_the_same_order():
     sink.log_scalars(1, _values(1))
     sink.close()
     assert writer.calls[0] == ("layout", ["Collapse overview", "Spectrum", "Health checks"])
-    assert [tag for kind, tag in writer.calls[1:]] == [U, R, COUNT, C, N]
+    assert [tag for kind, tag in writer.calls[1:]] == [U, R, C, N, COUNT, LEVEL]
 
 
 def test_the_hosts_hyperparameters_reach_the_hparams_tab_with_the_overview_metrics(tmp_path):
@@ -275,3 +281,64 @@ def test_the_hosts_hyperparameters_reach_the_hparams_tab_with_the_overview_metri
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {h.name for h in experiment.hparam_infos} == {"lr", "scenario"}
     assert [m.name.tag for m in experiment.metric_infos] == [U, R, COUNT]
+
+
+def test_tensorboard_alert_level_and_count_mark_every_evaluation_and_where_alerts_fired(tmp_path):
+    """The level is the worst open alert's rank (2 warning, 3 critical), the count rises by one per fired alert at its
+    step; a replayed alert counts once, faults never; several alerts of one step add up at that step."""
+    from spherewatch.sinks import TensorBoardSink
+    from spherewatch.sinks.tensorboard import custom_scalars_url
+
+    with TensorBoardSink(str(tmp_path)) as sink:
+        for step in range(0, 70, 10):
+            sink.log_scalars(step, _values(step))
+            if step == 20:
+                first = Alert("uniformity_degradation", U, -2.8, 20, "warning", "losing spread", 1000.0)
+                sink.log_alert(first)
+                sink.log_alert(first)  # a replay
+            if step == 40:
+                sink.log_alert(Alert("uniformity_collapse", U, -0.3, 40, "critical", "collapsed", 1001.0))
+                sink.log_alert(Alert("rank_collapse", R, 3.0, 40, "warning", "rank fell", 1002.0))
+                sink.log_alert(Alert("monitor_fault", "spherewatch/monitor/x", 1.0, 40, "warning", "fault", 1003.0))
+            if step == 50:
+                sink.log_alert(ResolvedAlert("uniformity_collapse", U, -2.5, 50, "critical", "back", 1004.0))
+            sink.flush()
+    acc = _read(tmp_path)
+    assert [(e.step, e.value) for e in acc.Scalars(COUNT)] == [
+        (0, 0.0), (10, 0.0), (20, 1.0), (30, 1.0), (40, 3.0), (50, 3.0), (60, 3.0)]
+    assert [(e.step, e.value) for e in acc.Scalars(LEVEL)] == [
+        (0, 0.0), (10, 0.0), (20, 2.0), (30, 2.0), (40, 3.0), (50, 2.0), (60, 2.0)]
+    # the layout's overview charts the level and the count, each from its own tag only
+    (layout,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(layout.tensor_proto.string_val[0])
+    charts = {c.title: list(c.multiline.tag) for c in layout.category[0].chart}
+    (level_regex,) = charts["alert level (0 ok, 2 warning, 3 critical)"]
+    (count_regex,) = charts["alerts fired"]
+    tags = acc.Tags()["scalars"]
+    assert [t for t in tags if re.match(level_regex, t)] == [LEVEL]
+    assert [t for t in tags if re.match(count_regex, t)] == [COUNT]
+    assert custom_scalars_url("http://127.0.0.1:6006/") == "http://127.0.0.1:6006/#custom_scalars&_smoothingWeight=0"
+
+
+def test_tensorboard_alert_level_of_alerts_without_evaluations_and_a_failed_write_kept(tmp_path):
+    """A sink used directly (alerts, no values) still writes the level and count at the alerts' steps; a write that
+    fails keeps them for the next writer."""
+    from spherewatch.sinks import TensorBoardSink
+
+    sink = TensorBoardSink(str(tmp_path))
+    sink.log_alert(Alert("uniformity_collapse", U, -0.3, 7, "critical", "collapsed", 1000.0))
+    real, calls = sink._writer.flush, []
+
+    def failing():
+        calls.append(1)
+        raise OSError("disk full")
+
+    sink._writer.flush = failing
+    with pytest.raises(OSError):
+        sink.flush()
+    sink._writer.flush = real
+    sink.close()  # a new event file: the point is written again
+    acc = _read(tmp_path)
+    assert {(e.step, e.value) for e in acc.Scalars(COUNT)} == {(7, 1.0)}  # in both event files, the same point
+    assert {(e.step, e.value) for e in acc.Scalars(LEVEL)} == {(7, 3.0)}
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2 and calls

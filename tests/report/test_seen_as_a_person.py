@@ -222,6 +222,78 @@ def test_tensorboard_custom_scalars_page_shows_the_collapse_overview_first(tenso
     assert "spherewatch/norm_mean" not in text[health:]
 
 
+# Every custom-scalars chart card (in shadow roots): its title and its axes' tick labels, in page order.
+CHART_AXES = r"""(() => {
+  const cards = [];
+  const walk = (n, card) => {
+    if (n.nodeType !== 1 && n.nodeType !== 11) return;
+    if (n.tagName === 'TF-CUSTOM-SCALAR-MULTI-LINE-CHART-CARD') { card = {title: n.title, y: [], x: []}; cards.push(card); }
+    if (card && n.tagName === 'text') {
+      const axis = n.closest('.axis');
+      const value = parseFloat(n.textContent.replace('\u2212', '-'));
+      if (axis && !isNaN(value)) (axis.classList.contains('y-axis') ? card.y : card.x).push(value);
+    }
+    if (n.shadowRoot) walk(n.shadowRoot, card);
+    for (const c of n.children || []) walk(c, card);
+  };
+  walk(document.body, null);
+  return cards;
+})()"""
+# The Custom Scalars dashboard's smoothing weight (a Polymer property of its dashboard element).
+SMOOTHING = r"""(() => {
+  let found = null;
+  const walk = (n) => {
+    if (found || (n.nodeType !== 1 && n.nodeType !== 11)) return;
+    if (n.tagName === 'TF-CUSTOM-SCALAR-DASHBOARD') { found = n; return; }
+    if (n.shadowRoot) walk(n.shadowRoot);
+    for (const c of n.children || []) walk(c);
+  };
+  walk(document.body);
+  return found ? found._smoothingWeight : null;
+})()"""
+
+
+def test_tensorboard_link_marks_the_alerts_in_the_overview_unsmoothed_and_uncut(tensorboard_server, browser,
+                                                                                 monitored_run, tmp_path):
+    """The URL the demo prints: smoothing off; the overview's alert level and count charts follow the four metrics, over
+    the same steps, and their y axes reach the highest level and the final count (TensorBoard's default outlier
+    clipping, on in a new browser, does not cut them)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from spherewatch.sinks.tensorboard import ALERT_LEVEL_TITLE, custom_scalars_url
+
+    acc = EventAccumulator(str(monitored_run.log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    counts = sorted(e.value for e in acc.Scalars("spherewatch/alerts/count"))
+    levels = sorted(e.value for e in acc.Scalars("spherewatch/alerts/level"))
+    assert counts[-1] >= 1 and levels[-1] == 3  # the collapsing run: critical
+    # TensorBoard scales a chart to its points between the 5% and 95% quantiles unless the browser unticked "ignore
+    # outliers" (kept in localStorage, not settable from a URL): the level stays up while an alert is open, so its top
+    # is inside; the count's last rise can fall in the top 5% of its points, so only the count held by 10% is asserted
+    assert levels[int(0.9 * (len(levels) - 1))] == 3
+    held_count = counts[int(0.9 * (len(counts) - 1))]
+    browser.resize(1400, 1000)
+    browser.goto(custom_scalars_url(tensorboard_server))
+    browser.wait_for_text("Collapse overview", ALERT_LEVEL_TITLE, "alerts fired", timeout=90)
+    deadline = time.monotonic() + 30
+    while True:  # the charts draw their axes once their data is in
+        charts = {c["title"]: c for c in browser.evaluate(CHART_AXES)}
+        if all(charts.get(t, {}).get("y") for t in ("uniformity", ALERT_LEVEL_TITLE, "alerts fired")):
+            break
+        assert time.monotonic() < deadline, charts
+        time.sleep(0.5)
+    browser.screenshot(str(tmp_path / "custom_scalars_1400.png"))
+    assert browser.evaluate(SMOOTHING) == 0
+    titles = list(charts)
+    assert titles[:4] == ["uniformity", "effective rank", "mean cosine", "alignment"]
+    assert titles.index(ALERT_LEVEL_TITLE) < titles.index("alerts fired") < titles.index("collapsed dimensions")
+    level, count, uniformity = charts[ALERT_LEVEL_TITLE], charts["alerts fired"], charts["uniformity"]
+    assert max(level["y"]) >= 3 and min(level["y"]) <= 0, level
+    assert max(count["y"]) >= held_count and min(count["y"]) <= 0, count
+    tick = uniformity["x"][1] - uniformity["x"][0]  # the same steps as the metrics (axes may tick differently)
+    assert abs(max(count["x"]) - max(uniformity["x"])) <= tick and abs(max(level["x"]) - max(uniformity["x"])) <= tick
+
+
 def test_mlflow_run_page_shows_the_params_and_the_alert_tags(monitored_run, browser, tmp_path):
     from mlflow import MlflowClient
     from mlflow_server import MlflowServer
