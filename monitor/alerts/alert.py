@@ -64,7 +64,8 @@ class Alert:
 
     def __str__(self) -> str:
         """A short multi-line form, each line at most :data:`WIDTH` characters: the headline (severity, step, what
-        happened), then ``what it means:`` and ``check:`` lines when the message carries advice.
+        happened), then ``what it means:`` and ``check:`` lines when the message carries advice. A fault and a
+        resolution stay one line, as written by the part that failed and the rule that cleared.
 
         Example:
             >>> print(Alert("mean_cosine_collapse", "spherewatch/mean_cosine", 0.93, 40, message=(
@@ -75,11 +76,11 @@ class Alert:
               what it means: embeddings are becoming parallel
               check: the learning rate
         """
-        if self.kind == "fault":  # the message already starts with "spherewatch: <part> failed"
-            return _wrap(f"{self.message or self.rule} (step {self.step})")
+        if self.kind == "fault":  # the message already starts with "spherewatch: <part> failed"; its own lines
+            return f"{self.message or self.rule} (step {self.step})"
         if self.status == "resolved":
-            return _wrap(f"[spherewatch resolved] step {self.step}: {self.rule} on {self.key} cleared "
-                         f"({self.key}={self.value:.4g}, held for {self.count} sample(s))")
+            return (f"[spherewatch resolved] step {self.step}: {self.rule} on {self.key} cleared "
+                    f"({self.key}={self.value:.4g}, held for {self.count} sample(s))")
         again = f" (still open, {self.count} samples)" if self.count > 1 else ""
         headline, what, check = split_message(self.message or self.rule, self.key)
         headline = headline.replace(f" at step {self.step} ", " ").replace(f" at step {self.step}", "")
@@ -132,4 +133,4 @@ def split_message(message: str, key: str = "") -> Tuple[str, str, str]:
         head, dot, last = pre.rstrip(".").rpartition(". ")
         if dot and check:
             pre, what = head, last
-    return pre.rstrip(".").strip(), what.rstrip(".").strip(), check
+    return pre.rstrip(".").strip().rstrip(":"), what.rstrip(".").strip(), check
