@@ -43,8 +43,7 @@ def main(argv=None) -> sw.Monitor:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        for alert in mon.step(step):                         # alerts fired at this step
-            print(f"step {step}: {alert.message}")
+        mon.step(step)  # evaluates on sampling steps; each alert comes once, as a CollapseWarning (and is returned)
     mon.close()
     # --- (or, instead of observe: `spherewatch.integrations.torch.watch_path(mon, model, "3")` before the loop)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -50,7 +51,8 @@ def _print_table(rows: Sequence[Sequence[str]], out=None) -> None:
     out = out or sys.stdout
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for k, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip(),
+              file=out)
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
 
@@ -88,9 +90,52 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, allow_nan=True))
         return 0
     print(f"{result['file']}: N={result['rows']}, D={result['dim']} ({result['mode']})\n")
-    rows = [["metric", "value"]] + [[k, f"{v:.6g}"] for k, v in result["metrics"].items()]
+    refs = _references(result["rows"], result["dim"])
+    rows = [["metric", "value", "healthy", "collapsed", "verdict"]]
+    for k, v in result["metrics"].items():
+        ref = refs.get(k)
+        rows.append([k, f"{v:.6g}"] + ([f"{ref[0]:.4g}", f"{ref[1]:.4g}", _reading(v, *ref)] if ref else ["", "", ""]))
     _print_table(rows)
+    n_ref = min(result["rows"], REFERENCE_ROWS)
+    print(f"\nhealthy: isotropic Gaussian rows, collapsed: every row one point (N={n_ref}, D={result['dim']}; "
+          "`spherewatch metrics` shows more).\nA trained encoder is rarely isotropic: read the verdict beside the run's "
+          "own history\n(an effective rank well below D is common in healthy training).")
     return 0
+
+
+#: rows of the generated reference embeddings `analyze` compares a file with (at most)
+REFERENCE_ROWS = 4096
+#: metrics with a healthy and a collapsed reference, as `spherewatch metrics` prints them
+REFERENCE_METRICS = ("alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine")
+
+
+def _references(n: int, d: int, seed: int = 0) -> Dict[str, tuple]:
+    """``metric -> (healthy, collapsed)`` of generated embeddings with the file's dimension (what ``spherewatch
+    metrics`` tabulates): isotropic Gaussian rows, and every row the same point."""
+    if n < 2 or d < 1:
+        return {}
+    gen = _generated_embeddings(min(n, REFERENCE_ROWS), d, seed)
+    table = {}
+    for label, name in (("healthy", "healthy (isotropic)"), ("collapsed", "complete collapse")):
+        z, z_pos = gen[name]
+        table[label] = {m: float(getattr(M, m)(z, z_pos) if m == "alignment" else getattr(M, m)(z))
+                        for m in REFERENCE_METRICS}
+    return {m: (table["healthy"][m], table["collapsed"][m]) for m in REFERENCE_METRICS}
+
+
+def _reading(value: float, healthy: float, collapsed: float) -> str:
+    """Where ``value`` lies between the healthy and the collapsed reference."""
+    if not math.isfinite(value):
+        return "not finite"
+    span = collapsed - healthy
+    if abs(span) < 1e-9:
+        return ""
+    frac = (value - healthy) / span
+    if frac >= 0.9:
+        return "collapsed"
+    if frac >= 0.6:
+        return "toward collapse"
+    return "healthy range"
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

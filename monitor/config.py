@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
@@ -128,8 +129,10 @@ def _precheck(data: Mapping[Any, Any], fields: Iterable[str], title: str = "Moni
             raise _error(title, (str(_short(key)),), f"config field names must be strings, got {type(key).__name__} "
                          f"{_short(key)!r}", value)
         if key not in fields:
-            raise _error(title, (key,), f"unknown config field {key!r}.{did_you_mean(key, fields)} "
-                         f"Fields: {', '.join(fields)}.", value)
+            hint = did_you_mean(key, fields)
+            if not hint:  # no close match: the fields, wrapped (a did-you-mean is enough on its own)
+                hint = "\n" + textwrap.fill(f"Fields: {', '.join(fields)}.", 100, subsequent_indent="    ")
+            raise _error(title, (key,), f"unknown config field {key!r}.{hint}", value)
         why = _check_shape(key, value)
         if why:
             raise _error(title, (key,), f"`{key}` {why}.", value)

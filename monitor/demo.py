@@ -12,17 +12,20 @@ Scenarios (``SCENARIOS``):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import shutil
 import sys
+import textwrap
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spherewatch.alerts.alert import WIDTH, split_message
 from spherewatch.alerts.verdict import collapse_alerts, verdict
 from spherewatch.catalogue import OVERVIEW, key_specs
 from spherewatch.compute import compute_tap_metrics
@@ -31,7 +34,6 @@ from spherewatch.keys import parse_key
 from spherewatch.metrics import effective_rank, uniformity
 from spherewatch.monitor import Monitor
 from spherewatch.report import build_report
-from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
 __all__ = ["SCENARIOS", "ScenarioResult", "make_data", "Encoder", "run_scenario"]
 
@@ -168,7 +170,6 @@ DEMO_RUNS = (("simsiam-healthy", "simsiam"), ("simsiam-no-stopgrad", "simsiam_no
 DEMO_EXPERIMENT = "spherewatch-demo"
 LOSS_KEY = "train/loss"
 LOSS_EVERY = 5  # the training loss is logged every 5 steps (beside the metrics, every 10)
-MAX_ALERT_LINE = 160
 # MLflow 3's model-training view of an experiment, on the runs' charts (its default is the GenAI overview)
 MLFLOW_CHARTS_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
@@ -192,6 +193,8 @@ def _replace_previous_runs(log_dir: str, report_dir: Optional[str], tracking_uri
                 shutil.rmtree(os.path.join(root, name))
     if report_dir and os.path.isfile(os.path.join(report_dir, "report.html")):
         shutil.rmtree(report_dir)
+    if not tracking_uri:
+        return 0  # MLflow is not installed: no runs to replace
     if tracking_uri.startswith("sqlite:///") and not os.path.isfile(tracking_uri[len("sqlite:///"):]):
         return 0  # a fresh store: nothing to replace
     from mlflow import MlflowClient
@@ -230,20 +233,27 @@ def _verdict_cell(alerts) -> str:
     return f"collapsed at step {min(a.step for a in fired)}" if fired else "healthy"
 
 
-def _compact(alert) -> str:
-    """``step 10 warning  uniformity rose above ...`` without the advice (printed once per run)."""
-    first = (alert.message or alert.rule).split(": ", 1)[0].split(" Check ", 1)[0].rstrip(".")
-    line = f"step {alert.step:>4} {alert.severity:<8} {first}"
-    return line if len(line) <= MAX_ALERT_LINE else line[: MAX_ALERT_LINE - 1] + "…"
+def _available(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module hidden in sys.modules
+        return False
 
 
-def _clip(line: str) -> str:
-    return line if len(line) <= MAX_ALERT_LINE else line[: MAX_ALERT_LINE - 1] + "…"
+#: What the demo does with each optional extra: (module it needs, the part it brings, the extra that installs it).
+PARTS = (
+    ("tensorboard", "TensorBoard logging", "tensorboard"),
+    ("mlflow", "MLflow logging", "mlflow"),
+    ("matplotlib", "the HTML report", "report"),
+)
 
 
-def _advice(alert) -> str:
-    message = alert.message or ""
-    return message.split(": ", 1)[1].strip() if ": " in message else ""
+def missing_parts(report: bool = True) -> List[str]:
+    """One ``skipped: <what> (pip install 'spherewatch[<extra>]')`` line per part of the demo whose extra is
+    missing (the demo runs with any subset of the extras; JSONL is always written)."""
+    return [f"skipped: {what} (pip install 'spherewatch[{extra}]')" for module, what, extra in PARTS
+            if (report or extra != "report") and not _available(module)]
 
 
 def run_demo(
@@ -275,18 +285,24 @@ def run_demo(
     torch.set_num_threads(1)
     results: Dict[str, dict] = {}
     setup_start = time.time()
-    import mlflow  # noqa: F401 - imported before its loggers are quietened (its import configures them)
+    has_tb, has_mlflow, has_mpl = (_available(module) for module, _, _ in PARTS)
+    skipped = missing_parts(report=bool(report_dir))
+    if not has_mpl:
+        report_dir = None
+    sinks = tuple(name for name, ok in (("tensorboard", has_tb), ("mlflow", has_mlflow), ("jsonl", True)) if ok)
+    if has_mlflow:
+        import mlflow  # noqa: F401 - imported before its loggers are quietened (its import configures them)
 
     quiet = {name: logging.getLogger(name).level for name in ("spherewatch", "mlflow", "alembic")}
     for name in quiet:  # alerts are summarised below; MLflow's and alembic's INFO lines would break the bar
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        replaced = _replace_previous_runs(log_dir, report_dir, tracking_uri, experiment_name)
+        replaced = _replace_previous_runs(log_dir, report_dir, tracking_uri if has_mlflow else "", experiment_name)
         monitors = []
         for run_name, scenario in DEMO_RUNS:
             fired: List = []
             mon = Monitor(
-                every_n_steps=every_n_steps, preset="full", sinks=("tensorboard", "mlflow", "jsonl"),
+                every_n_steps=every_n_steps, preset="full", sinks=sinks,
                 log_dir=os.path.join(log_dir, run_name), tracking_uri=tracking_uri, experiment_name=experiment_name,
                 run_name=run_name, warn=False, on_alert=fired.append,
             )
@@ -302,7 +318,7 @@ def run_demo(
                 from tqdm import tqdm
 
                 bar = tqdm(total=steps * len(DEMO_RUNS), unit="step", desc="demo", file=out, leave=False)
-            except ModuleNotFoundError:  # pragma: no cover
+            except ModuleNotFoundError:  # tqdm comes with the `all` extra: without it, no bar
                 bar = None
         start = time.time()
         for run_name, scenario, mon, fired in monitors:
@@ -320,8 +336,6 @@ def run_demo(
             mlflow_sink = next((s for s in mon.sinks if getattr(s, "name", "") == "mlflow"), None)
             run_id = getattr(mlflow_sink, "run_id", None)
             mon.close()
-            if bar is None:
-                print(f"  {run_name}: {steps} steps in {time.time() - run_start:.0f} s", file=out)
             results[run_name] = {
                 "scenario": scenario,
                 "values": dict(mon.last_values),
@@ -331,22 +345,25 @@ def run_demo(
                 "mlflow_run_id": run_id,
                 "jsonl": mon.config.resolved_jsonl_path,
                 "log_dir": mon.config.log_dir,
+                "seconds": time.time() - run_start,
             }
         if bar is not None:
             bar.close()
         elapsed = time.time() - start
         report = None
         if report_dir:
-            report = _comparison_report(results, report_dir, tracking_uri, out)
+            report = _comparison_report(results, report_dir, tracking_uri if has_mlflow else None, out)
     finally:
         for name, level in quiet.items():
             logging.getLogger(name).setLevel(level)
         torch.set_num_threads(threads)
-    experiment_id = _experiment_id(tracking_uri, experiment_name)
+    experiment_id = _experiment_id(tracking_uri, experiment_name) if has_mlflow else None
     for res in results.values():
         res["experiment_id"] = experiment_id
         res["report"] = report
-    _print_summary(results, setup, elapsed, log_dir, tracking_uri, experiment_id, report, replaced, out)
+        res["skipped"] = skipped
+    _print_summary(results, setup, elapsed, log_dir, tracking_uri if has_mlflow else None, experiment_id, report,
+                   replaced, out, tensorboard=has_tb, skipped=skipped)
     return results
 
 
@@ -358,15 +375,19 @@ def _warm_up() -> None:
     run_scenario("simsiam", None, steps=1, batch_size=32, probe_every=1)
 
 
-def _comparison_report(results: Dict[str, dict], report_dir: str, tracking_uri: str, out) -> Optional[str]:
+def _comparison_report(results: Dict[str, dict], report_dir: str, tracking_uri: Optional[str], out) -> Optional[str]:
     """One report of both runs on shared axes, also attached to each MLflow run (``spherewatch/report/``)."""
     try:
         report = build_report([res["jsonl"] for res in results.values()], report_dir, names=list(results))["html"]
     except Exception as err:  # the demo's report is a bonus, never a crash
         print(f"(the report failed: {type(err).__name__}: {err})", file=out)
         return None
+    if tracking_uri is None:
+        return report
     try:
         from mlflow import MlflowClient
+
+        from spherewatch.sinks.mlflow import REPORT_ARTIFACT_DIR
 
         client = MlflowClient(tracking_uri)
         for res in results.values():
@@ -387,8 +408,9 @@ def _experiment_id(tracking_uri: str, experiment_name: str) -> Optional[str]:
     return None if experiment is None else experiment.experiment_id
 
 
-def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: str,
-                   experiment_id: Optional[str], report: Optional[str], replaced: int, out) -> None:
+def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_dir: str, tracking_uri: Optional[str],
+                   experiment_id: Optional[str], report: Optional[str], replaced: int, out, *, tensorboard: bool = True,
+                   skipped: Sequence[str] = ()) -> None:
     keys = [spec.name for spec in key_specs() if spec.category == OVERVIEW]  # the four that answer "did it collapse"
     rows = [["run"] + keys + ["loss", "alerts", "verdict"]]
     for run_name, res in results.items():
@@ -400,6 +422,8 @@ def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_d
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"\nspherewatch demo: two SimSiam encoders on generated data ({elapsed:.0f} s training, {setup:.0f} s setup)",
           file=out)
+    for line in skipped:
+        print(line, file=out)
     if replaced:
         print(f"(replaced the previous demo: {replaced} MLflow run(s) deleted, run folders rewritten)", file=out)
     print(file=out)
@@ -417,26 +441,51 @@ def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_d
         if not res["alerts"]:
             print(f"  {run_name}: none", file=out)
             continue
-        print(_clip(f"  {run_name}: {verdict(res['alerts'])}"), file=out)
-        advice: List[str] = []
-        for a in res["alerts"]:
-            print(f"    {_compact(a)}", file=out)
-            hint = _advice(a)
-            if hint and hint not in advice:
-                advice.append(hint)
-        for hint in advice[:2]:
-            what, _, check = hint.partition(" Check ")
-            print(_clip(f"    what it means: {what}"), file=out)
-            if check:
-                print(_clip(f"      check: {check}"), file=out)
-    tensorboard = _executable("tensorboard", "tensorboard.main")
-    mlflow = _executable("mlflow", "mlflow")
+        print(_fill(f"{run_name}: {verdict(res['alerts'])}", "  "), file=out)
+        for line in alert_lines(res["alerts"]):
+            print(line, file=out)
     print("\nWhere to look (run these, then open the URLs):", file=out)
-    print(f"  {tensorboard} --logdir {log_dir}", file=out)
-    print("      http://localhost:6006/#custom_scalars   (Custom Scalars: the collapse overview first)", file=out)
-    print(f"  {mlflow} ui --backend-store-uri {tracking_uri} --port 5000", file=out)
-    if experiment_id is not None:
-        print(f"      http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?{MLFLOW_CHARTS_VIEW}"
-              "   (model training: the runs' charts)", file=out)
+    if tensorboard:
+        print("  TensorBoard, Custom Scalars (the collapse overview first):", file=out)
+        print(f"    {_executable('tensorboard', 'tensorboard.main')} --logdir {log_dir}", file=out)
+        print("    http://localhost:6006/#custom_scalars", file=out)
+    if tracking_uri is not None:
+        print("  MLflow, model training view (the runs' charts):", file=out)
+        print(f"    {_executable('mlflow', 'mlflow')} ui --backend-store-uri {tracking_uri} --port 5000", file=out)
+        if experiment_id is not None:
+            print(f"    http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?{MLFLOW_CHARTS_VIEW}", file=out)
     if report:
-        print(f"  report (both runs on shared axes): {report}", file=out)
+        print(f"  The report, both runs on shared axes: {report}", file=out)
+    print(f"  Every value, alert and param as JSON lines: {os.path.join(log_dir, '<run>', 'spherewatch.jsonl')}", file=out)
+
+
+def _fill(text: str, indent: str, more: str = "    ") -> str:
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent + more, break_on_hyphens=False)
+
+
+def alert_lines(alerts: Sequence) -> List[str]:
+    """The demo summary's alerts of one run, each with its advice beside it: grouped by metric in the order they
+    first fired, a group opens with what the metric's alerts mean, lists its alerts (step, severity, what happened)
+    and ends with what to check; advice a previous group gave is referred to, not repeated. Lines fit
+    :data:`~spherewatch.alerts.alert.WIDTH`."""
+    groups: Dict[str, List] = {}
+    for a in alerts:
+        parts = parse_key(a.key)
+        groups.setdefault(parts[1] if parts is not None else a.key, []).append(a)
+    lines: List[str] = []
+    checked: Dict[str, str] = {}  # check text -> the metric that gave it
+    for metric, group in groups.items():
+        split = [split_message(a.message or a.rule, a.key) for a in group]
+        what = next((w for _, w, _ in split if w), "")
+        lines.append(_fill(f"{metric}: {what}" if what else metric, "    "))
+        for a, (head, _, _) in zip(group, split):
+            head = head.replace(" (tap 'embeddings')", "").replace(f" at step {a.step}", "")
+            head = head[len(metric) + 1:] if head.startswith(metric + " ") else head
+            lines.append(_fill(f"step {a.step:>4} {a.severity:<8} {head}", "      ", " " * 19))
+        check = next((c for _, _, c in split if c), "")
+        if check and check in checked:
+            lines.append(_fill(f"check: as for {checked[check]} above", "      "))
+        elif check:
+            checked[check] = metric
+            lines.append(_fill(f"check: {check}", "      "))
+    return lines

@@ -319,7 +319,9 @@ class Monitor:
                 if scheduled:
                     self.last_values = values
                 self._writer.submit(s, values, hists, events)
-            elif not self._evaluator.had_rows and scheduled and not self._warned_empty:
+            elif (not self._evaluator.had_rows and scheduled and not self._warned_empty
+                  # a batch handed over and rejected: its capture fault said why (the user does call observe())
+                  and not any(part.startswith("capture:") for part in self._faults.counts)):
                 self._warned_empty = True
                 logger.warning(
                     "spherewatch: no usable embeddings reached the monitor for the evaluation at step %d. Call "

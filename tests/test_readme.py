@@ -1,37 +1,169 @@
-"""README stays true: its quickstarts are copied from example files the suite runs, and its commands exist."""
+"""The README works as written: each python block runs as a file, as shown (only the sentence-transformers block, which
+says "your model and data", gets a preamble defining them: a real model would be a download); its shell commands run
+or name what exists; the demo's numbers in the metric table and the figure's caption are what the demo produces."""
+import importlib.util
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    tomllib = pytest.importorskip("tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
+#: pages other helpers write in parallel (issue 19); the lead merges them before this branch lands
+PENDING_PAGES = {"docs/alerts-design.md", "docs/heads.md", "docs/scenarios.md", "docs/wandb.md"}
+
+# "your model and data" in the sentence-transformers block: a tiny SentenceTransformer built offline, generated pairs
+ST_PREAMBLE = textwrap.dedent(f"""\
+    import sys
+    sys.path.insert(0, {str(ROOT / "tests")!r})
+    from datasets import Dataset
+    from scenarios.sentence_pairs import build_model, make_pairs
+    model = build_model(".", 0)
+    pairs = Dataset.from_dict({{k: list(v) for k, v in zip(("anchor", "positive"), zip(*make_pairs(64, 0)))}})
+    """)
 
 
-def _code(line: str) -> str:
-    return line.split("  #")[0].strip()
+def _imports(block: str):
+    return [m.group(1).split(".")[0] for m in re.finditer(r"^(?:from|import) ([\w.]+)", block, re.M)]
 
 
-def test_readme_starts_with_the_two_commands_and_they_exist_in_the_makefile():
-    head = README[: README.index("## Quickstart")]
-    assert "make demo" in head and "make test" in head
+def _lines(text: str):
+    return len(text.splitlines())
+
+
+def test_readme_is_short_and_says_what_a_newcomer_needs():
+    assert _lines(README) <= 200
+    headings = re.findall(r"^## (.+)$", README, re.M)
+    for needed in ("Install", "Quickstart", "What is logged", "What to do when it alerts", "How to read the charts"):
+        assert needed in headings
+    assert "make demo" not in README[: README.index("## Development")]  # a pip user has no Makefile
+    assert ".venv/bin" not in README
+
+
+def test_extras_table_lists_every_extra_and_only_real_ones():
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]) - {"dev"}
+    install = README[README.index("## Install"): README.index("## See it first")]
+    table = set(re.findall(r"^\| `([\w-]+)` \|", install, re.M))
+    assert table == extras
+    for named in re.findall(r"spherewatch\[([\w,-]+)\]", README):
+        assert set(named.split(",")) <= extras, named
+
+
+def test_project_urls_point_at_the_source_and_the_examples():
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    assert {"Homepage", "Source", "Examples"} <= set(urls)
+    assert urls["Examples"].startswith(urls["Source"]) and "examples" in urls["Examples"]
+
+
+def test_links_to_docs_exist():
+    for link in re.findall(r"\]\(((?:docs|examples)/[^)#]+)\)", README):
+        if link in PENDING_PAGES and not (ROOT / link).exists():
+            continue
+        assert (ROOT / link).exists(), link
+
+
+def test_shell_commands_exist():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # the README's test command is what CI runs
+    commands = [line.split("#")[0].strip() for block in BASH_BLOCKS for line in block.splitlines()]
+    for command in filter(None, commands):
+        if command.startswith("make "):
+            assert re.search(rf"^{command.split()[1]}:", makefile, re.M), command
+        elif command.startswith("pip install"):
+            continue  # checked by test_extras_table_lists_every_extra_and_only_real_ones
+        elif command.startswith("spherewatch "):
+            sub = command.split()[1]
+            done = subprocess.run([sys.executable, "-m", "spherewatch", sub, "--help"], capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+        else:
+            raise AssertionError(f"a README command this test does not know how to check: {command!r}")
+    assert any("spherewatch demo" in c for c in commands)  # run by test_demo_matches_the_readme
 
 
-def test_every_quickstart_is_copied_from_its_example_file():
-    quick = README[README.index("## Quickstart"): README.index("## What is logged")]
-    blocks = []
-    for m in re.finditer(r"```python\n(.*?)```", quick, re.S):
-        named = re.findall(r"\(`(examples/[\w.]+)`\)", quick[: m.start()])
-        blocks.append((named[-1], m.group(1)))
-    assert {name for name, _ in blocks} == {"examples/plain_torch.py", "examples/lightning_simclr.py",
-                                          "examples/hf_trainer.py"}
-    for name, block in blocks:
-        source = [_code(line) for line in (ROOT / name).read_text().splitlines()]
-        lines = [_code(line) for line in block.splitlines()]
-        assert len([x for x in lines if x]) < 10, f"the {name} quickstart must stay under ten lines"
-        for line in lines:
-            if not line or line.startswith("...") or line.startswith("import ") or line.startswith("from "):
-                continue
-            stem = line.rstrip(")")
-            assert any(src.startswith(stem) for src in source), f"README line not in {name}: {line!r}"
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_block_runs_as_written(index, tmp_path):
+    block = PYTHON_BLOCKS[index]
+    for module in _imports(block):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    assert "..." not in block and "args." not in block
+    preamble = ST_PREAMBLE if "your model and data" in block else ""
+    if not preamble:
+        assert re.search(r"^(from|import) ", block, re.M), "a self-contained block imports what it uses"
+    path = tmp_path / f"readme_block_{index}.py"
+    path.write_text(preamble + block)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONWARNINGS="default", WANDB_DISABLED="true")
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    out = done.stdout + done.stderr
+    # each alert reaches the user once per channel: never a warning and a print of the same alert
+    headlines = re.findall(r"\[spherewatch (?:warning|critical)\] step \d+: [^\n]*", out)
+    assert len(headlines) == len(set(headlines)), headlines
+
+
+def _demo_runs(cwd: Path):
+    """`spherewatch demo` as the README writes it, run where the test is; the runs it wrote, read back."""
+    from spherewatch.report import load_run
+
+    done = subprocess.run([sys.executable, "-m", "spherewatch", "demo"], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = {}
+    for name in ("simsiam-healthy", "simsiam-no-stopgrad"):
+        runs[name] = load_run(str(cwd / "runs" / name / "spherewatch.jsonl"))
+    return done.stdout, runs
+
+
+def test_demo_matches_the_readme(tmp_path):
+    """The metric table's demo values and the figure caption's steps and thresholds are what `spherewatch demo`
+    produces now; when a rule or the demo changes, regenerate the figure (python docs/make_demo_figure.py) and
+    update the caption."""
+    from spherewatch.alerts.verdict import collapse_alerts
+    from spherewatch.keys import parse_key
+    from spherewatch.report.thresholds import threshold_lines
+
+    _, runs = _demo_runs(tmp_path)
+    healthy, collapsing = runs["simsiam-healthy"], runs["simsiam-no-stopgrad"]
+
+    def last(run, metric):
+        return run.scalars[f"spherewatch/{metric}"][-1][1]
+
+    table = {m.group(1): m.groups()[1:] for m in re.finditer(
+        r"^\| `(\w+)` \| [^|]+ \| ([-\d.]+)(?: of \d+)? \| ([-\d.]+) \|", README, re.M)}
+    assert set(table) == {"uniformity", "effective_rank", "mean_cosine", "alignment"}
+    for metric, (good, bad) in table.items():
+        for run, text in ((healthy, good), (collapsing, bad)):
+            decimals = len(text.split(".")[1]) if "." in text else 0
+            assert abs(last(run, metric) - float(text)) <= 1.5 * 10 ** -decimals, (metric, run.name, text)
+
+    caption = README[README.index("*The demo's two runs"):]
+    caption = " ".join(caption[: caption.index("*", 1)].split())
+    fired = collapse_alerts(collapsing.alerts)
+    assert not collapse_alerts(healthy.alerts)
+    first = min(fired, key=lambda a: a.step)
+    first_metric = parse_key(first.key)[1]
+    assert f"The first alert is {first_metric}'s at step {first.step}" in caption
+    assert f"the first critical one at step {min(a.step for a in fired if a.severity == 'critical')}" in caption
+    for metric, words in (("uniformity", "uniformity"), ("effective_rank", "effective rank")):
+        steps = sorted(a.step for a in fired if parse_key(a.key)[1] == metric)
+        assert f"{words}: steps {', '.join(map(str, steps[:-1]))}, {steps[-1]}" in caption, (metric, steps)
+    for _, metric, side, value in threshold_lines(collapsing):
+        if metric in ("uniformity", "effective_rank"):
+            words = metric.replace("_", " ")
+            assert f"{words} {side} {value:g}" in caption, (metric, side, value)
+    start = healthy.scalars["spherewatch/effective_rank"][0][1]
+    assert f"the effective rank falls from {start:.0f} to {last(collapsing, 'effective_rank'):.0f}" in caption

@@ -170,6 +170,7 @@ class RunFolder:
     def __init__(self, root: str, run_key: str) -> None:
         self.root, self.run_key = os.path.abspath(root), run_key
         self.lock_fd: Optional[int] = None
+        self._made_root = False  # this run created the spool root: it removes it again when it is left empty
 
     @property
     def path(self) -> str:
@@ -177,6 +178,7 @@ class RunFolder:
 
     def lock(self) -> bool:
         """Take the lock; False when a live process holds it (raises ``OSError`` when the folder cannot be made)."""
+        self._made_root = self._made_root or not os.path.isdir(self.root)
         self.lock_fd = lock_folder(self.path)
         return self.lock_fd is not None
 
@@ -247,6 +249,11 @@ class RunFolder:
             os.rmdir(self.path)
         except OSError:
             return False
+        if self._made_root:  # no empty `spool/` left in the log dir (another run's folder in it keeps it)
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                pass
         return True
 
     def __repr__(self) -> str:

@@ -40,9 +40,15 @@ def test_demo_tells_the_story_and_a_second_run_shows_the_same(tmp_path):
     assert "simsiam-healthy: none" in first
     assert "simsiam-no-stopgrad" in first and "collapsed at step" in first  # the verdict column
     assert "\r" not in first  # no progress bar without a terminal
-    alert_lines = [line for line in first.splitlines() if line.startswith("    step ")]
-    assert alert_lines and all(len(line) <= 160 for line in first.splitlines())
-    assert sum("what it means:" in line for line in first.splitlines()) <= 2  # the advice once, not per alert
+    assert first.lstrip().startswith("spherewatch demo:")  # no progress line before the header without a terminal
+    alerts = first[first.index("Alerts:"): first.index("Where to look")].splitlines()
+    assert [line for line in alerts if line.strip().startswith("step ")]
+    assert all(len(line) <= 120 for line in first.splitlines())
+    # each alert with its advice beside it: a metric's group says what it means, lists its alerts, says what to check;
+    # no advice is printed twice word for word
+    checks = [line.strip() for line in alerts if line.strip().startswith("check:")]
+    assert checks and len(set(checks)) == len(checks)
+    assert all("possible collapse" not in line or not line.strip().startswith("step") for line in alerts)
 
     second = _demo(tmp_path)
     assert "replaced the previous demo: 2 MLflow run(s) deleted" in second
