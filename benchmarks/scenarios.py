@@ -234,8 +234,17 @@ def replay(directory: str, names: Optional[List[str]] = None) -> List[Dict[str, 
             doc = json.load(f)
         if doc.get("format") != TRACE_FORMAT or (names is not None and doc["scenario"] not in names):
             continue
-        rows.append(make_row(doc, replay_trace(doc)))
-        print(_line(rows[-1]), flush=True)
+        events = replay_trace(doc)
+        rows.append(make_row(doc, events))
+        was = [(a["rule"], a["step"], a["severity"]) for a in doc.get("alerts", []) if a.get("status") == "fired"
+               and a.get("kind", "collapse") == "collapse"]
+        now = [(a.rule, a.step, a.severity) for a in _fired(events)]
+        rows[-1]["same_as_recorded"] = was == now
+        print(_line(rows[-1]) + ("" if was == now else "  (differs from the recorded run)"), flush=True)
+    if rows:
+        same = sum(r["same_as_recorded"] for r in rows)
+        print(f"\n{same} of {len(rows)} traces: the replayed alerts are the ones the run recorded (different rules, "
+              "or a different spherewatch, explain the others)")
     return rows
 
 
@@ -296,6 +305,7 @@ def report(rows: List[Dict[str, Any]]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0): seeds K..K+N-1")
     p.add_argument("--only", nargs="*", default=None, help="scenario names")
     p.add_argument("--suites", nargs="*", default=["families", "classic", "sentence"],
                    choices=["families", "classic", "sentence"])
@@ -311,7 +321,7 @@ def main(argv=None) -> None:
     else:
         torch.set_num_threads(1)
         logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are in the rows; not each line
-        seeds = list(range(a.seeds))
+        seeds = list(range(a.seed_start, a.seed_start + a.seeds))
         rows = []
         with tempfile.TemporaryDirectory() as root:
             if "families" in a.suites:
