@@ -227,6 +227,26 @@ def replay_trace(doc: Dict[str, Any]) -> List[Any]:
     return events
 
 
+def _relabel(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The onset and the healthy check recomputed from the trace's probes with the CURRENT definitions of
+    ``tests/scenarios/families.py`` (when it is importable and the trace has its twin's probe)."""
+    if doc.get("suite") != "families" or not doc.get("probe"):
+        return doc
+    try:
+        from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok
+    except ImportError:
+        return doc
+    doc = dict(doc)
+    probe, twin = [tuple(p) for p in doc["probe"]], doc.get("twin_probe")
+    twin = [tuple(p) for p in twin] if twin else None
+    sc = SCENARIOS.get(doc["scenario"])
+    if doc.get("healthy"):
+        doc["probe_ok"] = probe_ok(probe, twin)
+    elif twin is not None and sc is not None:
+        doc["onset"] = onset_vs_twin(probe, twin, doc["switch"] or 0)
+    return doc
+
+
 def replay(directory: str, names: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     rows = []
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
@@ -235,7 +255,7 @@ def replay(directory: str, names: Optional[List[str]] = None) -> List[Dict[str, 
         if doc.get("format") != TRACE_FORMAT or (names is not None and doc["scenario"] not in names):
             continue
         events = replay_trace(doc)
-        rows.append(make_row(doc, events))
+        rows.append(make_row(_relabel(doc), events))
         was = [(a["rule"], a["step"], a["severity"]) for a in doc.get("alerts", []) if a.get("status") == "fired"
                and a.get("kind", "collapse") == "collapse"]
         now = [(a.rule, a.step, a.severity) for a in _fired(events)]

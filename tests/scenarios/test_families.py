@@ -43,7 +43,9 @@ def test_onset_is_the_first_persisting_collapsed_probe_step_against_the_twin():
     # the edge: exactly on a threshold is not collapsed
     edge = [(s, 0.9 - 0.8 / 3, 7.0, 0.56) for s in range(0, 200, 10)]
     assert onset_vs_twin(edge, twin, switch=0) is None
-    assert probe_ok(twin) and not probe_ok([(s, 0.7, 10.0, 0.8) for s in range(0, 50, 10)])
+    assert probe_ok(twin) and not probe_ok([(s, 0.65, 10.0, 0.8) for s in range(0, 50, 10)])
+    drop = [(s, 0.9 if s < 100 else 0.6, 10.0, 0.8) for s in range(0, 200, 10)]  # kNN lost vs the twin
+    assert not probe_ok(drop, twin) and probe_ok([(s, 0.9, 2.0, 0.1) for s in range(0, 200, 10)], twin)
 
 
 def test_every_broken_scenario_has_a_healthy_twin_of_the_same_family_and_width():
