@@ -66,7 +66,13 @@ def test_healthy_family_runs_raise_no_alert_at_default_settings(name):
     assert [str(a) for a in _fired(mon)] == []  # RULES (issue 17): 0 alerts of any severity on a healthy run
 
 
-@pytest.mark.parametrize("name", ["moco_no_negatives", "simsiam_no_stopgrad_step0_d32"])
+@pytest.mark.parametrize("name", [
+    "moco_no_negatives", "simsiam_no_stopgrad_step0_d32",
+    # RULES (issue 17): main's rules alert 70 steps after the onset here (onset 30, first alert 100); remove the
+    # mark once the rules catch a collapse from step 0 at D = 512 within one interval
+    pytest.param("simsiam_no_stopgrad_step0_d512", marks=pytest.mark.xfail(
+        reason="issue 17: step-0 collapse at D = 512 is alerted 70 steps late by main's rules", strict=False)),
+])
 def test_collapsing_family_runs_alert_within_one_sampling_interval(name):
     mon = sw.Monitor(sinks=("memory",), warn=False)
     run = run_scenario(name, mon, seed=0)
