@@ -39,8 +39,10 @@ steps, cosine decay to 0), ``step_decay`` (x0.1 at 50% and 75%), ``restarts`` (c
 512, 2048, or from step 200), DINO without centring, Barlow Twins with lambda = 0 (off-diagonal term removed),
 MoCo with the queue emptied, the negatives dropped and no momentum (the key encoder is the query encoder,
 detached), SwAV without Sinkhorn (codes = softmax of the scores, no equipartition), a classifier fed a constant
-label (a loader bug), and a slow dimensional collapse (VICReg whose variance weight decays linearly to 0 from
-step 200 to step 2,200 of 2,400); for DINO and SwAV also weight decay 0.5 and (DINO) the learning rate x300.
+label (a loader bug), a slow dimensional collapse (Barlow Twins whose lambda decays linearly 0.1 -> 0 from step
+200 to step 2,200 of 2,400: the participation ratio falls from 0.98 to 0.5 of the twin's over 2,000 steps) and a
+late collapse after a slow change (VICReg whose variance weight decays linearly 25 -> 0 over the same steps:
+healthy until the weight nears 0, then it collapses within 100 steps); for DINO and SwAV also weight decay 0.5 and (DINO) the learning rate x300.
 
 Onset, from an independent probe (not the monitor). Every ``probe_every`` steps (10, or 20 for runs over 1,000
 steps) and at step 1, the model in eval mode embeds all 1,797 digits without augmentation; from the
@@ -381,8 +383,14 @@ def _scenarios() -> Dict[str, FScenario]:
                                                twin="supervised", what="classifier fed a constant label from 200")
     s["vicreg_slow_collapse"] = FScenario("vicreg", steps=2400, ramp=("var_weight", 25.0, 0.0, 200, 2200),
                                           twin="vicreg_long_constant",
-                                          what="VICReg, variance weight 25 -> 0 linearly over steps 200-2200")
+                                          what="VICReg, variance weight 25 -> 0 linearly over steps 200-2200 "
+                                               "(healthy until the weight nears 0, then collapses)")
     s["vicreg_long_constant"] = FScenario("vicreg", steps=2400, what="healthy VICReg, 2400 steps, constant LR")
+    s["barlow_slow_collapse"] = FScenario("barlow", steps=2400, ramp=("lambda", 0.1, 0.0, 200, 2200),
+                                          twin="barlow_long_constant",
+                                          what="Barlow Twins, lambda 0.1 -> 0 linearly over steps 200-2200 (PR "
+                                               "falls slowly to 0.5x the twin's)")
+    s["barlow_long_constant"] = FScenario("barlow", steps=2400, what="healthy Barlow Twins, 2400 steps, constant LR")
     return s
 
 
@@ -515,7 +523,12 @@ def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optiona
         if sc.ramp is not None:
             key, a, b, s0, s1 = sc.ramp
             if step >= s0:
-                model.settings[key] = a + (b - a) * min(1.0, (step - s0) / (s1 - s0))
+                value = a + (b - a) * min(1.0, (step - s0) / (s1 - s0))
+                if key == "weight_decay":
+                    for gr in opt.param_groups:
+                        gr["weight_decay"] = value
+                else:
+                    model.settings[key] = value
         for gr in opt.param_groups:
             gr["lr"] = base_lr * lr_mult(sc.regime, step, sc.steps)
         batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else BATCH
