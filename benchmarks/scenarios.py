@@ -1,149 +1,362 @@
-"""The default alert rules on real frameworks and real data: a confusion table with detection delays per scenario.
+"""The default alert rules on real training runs: a confusion table per model family, with detection delays.
 
-Image SSL on scikit-learn's bundled digits (SimCLR, SimSiam, BYOL, VICReg written from the papers; plain PyTorch,
-and Lightning's real ``Trainer`` for the runs marked ``[L]``) and sentence-transformers fine-tunes of a tiny BERT
-built from a config with a locally trained WordLevel tokenizer (through ``MonitorTrainerCallback``). Every run uses
-the monitor at its DEFAULT settings (every 50 steps, default rules). The onset is measured without the monitor on
-a fixed probe (``tests/scenarios/digits_ssl.py``, ``tests/scenarios/sentence_pairs.py``).
+Suites (every run uses the monitor at its DEFAULT settings: every 50 steps, default rules, ``loss_family`` unset):
 
-Per scenario: runs, runs whose probe found a collapse (positives), alerted runs, true/false positives and
-negatives, the delay from the onset to the first alert (max over runs; target <= one sampling interval = 50
-steps), and runs with a critical alert before the onset (target 0).
+* ``families`` -- ``tests/scenarios/families.py``: SimCLR, MoCo v2, SimSiam, BYOL, Barlow Twins, VICReg, DINO,
+  SwAV and a supervised classifier's penultimate layer on scikit-learn's digits, healthy at 400 and 2,000 steps
+  under constant LR, warm-up + cosine, step decay, warm restarts, an augmentation twice as strong from step 300,
+  a batch-size change; SimSiam without stop-gradient from step 0 at D = 32 / 512 / 2048; a slow (2,000-step)
+  dimensional collapse; one bug per family switched on at step 200. Onset from an independent probe against a
+  healthy twin (the module docstring defines it).
+* ``classic`` -- ``tests/scenarios/digits_ssl.py``: the earlier suite (SimCLR, SimSiam, BYOL, VICReg; 200 healthy
+  steps then broken), plain PyTorch and Lightning's real ``Trainer`` for two of them.
+* ``sentence`` -- ``tests/scenarios/sentence_pairs.py``: sentence-transformers MNRL fine-tunes of a tiny BERT built
+  from a config (through ``MonitorTrainerCallback``).
 
-    python benchmarks/scenarios.py                 # 3 seeds, all scenarios (~10 min on 2 loaded cores)
-    python benchmarks/scenarios.py --seeds 1 --only simclr simsiam_no_stopgrad --no-sentence --no-lightning
+Per family: runs, positives (runs whose probe found a collapse), TP, FP, FN, TN, the largest delay from the onset
+to the first alert in steps and in sampling intervals (target <= 1 interval), alerts later than one interval, and
+runs with a critical alert before the onset (target 0). An "alert" is a fired event of kind ``collapse`` (faults and
+any other kind of event are not counted). Then the same per scenario.
+
+    python benchmarks/scenarios.py                                  # every suite, 3 seeds
+    python benchmarks/scenarios.py --seeds 1 --suites families --save-traces /tmp/traces
+    python benchmarks/scenarios.py --replay /tmp/traces             # no training: the CURRENT rules on saved records
+    python benchmarks/scenarios.py --only dino dino_no_centering --seeds 2
+
+``--save-traces DIR`` writes one JSON per run (``<suite>__<scenario>__s<seed>.json``; format in
+:func:`save_trace`). ``--replay DIR`` feeds every trace's logged records, in step order, through the same
+:class:`spherewatch.alerting.AlertPipeline` the Monitor uses (default rules of the installed spherewatch), and
+prints the same tables: rules can be tuned in seconds against a fixed set of runs.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import math
 import os
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import logging  # noqa: E402
+
 import torch  # noqa: E402
 
 import spherewatch as sw  # noqa: E402
 
-LIGHTNING = ("simclr", "simsiam_no_stopgrad")  # also run under Lightning's Trainer (seed 0)
+LIGHTNING = ("simclr", "simsiam_no_stopgrad")  # classic suite: also run under Lightning's Trainer (seed 0)
+TRACE_FORMAT = "spherewatch-scenario-trace/1"
 
 
-def _row(name: str, how: str, seed: int, onset, alerts: List, every: int) -> Dict:
-    collapse = [a for a in alerts if getattr(a, "kind", "collapse") == "collapse"]
-    first = min((a.step for a in collapse), default=None)
-    first_crit = min((a.step for a in collapse if a.severity == "critical"), default=None)
+# ------------------------------------------------------------------------------------------------ one run
+def _fired(alerts) -> List[Any]:
+    return [a for a in alerts if getattr(a, "kind", "collapse") == "collapse" and getattr(a, "status", "fired") == "fired"]
+
+
+def make_row(meta: Dict[str, Any], alerts: List[Any]) -> Dict[str, Any]:
+    """A table row from a run's description (``family``, ``scenario``, ``seed``, ``onset``, ``switch``,
+    ``every_n_steps``, ``healthy``, ...) and its alert events."""
+    fired = _fired(alerts)
+    first = min((a.step for a in fired), default=None)
+    first_crit = min((a.step for a in fired if a.severity == "critical"), default=None)
+    onset, switch = meta["onset"], meta.get("switch")
     return {
-        "name": name, "how": how, "seed": seed, "onset": onset, "first": first, "first_critical": first_crit,
+        **{k: meta.get(k) for k in ("suite", "family", "scenario", "regime", "how", "seed", "D", "switch",
+                                    "every_n_steps", "healthy", "probe_ok")},
+        "onset": onset, "first": first, "first_critical": first_crit,
         "delay": None if (onset is None or first is None) else first - onset,
-        "early_critical": onset is not None and first_crit is not None and first_crit < onset,
-        "rules": sorted({a.rule for a in collapse}), "every": every,
+        "early_critical": first_crit is not None and (onset is None or first_crit < onset),
+        "before_bug": first is not None and switch is not None and switch > 0 and first < switch,
+        "rules": sorted({a.rule for a in fired}),
+        "severities": sorted({a.severity for a in fired}),
     }
 
 
-def run_images(names, seeds, lightning: bool, root: str) -> List[Dict]:
-    from scenarios.digits_ssl import SCENARIOS, run_lightning, run_plain
+def _line(r: Dict[str, Any]) -> str:
+    probe = "" if r["probe_ok"] is None else f", probe {'ok' if r['probe_ok'] else 'NOT HEALTHY'}"
+    return (f"  {r['scenario']:<34} {r.get('how') or '':<9} seed {r['seed']}: onset {r['onset']}, first alert "
+            f"{r['first']}, first critical {r['first_critical']}, rules {r['rules']}{probe}")
 
+
+def _records(monitor) -> Dict[str, Dict[str, float]]:
+    out: Dict[str, Dict[str, float]] = {}
+    for step, values in monitor.sink("memory").scalars:
+        out.setdefault(str(step), {}).update(values)
+    return out
+
+
+def save_trace(directory: str, meta: Dict[str, Any], records: Dict[str, Dict[str, float]], alerts: List[Any],
+               extra: Optional[Dict[str, Any]] = None) -> str:
+    """Write one run as ``<suite>__<scenario>__s<seed>.json``::
+
+        {"format": "spherewatch-scenario-trace/1",
+         "suite", "family", "scenario", "what", "regime", "how", "seed", "D", "steps", "switch" (null: healthy;
+         0: the bug from the first step), "every_n_steps", "loss_family" (what the family is; the run itself
+         used the default, unset), "healthy" (no bug in the recipe), "onset" (probe step or null), "positive"
+         (onset is not null), "probe_ok" (healthy runs: the probe confirms it), "twin" (healthy twin scenario),
+         "records": {"<step>": {"<key>": value, ...}, ...}  (what the monitor logged at each evaluation, from the
+                     memory sink; NaN/Infinity as JSON's non-standard literals, which Python's json reads),
+         "alerts": [Alert.to_dict(), ...]  (every alert event of the run: fired, reminders, resolved),
+         "probe": [[step, knn, participation_ratio, total_variance], ...], "twin_probe": same or null,
+         "losses_every_10": [...]}
+    """
+    os.makedirs(directory, exist_ok=True)
+    doc = {"format": TRACE_FORMAT, **meta, "positive": meta.get("onset") is not None, "records": records,
+           "alerts": [a.to_dict() for a in alerts], **(extra or {})}
+    path = os.path.join(directory, f"{meta['suite']}__{meta['scenario']}{'_' + meta['how'] if meta.get('how') else ''}"
+                                   f"__s{meta['seed']}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- suites
+def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[str]) -> List[Dict[str, Any]]:
+    from scenarios import families as fam
+
+    chosen = [n for n in fam.SCENARIOS if names is None or n in names]
+    # healthy runs first: their probes are the twins of the broken runs of the same seed (no retraining)
+    chosen.sort(key=lambda n: fam.SCENARIOS[n].collapses)
     rows = []
-    for name in names:
-        if name not in SCENARIOS:
-            continue
+    for name in chosen:
+        sc = fam.SCENARIOS[name]
         for seed in seeds:
             mon = sw.Monitor(sinks=("memory",), warn=False)
-            run = run_plain(name, mon, seed=seed)
+            run = fam.run_scenario(name, mon, seed=seed)
             mon.close()
-            rows.append(_row(name, "torch", seed, run.onset, list(mon.alerts), mon.config.every_n_steps))
+            meta = {"suite": "families", "family": sc.family, "scenario": name, "what": sc.what, "regime": sc.regime,
+                    "how": None, "seed": seed, "D": fam.watched_width(sc), "steps": sc.steps,
+                    "switch": sc.switch if sc.switch is not None else (sc.ramp[3] if sc.ramp else None),
+                    "every_n_steps": mon.config.every_n_steps, "loss_family": fam.LOSS_FAMILY[sc.family],
+                    "healthy": not sc.collapses, "onset": run.onset, "probe_ok": run.probe_ok, "twin": sc.twin}
+            alerts = list(mon.sink("memory").alerts)
+            rows.append(make_row(meta, alerts))
             print(_line(rows[-1]), flush=True)
-        if lightning and name in LIGHTNING:
-            from spherewatch.integrations.lightning import MonitorCallback
-
-            cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False,
-                                 log_to_module=False)
-            run = run_lightning(name, cb, seed=0, root=root)
-            rows.append(_row(name, "lightning", 0, run.onset, list(cb.monitor.alerts), cb.config.every_n_steps))
-            print(_line(rows[-1]), flush=True)
+            if traces:
+                save_trace(traces, meta, _records(mon), alerts,
+                           {"probe": run.probe, "twin_probe": run.twin_probe, "losses_every_10": run.losses[::10]})
     return rows
 
 
-def run_sentences(names, seeds, root: str) -> List[Dict]:
+def run_classic(names: Optional[List[str]], seeds: List[int], lightning: bool, traces: Optional[str],
+                root: str) -> List[Dict[str, Any]]:
+    from scenarios.digits_ssl import SCENARIOS, run_lightning, run_plain
+
+    rows = []
+    for name in SCENARIOS:
+        if names is not None and name not in names:
+            continue
+        sc = SCENARIOS[name]
+        jobs = [("torch", s) for s in seeds] + ([("lightning", 0)] if lightning and name in LIGHTNING else [])
+        for how, seed in jobs:
+            if how == "torch":
+                mon = sw.Monitor(sinks=("memory",), warn=False)
+                run = run_plain(name, mon, seed=seed)
+                mon.close()
+            else:
+                from spherewatch.integrations.lightning import MonitorCallback
+
+                cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False,
+                                     log_to_module=False)
+                run = run_lightning(name, cb, seed=0, root=root)
+                mon = cb.monitor
+            meta = {"suite": "classic", "family": sc.method, "scenario": name, "what": sc.what, "regime": "constant",
+                    "how": how if how != "torch" else None, "seed": seed, "D": 32, "steps": 400,
+                    "switch": run.switch, "every_n_steps": mon.config.every_n_steps, "loss_family": None,
+                    "healthy": not sc.collapses, "onset": run.onset, "probe_ok": None, "twin": None}
+            alerts = list(mon.sink("memory").alerts)
+            rows.append(make_row(meta, alerts))
+            print(_line(rows[-1]), flush=True)
+            if traces:
+                save_trace(traces, meta, _records(mon), alerts, {"probe": run.probe, "twin_probe": None})
+    return rows
+
+
+def run_sentences(names: Optional[List[str]], seeds: List[int], traces: Optional[str], root: str) -> List[Dict]:
     from scenarios.sentence_pairs import SENTENCE_SCENARIOS, run_sentence_scenario
 
     from spherewatch.integrations.hf import MonitorTrainerCallback
 
     rows = []
-    for name in names:
-        if name not in SENTENCE_SCENARIOS:
+    for name in SENTENCE_SCENARIOS:
+        if names is not None and name not in names:
             continue
         for seed in seeds:
             cb = MonitorTrainerCallback(sinks=("memory",), warn=False)
             run = run_sentence_scenario(name, cb, root, seed=seed)
-            rows.append(_row(name, "sentence-transformers", seed, run.onset, list(cb.monitor.alerts),
-                             cb.config.every_n_steps))
+            mon = cb.monitor
+            meta = {"suite": "sentence", "family": "sentence-transformers", "scenario": name,
+                    "what": getattr(SENTENCE_SCENARIOS[name], "what", ""), "regime": "constant", "how": None,
+                    "seed": seed, "D": None, "steps": None, "switch": getattr(run, "switch", None),
+                    "every_n_steps": mon.config.every_n_steps, "loss_family": "contrastive",
+                    "healthy": not SENTENCE_SCENARIOS[name].collapses, "onset": run.onset, "probe_ok": None,
+                    "twin": None}
+            alerts = list(mon.sink("memory").alerts)
+            rows.append(make_row(meta, alerts))
             print(_line(rows[-1]), flush=True)
+            if traces:
+                save_trace(traces, meta, _records(mon), alerts, {"probe": getattr(run, "probe", None)})
     return rows
 
 
-def _line(r: Dict) -> str:
-    return (f"  {r['name']:<30} {r['how']:<22} seed {r['seed']}: onset {r['onset']}, first alert {r['first']}, "
-            f"first critical {r['first_critical']}, rules {r['rules']}")
+# ------------------------------------------------------------------------------------------------- replay
+def replay_trace(doc: Dict[str, Any]) -> List[Any]:
+    """The alert events the CURRENT default rules emit on a trace's records: the records go, in step order,
+    through :class:`spherewatch.alerting.AlertPipeline` -- what ``Monitor.step`` calls at each evaluation."""
+    from spherewatch.alerting import AlertPipeline
+    from spherewatch.faults import FaultReporter
+
+    config = sw.MonitorConfig(every_n_steps=int(doc.get("every_n_steps") or 50), warn=False)
+    box: Dict[str, Any] = {}
+    faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
+    pipeline = box["pipeline"] = AlertPipeline(config, [], faults)
+    events: List[Any] = []
+    for step, values in sorted(((int(s), v) for s, v in doc["records"].items()), key=lambda t: t[0]):
+        box["step"] = step
+        events += pipeline.update(step, {k: float(v) for k, v in values.items()})
+    pipeline.close(0.1)
+    return events
 
 
-def table(rows: List[Dict]) -> str:
-    out = ["| scenario | framework | runs | collapsed (probe) | alerted | TP | FN | FP | TN | delay onset -> alert "
-           "(steps, max) | critical before onset |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    keys = []
+def _relabel(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The onset and the healthy check recomputed from the trace's probes with the CURRENT definitions of
+    ``tests/scenarios/families.py`` (when it is importable and the trace has its twin's probe)."""
+    if doc.get("suite") != "families" or not doc.get("probe"):
+        return doc
+    try:
+        from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok
+    except ImportError:
+        return doc
+    doc = dict(doc)
+    probe, twin = [tuple(p) for p in doc["probe"]], doc.get("twin_probe")
+    twin = [tuple(p) for p in twin] if twin else None
+    sc = SCENARIOS.get(doc["scenario"])
+    if doc.get("healthy"):
+        doc["probe_ok"] = probe_ok(probe, twin)
+    elif twin is not None and sc is not None:
+        doc["onset"] = onset_vs_twin(probe, twin, doc["switch"] or 0)
+    return doc
+
+
+def replay(directory: str, names: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
+        with open(path) as f:
+            doc = json.load(f)
+        if doc.get("format") != TRACE_FORMAT or (names is not None and doc["scenario"] not in names):
+            continue
+        events = replay_trace(doc)
+        rows.append(make_row(_relabel(doc), events))
+        was = [(a["rule"], a["step"], a["severity"]) for a in doc.get("alerts", []) if a.get("status") == "fired"
+               and a.get("kind", "collapse") == "collapse"]
+        now = [(a.rule, a.step, a.severity) for a in _fired(events)]
+        rows[-1]["same_as_recorded"] = was == now
+        print(_line(rows[-1]) + ("" if was == now else "  (differs from the recorded run)"), flush=True)
+    if rows:
+        same = sum(r["same_as_recorded"] for r in rows)
+        print(f"\n{same} of {len(rows)} traces: the replayed alerts are the ones the run recorded (different rules, "
+              "or a different spherewatch, explain the others)")
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- tables
+def _summary(rs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    pos = [r for r in rs if r["onset"] is not None]
+    neg = [r for r in rs if r["onset"] is None]
+    tp = sum(r["first"] is not None for r in pos)
+    fp = sum(r["first"] is not None for r in neg)
+    delays = [(r["delay"], r["every_n_steps"]) for r in pos if r["delay"] is not None]
+    dmax = max(delays, default=None, key=lambda d: d[0] / d[1])
+    return {
+        "runs": len(rs), "pos": len(pos), "TP": tp, "FP": fp, "FN": len(pos) - tp, "TN": len(neg) - fp,
+        "delay": None if dmax is None else dmax[0], "intervals": None if dmax is None else dmax[0] / dmax[1],
+        "late": sum(d > e for d, e in delays), "early": sum(r["early_critical"] for r in pos),
+        "crit_fp": sum(r["first_critical"] is not None for r in neg),
+        "before_bug": sum(r["before_bug"] for r in rs),
+        "not_healthy": sum(r["probe_ok"] is False for r in rs),
+        "delays": [d for d, _ in delays],
+    }
+
+
+def _fmt(x, spec="") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def table(rows: List[Dict[str, Any]], by: str = "family") -> str:
+    head = ("| family | runs | positives | TP | FP | FN | TN | max delay (steps) | max delay (intervals) | "
+            "late (> 1 interval) | critical before onset | critical on negatives |")
+    if by == "scenario":
+        head = head.replace("| family |", "| scenario | delays (steps) |")
+    out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    keys: List[str] = []
     for r in rows:
-        if (r["name"], r["how"]) not in keys:
-            keys.append((r["name"], r["how"]))
-    tot = dict(TP=0, FN=0, FP=0, TN=0, late=0, early=0)
-    for name, how in keys:
-        rs = [r for r in rows if (r["name"], r["how"]) == (name, how)]
-        pos = [r for r in rs if r["onset"] is not None]
-        tp = sum(r["first"] is not None for r in pos)
-        fn = len(pos) - tp
-        neg = [r for r in rs if r["onset"] is None]
-        fp = sum(r["first"] is not None for r in neg)
-        tn = len(neg) - fp
-        delays = [r["delay"] for r in pos if r["delay"] is not None]
-        early = sum(r["early_critical"] for r in rs)
-        late = sum(d > r["every"] for r, d in ((r, r["delay"]) for r in pos) if d is not None)
-        for k, v in dict(TP=tp, FN=fn, FP=fp, TN=tn, late=late, early=early).items():
-            tot[k] += v
-        delay = "" if not delays else f"{max(delays)} ({', '.join(map(str, delays))})"
-        out.append(f"| {name} | {how} | {len(rs)} | {len(pos)} | {sum(r['first'] is not None for r in rs)} | {tp} | "
-                   f"{fn} | {fp} | {tn} | {delay} | {early} |")
-    out.append(f"\nTotal: TP {tot['TP']}, FN {tot['FN']}, FP {tot['FP']}, TN {tot['TN']}; alerts later than one sampling "
-               f"interval after the onset: {tot['late']}; runs with a critical alert before the onset: {tot['early']}.")
+        k = r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "")
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        rs = [r for r in rows if r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "") == k]
+        s = _summary(rs)
+        lead = f"| {k} |" + (f" {', '.join(map(str, s['delays']))} |" if by == "scenario" else "")
+        out.append(f"{lead} {s['runs']} | {s['pos']} | {s['TP']} | {s['FP']} | {s['FN']} | {s['TN']} | "
+                   f"{_fmt(s['delay'])} | {_fmt(s['intervals'], '.1f')} | {s['late']} | {s['early']} | "
+                   f"{s['crit_fp']} |")
+    t = _summary(rows)
+    out.append(f"\nTotal: {t['runs']} runs, {t['pos']} collapsed (probe): TP {t['TP']}, FN {t['FN']}, FP {t['FP']}, "
+               f"TN {t['TN']}; alerts later than one sampling interval after the onset: {t['late']}; runs with a "
+               f"critical alert before the onset: {t['early']}; negatives with a critical alert: {t['crit_fp']}; "
+               f"broken runs alerted before the bug was switched on: {t['before_bug']}; healthy runs the probe "
+               f"does not confirm: {t['not_healthy']}.")
     return "\n".join(out)
 
 
-def main(argv=None) -> None:
-    from scenarios.digits_ssl import SCENARIOS
-    from scenarios.sentence_pairs import SENTENCE_SCENARIOS
+def report(rows: List[Dict[str, Any]]) -> str:
+    return ("Per family\n\n" + table(rows, "family") + "\n\nPer scenario\n\n" + table(rows, "scenario"))
 
+
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0): seeds K..K+N-1")
     p.add_argument("--only", nargs="*", default=None, help="scenario names")
-    p.add_argument("--no-sentence", action="store_true")
-    p.add_argument("--no-lightning", action="store_true")
+    p.add_argument("--suites", nargs="*", default=["families", "classic", "sentence"],
+                   choices=["families", "classic", "sentence"])
+    p.add_argument("--no-lightning", action="store_true", help="classic suite: skip the Lightning runs")
+    p.add_argument("--save-traces", metavar="DIR", default=None, help="write one JSON trace per run into DIR")
+    p.add_argument("--replay", metavar="DIR", default=None,
+                   help="no training: re-evaluate DIR's traces through the current default rules")
+    p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
-    names = a.only or [*SCENARIOS, *SENTENCE_SCENARIOS]
-    seeds = list(range(a.seeds))
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as root:
-        rows = run_images(names, seeds, not a.no_lightning, root)
-        if not a.no_sentence:
-            rows += run_sentences(names, seeds, root)
+    if a.replay:
+        rows = replay(a.replay, a.only)
+    else:
+        torch.set_num_threads(1)
+        logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are in the rows; not each line
+        seeds = list(range(a.seed_start, a.seed_start + a.seeds))
+        rows = []
+        with tempfile.TemporaryDirectory() as root:
+            if "families" in a.suites:
+                rows += run_families(a.only, seeds, a.save_traces)
+            if "classic" in a.suites:
+                rows += run_classic(a.only, seeds, not a.no_lightning, a.save_traces, root)
+            if "sentence" in a.suites:
+                rows += run_sentences(a.only, seeds, a.save_traces, root)
     print()
-    print(table(rows))
-    print(f"\n{len(rows)} runs in {time.time() - t0:.0f} s (torch {torch.__version__}, 1 thread)")
+    print(report(rows))
+    print(f"\n{len(rows)} runs in {time.time() - t0:.0f} s (torch {torch.__version__}, 1 thread, spherewatch "
+          f"{sw.__version__})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else o)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""Default rules on the families of ``tests/scenarios/families.py`` (DINO, Barlow Twins, MoCo, a classifier, SimSiam
+from step 0): a few cheap runs; ``benchmarks/scenarios.py`` runs the whole suite and prints the table.
+
+Assertions marked ``RULES (issue 17)`` depend on the default alert rules (``monitor/alerts/``), not on the scenario
+code: they state the issue's targets (no alert on a healthy run; the first alert within one sampling interval of
+the probe's onset; nothing critical before it).
+"""
+import importlib.util
+import math
+import os
+
+import pytest
+
+import spherewatch as sw
+from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok, run_scenario
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
+                     "scenarios.py")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_scenarios", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fired(mon):
+    return [a for a in mon.alerts if a.kind == "collapse" and a.status == "fired"]
+
+
+# ------------------------------------------------------------------------------------------ the probe's onset
+def test_onset_is_the_first_persisting_collapsed_probe_step_against_the_twin():
+    twin = [(s, 0.9, 10.0, 0.8) for s in range(0, 200, 10)]
+    run = [(s, 0.9, 10.0, 0.8) for s in range(0, 100, 10)]
+    run += [(100, 0.9, 6.0, 0.8), (110, 0.9, 10.0, 0.8)]  # one collapsed probe that does not persist: no onset
+    run += [(120, 0.6, 10.0, 0.8), (130, 0.9, 6.9, 0.8), (140, 0.9, 10.0, 0.5), (150, 0.9, 10.0, 0.5)]
+    run += [(s, 0.9, 10.0, 0.5) for s in range(160, 200, 10)]
+    # kNN 0.6 < 0.9 - (0.9 - 0.1) / 3 = 0.633; PR 6.9 < 0.7 * 10; TV 0.5 < 0.7 * 0.8
+    assert onset_vs_twin(run, twin, switch=50) == 120
+    assert onset_vs_twin(run, twin, switch=125) == 130
+    assert onset_vs_twin(twin, twin, switch=0) is None
+    # the edge: exactly on a threshold is not collapsed
+    edge = [(s, 0.9 - 0.8 / 3, 7.0, 0.56) for s in range(0, 200, 10)]
+    assert onset_vs_twin(edge, twin, switch=0) is None
+    assert probe_ok(twin) and not probe_ok([(s, 0.65, 10.0, 0.8) for s in range(0, 50, 10)])
+    drop = [(s, 0.9 if s < 100 else 0.6, 10.0, 0.8) for s in range(0, 200, 10)]  # kNN lost vs the twin
+    assert not probe_ok(drop, twin) and probe_ok([(s, 0.9, 2.0, 0.1) for s in range(0, 200, 10)], twin)
+
+
+def test_every_broken_scenario_has_a_healthy_twin_of_the_same_family_and_width():
+    for name, sc in SCENARIOS.items():
+        if sc.collapses:
+            tw = SCENARIOS[sc.twin]
+            assert not tw.collapses and tw.family == sc.family and tw.dim == sc.dim, name
+            assert tw.steps >= sc.steps and tw.regime == sc.regime, name
+
+
+# ------------------------------------------------------------------------------------------------ real runs
+@pytest.mark.parametrize("name", ["dino", "barlow"])
+def test_healthy_family_runs_raise_no_alert_at_default_settings(name):
+    mon = sw.Monitor(sinks=("memory",), warn=False)
+    run = run_scenario(name, mon, seed=0)
+    mon.close()
+    assert run.onset is None and run.probe_ok, run.probe[-3:]  # the probe confirms the run is healthy
+    assert [str(a) for a in _fired(mon)] == []  # RULES (issue 17): 0 alerts of any severity on a healthy run
+
+
+@pytest.mark.parametrize("name", [
+    "moco_no_negatives", "simsiam_no_stopgrad_step0_d32",
+    # RULES (issue 17): main's rules alert 70 steps after the onset here (onset 30, first alert 100); remove the
+    # mark once the rules catch a collapse from step 0 at D = 512 within one interval
+    pytest.param("simsiam_no_stopgrad_step0_d512", marks=pytest.mark.xfail(
+        reason="issue 17: step-0 collapse at D = 512 is alerted 70 steps late by main's rules", strict=False)),
+])
+def test_collapsing_family_runs_alert_within_one_sampling_interval(name):
+    mon = sw.Monitor(sinks=("memory",), warn=False)
+    run = run_scenario(name, mon, seed=0)
+    mon.close()
+    every = mon.config.every_n_steps
+    assert run.onset is not None, f"{name}: the probe saw no collapse against its healthy twin"
+    alerts = _fired(mon)
+    # RULES (issue 17): alerted, within one sampling interval of the onset, nothing critical before it
+    assert alerts, f"{name}: no alert (onset {run.onset})"
+    first = min(a.step for a in alerts)
+    assert first <= run.onset + every, f"{name}: onset {run.onset}, first alert {first}"
+    critical = [a.step for a in alerts if a.severity == "critical"]
+    assert not critical or min(critical) >= run.onset, f"{name}: critical at {min(critical)} before {run.onset}"
+
+
+def test_a_saved_trace_replays_to_the_alerts_the_run_recorded(tmp_path):
+    """The benchmark's --replay path: a run's logged records, fed through the same AlertPipeline the Monitor
+    uses, give the same alerts (so tuning rules on traces is tuning them on the runs)."""
+    import json
+
+    bench = _bench()
+    mon = sw.Monitor(sinks=("memory",), warn=False)
+    run = run_scenario("supervised_constant_label", mon, seed=0, twin=False)
+    mon.close()
+    meta = {"suite": "families", "family": "supervised", "scenario": run.name, "seed": 0, "D": 32, "switch": 200,
+            "every_n_steps": mon.config.every_n_steps, "healthy": False, "onset": 210, "probe_ok": None}
+    path = bench.save_trace(str(tmp_path), meta, bench._records(mon), list(mon.sink("memory").alerts),
+                            {"probe": run.probe})
+    with open(path) as f:
+        doc = json.load(f)
+    assert set(doc["records"]) == {str(s) for s, _ in mon.sink("memory").scalars}
+    assert all(math.isfinite(v) for rec in doc["records"].values() for v in rec.values())
+    recorded = [(a.rule, a.step, a.severity, a.message) for a in mon.alerts]
+    replayed = [(a.rule, a.step, a.severity, a.message) for a in bench.replay_trace(doc)]
+    assert recorded and replayed == recorded
+    rows = bench.replay(str(tmp_path))
+    assert len(rows) == 1 and rows[0]["same_as_recorded"] and rows[0]["first"] == min(a.step for a in _fired(mon))
+    assert "| supervised | 1 | 1 |" in bench.table(rows)
