@@ -60,6 +60,10 @@ class Monitor:
         mon.observe(z1, z2)          # after the forward pass (or: mon.watch(model.encoder) once)
         mon.step(global_step)        # after the optimizer step; returns the alerts fired now
 
+    An assignment head (DINO, iBOT, SwAV, MSN) is watched beside the embeddings with
+    ``mon.observe_head(teacher_logits, student_logits, teacher_temp=..., student_temp=...)`` (or
+    ``mon.watch(head, kind="head")``): see :mod:`spherewatch.heads`.
+
     Args:
         config: a :class:`MonitorConfig`, a dict, or a path to a .yaml/.toml/.json file; ``None`` for defaults.
         sinks: sink names (``"tensorboard"``, ``"mlflow"``, ``"jsonl"``, ``"memory"``: the ``sinks`` config field)

@@ -75,7 +75,7 @@ HEAD_SCENARIOS: Dict[str, HeadScenario] = {
 
 # --------------------------------------------------------------------------------------------------- SwAV
 @torch.no_grad()
-def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+def sinkhorn(scores: torch.Tensor, eps: float = 0.03, iters: int = 3) -> torch.Tensor:
     """SwAV's codes ``(B, K)``: Sinkhorn-Knopp on ``exp(scores / eps)`` (equal mass per prototype, rows sum 1)."""
     q = torch.exp((scores - scores.max()) / eps).T  # K x B
     q /= q.sum()
