@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -155,6 +156,7 @@ class WandbSink(Sink):
                                       "reinit": "create_new"}
             if run_id is not None:
                 kwargs.update(id=run_id, resume="allow")
+            _check_credentials(wandb, mode)
             self.run = wandb.init(**{k: v for k, v in kwargs.items() if v is not None})
             self.created_run = True
         self.run_id = getattr(self.run, "id", None)
@@ -371,6 +373,21 @@ class WandbSink(Sink):
 
     def __repr__(self) -> str:
         return f"WandbSink(run_id={self.run_id!r}, created_run={self.created_run}, closed={self._closed})"
+
+
+def _check_credentials(wandb: Any, mode: str | None) -> None:
+    """An online run needs W&B credentials: without them ``wandb.init`` would ask for them on the terminal, from the
+    Monitor's writer thread. Fail instead, saying how to fix it (no network: only the key's presence is checked)."""
+    effective = str(mode or os.environ.get("WANDB_MODE") or "online").lower()
+    if effective in ("offline", "disabled", "dryrun", "shared"):
+        return
+    try:
+        logged_in = wandb.login(prompt=False, verify=False)
+    except Exception:  # noqa: BLE001 - an older wandb without these keywords: let wandb.init decide
+        return
+    if not logged_in:
+        raise RuntimeError("WandbSink: no W&B credentials for an online run: run `wandb login`, set WANDB_API_KEY, "
+                           "or set WANDB_MODE=offline (sync later with `wandb sync`).")
 
 
 def _remember(seen: OrderedDict, key: Any) -> None:

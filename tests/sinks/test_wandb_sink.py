@@ -234,3 +234,21 @@ def test_points_spooled_while_wandb_was_down_go_into_the_run_once_when_the_run_r
     assert got.run_ids == [run.id]
     assert [row[STEP] for row in _spherewatch_rows(got)] == list(range(0, 16, 2))  # once each, in order
     assert len(got.rows_with("train/loss")) == 16
+
+
+def test_an_online_run_without_credentials_fails_with_the_fix_instead_of_prompting(tmp_path, monkeypatch):
+    from spherewatch.sinks import WandbSink
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    import wandb
+
+    wandb.teardown()  # settings read in this environment, not another test's
+    try:
+        with pytest.raises(RuntimeError, match="wandb login"):
+            WandbSink(project="x", mode="online")
+    finally:
+        wandb.teardown()
