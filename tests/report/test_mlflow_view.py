@@ -113,6 +113,12 @@ def test_the_sink_saves_the_view_with_its_first_values_merges_other_runs_and_lin
     assert f"[{VIEW_NAME}](#/experiments/{sink.experiment_id}/runs?viewStateShareKey=spherewatch" in note
     assert sink.view_url() == view_url(sink.experiment_id)
 
+    class Monitor:  # what view_url accepts besides the sink: a Monitor holding it, an MLflow Run
+        def sink(self, name):
+            return sink
+
+    assert view_url(Monitor()) == view_url(client.get_run(sink.run_id)) == sink.view_url()
+
     other = MLflowSink(mlflow_uri, experiment_name="view")  # a second run of the experiment keeps the first's keys
     other.log_scalars(10, {A: 0.5})
     other.close()
