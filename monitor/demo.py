@@ -274,8 +274,10 @@ def run_demo(
 
     Every call starts clean: it replaces what an earlier demo left under the same names (the two run folders and
     reports are removed, the two MLflow runs deleted), so a second demo shows exactly what the first did.
-    The progress bar is drawn only on a terminal (``progress`` and ``out.isatty()``), once setup (imports, stores,
-    event files) is done, so its ETA is the training's.
+    Any subset of the extras will do: TensorBoard, MLflow and the report are each skipped when their extra is
+    missing, with one ``skipped: ... (pip install 'spherewatch[<extra>]')`` line in the summary (:func:`missing_parts`);
+    JSONL is always written. The progress bar is drawn only on a terminal (``progress`` and ``out.isatty()``),
+    once setup (imports, stores, event files) is done, so its ETA is the training's.
 
     Returns per run: final values, alerts, MLflow run id, experiment id, paths.
     """

@@ -167,3 +167,14 @@ def test_demo_matches_the_readme(tmp_path):
             assert f"{words} {side} {value:g}" in caption, (metric, side, value)
     start = healthy.scalars["spherewatch/effective_rank"][0][1]
     assert f"the effective rank falls from {start:.0f} to {last(collapsing, 'effective_rank'):.0f}" in caption
+
+
+def test_what_to_do_covers_every_default_rule_by_its_name():
+    from spherewatch.alerts.rules import default_rules
+
+    section = README[README.index("## What to do when it alerts"): README.index("## How to read the charts")]
+    named = {n for bold in re.findall(r"\*\*(.*?)\*\*", section) for n in re.findall(r"`([a-z_]+)`", bold)}
+    named |= {f"{n}_persists" for n in named if "`..._persists`" in section}
+    rules = {str(rule.name) for rule in default_rules()}
+    assert rules <= named, rules - named
+    assert {n for n in named if not n.endswith("_persists")} <= rules, named - rules
