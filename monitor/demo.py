@@ -34,6 +34,8 @@ from spherewatch.keys import parse_key
 from spherewatch.metrics import effective_rank, uniformity
 from spherewatch.monitor import Monitor
 from spherewatch.report import build_report
+from spherewatch.sinks.mlflow_view import view_url
+from spherewatch.sinks.tensorboard import custom_scalars_url
 
 __all__ = ["SCENARIOS", "ScenarioResult", "make_data", "Encoder", "run_scenario"]
 
@@ -170,8 +172,6 @@ DEMO_RUNS = (("simsiam-healthy", "simsiam"), ("simsiam-no-stopgrad", "simsiam_no
 DEMO_EXPERIMENT = "spherewatch-demo"
 LOSS_KEY = "train/loss"
 LOSS_EVERY = 5  # the training loss is logged every 5 steps (beside the metrics, every 10)
-# MLflow 3's model-training view of an experiment, on the runs' charts (its default is the GenAI overview)
-MLFLOW_CHARTS_VIEW = "workflowType=machine_learning&compareRunsMode=CHART"
 
 
 def _hyperparameters(scenario: str, steps: int, batch_size: int, seed: int) -> Dict[str, object]:
@@ -450,12 +450,12 @@ def _print_summary(results: Dict[str, dict], setup: float, elapsed: float, log_d
     if tensorboard:
         print("  TensorBoard, Custom Scalars (the collapse overview first):", file=out)
         print(f"    {_executable('tensorboard', 'tensorboard.main')} --logdir {log_dir}", file=out)
-        print("    http://localhost:6006/#custom_scalars", file=out)
+        print(f"    {custom_scalars_url()}", file=out)
     if tracking_uri is not None:
-        print("  MLflow, model training view (the runs' charts):", file=out)
+        print("  MLflow, spherewatch's chart view (the collapse overview first, both runs):", file=out)
         print(f"    {_executable('mlflow', 'mlflow')} ui --backend-store-uri {tracking_uri} --port 5000", file=out)
         if experiment_id is not None:
-            print(f"    http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?{MLFLOW_CHARTS_VIEW}", file=out)
+            print(f"    {view_url(experiment_id)}", file=out)
     if report:
         print(f"  The report, both runs on shared axes: {report}", file=out)
     print(f"  Every value, alert and param as JSON lines: {os.path.join(log_dir, '<run>', 'spherewatch.jsonl')}", file=out)
