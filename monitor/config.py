@@ -131,7 +131,7 @@ def _precheck(data: Mapping[Any, Any], fields: Iterable[str], title: str = "Moni
         if key not in fields:
             hint = did_you_mean(key, fields)
             if not hint:  # no close match: the fields, wrapped (a did-you-mean is enough on its own)
-                hint = "\n" + textwrap.fill(f"Fields: {', '.join(fields)}.", 100, subsequent_indent="    ")
+                hint = "\n" + textwrap.fill(f"Fields: {', '.join(fields)}.", 100, subsequent_indent="    ") + "\n"
             raise _error(title, (key,), f"unknown config field {key!r}.{hint}", value)
         why = _check_shape(key, value)
         if why:

@@ -244,7 +244,7 @@ def _priority(key: str, prefix: str) -> Tuple[int, int, str]:
     if is_loss_key(key, prefix):
         return (0, _RANK["alignment"] + 1, key)  # right after the overview metrics
     if parts is None:
-        return (2, len(CATALOGUE) + 2, key)
+        return (len(CATEGORIES), len(CATALOGUE) + 2, key)  # after every category
     rank = _RANK.get(parts[1], len(CATALOGUE))
     category = CATEGORIES.index(_BY_METRIC[parts[1]].category) if parts[1] in _BY_METRIC else len(CATEGORIES) - 1
     return (category, rank, f"{parts[1]}\0{parts[0]}")

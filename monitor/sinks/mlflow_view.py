@@ -51,6 +51,7 @@ import zlib
 from typing import Any, Dict, Iterable, List, Optional
 
 from spherewatch.keys import CATEGORIES, alert_count_key, describe, is_loss_key, order_keys, parse_key
+from spherewatch.catalogue import head_specs
 
 __all__ = ["SHARED_VIEW_TAG_PREFIX", "VIEW_ID", "VIEW_NAME", "VIEW_PARAMS", "compress", "decompress", "ui_base",
            "view_path", "view_state", "view_tag", "view_url", "write_view"]
@@ -92,6 +93,9 @@ def _line_card(key: str, section: str, index: int) -> Dict[str, Any]:
     }
 
 
+_HEAD_CATEGORIES = frozenset(spec.category for spec in head_specs())
+
+
 def view_state(keys: Iterable[str], prefix: str = "spherewatch") -> Dict[str, Any]:
     """The runs page's chart view for a run logging ``keys``: sections "Collapse overview" (the four overview metrics,
     the host's training loss, the alert count), "Spectrum", "Health checks" (closed), in that order, cards in the
@@ -115,6 +119,8 @@ def view_state(keys: Iterable[str], prefix: str = "spherewatch") -> Dict[str, An
     charts: List[Dict[str, Any]] = []
     section_list: List[Dict[str, Any]] = []
     for i, name in enumerate(CATEGORIES):
+        if not sections[name] and name in _HEAD_CATEGORIES:  # a run without a head tap has no head section
+            continue
         uuid = _section_uuid(i)
         section_list.append({"uuid": uuid, "name": name, "display": name != CATEGORIES[-1], "isReordered": True,
                              "deleted": False, "isGenerated": False, "columns": COLUMNS, "cardHeight": CARD_HEIGHT})

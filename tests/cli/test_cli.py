@@ -43,7 +43,9 @@ def test_demo_tells_the_story_and_a_second_run_shows_the_same(tmp_path):
     assert first.lstrip().startswith("spherewatch demo:")  # no progress line before the header without a terminal
     alerts = first[first.index("Alerts:"): first.index("Where to look")].splitlines()
     assert [line for line in alerts if line.strip().startswith("step ")]
-    assert all(len(line) <= 120 for line in first.splitlines())
+    # lines fit 120 characters; a link is one unbreakable token on a line of its own (MLflow's view URL is ~125)
+    assert all(len(line) <= 120 or (line.strip().startswith("http") and " " not in line.strip())
+               for line in first.splitlines())
     # each alert with its advice beside it: a metric's group says what it means, lists its alerts, says what to check;
     # no advice is printed twice word for word
     checks = [line.strip() for line in alerts if line.strip().startswith("check:")]

@@ -12,7 +12,10 @@ import pytest
 
 pytest.importorskip("mlflow")
 
+from spherewatch.catalogue import head_specs
 from spherewatch.keys import CATALOGUE, OVERVIEW
+
+HEAD = {spec.name for spec in head_specs()}
 from spherewatch.sinks import mlflow_view as mv
 from spherewatch.sinks.mlflow_view import VIEW_NAME, compress, decompress, view_state, view_tag, view_url, write_view
 
@@ -20,7 +23,9 @@ TAG = mv.SHARED_VIEW_TAG_PREFIX + mv.VIEW_ID
 U, R, C, A = (f"spherewatch/{m}" for m in ("uniformity", "effective_rank", "mean_cosine", "alignment"))
 COUNT = "spherewatch/alerts/count"
 OVERVIEW_KEYS = [U, R, C, A]
-ALL_KEYS = [f"spherewatch/{i.metric}" for i in CATALOGUE if i.metric != "spectrum"]
+ALL_KEYS = [f"spherewatch/{i.metric}" for i in CATALOGUE
+            if i.metric != "spectrum" and i.metric not in HEAD]  # embeddings
+HEAD_KEYS = [f"spherewatch/head/{name}" for name in sorted(HEAD)]  # a head tap (observe_head)
 
 
 def _saved_state(client, experiment_id):
@@ -48,6 +53,13 @@ def test_the_overview_section_comes_first_with_the_loss_and_the_alert_count_unsm
     assert {"spherewatch/collapsed_dimensions", "spherewatch/lidar"} <= set(sections["Spectrum"])
     assert sections["Health checks"][-2:] == ["spherewatch/uniformity_stderr", "lr"]  # unknown keys last
     assert sorted(k for ks in sections.values() for k in ks) == sorted(set(keys) | {COUNT})
+
+
+def test_a_head_tap_gets_its_section_after_the_spectrum():
+    state = view_state(sorted(ALL_KEYS + HEAD_KEYS))
+    assert [s["name"] for s in state["compareRunSections"]] == [
+        "Collapse overview", "Spectrum", "Assignment head", "Health checks"]
+    assert set(_sections(state)["Assignment head"]) == set(HEAD_KEYS)
     for card in state["compareRunCharts"]:  # a count is a count: no smoothing, steps on the x axis
         assert card["type"] == "LINE" and card["lineSmoothness"] == 0 and not card["useGlobalLineSmoothing"]
         assert card["xAxisKey"] == "step" and card["selectedMetricKeys"] == [card["metricKey"]]
