@@ -297,13 +297,18 @@ def table(rows: List[Dict[str, Any]], by: str = "family") -> str:
     if by == "scenario":
         head = head.replace("| family |", "| scenario | delays (steps) |")
     out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    def key(r: Dict[str, Any]) -> str:
+        if by != "scenario":
+            return r[by]
+        tags = [t for t in (r.get("suite") if r.get("suite") == "classic" else None, r.get("how")) if t]
+        return r[by] + (f" [{', '.join(tags)}]" if tags else "")
+
     keys: List[str] = []
     for r in rows:
-        k = r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "")
-        if k not in keys:
-            keys.append(k)
+        if key(r) not in keys:
+            keys.append(key(r))
     for k in keys:
-        rs = [r for r in rows if r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "") == k]
+        rs = [r for r in rows if key(r) == k]
         s = _summary(rs)
         lead = f"| {k} |" + (f" {', '.join(map(str, s['delays']))} |" if by == "scenario" else "")
         out.append(f"{lead} {s['runs']} | {s['pos']} | {s['TP']} | {s['FP']} | {s['FN']} | {s['TN']} | "
