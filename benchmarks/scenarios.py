@@ -21,6 +21,7 @@ any other kind of event are not counted). Then the same per scenario.
     python benchmarks/scenarios.py                                  # every suite, 3 seeds
     python benchmarks/scenarios.py --seeds 1 --suites families --save-traces /tmp/traces
     python benchmarks/scenarios.py --replay /tmp/traces             # no training: the CURRENT rules on saved records
+    python benchmarks/scenarios.py --replay /tmp/traces --loss-family --messages   # with each family's advice
     python benchmarks/scenarios.py --only dino dino_no_centering --seeds 2
 
 ``--save-traces DIR`` writes one JSON per run (``<suite>__<scenario>__s<seed>.json``; format in
@@ -209,13 +210,15 @@ def run_sentences(names: Optional[List[str]], seeds: List[int], traces: Optional
 
 
 # ------------------------------------------------------------------------------------------------- replay
-def replay_trace(doc: Dict[str, Any]) -> List[Any]:
+def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[Any]:
     """The alert events the CURRENT default rules emit on a trace's records: the records go, in step order,
-    through :class:`spherewatch.alerting.AlertPipeline` -- what ``Monitor.step`` calls at each evaluation."""
+    through :class:`spherewatch.alerting.AlertPipeline` -- what ``Monitor.step`` calls at each evaluation.
+    ``with_loss_family``: configure the trace's ``loss_family`` (the runs themselves used the default, unset)."""
     from spherewatch.alerting import AlertPipeline
     from spherewatch.faults import FaultReporter
 
-    config = sw.MonitorConfig(every_n_steps=int(doc.get("every_n_steps") or 50), warn=False)
+    extra = {"loss_family": doc["loss_family"]} if with_loss_family and doc.get("loss_family") else {}
+    config = sw.MonitorConfig(every_n_steps=int(doc.get("every_n_steps") or 50), warn=False, **extra)
     box: Dict[str, Any] = {}
     faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
     pipeline = box["pipeline"] = AlertPipeline(config, [], faults)
@@ -247,20 +250,24 @@ def _relabel(doc: Dict[str, Any]) -> Dict[str, Any]:
     return doc
 
 
-def replay(directory: str, names: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+def replay(directory: str, names: Optional[List[str]] = None, with_loss_family: bool = False,
+           show_messages: bool = False) -> List[Dict[str, Any]]:
     rows = []
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(path) as f:
             doc = json.load(f)
         if doc.get("format") != TRACE_FORMAT or (names is not None and doc["scenario"] not in names):
             continue
-        events = replay_trace(doc)
+        events = replay_trace(doc, with_loss_family)
         rows.append(make_row(_relabel(doc), events))
         was = [(a["rule"], a["step"], a["severity"]) for a in doc.get("alerts", []) if a.get("status") == "fired"
                and a.get("kind", "collapse") == "collapse"]
         now = [(a.rule, a.step, a.severity) for a in _fired(events)]
         rows[-1]["same_as_recorded"] = was == now
         print(_line(rows[-1]) + ("" if was == now else "  (differs from the recorded run)"), flush=True)
+        if show_messages:
+            for a in _fired(events):
+                print(f"      {a}")
     if rows:
         same = sum(r["same_as_recorded"] for r in rows)
         print(f"\n{same} of {len(rows)} traces: the replayed alerts are the ones the run recorded (different rules, "
@@ -297,13 +304,18 @@ def table(rows: List[Dict[str, Any]], by: str = "family") -> str:
     if by == "scenario":
         head = head.replace("| family |", "| scenario | delays (steps) |")
     out = [head, "|" + " --- |" * (head.count("|") - 1)]
+    def key(r: Dict[str, Any]) -> str:
+        if by != "scenario":
+            return r[by]
+        tags = [t for t in (r.get("suite") if r.get("suite") == "classic" else None, r.get("how")) if t]
+        return r[by] + (f" [{', '.join(tags)}]" if tags else "")
+
     keys: List[str] = []
     for r in rows:
-        k = r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "")
-        if k not in keys:
-            keys.append(k)
+        if key(r) not in keys:
+            keys.append(key(r))
     for k in keys:
-        rs = [r for r in rows if r[by] + (f" [{r['how']}]" if by == "scenario" and r.get("how") else "") == k]
+        rs = [r for r in rows if key(r) == k]
         s = _summary(rs)
         lead = f"| {k} |" + (f" {', '.join(map(str, s['delays']))} |" if by == "scenario" else "")
         out.append(f"{lead} {s['runs']} | {s['pos']} | {s['TP']} | {s['FP']} | {s['FN']} | {s['TN']} | "
@@ -333,14 +345,17 @@ def main(argv=None) -> None:
     p.add_argument("--save-traces", metavar="DIR", default=None, help="write one JSON trace per run into DIR")
     p.add_argument("--replay", metavar="DIR", default=None,
                    help="no training: re-evaluate DIR's traces through the current default rules")
+    p.add_argument("--loss-family", action="store_true",
+                   help="replay: configure each trace's loss_family (contrastive / non_contrastive / supervised)")
+    p.add_argument("--messages", action="store_true", help="replay: print every fired alert's line")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     a = p.parse_args(argv)
     t0 = time.time()
+    logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are in the rows; not each line
     if a.replay:
-        rows = replay(a.replay, a.only)
+        rows = replay(a.replay, a.only, a.loss_family, a.messages)
     else:
         torch.set_num_threads(1)
-        logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are in the rows; not each line
         seeds = list(range(a.seed_start, a.seed_start + a.seeds))
         rows = []
         with tempfile.TemporaryDirectory() as root:

@@ -57,7 +57,13 @@ def test_every_broken_scenario_has_a_healthy_twin_of_the_same_family_and_width()
 
 
 # ------------------------------------------------------------------------------------------------ real runs
-@pytest.mark.parametrize("name", ["dino", "barlow"])
+@pytest.mark.parametrize("name", [
+    "dino", "barlow",
+    # RULES (issue 17): main's rules raise rank_collapse / uniformity_degradation at 450 on this healthy run (the
+    # "settled level" is taken mid-warm-up); remove the mark once the rules stay silent on it
+    pytest.param("byol_warmup", marks=pytest.mark.xfail(
+        reason="issue 17: main's rules false-alarm on healthy BYOL with a 100-step LR warm-up", strict=False)),
+])
 def test_healthy_family_runs_raise_no_alert_at_default_settings(name):
     mon = sw.Monitor(sinks=("memory",), warn=False)
     run = run_scenario(name, mon, seed=0)
