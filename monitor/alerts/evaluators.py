@@ -262,3 +262,93 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
             f"{_fmt(margin)} of the collapsed value {_fmt(rule.collapsed)} and not recovering. {what}. Check {check}."
         )
     return Judgement(breach, rearm, msg)
+
+
+# ------------------------------------------------------------ rules in a scale no method sets: distance to collapse
+def _distance(rule: Any, value: float) -> float:
+    """Distance of ``value`` to the rule's collapsed value: ``|value - collapsed|`` or ``ln(value / collapsed)``."""
+    if rule.scale == "log":
+        return math.log(value / rule.collapsed) if value > rule.collapsed else 0.0
+    return abs(value - rule.collapsed)
+
+
+def _distance_se(rule: Any, value: float, se: float) -> float:
+    """The standard error of :func:`_distance` (delta method on the log scale)."""
+    if rule.scale == "log":
+        return se / value if value > 0 else 0.0
+    return se
+
+
+def _hypot(a: float, b: float) -> float:
+    return math.sqrt(a * a + b * b)
+
+
+@register("approach")
+def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value = st.ev, s.value
+    d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
+    hist = list(ev.get("hist", []))[-rule.steady:] if rule.steady else []
+    hist.append([d, dse, value, s.step])
+    ev["hist"] = hist
+    far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse so far
+    if far is None:
+        ev["far"] = [d, dse, value, s.step]
+        return Judgement(False, True, None)
+    tiny = 1e-12
+    shrink = far[0] / max(d, tiny)
+    breach = shrink >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
+    how, start = "", far
+    if not breach and rule.steady and len(hist) == rule.steady + 1:
+        steady = all(hist[i][0] - hist[i + 1][0] > rule.z * _hypot(hist[i][1], hist[i + 1][1])
+                     for i in range(rule.steady))
+        if steady and hist[0][0] / max(d, tiny) >= rule.steady_factor:
+            breach, how, start = True, f" steadily over the last {rule.steady} evaluations", hist[0]
+            shrink = hist[0][0] / max(d, tiny)
+    rearm = d * rule.factor * (1.0 - min(rule.hysteresis, 0.99)) >= far[0] and not breach
+    if d > far[0]:
+        ev["far"] = [d, dse, value, s.step]
+    msg = None
+    if breach:
+        what, check = hint(s.metric)
+        verb = "rose" if value > start[2] else "fell"
+        scale = "its log distance" if rule.scale == "log" else "its distance"
+        times = f"{shrink:.1f}x" if shrink < 1e6 else "all the way"
+        msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {s.step}{how} "
+               f"(tap '{s.tap}'): {scale} to the collapsed value {_fmt(rule.collapsed)} shrank {times}. {what}. "
+               f"Check {check}.")
+    return Judgement(breach, rearm, msg)
+
+
+@register("regime")
+def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value = st.ev, s.value
+    d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
+    n = int(ev.get("n", 0)) + 1
+    ev["n"] = n
+    recent = list(ev.get("recent", []))  # the last two samples that set the level [distance, se, value, step]
+    run = list(ev.get("run", []))  # samples since the level changed (a new regime being confirmed)
+    breach = False
+    if n > rule.settle and len(recent) == 2:
+        level = 0.5 * (recent[0][0] + recent[1][0])
+        level_se = 0.5 * _hypot(recent[0][1], recent[1][1])
+        tiny = 1e-12
+        ratio = max(level / max(d, tiny), d / max(level, tiny))
+        breach = ratio >= rule.factor and abs(d - level) > rule.z * _hypot(dse, level_se)
+    msg = None
+    if breach:
+        run.append([d, dse, value, s.step])
+        first = run[0]
+        what = "closer to" if d < 0.5 * (recent[0][0] + recent[1][0]) else "farther from"
+        before = 0.5 * (recent[0][2] + recent[1][2])
+        msg = (f"the geometry changed at step {first[3]} (tap '{s.tap}'): {s.metric} moved from its level "
+               f"{_fmt(before)} (steps {recent[0][3]}-{recent[1][3]}) to {_fmt(value)} at step {s.step}, "
+               f"{max(ratio, 1.0):.1f}x {what} the collapsed value {_fmt(rule.collapsed)}, and held there. A change "
+               "of recipe (augmentations, loss weights, a new head, the data) does this; it is not a collapse "
+               "unless a collapse alert says so.")
+        if len(run) >= rule.patience:  # reported now: the new level is the level from here on
+            recent, run = run[-2:] if len(run) >= 2 else [recent[1], run[-1]], []
+    else:
+        run = []
+        recent = (recent + [[d, dse, value, s.step]])[-2:]
+    ev["recent"], ev["run"] = recent, run
+    return Judgement(breach, not breach, msg)

@@ -43,10 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "DEFAULT_RULE_SETTINGS",
     "RULE_ADAPTER",
+    "ApproachRule",
     "CollapseRule",
     "DegradationRule",
     "DriftRule",
     "NonFiniteRule",
+    "RegimeRule",
     "Rule",
     "ThresholdRule",
     "TrendRule",
@@ -277,6 +279,86 @@ class CollapseRule(_RuleBase):
         return f"{_metric_stem(self.metric)}_collapse"
 
 
+class ApproachRule(_RuleBase):
+    """Fires when a metric has come a ``factor`` closer to its completely collapsed value than the farthest it has
+    been, or has moved toward it steadily on the last evaluations: collapse in a scale no method sets.
+
+    How it decides, per key (counted in samples of that key):
+
+    * **Distance to collapse**: ``dist = |value - collapsed|`` (``scale="linear"``: mean cosine, uniformity) or
+      ``dist = ln(value / collapsed)`` (``scale="log"``: effective rank, whose collapsed value is 1 and whose
+      healthy value spans 5 to 2,000 with the width D: a ratio of ranks means the same at every D).
+    * **Reference**: the farthest distance seen so far (``far``), from the run's first sample on. A model that
+      starts near collapse and spreads out (a transformer's anisotropic start) only raises it: it never fires.
+    * **Breach** when ``far / dist >= factor`` (the distance shrank ``factor`` times, e.g. mean cosine 0.35 ->
+      0.80, uniformity -2.5 -> -0.9, effective rank 45 -> 4.4 at ``factor=2.5`` on the log scale), or when the
+      last ``steady`` changes all moved toward collapse by more than ``z`` standard errors and together shrank
+      the distance ``steady_factor`` times (a steady approach from step 0 is caught one evaluation after it is
+      visible; a transient that turns, such as SimCLR's first interval, is not).
+    * The shrink must also exceed ``z`` standard errors (``<metric>_stderr``) of the two values compared.
+    * **Re-arm** once the distance is back above ``far / (factor * (1 - hysteresis))``.
+
+    Example:
+        >>> ApproachRule(metric="mean_cosine", collapsed=1.0).name
+        'mean_cosine_approach'
+    """
+
+    kind: Literal["approach"] = "approach"
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    scale: Literal["linear", "log"] = Field("linear", description="distance |value - collapsed| or ln(value/collapsed)")
+    factor: float = Field(2.5, gt=1, allow_inf_nan=False, description="shrink of the distance (from its farthest) "
+                                                                        "that fires")
+    steady: int = Field(2, ge=0, description="consecutive moves toward collapse that fire at `steady_factor` "
+                                             "(0: off)")
+    steady_factor: float = Field(2.0, gt=1, allow_inf_nan=False, description="shrink over `steady` moves that fires")
+    z: float = Field(3.0, ge=0, allow_inf_nan=False, description="standard errors a move must exceed")
+
+    @model_validator(mode="after")
+    def _check(self) -> ApproachRule:
+        if self.scale == "log" and self.collapsed <= 0:
+            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_approach"
+
+
+class RegimeRule(_RuleBase):
+    """Reports (never as a collapse) a step change of a metric's level: "the geometry changed at step 300".
+
+    After ``settle`` samples, a sample whose distance to the collapsed value (as :class:`ApproachRule`, ``scale``)
+    moved by more than ``factor`` times (either way) from the mean of the previous two samples, and beyond ``z``
+    standard errors, is a change of regime; with ``patience=2`` (the default rule) the next sample must confirm
+    the new level. A deliberate change of recipe (stronger augmentations, a new loss weight, a new head) is one;
+    a collapse is caught by the collapse rules, which this rule does not replace. Its alerts have
+    ``kind="regime_change"`` and do not count toward a run's collapse verdict.
+
+    Example:
+        >>> RegimeRule(metric="uniformity", collapsed=0.0).name
+        'uniformity_regime'
+    """
+
+    kind: Literal["regime"] = "regime"
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    scale: Literal["linear", "log"] = "linear"
+    factor: float = Field(1.4, gt=1, allow_inf_nan=False, description="change of the distance to collapse that "
+                                                                        "counts as a new regime")
+    settle: int = Field(3, ge=2, description="samples before any change counts (the initial transient)")
+    z: float = Field(6.0, ge=0, allow_inf_nan=False, description="standard errors the change must exceed")
+    severity: Literal["info", "warning", "critical"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> RegimeRule:
+        if self.scale == "log" and self.collapsed <= 0:
+            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_regime"
+
+
 class NonFiniteRule(_RuleBase):
     """Fires when a matching metric is NaN or +-Inf (default: any metric, severity ``critical``).
 
@@ -300,10 +382,12 @@ class NonFiniteRule(_RuleBase):
         return "nonfinite" if self.metric == "*" else f"{_metric_stem(self.metric)}_nonfinite"
 
 
-#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | nonfinite`` validates
-#: into it.
+#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | approach | regime |
+#: nonfinite`` validates into it.
 Rule = Annotated[
-    Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, NonFiniteRule], Field(discriminator="kind")
+    Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, ApproachRule, RegimeRule,
+          NonFiniteRule],
+    Field(discriminator="kind"),
 ]
 #: Validates a dict (``RULE_ADAPTER.validate_python``); use :func:`parse_rules` for a list.
 RULE_ADAPTER: TypeAdapter = TypeAdapter(Rule, config=ConfigDict(title="Rule"))
@@ -328,33 +412,42 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------------------------- default rules
 #: The numbers behind :func:`default_rules`, in one place (checked against the scenario suites:
 #: tests/engine/test_scenarios.py on generated data, tests/scenarios/ and benchmarks/scenarios.py on real
-#: frameworks). No default compares with the best value ever seen or with a fixed level of a healthy metric:
+#: frameworks, and the saved traces replayed by benchmarks/replay_rules.py; docs/alerts-design.md says why each
+#: number holds across model families). Every default measures the distance to the completely collapsed value in a
+#: scale no method sets (mean cosine and uniformity: |value - collapsed|; effective rank: ln(rank), so a ratio of
+#: ranks means the same at D = 32 and D = 2048) and never compares with a fixed level of a healthy metric:
 #:
-#: * ``uniformity_degradation`` / ``rank_collapse`` (warning): :class:`DriftRule` — the reference is taken once
-#:   the metric has settled after the initial transient; a change must exceed 4x the run's own noise (logged
-#:   standard error + observed variability) and cover a quarter of the distance to complete collapse;
-#:   ``uniformity_degradation_persists`` / ``rank_collapse_persists`` (critical): the same, three evaluations in a row.
+#: * ``uniformity_degradation``, ``mean_cosine_approach``, ``rank_collapse`` (warning): :class:`ApproachRule` --
+#:   the distance shrank 2.5x (rank: its log 1.5x) from the farthest it has been, or shrank 2x (rank: 1.3x) over the
+#:   last two evaluations with both moves toward collapse beyond 3 standard errors (a steady approach from step 0;
+#:   a transient that turns, such as SimCLR's first interval, is not one);
+#: * ``uniformity_degradation_persists``, ``rank_collapse_persists`` (critical): the collapse is real -- the
+#:   distance shrank 4x (rank: log rank halved, 45 -> 6.7) on two evaluations in a row;
 #: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
-#:   :class:`CollapseRule` — complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
-#:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run.
+#:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
+#:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run;
+#: * ``uniformity_regime``, ``rank_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level
+#:   changed in one step and held on the next evaluation ("the geometry changed at step 300"): a deliberate change
+#:   of recipe, reported, never a collapse alert.
 DEFAULT_RULE_SETTINGS = {
+    # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
-        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
+        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=2.0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
-        patience=1, hysteresis=0.1, severity="warning",
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=1.35, steady=2,
+        steady_factor=1.3, z=3.0, patience=1, hysteresis=0.1, severity="warning",
     ),
-    # the same drifts, critical once they have held for three evaluations in a row
+    # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row
     "uniformity_degradation_persists": dict(
-        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
-        patience=3, hysteresis=0.1, severity="critical",
+        kind="approach", metric="uniformity", collapsed=0.0, factor=4.0, steady=0, z=3.0,
+        patience=2, hysteresis=0.1, severity="critical",
     ),
     "rank_collapse_persists": dict(
-        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
-        patience=3, hysteresis=0.1, severity="critical",
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, steady=0, z=3.0,
+        patience=2, hysteresis=0.1, severity="critical",
     ),
     "mean_cosine_collapse": dict(
         kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
@@ -373,6 +466,19 @@ DEFAULT_RULE_SETTINGS = {
         kind="collapse", metric="normalized_std", collapsed=0.0, margin=0.1, relative=True, patience=2,
         hysteresis=0.5, severity="critical",
     ),
+    # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
+    "mean_cosine_approach": dict(
+        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=2.0, z=3.0,
+        patience=1, hysteresis=0.1, severity="warning",
+    ),
+    # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
+    "uniformity_regime": dict(
+        kind="regime", metric="uniformity", collapsed=0.0, factor=1.5, settle=3, z=6.0, patience=2, severity="info",
+    ),
+    "rank_regime": dict(
+        kind="regime", metric="effective_rank", collapsed=1.0, scale="log", factor=1.3, settle=3, z=6.0, patience=2,
+        severity="info",
+    ),
     "nonfinite": dict(kind="nonfinite", metric="*", severity="critical"),
 }
 
@@ -383,7 +489,8 @@ def default_rules() -> tuple[Any, ...]:
     Example:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
-         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite']
+         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse',
+         'mean_cosine_approach', 'uniformity_regime', 'rank_regime', 'nonfinite']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():
