@@ -290,32 +290,36 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     hist = list(ev.get("hist", []))[-rule.steady:] if rule.steady else []
     hist.append([d, dse, value, s.step])
     ev["hist"] = hist
-    far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse so far
-    if far is None:
-        ev["far"] = [d, dse, value, s.step]
-        return Judgement(False, True, None)
+    n = int(ev.get("n", 0)) + 1
+    ev["n"] = n
+    far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse that can be a reference
     tiny = 1e-12
-    shrink = far[0] / max(d, tiny)
-    breach = shrink >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
-    how, start = "", far
+
+    def shrink(ref: float) -> float:  # how many times closer to collapse than `ref`: a ratio of values on the log scale
+        return math.exp(min(ref - d, 700.0)) if rule.scale == "log" else ref / max(d, tiny)
+
+    breach, how, start, times = False, "", far, 0.0
+    if far is not None:
+        times = shrink(far[0])
+        breach = times >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
     if not breach and rule.steady and len(hist) == rule.steady + 1:
         steady = all(hist[i][0] - hist[i + 1][0] > rule.z * _hypot(hist[i][1], hist[i + 1][1])
                      for i in range(rule.steady))
-        if steady and hist[0][0] / max(d, tiny) >= rule.steady_factor:
+        if steady and shrink(hist[0][0]) >= rule.steady_factor:
             breach, how, start = True, f" steadily over the last {rule.steady} evaluations", hist[0]
-            shrink = hist[0][0] / max(d, tiny)
-    rearm = d * rule.factor * (1.0 - min(rule.hysteresis, 0.99)) >= far[0] and not breach
-    if d > far[0]:
+            times = shrink(hist[0][0])
+    rearm = not breach and (far is None or shrink(far[0]) * (1.0 + rule.hysteresis) <= rule.factor)
+    if n > rule.skip_first and (far is None or d > far[0]):
         ev["far"] = [d, dse, value, s.step]
     msg = None
     if breach:
         what, check = hint(s.metric)
         verb = "rose" if value > start[2] else "fell"
-        scale = "its log distance" if rule.scale == "log" else "its distance"
-        times = f"{shrink:.1f}x" if shrink < 1e6 else "all the way"
+        scale = "its value" if rule.scale == "log" else "its distance to the collapsed value " + _fmt(rule.collapsed)
+        closer = f"{times:.1f}x" if times < 1e6 else "all the way"
+        moved = "fell" if rule.scale == "log" else "shrank"
         msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {s.step}{how} "
-               f"(tap '{s.tap}'): {scale} to the collapsed value {_fmt(rule.collapsed)} shrank {times}. {what}. "
-               f"Check {check}.")
+               f"(tap '{s.tap}'): {scale} {moved} {closer}. {what}. Check {check}.")
     return Judgement(breach, rearm, msg)
 
 
@@ -332,7 +336,8 @@ def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
         level = 0.5 * (recent[0][0] + recent[1][0])
         level_se = 0.5 * _hypot(recent[0][1], recent[1][1])
         tiny = 1e-12
-        ratio = max(level / max(d, tiny), d / max(level, tiny))
+        ratio = (math.exp(min(abs(d - level), 700.0)) if rule.scale == "log"  # a ratio of values
+                 else max(level / max(d, tiny), d / max(level, tiny)))
         breach = ratio >= rule.factor and abs(d - level) > rule.z * _hypot(dse, level_se)
     msg = None
     if breach:

@@ -312,6 +312,8 @@ class ApproachRule(_RuleBase):
                                              "(0: off)")
     steady_factor: float = Field(2.0, gt=1, allow_inf_nan=False, description="shrink over `steady` moves that fires")
     z: float = Field(3.0, ge=0, allow_inf_nan=False, description="standard errors a move must exceed")
+    skip_first: int = Field(1, ge=0, description="first samples of a key that are never the reference (the random "
+                                                 "initialisation); a steady approach still counts from them")
 
     @model_validator(mode="after")
     def _check(self) -> ApproachRule:
@@ -433,12 +435,12 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
-        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=2.0, z=3.0,
+        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.8, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=1.35, steady=2,
-        steady_factor=1.3, z=3.0, patience=1, hysteresis=0.1, severity="warning",
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=1.75, steady=0, z=3.0,
+        patience=1, hysteresis=0.1, severity="warning",
     ),
     # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row
     "uniformity_degradation_persists": dict(
@@ -446,7 +448,7 @@ DEFAULT_RULE_SETTINGS = {
         patience=2, hysteresis=0.1, severity="critical",
     ),
     "rank_collapse_persists": dict(
-        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, steady=0, z=3.0,
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=4.0, steady=0, z=3.0,
         patience=2, hysteresis=0.1, severity="critical",
     ),
     "mean_cosine_collapse": dict(
@@ -468,7 +470,7 @@ DEFAULT_RULE_SETTINGS = {
     ),
     # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
     "mean_cosine_approach": dict(
-        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=2.0, z=3.0,
+        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.8, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
