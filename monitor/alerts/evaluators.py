@@ -303,8 +303,12 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
         times = shrink(far[0])
         breach = times >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
     if not breach and rule.steady and len(hist) == rule.steady + 1:
+        # every move toward collapse beyond the noise, and not slowing down (each move at least half the previous
+        # one, as log-ratios): a step that then holds (a change of recipe) is not a steady approach
+        moves = [math.log(max(shrink(hist[i][0]) / max(shrink(hist[i + 1][0]), tiny), tiny))
+                 for i in range(rule.steady)]
         steady = all(hist[i][0] - hist[i + 1][0] > rule.z * _hypot(hist[i][1], hist[i + 1][1])
-                     for i in range(rule.steady))
+                     for i in range(rule.steady)) and all(moves[i + 1] >= 0.5 * moves[i] for i in range(rule.steady - 1))
         if steady and shrink(hist[0][0]) >= rule.steady_factor:
             breach, how, start = True, f" steadily over the last {rule.steady} evaluations", hist[0]
             times = shrink(hist[0][0])
@@ -336,18 +340,22 @@ def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
         level = 0.5 * (recent[0][0] + recent[1][0])
         level_se = 0.5 * _hypot(recent[0][1], recent[1][1])
         tiny = 1e-12
-        ratio = (math.exp(min(abs(d - level), 700.0)) if rule.scale == "log"  # a ratio of values
-                 else max(level / max(d, tiny), d / max(level, tiny)))
-        breach = ratio >= rule.factor and abs(d - level) > rule.z * _hypot(dse, level_se)
+        def ratio_of(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a`
+            return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
+
+        ratio = ratio_of(level, d)
+        # a level: the two samples before agree (within the square root of the factor); the change goes toward
+        # collapse (a recovery, or a move away from collapse, is nothing to report) and is beyond the noise
+        stable = max(ratio_of(recent[0][0], recent[1][0]), ratio_of(recent[1][0], recent[0][0])) < rule.factor ** 0.5
+        breach = stable and ratio >= rule.factor and level - d > rule.z * _hypot(dse, level_se)
     msg = None
     if breach:
         run.append([d, dse, value, s.step])
         first = run[0]
-        what = "closer to" if d < 0.5 * (recent[0][0] + recent[1][0]) else "farther from"
         before = 0.5 * (recent[0][2] + recent[1][2])
         msg = (f"the geometry changed at step {first[3]} (tap '{s.tap}'): {s.metric} moved from its level "
                f"{_fmt(before)} (steps {recent[0][3]}-{recent[1][3]}) to {_fmt(value)} at step {s.step}, "
-               f"{max(ratio, 1.0):.1f}x {what} the collapsed value {_fmt(rule.collapsed)}, and held there. A change "
+               f"{ratio:.1f}x closer to the collapsed value {_fmt(rule.collapsed)}, and held there. A change "
                "of recipe (augmentations, loss weights, a new head, the data) does this; it is not a collapse "
                "unless a collapse alert says so.")
         if len(run) >= rule.patience:  # reported now: the new level is the level from here on

@@ -330,9 +330,10 @@ class RegimeRule(_RuleBase):
     """Reports (never as a collapse) a step change of a metric's level: "the geometry changed at step 300".
 
     After ``settle`` samples, a sample whose distance to the collapsed value (as :class:`ApproachRule`, ``scale``)
-    moved by more than ``factor`` times (either way) from the mean of the previous two samples, and beyond ``z``
-    standard errors, is a change of regime; with ``patience=2`` (the default rule) the next sample must confirm
-    the new level. A deliberate change of recipe (stronger augmentations, a new loss weight, a new head) is one;
+    came ``factor`` times closer than the level of the previous two samples (which must agree within the square
+    root of ``factor``: a level, not a transient) and beyond ``z`` standard errors, is a change of regime; with
+    ``patience=2`` (the default rules) the next sample must confirm the new level. A move away from collapse (a
+    recovery) is not reported. A deliberate change of recipe (stronger augmentations, a new loss weight, a new head) is one;
     a collapse is caught by the collapse rules, which this rule does not replace. Its alerts have
     ``kind="regime_change"`` and do not count toward a run's collapse verdict.
 
@@ -429,9 +430,9 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
 #:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run;
-#: * ``uniformity_regime``, ``rank_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level
-#:   changed in one step and held on the next evaluation ("the geometry changed at step 300"): a deliberate change
-#:   of recipe, reported, never a collapse alert.
+#: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
+#:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
+#:   deliberate change of recipe, reported, never a collapse alert.
 DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
@@ -477,10 +478,6 @@ DEFAULT_RULE_SETTINGS = {
     "uniformity_regime": dict(
         kind="regime", metric="uniformity", collapsed=0.0, factor=1.5, settle=3, z=6.0, patience=2, severity="info",
     ),
-    "rank_regime": dict(
-        kind="regime", metric="effective_rank", collapsed=1.0, scale="log", factor=1.3, settle=3, z=6.0, patience=2,
-        severity="info",
-    ),
     "nonfinite": dict(kind="nonfinite", metric="*", severity="critical"),
 }
 
@@ -492,7 +489,7 @@ def default_rules() -> tuple[Any, ...]:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
          'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse',
-         'mean_cosine_approach', 'uniformity_regime', 'rank_regime', 'nonfinite']
+         'mean_cosine_approach', 'uniformity_regime', 'nonfinite']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():

@@ -300,10 +300,10 @@ RESUME_RULES = (
     # (nor does it hold a deep collapse on two evaluations, nor a level: those kinds are covered by the two below)
     *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
                                                     "uniformity_degradation_persists", "rank_collapse_persists",
-                                                    "uniformity_regime", "rank_regime")],
+                                                    "uniformity_regime")],
     ApproachRule(name="rank_deep", metric="effective_rank", collapsed=1.0, scale="log", factor=3.0, patience=2,
                  severity="critical"),
-    RegimeRule(name="cosine_level", metric="mean_cosine", collapsed=1.0, factor=1.5, z=0.0),
+    RegimeRule(name="uniformity_level", metric="uniformity", collapsed=0.0, factor=1.15, z=0.0),
     DegradationRule(name="rank_vs_baseline", metric="effective_rank", direction="fall", fraction=0.3,
                     reference="baseline", baseline_samples=3, hysteresis=0.1, cooldown=2),
     ThresholdRule(metric="mean_cosine", above=0.8, below=0.1, patience=2, hysteresis=0.05, cooldown=3),

@@ -25,7 +25,7 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     assert list(rules) == [
         "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
         "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
-        "mean_cosine_approach", "uniformity_regime", "rank_regime", "nonfinite",
+        "mean_cosine_approach", "uniformity_regime", "nonfinite",
     ]
     uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
     assert isinstance(uni, ApproachRule) and (uni.metric, uni.collapsed, uni.scale, uni.severity) == (
@@ -42,7 +42,7 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     for name in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse"):
         assert isinstance(rules[name], CollapseRule) and rules[name].severity == "critical"
         assert rules[name].patience == 2  # critical only once the collapse persists
-    for name in ("uniformity_regime", "rank_regime"):  # a change of regime is never more than information
+    for name in ("uniformity_regime",):  # a change of regime is never more than information
         assert isinstance(rules[name], RegimeRule) and rules[name].severity == "info"
     assert isinstance(rules["nonfinite"], NonFiniteRule) and rules["nonfinite"].severity == "critical"
     assert set(DEFAULT_RULE_SETTINGS) == set(rules)
