@@ -287,7 +287,8 @@ def _hypot(a: float, b: float) -> float:
 def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, value = st.ev, s.value
     d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
-    hist = list(ev.get("hist", []))[-rule.steady:] if rule.steady else []
+    keep = max(rule.steady, 1 if rule.unless_recovering else 0)
+    hist = list(ev.get("hist", []))[-keep:] if keep else []
     hist.append([d, dse, value, s.step])
     ev["hist"] = hist
     n = int(ev.get("n", 0)) + 1
@@ -312,6 +313,9 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
         if steady and shrink(hist[0][0]) >= rule.steady_factor:
             breach, how, start = True, f" steadily over the last {rule.steady} evaluations", hist[0]
             times = shrink(hist[0][0])
+    if breach and rule.unless_recovering and len(hist) >= 2 and \
+            d - hist[-2][0] > rule.z * _hypot(dse, hist[-2][1]):  # moving away from collapse: not (yet) critical
+        breach = False
     rearm = not breach and (far is None or shrink(far[0]) * (1.0 + rule.hysteresis) <= rule.factor)
     if n > rule.skip_first and (far is None or d > far[0]):
         ev["far"] = [d, dse, value, s.step]

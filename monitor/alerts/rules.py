@@ -314,6 +314,8 @@ class ApproachRule(_RuleBase):
     z: float = Field(3.0, ge=0, allow_inf_nan=False, description="standard errors a move must exceed")
     skip_first: int = Field(1, ge=0, description="first samples of a key that are never the reference (the random "
                                                  "initialisation); a steady approach still counts from them")
+    unless_recovering: bool = Field(False, description="no breach while the distance grew since the previous sample "
+                                                       "by more than `z` standard errors (a recovery)")
 
     @model_validator(mode="after")
     def _check(self) -> ApproachRule:
@@ -436,7 +438,7 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
-        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.8, z=3.0,
+        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
@@ -446,11 +448,11 @@ DEFAULT_RULE_SETTINGS = {
     # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row
     "uniformity_degradation_persists": dict(
         kind="approach", metric="uniformity", collapsed=0.0, factor=4.0, steady=0, z=3.0,
-        patience=2, hysteresis=0.1, severity="critical",
+        patience=2, unless_recovering=True, hysteresis=0.1, severity="critical",
     ),
     "rank_collapse_persists": dict(
         kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=4.0, steady=0, z=3.0,
-        patience=2, hysteresis=0.1, severity="critical",
+        patience=2, unless_recovering=True, hysteresis=0.1, severity="critical",
     ),
     "mean_cosine_collapse": dict(
         kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
@@ -471,7 +473,7 @@ DEFAULT_RULE_SETTINGS = {
     ),
     # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
     "mean_cosine_approach": dict(
-        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.8, z=3.0,
+        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
