@@ -23,10 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from scenarios import digits_ssl as ds  # noqa: E402
 
 import spherewatch as sw  # noqa: E402
-from scenarios import digits_ssl as ds  # noqa: E402
 
 
 def barlow(z1, z2, lam=5e-3):

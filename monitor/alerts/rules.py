@@ -280,23 +280,27 @@ class CollapseRule(_RuleBase):
 
 
 class ApproachRule(_RuleBase):
-    """Fires when a metric has come a ``factor`` closer to its completely collapsed value than the farthest it has
-    been, or has moved toward it steadily on the last evaluations: collapse in a scale no method sets.
+    """Fires when a metric has come ``factor`` times closer to its completely collapsed value than the farthest it
+    has been, or is approaching it steadily: collapse in a scale that no method and no width D sets.
 
     How it decides, per key (counted in samples of that key):
 
     * **Distance to collapse**: ``dist = |value - collapsed|`` (``scale="linear"``: mean cosine, uniformity) or
-      ``dist = ln(value / collapsed)`` (``scale="log"``: effective rank, whose collapsed value is 1 and whose
-      healthy value spans 5 to 2,000 with the width D: a ratio of ranks means the same at every D).
-    * **Reference**: the farthest distance seen so far (``far``), from the run's first sample on. A model that
-      starts near collapse and spreads out (a transformer's anisotropic start) only raises it: it never fires.
-    * **Breach** when ``far / dist >= factor`` (the distance shrank ``factor`` times, e.g. mean cosine 0.35 ->
-      0.80, uniformity -2.5 -> -0.9, effective rank 45 -> 4.4 at ``factor=2.5`` on the log scale), or when the
-      last ``steady`` changes all moved toward collapse by more than ``z`` standard errors and together shrank
-      the distance ``steady_factor`` times (a steady approach from step 0 is caught one evaluation after it is
-      visible; a transient that turns, such as SimCLR's first interval, is not).
-    * The shrink must also exceed ``z`` standard errors (``<metric>_stderr``) of the two values compared.
-    * **Re-arm** once the distance is back above ``far / (factor * (1 - hysteresis))``.
+      ``dist = ln(value / collapsed)`` (``scale="log"``: effective rank, collapsed value 1, healthy values from 5 to
+      2,000 with the width D). How many times closer ``x`` is than a reference ``r``: ``r / x`` (linear), the ratio
+      of the values ``v_r / v_x`` (log: "the rank fell 2x" means the same at D = 32 and D = 2048).
+    * **Reference** (``far``): the farthest from collapse the key has been, from its ``skip_first + 1``-th sample
+      on: the first sample of a run is the random initialisation, whose spread training legitimately gives up
+      (healthy MoCo goes from mean cosine 0.27 at step 1 to 0.85 at step 50 and back to 0.35 at step 100). A model
+      that starts near collapse and spreads out (a transformer's anisotropic start) only raises ``far``.
+    * **Breach** when ``far / dist >= factor`` (beyond ``z`` standard errors of the two values, from the logged
+      ``<metric>_stderr``), or -- a steady approach, counted from the run's first sample -- when each of the last
+      ``steady`` changes moved toward collapse beyond ``z`` standard errors, none slower than half the one before
+      (as log-ratios: a step that then holds, like a change of recipe, is not steady), and together they came
+      ``steady_factor`` times closer. A transient that turns (SimCLR's and MoCo's first interval) never is.
+    * ``unless_recovering``: no breach while the distance grew since the previous sample by more than ``z``
+      standard errors (the critical defaults: a jump that is already recovering is not called critical).
+    * **Re-arm** once ``far / dist <= factor / (1 + hysteresis)``.
 
     Example:
         >>> ApproachRule(metric="mean_cosine", collapsed=1.0).name

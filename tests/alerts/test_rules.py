@@ -6,11 +6,10 @@ import pytest
 
 from spherewatch.alerts import (
     DEFAULT_RULE_SETTINGS,
-    ApproachRule,
     RULE_ADAPTER,
+    ApproachRule,
     CollapseRule,
     DegradationRule,
-    DriftRule,
     NonFiniteRule,
     RegimeRule,
     ThresholdRule,
