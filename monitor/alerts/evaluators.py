@@ -285,49 +285,53 @@ def _hypot(a: float, b: float) -> float:
 
 @register("approach")
 def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
-    ev, value = st.ev, s.value
+    ev, value, step = st.ev, s.value, s.step
     d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
-    keep = max(rule.steady, 1 if rule.unless_recovering else 0)
-    hist = list(ev.get("hist", []))[-keep:] if keep else []
-    hist.append([d, dse, value, s.step])
+    hist = [h for h in ev.get("hist", []) if h[3] >= step - 2 * rule.steady_span][-200:]  # recent [d, se, value, step]
+    hist.append([d, dse, value, step])
     ev["hist"] = hist
     n = int(ev.get("n", 0)) + 1
     ev["n"] = n
     far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse that can be a reference
     tiny = 1e-12
 
-    def shrink(ref: float) -> float:  # how many times closer to collapse than `ref`: a ratio of values on the log scale
-        return math.exp(min(ref - d, 700.0)) if rule.scale == "log" else ref / max(d, tiny)
+    def closer(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a` (log: value ratio)
+        return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
 
     breach, how, start, times = False, "", far, 0.0
     if far is not None:
-        times = shrink(far[0])
+        times = closer(far[0], d)
         breach = times >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
-    if not breach and rule.steady and len(hist) == rule.steady + 1:
-        # every move toward collapse beyond the noise, and not slowing down (each move at least half the previous
-        # one, as log-ratios): a step that then holds (a change of recipe) is not a steady approach
-        moves = [math.log(max(shrink(hist[i][0]) / max(shrink(hist[i + 1][0]), tiny), tiny))
-                 for i in range(rule.steady)]
-        steady = all(hist[i][0] - hist[i + 1][0] > rule.z * _hypot(hist[i][1], hist[i + 1][1])
-                     for i in range(rule.steady)) and all(moves[i + 1] >= 0.5 * moves[i] for i in range(rule.steady - 1))
-        if steady and shrink(hist[0][0]) >= rule.steady_factor:
-            breach, how, start = True, f" steadily over the last {rule.steady} evaluations", hist[0]
-            times = shrink(hist[0][0])
+    if not breach and rule.steady:
+        # the window: from the latest sample at least 0.9 x steady_span steps back (the run's first sample counts)
+        begin = max((k for k, h in enumerate(hist) if h[3] <= step - 0.9 * rule.steady_span), default=None)
+        win = hist[begin:] if begin is not None else []
+        if len(win) > rule.steady:
+            mid = min(range(len(win)), key=lambda k: abs(win[k][3] - 0.5 * (win[0][3] + step)))
+            first_half = math.log(max(closer(win[0][0], win[mid][0]), tiny))
+            second_half = math.log(max(closer(win[mid][0], d), tiny))
+            steady = (0 < mid < len(win) - 1 and all(b[0] < a[0] for a, b in zip(win, win[1:]))  # every move
+                      and win[0][0] - win[mid][0] > rule.z * _hypot(win[0][1], win[mid][1])  # each half beyond
+                      and win[mid][0] - d > rule.z * _hypot(win[mid][1], dse)  # the noise (a step after a level
+                      and second_half >= 0.5 * first_half)  # is not steady), and not slowing down
+            if steady and closer(win[0][0], d) >= rule.steady_factor:
+                breach, start, times = True, win[0], closer(win[0][0], d)
+                how = f" steadily over {len(win) - 1} evaluations"
     if breach and rule.unless_recovering and len(hist) >= 2 and \
             d - hist[-2][0] > rule.z * _hypot(dse, hist[-2][1]):  # moving away from collapse: not (yet) critical
         breach = False
-    rearm = not breach and (far is None or shrink(far[0]) * (1.0 + rule.hysteresis) <= rule.factor)
+    rearm = not breach and (far is None or closer(far[0], d) * (1.0 + rule.hysteresis) <= rule.factor)
     if n > rule.skip_first and (far is None or d > far[0]):
-        ev["far"] = [d, dse, value, s.step]
+        ev["far"] = [d, dse, value, step]
     msg = None
     if breach:
         what, check = hint(s.metric)
         verb = "rose" if value > start[2] else "fell"
         scale = "its value" if rule.scale == "log" else "its distance to the collapsed value " + _fmt(rule.collapsed)
-        closer = f"{times:.1f}x" if times < 1e6 else "all the way"
+        amount = f"{times:.1f}x" if times < 1e6 else "all the way"
         moved = "fell" if rule.scale == "log" else "shrank"
-        msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {s.step}{how} "
-               f"(tap '{s.tap}'): {scale} {moved} {closer}. {what}. Check {check}.")
+        msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {step}{how} "
+               f"(tap '{s.tap}'): {scale} {moved} {amount}. {what}. Check {check}.")
     return Judgement(breach, rearm, msg)
 
 

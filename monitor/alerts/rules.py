@@ -294,10 +294,12 @@ class ApproachRule(_RuleBase):
       (healthy MoCo goes from mean cosine 0.27 at step 1 to 0.85 at step 50 and back to 0.35 at step 100). A model
       that starts near collapse and spreads out (a transformer's anisotropic start) only raises ``far``.
     * **Breach** when ``far / dist >= factor`` (beyond ``z`` standard errors of the two values, from the logged
-      ``<metric>_stderr``), or -- a steady approach, counted from the run's first sample -- when each of the last
-      ``steady`` changes moved toward collapse beyond ``z`` standard errors, none slower than half the one before
-      (as log-ratios: a step that then holds, like a change of recipe, is not steady), and together they came
-      ``steady_factor`` times closer. A transient that turns (SimCLR's and MoCo's first interval) never is.
+      ``<metric>_stderr``), or -- a steady approach, counted from the run's first sample -- when every evaluation
+      of the last ``steady_span`` optimizer steps (at least ``steady`` moves) moved toward collapse, the second
+      half of that window at least half as much as the first (as log-ratios: a step that then holds, like a change
+      of recipe, is not steady), beyond ``z`` standard errors overall, and ``steady_factor`` times closer. The span
+      is in steps, so a finer cadence does not turn a transient into a steady approach; a transient that turns
+      (SimCLR's and MoCo's first 50 steps) never is one.
     * ``unless_recovering``: no breach while the distance grew since the previous sample by more than ``z``
       standard errors (the critical defaults: a jump that is already recovering is not called critical).
     * **Re-arm** once ``far / dist <= factor / (1 + hysteresis)``.
@@ -312,8 +314,10 @@ class ApproachRule(_RuleBase):
     scale: Literal["linear", "log"] = Field("linear", description="distance |value - collapsed| or ln(value/collapsed)")
     factor: float = Field(2.5, gt=1, allow_inf_nan=False, description="shrink of the distance (from its farthest) "
                                                                         "that fires")
-    steady: int = Field(2, ge=0, description="consecutive moves toward collapse that fire at `steady_factor` "
-                                             "(0: off)")
+    steady: int = Field(2, ge=0, description="fewest moves toward collapse in a row that can fire at "
+                                             "`steady_factor` (0: off)")
+    steady_span: int = Field(100, ge=1, description="optimizer steps the moves must span (so the cadence does not "
+                                                    "change what counts as steady)")
     steady_factor: float = Field(2.0, gt=1, allow_inf_nan=False, description="shrink over `steady` moves that fires")
     z: float = Field(3.0, ge=0, allow_inf_nan=False, description="standard errors a move must exceed")
     skip_first: int = Field(1, ge=0, description="first samples of a key that are never the reference (the random "
@@ -427,11 +431,11 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: ranks means the same at D = 32 and D = 2048) and never compares with a fixed level of a healthy metric:
 #:
 #: * ``uniformity_degradation``, ``mean_cosine_approach``, ``rank_collapse`` (warning): :class:`ApproachRule` --
-#:   the distance shrank 2.5x (rank: its log 1.5x) from the farthest it has been, or shrank 2x (rank: 1.3x) over the
-#:   last two evaluations with both moves toward collapse beyond 3 standard errors (a steady approach from step 0;
-#:   a transient that turns, such as SimCLR's first interval, is not one);
+#:   the distance shrank 2.5x (rank: fell 2x) from the farthest it has been after the run's first sample, or (spread
+#:   metrics) every evaluation of the last 100 steps moved toward collapse without slowing down and 1.6x closer
+#:   overall (a steady approach from step 0; a transient that turns, such as SimCLR's first interval, is not one);
 #: * ``uniformity_degradation_persists``, ``rank_collapse_persists`` (critical): the collapse is real -- the
-#:   distance shrank 4x (rank: log rank halved, 45 -> 6.7) on two evaluations in a row;
+#:   distance shrank 4x (rank: fell 4x) on two evaluations in a row, while not moving away from collapse;
 #: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
@@ -446,7 +450,7 @@ DEFAULT_RULE_SETTINGS = {
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=1.75, steady=0, z=3.0,
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row

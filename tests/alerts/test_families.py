@@ -75,8 +75,8 @@ def test_the_rank_rule_reads_ratios_the_same_at_every_width(width):
     # every width ...
     assert _feed(base + [{"effective_rank": healthy / f, "effective_rank_stderr": 0.01 * healthy}
                          for f in (1.15, 1.3, 1.5, 1.5)]) == []
-    # ... a 2x decline is a warning at every width, and critical only at 4x on two evaluations in a row
-    fired = _fired(_feed(base + [{"effective_rank": healthy / 2, "effective_rank_stderr": 0.01 * healthy}] * 3))
+    # ... a 2.2x decline is a warning at every width, and critical only at 4x on two evaluations in a row
+    fired = _fired(_feed(base + [{"effective_rank": healthy / 2.2, "effective_rank_stderr": 0.01 * healthy}] * 3))
     assert [(a.rule, a.severity) for a in fired] == [("rank_collapse", "warning")]
     deep = _fired(_feed(base + [{"effective_rank": healthy / 5, "effective_rank_stderr": 0.01 * healthy}] * 3))
     assert ("rank_collapse_persists", "critical") in [(a.rule, a.severity) for a in deep]
