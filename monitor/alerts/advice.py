@@ -18,8 +18,8 @@ Each alert message carries its advice once: the evaluator writes one ``Check <wh
 replaces it with the family's. Metrics without an entry keep the engine's own advice.
 
 Example:
-    >>> advise("uniformity rose. Check x.", "x", "uniformity", "non_contrastive")  # doctest: +ELLIPSIS
-    'uniformity rose. Check the stop-gradient and the predictor ...'
+    >>> print(advise("uniformity rose. Check x.", "x", "uniformity", "non_contrastive"))  # doctest: +ELLIPSIS
+    uniformity rose. Check the stop-gradient and the predictor ...
 """
 from __future__ import annotations
 
