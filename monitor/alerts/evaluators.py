@@ -288,6 +288,8 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, value, step = st.ev, s.value, s.step
     d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
     hist = [h for h in ev.get("hist", []) if h[3] >= step - 2 * rule.steady_span][-200:]  # recent [d, se, value, step]
+    if not hist and ev.get("hist"):
+        hist = ev["hist"][-1:]  # the previous sample, however long ago (a sudden fall compares with it)
     hist.append([d, dse, value, step])
     ev["hist"] = hist
     n = int(ev.get("n", 0)) + 1
@@ -302,6 +304,10 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     if far is not None:
         times = closer(far[0], d)
         breach = times >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
+    if not breach and rule.jump and n > rule.skip_first + 1 and len(hist) >= 2:  # a sudden fall in one evaluation
+        prev = hist[-2]
+        if closer(prev[0], d) >= rule.jump and prev[0] - d > rule.z * _hypot(dse, prev[1]):
+            breach, start, times, how = True, prev, closer(prev[0], d), " in one evaluation"
     if not breach and rule.steady:
         # the window: from the latest sample at least 0.9 x steady_span steps back (the run's first sample counts)
         begin = max((k for k, h in enumerate(hist) if h[3] <= step - 0.9 * rule.steady_span), default=None)

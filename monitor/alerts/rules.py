@@ -300,6 +300,8 @@ class ApproachRule(_RuleBase):
       of recipe, is not steady), beyond ``z`` standard errors overall, and ``steady_factor`` times closer. The span
       is in steps, so a finer cadence does not turn a transient into a steady approach; a transient that turns
       (SimCLR's and MoCo's first 50 steps) never is one.
+    * ``jump``: also a breach when the last evaluation alone came ``jump`` times closer (a sudden fall; never the
+      move from the run's first sample).
     * ``unless_recovering``: no breach while the distance grew since the previous sample by more than ``z``
       standard errors (the critical defaults: a jump that is already recovering is not called critical).
     * **Re-arm** once ``far / dist <= factor / (1 + hysteresis)``.
@@ -324,6 +326,9 @@ class ApproachRule(_RuleBase):
                                                  "initialisation); a steady approach still counts from them")
     unless_recovering: bool = Field(False, description="no breach while the distance grew since the previous sample "
                                                        "by more than `z` standard errors (a recovery)")
+    jump: float = Field(0.0, ge=0, allow_inf_nan=False, description="also breach when one evaluation came this many "
+                                                                     "times closer (0: off; never from the first "
+                                                                     "sample)")
 
     @model_validator(mode="after")
     def _check(self) -> ApproachRule:
@@ -431,7 +436,8 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: ranks means the same at D = 32 and D = 2048) and never compares with a fixed level of a healthy metric:
 #:
 #: * ``uniformity_degradation``, ``mean_cosine_approach``, ``rank_collapse`` (warning): :class:`ApproachRule` --
-#:   the distance shrank 2.5x (rank: fell 2x) from the farthest it has been after the run's first sample, or (spread
+#:   the distance shrank 2.5x (rank: fell 2x, or 1.7x in one evaluation) from the farthest it has been after the
+#:   run's first sample, or (spread
 #:   metrics) every evaluation of the last 100 steps moved toward collapse without slowing down and 1.6x closer
 #:   overall (a steady approach from step 0; a transient that turns, such as SimCLR's first interval, is not one);
 #: * ``uniformity_degradation_persists``, ``rank_collapse_persists`` (critical): the collapse is real -- the
@@ -450,7 +456,7 @@ DEFAULT_RULE_SETTINGS = {
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, steady=0, z=3.0,
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, jump=1.7, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row
