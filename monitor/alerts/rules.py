@@ -441,7 +441,7 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #:   metrics) every evaluation of the last 100 steps moved toward collapse without slowing down and 1.6x closer
 #:   overall (a steady approach from step 0; a transient that turns, such as SimCLR's first interval, is not one);
 #: * ``uniformity_degradation_persists``, ``rank_collapse_persists`` (critical): the collapse is real -- the
-#:   distance shrank 4x (rank: fell 4x) on two evaluations in a row, while not moving away from collapse;
+#:   distance shrank 8x (rank: fell 4x) on two evaluations in a row, while not moving away from collapse;
 #: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
@@ -459,9 +459,10 @@ DEFAULT_RULE_SETTINGS = {
         kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, jump=1.7, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
-    # critical: the collapse is real -- deep (4x closer for spread, log rank halved) on two evaluations in a row
+    # critical: the collapse is real -- deep (8x closer for uniformity, rank fell 4x) on two evaluations in a row,
+    # not recovering
     "uniformity_degradation_persists": dict(
-        kind="approach", metric="uniformity", collapsed=0.0, factor=4.0, steady=0, z=3.0,
+        kind="approach", metric="uniformity", collapsed=0.0, factor=8.0, steady=0, z=3.0,
         patience=2, unless_recovering=True, hysteresis=0.1, severity="critical",
     ),
     "rank_collapse_persists": dict(
