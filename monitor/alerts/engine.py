@@ -355,10 +355,11 @@ class AlertEngine:
         if st.count < rule.patience or not cooled:
             st.status = PENDING
             return None
-        if rule.kind == "regime":  # a one-shot event, never open; silent while a collapse alert on the key is open
+        if rule.kind == "regime":  # a one-shot event, never open; silent while a collapse alert on the tap is open
             st.status, st.count = OK, 0
             if any(s.status == FIRING and s.alert is not None and s.alert.kind == "collapse"
-                   for states in self._states.values() for k, s in states.items() if k == key):
+                   and (self._routes.get(k) or ("",))[0] == tap
+                   for states in self._states.values() for k, s in states.items()):
                 return None
             return Alert(rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
                          message=msg or rule.name, action=rule.action, kind="regime_change")

@@ -288,6 +288,7 @@ def _scenario():
             "spherewatch/effective_rank": r,
             "spherewatch/encoder/effective_rank": r * rng.uniform(0.5, 1.5),
             "spherewatch/mean_cosine": rng.uniform(0, 1),
+            "spherewatch/head/uniformity": -2.5 if step < 300 else -1.2,  # one change of level (a new recipe)
         }
         if rng.random() < 0.15:
             row["spherewatch/uniformity"] = rng.choice([NAN, INF])
@@ -303,7 +304,7 @@ RESUME_RULES = (
                                                     "uniformity_regime")],
     ApproachRule(name="rank_deep", metric="effective_rank", collapsed=1.0, scale="log", factor=3.0, patience=2,
                  severity="critical"),
-    RegimeRule(name="uniformity_level", metric="uniformity", collapsed=0.0, factor=1.15, z=0.0),
+    RegimeRule(name="head_level", tap="head", metric="uniformity", collapsed=0.0),
     DegradationRule(name="rank_vs_baseline", metric="effective_rank", direction="fall", fraction=0.3,
                     reference="baseline", baseline_samples=3, hysteresis=0.1, cooldown=2),
     ThresholdRule(metric="mean_cosine", above=0.8, below=0.1, patience=2, hysteresis=0.05, cooldown=3),
