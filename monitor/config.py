@@ -222,7 +222,8 @@ class MonitorConfig(BaseModel):
     warn: bool = Field(
         True, description="deliver each alert as one CollapseWarning (faults: MonitorFault); False: one log record"
     )
-    loss_family: Optional[Literal["contrastive", "non_contrastive", "supervised"]] = Field(
+    loss_family: Optional[Literal["redundancy_reduction", "self_distillation", "clustering", "contrastive",
+                                  "non_contrastive", "supervised"]] = Field(
         None, description="what kind of loss trains the embeddings: picks the advice in alert messages (None: neutral)"
     )
     # behaviour

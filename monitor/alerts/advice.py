@@ -2,18 +2,24 @@
 
 Advice that names a mechanism of one family is wrong for the others: "the stop-gradient / predictor" means
 nothing to a sentence-transformers run with MultipleNegativesRankingLoss, "the negatives and the temperature"
-nothing to BYOL. So the advice depends on ``loss_family`` (config field, or set by an adapter that can tell):
+nothing to BYOL, "the teacher's centring" nothing to Barlow Twins. So the advice depends on ``loss_family`` (config
+field, or set by an adapter that can tell):
 
-* ``"contrastive"``: InfoNCE / NT-Xent / SimCLR, MoCo, CLIP, MultipleNegativesRankingLoss (negatives in the loss);
-* ``"non_contrastive"``: BYOL, SimSiam, DINO, VICReg, Barlow Twins (no negatives: asymmetry or a variance term);
+* ``"contrastive"``: InfoNCE / NT-Xent / SimCLR, MoCo (queue + momentum encoder), CLIP,
+  MultipleNegativesRankingLoss (negatives in the loss);
+* ``"non_contrastive"``: BYOL, SimSiam (no negatives: an asymmetry -- predictor, stop-gradient, momentum target);
+* ``"redundancy_reduction"``: Barlow Twins, VICReg, W-MSE (a variance / decorrelation term keeps the spread);
+* ``"self_distillation"``: DINO, iBOT, DINOv2 (a momentum teacher with centring and sharpening);
+* ``"clustering"``: SwAV, DeepCluster, SeLa (assignments to prototypes under an equipartition constraint);
 * ``"supervised"``: classification or metric learning with labels;
 * ``None`` (default): unknown -- the advice stays neutral and names no family's mechanism.
 
-Metrics without an entry keep the engine's own advice.
+Each alert message carries its advice once: the evaluator writes one ``Check <what>.`` sentence and :func:`advise`
+replaces it with the family's. Metrics without an entry keep the engine's own advice.
 
 Example:
-    >>> advise("uniformity rose. Check x.", "x", "uniformity", "non_contrastive")  # doctest: +ELLIPSIS
-    'uniformity rose. Check the stop-gradient and the predictor ...'
+    >>> print(advise("uniformity rose. Check x.", "x", "uniformity", "non_contrastive"))  # doctest: +ELLIPSIS
+    uniformity rose. Check the stop-gradient and the predictor ...
 """
 from __future__ import annotations
 
@@ -23,37 +29,60 @@ from spherewatch.catalogue import advice_group
 
 __all__ = ["LOSS_FAMILIES", "ADVICE", "advise", "check_family"]
 
-LOSS_FAMILIES: Tuple[str, ...] = ("contrastive", "non_contrastive", "supervised")
+LOSS_FAMILIES: Tuple[str, ...] = (
+    "contrastive", "non_contrastive", "redundancy_reduction", "self_distillation", "clustering", "supervised",
+)
 
 # which metrics take which advice: the catalogue's ``advice`` field (spherewatch.catalogue)
 _SPREAD = advice_group("spread")
 _RANK = advice_group("rank")
 
+
+def _family(spread: str, rank: str) -> Dict[str, str]:
+    return {**{m: spread for m in _SPREAD}, **{m: rank for m in _RANK}}
+
+
 ADVICE: Dict[Optional[str], Dict[str, str]] = {
-    None: {
-        **{m: "the loss and what keeps it from a trivial solution, the learning rate and the augmentations or input "
-              "pairs" for m in _SPREAD},
-        **{m: "weight decay versus augmentation strength, the projection head's width and the learning rate"
-           for m in _RANK},
-    },
-    "contrastive": {
-        **{m: "the negatives (batch size, duplicates or false negatives in a batch) and the temperature of the loss, "
-              "the learning rate and the augmentations or input pairs" for m in _SPREAD},
-        **{m: "the temperature, weight decay versus augmentation strength, the projection head's width and the "
-              "learning rate" for m in _RANK},
-    },
-    "non_contrastive": {
-        **{m: "the stop-gradient and the predictor (SimSiam, BYOL), the momentum encoder, the variance / covariance "
-              "terms (VICReg, Barlow Twins), the learning rate and the augmentations" for m in _SPREAD},
-        **{m: "the variance / covariance terms, weight decay versus augmentation strength, the predictor and the "
-              "projection head's width" for m in _RANK},
-    },
-    "supervised": {
-        **{m: "the labels (one class dominating a batch, label noise), the learning rate and the loss's margin or "
-              "temperature" for m in _SPREAD},
-        **{m: "the number of classes (a supervised head spans at most C - 1 directions), weight decay and the "
-              "learning rate" for m in _RANK},
-    },
+    None: _family(
+        "the loss and what keeps it from a trivial solution, the learning rate and the augmentations or input pairs",
+        "weight decay versus augmentation strength, the projection head's width and the learning rate",
+    ),
+    "contrastive": _family(
+        "the negatives (batch size or MoCo's queue and momentum encoder, duplicates or false negatives in a batch) "
+        "and the temperature of the loss, the learning rate and the augmentations or input pairs",
+        "the temperature, weight decay versus augmentation strength, the projection head's width and the learning "
+        "rate",
+    ),
+    "non_contrastive": _family(
+        "the stop-gradient and the predictor (SimSiam, BYOL: present, not frozen, its learning rate), the target's "
+        "momentum (an EMA near 0.99, not 0), the learning rate and the augmentations",
+        "the predictor and its weight decay, weight decay versus augmentation strength, the projection head's width "
+        "and the learning rate",
+    ),
+    "redundancy_reduction": _family(
+        "the variance term (VICReg's standard-deviation hinge and its weight; Barlow Twins' on-diagonal term and "
+        "the batch normalisation before the cross-correlation), the learning rate and the augmentations",
+        "the decorrelation term and its weight (Barlow Twins' lambda, VICReg's covariance weight), the projector's "
+        "width (these losses need a wide one) and weight decay",
+    ),
+    "self_distillation": _family(
+        "the teacher's centring (its momentum) and sharpening (the teacher temperature and its warm-up: too low "
+        "collapses onto one output, no centring onto one prototype), the teacher's EMA momentum and the learning "
+        "rate and its warm-up",
+        "the balance of centring and sharpening, the head's output dimension and last-layer normalisation, and "
+        "weight decay",
+    ),
+    "clustering": _family(
+        "the equipartition of the assignments (Sinkhorn iterations and epsilon), the prototypes (frozen for the "
+        "first iterations, normalised), the queue for small batches, the temperature and the learning rate",
+        "the number of prototypes, the Sinkhorn epsilon (too large spreads every assignment evenly), the queue and "
+        "weight decay",
+    ),
+    "supervised": _family(
+        "the labels (one class dominating a batch, label noise), the learning rate and the loss's margin or "
+        "temperature",
+        "the number of classes (a supervised head spans at most C - 1 directions), weight decay and the learning rate",
+    ),
 }
 
 

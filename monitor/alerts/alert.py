@@ -49,7 +49,7 @@ class Alert:
     message: str = ""
     time: float = dataclasses.field(default_factory=_time.time)
     action: Literal["log", "stop"] = "log"
-    kind: Literal["collapse", "fault"] = "collapse"
+    kind: Literal["collapse", "fault", "regime_change"] = "collapse"
     status: Literal["fired", "resolved"] = "fired"
     count: int = 1
     open_severity: Optional[str] = None

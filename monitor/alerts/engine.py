@@ -8,6 +8,8 @@ severity (in the order of :mod:`spherewatch.alerts.verdict`) and the checkpoint 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
@@ -23,6 +25,8 @@ from spherewatch.delivery.record import decode_float, encode_float
 from spherewatch.keys import KeyScheme, parse_key
 
 __all__ = ["FIRING", "OK", "PENDING", "AlertEngine"]
+
+_log = logging.getLogger("spherewatch")
 
 #: States of one (rule, key) pair, besides ``OK`` (``"ok"``, from :mod:`spherewatch.alerts.verdict`).
 PENDING, FIRING = "pending", "firing"
@@ -133,7 +137,7 @@ class AlertEngine:
     references and non-finite handling are described in :mod:`spherewatch.alerts.rules`; each kind's breach and
     re-arm conditions live in its evaluator (:mod:`spherewatch.alerts.evaluators`).
 
-    ``loss_family`` (``"contrastive"``, ``"non_contrastive"``, ``"supervised"``, or ``None``: unknown) picks the
+    ``loss_family`` (one of :data:`~spherewatch.alerts.advice.LOSS_FAMILIES`, or ``None``: unknown) picks the
     advice at the end of each message (see :mod:`spherewatch.alerts.advice`); unknown keeps it neutral.
 
     Only metric keys are considered, of either key scheme (:mod:`spherewatch.keys`): ``<prefix>/<metric>`` is a
@@ -178,6 +182,10 @@ class AlertEngine:
         self._states: dict[str, dict[str, _KeyState]] = {r.name: {} for r in self._rules}
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
         self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)
+        self._taps_checked = False
+        #: One line per rule whose ``tap`` pattern matched none of the taps of the first evaluation (it can never
+        #: fire); each was logged once as a warning on the ``spherewatch`` logger.
+        self.rule_warnings: list[str] = []
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -215,6 +223,8 @@ class AlertEngine:
             return fired
         per_rule: dict[str, list[Alert]] = {}
         self._sample = values
+        if not self._taps_checked:
+            self._check_taps(values)
         for key, raw in values.items():
             route = self._route(key)
             if route is None:
@@ -284,6 +294,27 @@ class AlertEngine:
         return f"AlertEngine(rules={[r.name for r in self._rules]}, prefix={self.prefix!r}, active={len(self.active)})"
 
     # ------------------------------------------------------------------------------------------------ internals
+    def _check_taps(self, values: Mapping[str, Any]) -> None:
+        """At the first evaluation with metric keys: warn once per rule whose ``tap`` pattern matches no tap seen (a
+        typo such as ``tap: encodr`` would otherwise give no alert, ever, and no sign of why)."""
+        taps = []
+        for key in values:
+            parts = parse_key(key, self.prefix, self.default_tap)
+            if parts is not None and parts[0] not in taps:
+                taps.append(parts[0])
+        if not taps:
+            return
+        self._taps_checked = True
+        for rule in self._rules:
+            if any(fnmatchcase(tap, rule.tap) for tap in taps):
+                continue
+            close = difflib.get_close_matches(rule.tap, taps, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            text = (f"alert rule {rule.name!r} watches tap {rule.tap!r} but the monitor saw taps {sorted(taps)}{hint} "
+                    "It can never fire: fix its `tap` (an fnmatch pattern on the tap name).")
+            self.rule_warnings.append(text)
+            _log.warning("spherewatch: %s", text)
+
     def _route(self, key: str) -> tuple[str, str, tuple[Any, ...]] | None:
         if key in self._routes:
             return self._routes[key]
@@ -324,6 +355,14 @@ class AlertEngine:
         if st.count < rule.patience or not cooled:
             st.status = PENDING
             return None
+        if rule.kind == "regime":  # a one-shot event, never open; silent while a collapse alert on the tap is open
+            st.status, st.count = OK, 0
+            if any(s.status == FIRING and s.alert is not None and s.alert.kind == "collapse"
+                   and (self._routes.get(k) or ("",))[0] == tap
+                   for states in self._states.values() for k, s in states.items()):
+                return None
+            return Alert(rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
+                         message=msg or rule.name, action=rule.action, kind="regime_change")
         alert = Alert(
             rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
             action=rule.action,

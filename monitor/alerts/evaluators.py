@@ -262,3 +262,120 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
             f"{_fmt(margin)} of the collapsed value {_fmt(rule.collapsed)} and not recovering. {what}. Check {check}."
         )
     return Judgement(breach, rearm, msg)
+
+
+# ------------------------------------------------------------ rules in a scale no method sets: distance to collapse
+def _distance(rule: Any, value: float) -> float:
+    """Distance of ``value`` to the rule's collapsed value: ``|value - collapsed|`` or ``ln(value / collapsed)``."""
+    if rule.scale == "log":
+        return math.log(value / rule.collapsed) if value > rule.collapsed else 0.0
+    return abs(value - rule.collapsed)
+
+
+def _distance_se(rule: Any, value: float, se: float) -> float:
+    """The standard error of :func:`_distance` (delta method on the log scale)."""
+    if rule.scale == "log":
+        return se / value if value > 0 else 0.0
+    return se
+
+
+def _hypot(a: float, b: float) -> float:
+    return math.sqrt(a * a + b * b)
+
+
+@register("approach")
+def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value, step = st.ev, s.value, s.step
+    d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
+    hist = [h for h in ev.get("hist", []) if h[3] >= step - 2 * rule.steady_span][-200:]  # recent [d, se, value, step]
+    if not hist and ev.get("hist"):
+        hist = ev["hist"][-1:]  # the previous sample, however long ago (a sudden fall compares with it)
+    hist.append([d, dse, value, step])
+    ev["hist"] = hist
+    n = int(ev.get("n", 0)) + 1
+    ev["n"] = n
+    far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse that can be a reference
+    tiny = 1e-12
+
+    def closer(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a` (log: value ratio)
+        return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
+
+    breach, how, start, times = False, "", far, 0.0
+    if far is not None:
+        times = closer(far[0], d)
+        breach = times >= rule.factor and far[0] - d > rule.z * _hypot(dse, far[1])
+    if not breach and rule.jump and n > rule.skip_first + 1 and len(hist) >= 2:  # a sudden fall in one evaluation
+        prev = hist[-2]
+        if closer(prev[0], d) >= rule.jump and prev[0] - d > rule.z * _hypot(dse, prev[1]):
+            breach, start, times, how = True, prev, closer(prev[0], d), " in one evaluation"
+    if not breach and rule.steady:
+        # the window: from the latest sample at least 0.9 x steady_span steps back (the run's first sample counts)
+        begin = max((k for k, h in enumerate(hist) if h[3] <= step - 0.9 * rule.steady_span), default=None)
+        win = hist[begin:] if begin is not None else []
+        if len(win) > rule.steady:
+            mid = min(range(len(win)), key=lambda k: abs(win[k][3] - 0.5 * (win[0][3] + step)))
+            first_half = math.log(max(closer(win[0][0], win[mid][0]), tiny))
+            second_half = math.log(max(closer(win[mid][0], d), tiny))
+            steady = (0 < mid < len(win) - 1 and all(b[0] < a[0] for a, b in zip(win, win[1:]))  # every move
+                      and win[0][0] - win[mid][0] > rule.z * _hypot(win[0][1], win[mid][1])  # each half beyond
+                      and win[mid][0] - d > rule.z * _hypot(win[mid][1], dse)  # the noise (a step after a level
+                      and second_half >= 0.5 * first_half)  # is not steady), and not slowing down
+            if steady and closer(win[0][0], d) >= rule.steady_factor:
+                breach, start, times = True, win[0], closer(win[0][0], d)
+                how = f" steadily over {len(win) - 1} evaluations"
+    if breach and rule.unless_recovering and len(hist) >= 2 and \
+            d - hist[-2][0] > rule.z * _hypot(dse, hist[-2][1]):  # moving away from collapse: not (yet) critical
+        breach = False
+    rearm = not breach and (far is None or closer(far[0], d) * (1.0 + rule.hysteresis) <= rule.factor)
+    if n > rule.skip_first and (far is None or d > far[0]):
+        ev["far"] = [d, dse, value, step]
+    msg = None
+    if breach:
+        what, check = hint(s.metric)
+        verb = "rose" if value > start[2] else "fell"
+        scale = "its value" if rule.scale == "log" else "its distance to the collapsed value " + _fmt(rule.collapsed)
+        amount = f"{times:.1f}x" if times < 1e6 else "all the way"
+        moved = "fell" if rule.scale == "log" else "shrank"
+        msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {step}{how} "
+               f"(tap '{s.tap}'): {scale} {moved} {amount}. {what}. Check {check}.")
+    return Judgement(breach, rearm, msg)
+
+
+@register("regime")
+def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value = st.ev, s.value
+    d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
+    n = int(ev.get("n", 0)) + 1
+    ev["n"] = n
+    recent = list(ev.get("recent", []))  # the last two samples that set the level [distance, se, value, step]
+    run = list(ev.get("run", []))  # samples since the level changed (a new regime being confirmed)
+    breach = False
+    if n > rule.settle and len(recent) == 2:
+        level = 0.5 * (recent[0][0] + recent[1][0])
+        level_se = 0.5 * _hypot(recent[0][1], recent[1][1])
+        tiny = 1e-12
+        def ratio_of(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a`
+            return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
+
+        ratio = ratio_of(level, d)
+        # a level: the two samples before agree (within the square root of the factor); the change goes toward
+        # collapse (a recovery, or a move away from collapse, is nothing to report) and is beyond the noise
+        stable = max(ratio_of(recent[0][0], recent[1][0]), ratio_of(recent[1][0], recent[0][0])) < rule.factor ** 0.5
+        breach = stable and ratio >= rule.factor and level - d > rule.z * _hypot(dse, level_se)
+    msg = None
+    if breach:
+        run.append([d, dse, value, s.step])
+        first = run[0]
+        before = 0.5 * (recent[0][2] + recent[1][2])
+        msg = (f"the geometry changed at step {first[3]} (tap '{s.tap}'): {s.metric} moved from its level "
+               f"{_fmt(before)} (steps {recent[0][3]}-{recent[1][3]}) to {_fmt(value)} at step {s.step}, "
+               f"{ratio:.1f}x closer to the collapsed value {_fmt(rule.collapsed)}, and held there. A change "
+               "of recipe (augmentations, loss weights, a new head, the data) does this; it is not a collapse "
+               "unless a collapse alert says so.")
+        if len(run) >= rule.patience:  # reported now: the new level is the level from here on
+            recent, run = run[-2:] if len(run) >= 2 else [recent[1], run[-1]], []
+    else:
+        run = []
+        recent = (recent + [[d, dse, value, s.step]])[-2:]
+    ev["recent"], ev["run"] = recent, run
+    return Judgement(breach, not breach, msg)

@@ -45,10 +45,12 @@ from spherewatch.alerts.head_defaults import head_rules
 __all__ = [
     "DEFAULT_RULE_SETTINGS",
     "RULE_ADAPTER",
+    "ApproachRule",
     "CollapseRule",
     "DegradationRule",
     "DriftRule",
     "NonFiniteRule",
+    "RegimeRule",
     "Rule",
     "ThresholdRule",
     "TrendRule",
@@ -279,6 +281,104 @@ class CollapseRule(_RuleBase):
         return f"{_metric_stem(self.metric)}_collapse"
 
 
+class ApproachRule(_RuleBase):
+    """Fires when a metric has come ``factor`` times closer to its completely collapsed value than the farthest it
+    has been, or is approaching it steadily: collapse in a scale that no method and no width D sets.
+
+    How it decides, per key (counted in samples of that key):
+
+    * **Distance to collapse**: ``dist = |value - collapsed|`` (``scale="linear"``: mean cosine, uniformity) or
+      ``dist = ln(value / collapsed)`` (``scale="log"``: effective rank, collapsed value 1, healthy values from 5 to
+      2,000 with the width D). How many times closer ``x`` is than a reference ``r``: ``r / x`` (linear), the ratio
+      of the values ``v_r / v_x`` (log: "the rank fell 2x" means the same at D = 32 and D = 2048).
+    * **Reference** (``far``): the farthest from collapse the key has been, from its ``skip_first + 1``-th sample
+      on: the first sample of a run is the random initialisation, whose spread training legitimately gives up
+      (healthy MoCo goes from mean cosine 0.27 at step 1 to 0.85 at step 50 and back to 0.35 at step 100). A model
+      that starts near collapse and spreads out (a transformer's anisotropic start) only raises ``far``.
+    * **Breach** when ``far / dist >= factor`` (beyond ``z`` standard errors of the two values, from the logged
+      ``<metric>_stderr``), or -- a steady approach, counted from the run's first sample -- when every evaluation
+      of the last ``steady_span`` optimizer steps (at least ``steady`` moves) moved toward collapse, the second
+      half of that window at least half as much as the first (as log-ratios: a step that then holds, like a change
+      of recipe, is not steady), beyond ``z`` standard errors overall, and ``steady_factor`` times closer. The span
+      is in steps, so a finer cadence does not turn a transient into a steady approach; a transient that turns
+      (SimCLR's and MoCo's first 50 steps) never is one.
+    * ``jump``: also a breach when the last evaluation alone came ``jump`` times closer (a sudden fall; never the
+      move from the run's first sample).
+    * ``unless_recovering``: no breach while the distance grew since the previous sample by more than ``z``
+      standard errors (the critical defaults: a jump that is already recovering is not called critical).
+    * **Re-arm** once ``far / dist <= factor / (1 + hysteresis)``.
+
+    Example:
+        >>> ApproachRule(metric="mean_cosine", collapsed=1.0).name
+        'mean_cosine_approach'
+    """
+
+    kind: Literal["approach"] = "approach"
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    scale: Literal["linear", "log"] = Field("linear", description="distance |value - collapsed| or ln(value/collapsed)")
+    factor: float = Field(2.5, gt=1, allow_inf_nan=False, description="shrink of the distance (from its farthest) "
+                                                                        "that fires")
+    steady: int = Field(2, ge=0, description="fewest moves toward collapse in a row that can fire at "
+                                             "`steady_factor` (0: off)")
+    steady_span: int = Field(100, ge=1, description="optimizer steps the moves must span (so the cadence does not "
+                                                    "change what counts as steady)")
+    steady_factor: float = Field(2.0, gt=1, allow_inf_nan=False, description="shrink over `steady` moves that fires")
+    z: float = Field(3.0, ge=0, allow_inf_nan=False, description="standard errors a move must exceed")
+    skip_first: int = Field(1, ge=0, description="first samples of a key that are never the reference (the random "
+                                                 "initialisation); a steady approach still counts from them")
+    unless_recovering: bool = Field(False, description="no breach while the distance grew since the previous sample "
+                                                       "by more than `z` standard errors (a recovery)")
+    jump: float = Field(0.0, ge=0, allow_inf_nan=False, description="also breach when one evaluation came this many "
+                                                                     "times closer (0: off; never from the first "
+                                                                     "sample)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ApproachRule:
+        if self.scale == "log" and self.collapsed <= 0:
+            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_approach"
+
+
+class RegimeRule(_RuleBase):
+    """Reports (never as a collapse) a step change of a metric's level: "the geometry changed at step 300".
+
+    After ``settle`` samples, a sample whose distance to the collapsed value (as :class:`ApproachRule`, ``scale``)
+    came ``factor`` times closer than the level of the previous two samples (which must agree within the square
+    root of ``factor``: a level, not a transient) and beyond ``z`` standard errors, is a change of regime; with
+    ``patience=2`` (the default rules) the next sample must confirm the new level. A move away from collapse (a
+    recovery) is not reported. A deliberate change of recipe (stronger augmentations, a new loss weight, a new head) is one;
+    a collapse is caught by the collapse rules, which this rule does not replace. Its alerts have
+    ``kind="regime_change"`` and do not count toward a run's collapse verdict.
+
+    Example:
+        >>> RegimeRule(metric="uniformity", collapsed=0.0).name
+        'uniformity_regime'
+    """
+
+    kind: Literal["regime"] = "regime"
+    collapsed: float = Field(..., allow_inf_nan=False, description="the metric's value at complete collapse")
+    scale: Literal["linear", "log"] = "linear"
+    factor: float = Field(1.4, gt=1, allow_inf_nan=False, description="change of the distance to collapse that "
+                                                                        "counts as a new regime")
+    settle: int = Field(3, ge=2, description="samples before any change counts (the initial transient)")
+    z: float = Field(6.0, ge=0, allow_inf_nan=False, description="standard errors the change must exceed")
+    severity: Literal["info", "warning", "critical"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> RegimeRule:
+        if self.scale == "log" and self.collapsed <= 0:
+            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_regime"
+
+
 class NonFiniteRule(_RuleBase):
     """Fires when a matching metric is NaN or +-Inf (default: any metric, severity ``critical``).
 
@@ -302,10 +402,12 @@ class NonFiniteRule(_RuleBase):
         return "nonfinite" if self.metric == "*" else f"{_metric_stem(self.metric)}_nonfinite"
 
 
-#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | nonfinite`` validates
-#: into it.
+#: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | approach | regime |
+#: nonfinite`` validates into it.
 Rule = Annotated[
-    Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, NonFiniteRule], Field(discriminator="kind")
+    Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, ApproachRule, RegimeRule,
+          NonFiniteRule],
+    Field(discriminator="kind"),
 ]
 #: Validates a dict (``RULE_ADAPTER.validate_python``); use :func:`parse_rules` for a list.
 RULE_ADAPTER: TypeAdapter = TypeAdapter(Rule, config=ConfigDict(title="Rule"))
@@ -330,33 +432,44 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------------------------- default rules
 #: The numbers behind :func:`default_rules`, in one place (checked against the scenario suites:
 #: tests/engine/test_scenarios.py on generated data, tests/scenarios/ and benchmarks/scenarios.py on real
-#: frameworks). No default compares with the best value ever seen or with a fixed level of a healthy metric:
+#: frameworks, and the saved traces replayed by benchmarks/replay_rules.py; docs/alerts-design.md says why each
+#: number holds across model families). Every default measures the distance to the completely collapsed value in a
+#: scale no method sets (mean cosine and uniformity: |value - collapsed|; effective rank: ln(rank), so a ratio of
+#: ranks means the same at D = 32 and D = 2048) and never compares with a fixed level of a healthy metric:
 #:
-#: * ``uniformity_degradation`` / ``rank_collapse`` (warning): :class:`DriftRule` — the reference is taken once
-#:   the metric has settled after the initial transient; a change must exceed 4x the run's own noise (logged
-#:   standard error + observed variability) and cover a quarter of the distance to complete collapse;
-#:   ``uniformity_degradation_persists`` / ``rank_collapse_persists`` (critical): the same, three evaluations in a row.
+#: * ``uniformity_degradation``, ``mean_cosine_approach``, ``rank_collapse`` (warning): :class:`ApproachRule` --
+#:   the distance shrank 2.5x (rank: fell 2x, or 1.7x in one evaluation) from the farthest it has been after the
+#:   run's first sample, or (spread
+#:   metrics) every evaluation of the last 100 steps moved toward collapse without slowing down and 1.6x closer
+#:   overall (a steady approach from step 0; a transient that turns, such as SimCLR's first interval, is not one);
+#: * ``uniformity_degradation_persists``, ``rank_collapse_persists`` (critical): the collapse is real -- the
+#:   distance shrank 8x (rank: fell 4x) on two evaluations in a row, while not moving away from collapse;
 #: * ``mean_cosine_collapse`` (warning, first breaching sample) and ``uniformity_collapse``,
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
-#:   :class:`CollapseRule` — complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
-#:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run.
+#:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
+#:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run;
+#: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
+#:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
+#:   deliberate change of recipe, reported, never a collapse alert.
 DEFAULT_RULE_SETTINGS = {
+    # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
-        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
+        kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
     "rank_collapse": dict(
-        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, jump=1.7, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
-    # the same drifts, critical once they have held for three evaluations in a row
+    # critical: the collapse is real -- deep (8x closer for uniformity, rank fell 4x) on two evaluations in a row,
+    # not recovering
     "uniformity_degradation_persists": dict(
-        kind="drift", metric="uniformity", direction="rise", collapsed=0.0, fraction=0.25, z=4.0,
-        patience=3, hysteresis=0.1, severity="critical",
+        kind="approach", metric="uniformity", collapsed=0.0, factor=8.0, steady=0, z=3.0,
+        patience=2, unless_recovering=True, hysteresis=0.1, severity="critical",
     ),
     "rank_collapse_persists": dict(
-        kind="drift", metric="effective_rank", direction="fall", collapsed=1.0, fraction=0.25, z=4.0,
-        patience=3, hysteresis=0.1, severity="critical",
+        kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=4.0, steady=0, z=3.0,
+        patience=2, unless_recovering=True, hysteresis=0.1, severity="critical",
     ),
     "mean_cosine_collapse": dict(
         kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
@@ -375,6 +488,15 @@ DEFAULT_RULE_SETTINGS = {
         kind="collapse", metric="normalized_std", collapsed=0.0, margin=0.1, relative=True, patience=2,
         hysteresis=0.5, severity="critical",
     ),
+    # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
+    "mean_cosine_approach": dict(
+        kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
+        patience=1, hysteresis=0.1, severity="warning",
+    ),
+    # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
+    "uniformity_regime": dict(
+        kind="regime", metric="uniformity", collapsed=0.0, factor=1.5, settle=3, z=6.0, patience=2, severity="info",
+    ),
     "nonfinite": dict(kind="nonfinite", metric="*", severity="critical"),
 }
 
@@ -385,9 +507,10 @@ def default_rules() -> tuple[Any, ...]:
     Example:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
-         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse', 'nonfinite',
-         'head_uniform_output', 'head_uniform_output_persists', 'head_prototype_collapse',
-         'head_prototype_collapse_persists', 'head_one_prototype']
+         'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse',
+         'mean_cosine_approach', 'uniformity_regime', 'nonfinite', 'head_uniform_output',
+         'head_uniform_output_persists', 'head_prototype_collapse', 'head_prototype_collapse_persists',
+         'head_one_prototype']
     """
     rules: list[Any] = []
     for name, settings in DEFAULT_RULE_SETTINGS.items():

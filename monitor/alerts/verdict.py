@@ -50,9 +50,10 @@ def worst_severity(severities: Iterable[Any], default: str = OK) -> str:
 
 
 def collapse_alerts(alerts: Iterable[Any]) -> List[Any]:
-    """The alerts that fired on the embeddings: no resolutions, no faults of the monitor, no foreign texts."""
+    """The alerts that fired on the embeddings: no resolutions, no faults of the monitor, no foreign texts, no change of
+    regime (``kind="regime_change"``: the geometry changed, which is not a collapse)."""
     return [a for a in alerts if getattr(a, "status", "fired") != "resolved"
-            and getattr(a, "kind", "collapse") != "fault" and a.rule not in _NOT_COLLAPSE_RULES]
+            and getattr(a, "kind", "collapse") not in ("fault", "regime_change") and a.rule not in _NOT_COLLAPSE_RULES]
 
 
 def verdict(alerts: Iterable[Any], *, last_step: Optional[int] = None) -> str:

@@ -6,8 +6,10 @@ import pytest
 
 from spherewatch.alerts import (
     AlertEngine,
+    ApproachRule,
     DegradationRule,
     NonFiniteRule,
+    RegimeRule,
     ThresholdRule,
     TrendRule,
     default_rules,
@@ -286,6 +288,7 @@ def _scenario():
             "spherewatch/effective_rank": r,
             "spherewatch/encoder/effective_rank": r * rng.uniform(0.5, 1.5),
             "spherewatch/mean_cosine": rng.uniform(0, 1),
+            "spherewatch/head/uniformity": -2.5 if step < 300 else -1.2,  # one change of level (a new recipe)
         }
         if rng.random() < 0.15:
             row["spherewatch/uniformity"] = rng.choice([NAN, INF])
@@ -294,9 +297,15 @@ def _scenario():
 
 
 RESUME_RULES = (
-    # the random walk never gets near complete collapse and has no normalized_std (nor a head tap)
-    *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse")
+    # the random walk never gets near complete collapse and has no normalized_std
+    # (nor does it hold a deep collapse on two evaluations, nor a level: those kinds are covered by the two below)
+    *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
+                                                    "uniformity_degradation_persists", "rank_collapse_persists",
+                                                    "uniformity_regime")
       and not r.name.startswith("head_")],
+    ApproachRule(name="rank_deep", metric="effective_rank", collapsed=1.0, scale="log", factor=3.0, patience=2,
+                 severity="critical"),
+    RegimeRule(name="head_level", tap="head", metric="uniformity", collapsed=0.0),
     DegradationRule(name="rank_vs_baseline", metric="effective_rank", direction="fall", fraction=0.3,
                     reference="baseline", baseline_samples=3, hysteresis=0.1, cooldown=2),
     ThresholdRule(metric="mean_cosine", above=0.8, below=0.1, patience=2, hysteresis=0.05, cooldown=3),

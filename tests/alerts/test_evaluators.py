@@ -24,7 +24,7 @@ def test_unknown_kind_is_a_type_error_listing_the_registered_kinds():
     class Odd:
         kind = "odd"
 
-    with pytest.raises(TypeError, match="registered kinds: collapse, degradation, drift"):
+    with pytest.raises(TypeError, match="registered kinds: approach, collapse, degradation, drift"):
         evaluator_for(Odd())
 
 

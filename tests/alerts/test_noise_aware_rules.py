@@ -32,7 +32,8 @@ def test_drift_after_settling_fires_and_names_the_settled_level():
     rows = [{"effective_rank": r, "effective_rank_stderr": 0.2} for r in ranks]
     fired = _feed(AlertEngine(default_rules()), rows)
     assert [(a.rule, a.step, a.severity) for a in fired] == [("rank_collapse", 350, "warning")]
-    assert "settled level" in fired[0].message and "noise" in fired[0].message
+    # the message names the reference (the highest rank after the run's first sample) and how far it fell
+    assert "from 40 (step 50) to 12 at step 350" in fired[0].message and "fell 3.3x" in fired[0].message
 
 
 def test_drift_threshold_scales_with_the_logged_standard_error():
@@ -119,8 +120,13 @@ def test_rows_and_stderr_are_logged_beside_the_metrics():
 
 
 def test_a_drift_that_persists_escalates_to_critical_at_the_third_evaluation():
-    ranks = [53, 40, 30, 27, 26.8, 27.1, 26.9, 12.0, 11.5, 11.8]
+    # critical once the collapse is real: the rank fell 4x (40 -> 10) on two evaluations in a row; a rank that
+    # fell to 12 and holds there stays a warning
+    ranks = [53, 40, 30, 27, 26.8, 27.1, 26.9, 12.0, 6.5, 6.2]
     rows = [{"effective_rank": r, "effective_rank_stderr": 0.2} for r in ranks]
     fired = _feed(AlertEngine(default_rules()), rows)
     assert [(a.rule, a.step, a.severity) for a in fired] == [
         ("rank_collapse", 350, "warning"), ("rank_collapse_persists", 450, "critical")]
+    held = [53, 40, 30, 27, 26.8, 27.1, 26.9, 12.0, 11.5, 11.8]
+    fired = _feed(AlertEngine(default_rules()), [{"effective_rank": r, "effective_rank_stderr": 0.2} for r in held])
+    assert [(a.rule, a.severity) for a in fired] == [("rank_collapse", "warning")]

@@ -7,10 +7,11 @@ import pytest
 from spherewatch.alerts import (
     DEFAULT_RULE_SETTINGS,
     RULE_ADAPTER,
+    ApproachRule,
     CollapseRule,
     DegradationRule,
-    DriftRule,
     NonFiniteRule,
+    RegimeRule,
     ThresholdRule,
     TrendRule,
     default_rules,
@@ -23,20 +24,26 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     rules = {r.name: r for r in default_rules() if not r.name.startswith("head_")}
     assert list(rules) == [
         "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
-        "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse", "nonfinite",
+        "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
+        "mean_cosine_approach", "uniformity_regime", "nonfinite",
     ]
     uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
-    assert isinstance(uni, DriftRule) and (uni.metric, uni.direction, uni.collapsed, uni.severity) == (
-        "uniformity", "rise", 0.0, "warning")
-    assert isinstance(rank, DriftRule) and (rank.metric, rank.direction, rank.collapsed) == ("effective_rank", "fall", 1.0)
-    # no default compares with the best value ever seen or with a fixed level of a healthy metric
+    assert isinstance(uni, ApproachRule) and (uni.metric, uni.collapsed, uni.scale, uni.severity) == (
+        "uniformity", 0.0, "linear", "warning")
+    # the rank in a scale that does not depend on D: ratios of ranks (log distance to the collapsed value 1)
+    assert isinstance(rank, ApproachRule) and (rank.metric, rank.collapsed, rank.scale) == ("effective_rank", 1.0, "log")
+    # no default compares with a fixed level of a healthy metric
     assert not any(isinstance(r, (DegradationRule, ThresholdRule)) for r in rules.values())
     assert rules["mean_cosine_collapse"].severity == "warning" and rules["mean_cosine_collapse"].patience == 1
-    for name in ("uniformity_degradation_persists", "rank_collapse_persists"):  # escalation with persistence
-        assert rules[name].severity == "critical" and rules[name].patience == 3
+    for name in ("uniformity_degradation_persists", "rank_collapse_persists"):  # escalation: deeper, and persisting
+        assert rules[name].severity == "critical" and rules[name].patience >= 2
+        warn = rules[name.replace("_persists", "")]
+        assert rules[name].factor > warn.factor and rules[name].steady == 0
     for name in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse"):
         assert isinstance(rules[name], CollapseRule) and rules[name].severity == "critical"
         assert rules[name].patience == 2  # critical only once the collapse persists
+    for name in ("uniformity_regime",):  # a change of regime is never more than information
+        assert isinstance(rules[name], RegimeRule) and rules[name].severity == "info"
     assert isinstance(rules["nonfinite"], NonFiniteRule) and rules["nonfinite"].severity == "critical"
     assert set(DEFAULT_RULE_SETTINGS) == set(rules)
 

@@ -36,7 +36,7 @@ def test_collapsing_runs_alert_within_one_sampling_interval_of_the_onset(name, s
     mon, result = _run(name, seed)
     every = mon.config.every_n_steps
     assert result.onset is not None, "the collapsing scenario did not collapse"
-    collapse_alerts = [a for a in mon.alerts if a.rule in COLLAPSE_RULES]
+    collapse_alerts = [a for a in mon.alerts if a.rule in COLLAPSE_RULES and a.kind == "collapse"]
     assert collapse_alerts, f"no alert; onset at step {result.onset}"
     detected = collapse_alerts[0].step
     print(f"{name} seed={seed}: onset {result.onset}, detected {detected} ({collapse_alerts[0].rule})")
