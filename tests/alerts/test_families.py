@@ -110,7 +110,7 @@ def test_each_alert_carries_the_advice_of_its_loss_family_once(family):
     for a in alerts:
         advice = ADVICE[family][a.key.rsplit("/", 1)[1]]
         assert a.message.count(advice) == 1 and a.message.count("Check ") == 1, a.message
-        assert str(a).count(advice) == 1
+        assert " ".join(str(a).split()).count(advice) == 1  # str(alert) wraps at 120
     if family is not None:  # the families' advice differs from one another and from the neutral one
         assert ADVICE[family]["uniformity"] != ADVICE[None]["uniformity"]
     texts = {ADVICE[f]["uniformity"] for f in LOSS_FAMILIES}
