@@ -1,12 +1,10 @@
-"""The README works as written: each python block runs as a file, as shown (only the sentence-transformers block, which
-says "your model and data", gets a preamble defining them: a real model would be a download); its shell commands run
+"""The README works as written: each python block runs as a file, exactly as shown; its shell commands run
 or name what exists; the demo's numbers in the metric table and the figure's caption are what the demo produces."""
 import importlib.util
 import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
 BASH_BLOCKS = re.findall(r"```bash\n(.*?)```", README, re.S)
 #: pages other helpers write in parallel (issue 19); the lead merges them before this branch lands
-PENDING_PAGES = {"docs/alerts-design.md", "docs/scenarios.md"}
+PENDING_PAGES: set = set()  # docs pages linked before they exist (none now)
 
-# "your model and data" in the sentence-transformers block: a tiny SentenceTransformer built offline, generated pairs
-ST_PREAMBLE = textwrap.dedent(f"""\
-    import sys
-    sys.path.insert(0, {str(ROOT / "tests")!r})
-    from datasets import Dataset
-    from scenarios.sentence_pairs import build_model, make_pairs
-    model = build_model(".", 0)
-    pairs = Dataset.from_dict({{k: list(v) for k, v in zip(("anchor", "positive"), zip(*make_pairs(64, 0)))}})
-    """)
 
 
 def _imports(block: str):
@@ -99,11 +88,9 @@ def test_python_block_runs_as_written(index, tmp_path):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
     assert "..." not in block and "args." not in block
-    preamble = ST_PREAMBLE if "your model and data" in block else ""
-    if not preamble:
-        assert re.search(r"^(from|import) ", block, re.M), "a self-contained block imports what it uses"
+    assert re.search(r"^(from|import) ", block, re.M), "a self-contained block imports what it uses"
     path = tmp_path / f"readme_block_{index}.py"
-    path.write_text(preamble + block)
+    path.write_text(block)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONWARNINGS="default", WANDB_MODE="offline", WANDB_SILENT="true",
                WANDB_DIR=str(tmp_path))
