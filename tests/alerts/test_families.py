@@ -82,6 +82,20 @@ def test_the_rank_rule_reads_ratios_the_same_at_every_width(width):
     assert ("rank_collapse_persists", "critical") in [(a.rule, a.severity) for a in deep]
 
 
+def test_embeddings_contracting_toward_the_origin_warn_at_a_quarter_of_their_largest_norm():
+    # VICReg once its variance term ramps out: the mean norm falls 6.6 -> 1.2 while the directions barely move
+    # (uniformity 1.4x closer: healthy runs go 1.66x); healthy MoCo's norm falls 2.0x after its first interval
+    spread = {"uniformity": -2.7, "uniformity_stderr": 0.05, "mean_cosine": 0.1, "mean_cosine_stderr": 0.01}
+    healthy = [{**spread, "norm_mean": n} for n in (2.1, 8.3, 6.7, 5.5, 4.9, 4.5, 4.3, 4.1, 4.1)]
+    assert _feed(healthy) == []
+    shrinking = [{**spread, "norm_mean": n} for n in (2.1, 6.6, 5.5, 4.8, 3.7, 2.5, 1.7, 1.2)]
+    fired = _fired(_feed(shrinking, loss_family="redundancy_reduction"))
+    assert [(a.rule, a.step, a.severity, a.kind) for a in fired] == [("norm_contraction", 350, "warning", "collapse")]
+    assert "contracting toward the origin" in fired[0].message and "variance term" in fired[0].message
+    # a model whose outputs are L2-normalised (norm 1 at every step) never meets it
+    assert _feed([{**spread, "norm_mean": 1.0}] * 8) == []
+
+
 def test_a_deliberate_change_of_regime_is_reported_as_information_never_as_a_collapse():
     # augmentations twice as strong from step 300: uniformity -2.55 -> -1.31 and held, rank unchanged
     u = [-2.63, -2.50, -2.53, -2.55, -2.54, -2.56, -2.55, -1.45, -1.31, -1.30, -1.32, -1.29, -1.31]
