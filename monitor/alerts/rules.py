@@ -448,6 +448,9 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
 #:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run;
+#: * ``norm_contraction`` (warning): :class:`ApproachRule` on ``norm_mean`` -- the raw embeddings' mean norm fell 4x
+#:   from the largest it has been after the first sample (contracting toward the origin: VICReg once its variance
+#:   term is gone, before the directions move; healthy runs of ten families fall 2.03x at most);
 #: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
 #:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
 #:   deliberate change of recipe, reported, never a collapse alert.
