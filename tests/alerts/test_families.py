@@ -107,6 +107,20 @@ def test_a_deliberate_change_of_regime_is_reported_as_information_never_as_a_col
     assert verdict(alerts, last_step=600) == "healthy: no alerts in 600 steps"
 
 
+def test_a_change_of_recipe_deep_enough_to_collapse_the_spread_gets_warnings_never_a_critical():
+    # SimCLR with augmentations twice as strong from step 300 (hC's run, seed 2): mean cosine 0.06 -> 0.94 in one
+    # interval; the probe over all digits sees it too (total variance 0.8 -> 0.07, the twin's stays above 0.7)
+    with open(os.path.join(os.path.dirname(__file__), "traces", "deep_regime", "simclr_aug_x2.json")) as f:
+        trace = json.load(f)
+    engine, alerts = AlertEngine(default_rules()), []
+    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
+        alerts += engine.update(int(step), values)
+    fired = _fired(alerts)
+    assert fired and {a.step for a in fired} == {350} and {a.severity for a in fired} == {"warning"}
+    twin = {p[0]: p[3] for p in trace["twin_probe"]}
+    assert all(tv < 0.15 * twin[step] for step, _, _, tv in trace["probe"] if step > 300)
+
+
 def test_a_collapse_is_not_also_reported_as_a_change_of_regime():
     u = [-2.63, -2.50, -2.53, -2.55, -2.54, -0.6, -0.2, -0.1, -0.08]
     rows = [{"uniformity": x, "uniformity_stderr": 0.02} for x in u]
