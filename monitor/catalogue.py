@@ -331,7 +331,10 @@ SPECS: Tuple[MetricSpec, ...] = (
                "R² of the power-law fit behind alpha-ReQ (how much to trust it).", "any", "near 1",
                derived_of="alpha_req", spectral=True, nan_if_nonfinite=True),
     MetricSpec("norm_mean", "norm mean", HEALTH, 170, "mean L2 norm of the raw embeddings.",
-               "0 or exploding", "stable over training", derived_of="norm_stats"),
+               "0 or exploding", "stable over training", derived_of="norm_stats",
+               hint=("embeddings are contracting toward the origin -- the road to a constant output",
+                     "what keeps the features' variance up (VICReg's variance term), weight decay and the learning "
+                     "rate"), advice="spread"),
     MetricSpec("norm_std", "norm std", HEALTH, 180, "std of the L2 norms of the raw embeddings.",
                "0 or exploding", "stable", derived_of="norm_stats"),
     MetricSpec("norm_min", "norm min", HEALTH, 190, "smallest L2 norm of the raw embeddings.", "0", "well above 0",

@@ -448,6 +448,9 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #:   ``rank_one_collapse``, ``normalized_std_collapse`` (critical, two breaching samples in a row):
 #:   :class:`CollapseRule` -- complete collapse (mean cosine > 0.9, uniformity > -0.4 at t=2, effective rank < 1.5,
 #:   normalized std below 10% of its own peak) that is not recovering; never on the first sample of a run;
+#: * ``norm_contraction`` (warning): :class:`ApproachRule` on ``norm_mean`` -- the raw embeddings' mean norm fell 4x
+#:   from the largest it has been after the first sample (contracting toward the origin: VICReg once its variance
+#:   term is gone, before the directions move; healthy runs of ten families fall 2.03x at most);
 #: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
 #:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
 #:   deliberate change of recipe, reported, never a collapse alert.
@@ -493,6 +496,13 @@ DEFAULT_RULE_SETTINGS = {
         kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
+    # warning: the raw embeddings contract toward the origin -- their mean norm fell 4x from the largest it has been
+    # after the first sample (VICReg once its variance term is gone: 4.4-5.3x within one interval of the probe's
+    # onset; healthy runs of every family fall 2.03x at most, MoCo after its first interval; see alerts-design.md)
+    "norm_contraction": dict(
+        kind="approach", metric="norm_mean", collapsed=0.0, factor=4.0, steady=0, z=3.0,
+        patience=1, hysteresis=0.1, severity="warning",
+    ),
     # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
     "uniformity_regime": dict(
         kind="regime", metric="uniformity", collapsed=0.0, factor=1.5, settle=3, z=6.0, patience=2, severity="info",
@@ -508,7 +518,7 @@ def default_rules() -> tuple[Any, ...]:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
          'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse',
-         'mean_cosine_approach', 'uniformity_regime', 'nonfinite', 'head_uniform_output',
+         'mean_cosine_approach', 'norm_contraction', 'uniformity_regime', 'nonfinite', 'head_uniform_output',
          'head_uniform_output_persists', 'head_prototype_collapse', 'head_prototype_collapse_persists',
          'head_one_prototype']
     """

@@ -301,7 +301,7 @@ RESUME_RULES = (
     # (nor does it hold a deep collapse on two evaluations, nor a level: those kinds are covered by the two below)
     *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
                                                     "uniformity_degradation_persists", "rank_collapse_persists",
-                                                    "uniformity_regime")
+                                                    "uniformity_regime", "norm_contraction")  # (no norm_mean)
       and not r.name.startswith("head_")],
     ApproachRule(name="rank_deep", metric="effective_rank", collapsed=1.0, scale="log", factor=3.0, patience=2,
                  severity="critical"),

@@ -82,6 +82,20 @@ def test_the_rank_rule_reads_ratios_the_same_at_every_width(width):
     assert ("rank_collapse_persists", "critical") in [(a.rule, a.severity) for a in deep]
 
 
+def test_embeddings_contracting_toward_the_origin_warn_at_a_quarter_of_their_largest_norm():
+    # VICReg once its variance term ramps out: the mean norm falls 6.6 -> 1.2 while the directions barely move
+    # (uniformity 1.4x closer: healthy runs go 1.66x); healthy MoCo's norm falls 2.0x after its first interval
+    spread = {"uniformity": -2.7, "uniformity_stderr": 0.05, "mean_cosine": 0.1, "mean_cosine_stderr": 0.01}
+    healthy = [{**spread, "norm_mean": n} for n in (2.1, 8.3, 6.7, 5.5, 4.9, 4.5, 4.3, 4.1, 4.1)]
+    assert _feed(healthy) == []
+    shrinking = [{**spread, "norm_mean": n} for n in (2.1, 6.6, 5.5, 4.8, 3.7, 2.5, 1.7, 1.2)]
+    fired = _fired(_feed(shrinking, loss_family="redundancy_reduction"))
+    assert [(a.rule, a.step, a.severity, a.kind) for a in fired] == [("norm_contraction", 350, "warning", "collapse")]
+    assert "contracting toward the origin" in fired[0].message and "variance term" in fired[0].message
+    # a model whose outputs are L2-normalised (norm 1 at every step) never meets it
+    assert _feed([{**spread, "norm_mean": 1.0}] * 8) == []
+
+
 def test_a_deliberate_change_of_regime_is_reported_as_information_never_as_a_collapse():
     # augmentations twice as strong from step 300: uniformity -2.55 -> -1.31 and held, rank unchanged
     u = [-2.63, -2.50, -2.53, -2.55, -2.54, -2.56, -2.55, -1.45, -1.31, -1.30, -1.32, -1.29, -1.31]
@@ -91,6 +105,20 @@ def test_a_deliberate_change_of_regime_is_reported_as_information_never_as_a_col
     assert [(a.rule, a.kind, a.severity) for a in alerts] == [("uniformity_regime", "regime_change", "info")]
     assert "the geometry changed at step 350" in alerts[0].message and "not a collapse" in alerts[0].message
     assert verdict(alerts, last_step=600) == "healthy: no alerts in 600 steps"
+
+
+def test_a_change_of_recipe_deep_enough_to_collapse_the_spread_gets_warnings_never_a_critical():
+    # SimCLR with augmentations twice as strong from step 300 (hC's run, seed 2): mean cosine 0.06 -> 0.94 in one
+    # interval; the probe over all digits sees it too (total variance 0.8 -> 0.07, the twin's stays above 0.7)
+    with open(os.path.join(os.path.dirname(__file__), "traces", "deep_regime", "simclr_aug_x2.json")) as f:
+        trace = json.load(f)
+    engine, alerts = AlertEngine(default_rules()), []
+    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
+        alerts += engine.update(int(step), values)
+    fired = _fired(alerts)
+    assert fired and {a.step for a in fired} == {350} and {a.severity for a in fired} == {"warning"}
+    twin = {p[0]: p[3] for p in trace["twin_probe"]}
+    assert all(tv < 0.15 * twin[step] for step, _, _, tv in trace["probe"] if step > 300)
 
 
 def test_a_collapse_is_not_also_reported_as_a_change_of_regime():

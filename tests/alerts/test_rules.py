@@ -25,7 +25,7 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     assert list(rules) == [
         "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
         "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
-        "mean_cosine_approach", "uniformity_regime", "nonfinite",
+        "mean_cosine_approach", "norm_contraction", "uniformity_regime", "nonfinite",
     ]
     uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
     assert isinstance(uni, ApproachRule) and (uni.metric, uni.collapsed, uni.scale, uni.severity) == (
