@@ -50,8 +50,8 @@ import time
 import zlib
 from typing import Any, Dict, Iterable, List, Optional
 
-from spherewatch.keys import CATEGORIES, alert_count_key, describe, is_loss_key, order_keys, parse_key
 from spherewatch.catalogue import head_specs
+from spherewatch.keys import CATEGORIES, alert_count_key, describe, is_loss_key, order_keys, parse_key
 
 __all__ = ["SHARED_VIEW_TAG_PREFIX", "VIEW_ID", "VIEW_NAME", "VIEW_PARAMS", "compress", "decompress", "ui_base",
            "view_path", "view_state", "view_tag", "view_url", "write_view"]

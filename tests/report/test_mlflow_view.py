@@ -14,10 +14,10 @@ pytest.importorskip("mlflow")
 
 from spherewatch.catalogue import head_specs
 from spherewatch.keys import CATALOGUE, OVERVIEW
-
-HEAD = {spec.name for spec in head_specs()}
 from spherewatch.sinks import mlflow_view as mv
 from spherewatch.sinks.mlflow_view import VIEW_NAME, compress, decompress, view_state, view_tag, view_url, write_view
+
+HEAD = {spec.name for spec in head_specs()}
 
 TAG = mv.SHARED_VIEW_TAG_PREFIX + mv.VIEW_ID
 U, R, C, A = (f"spherewatch/{m}" for m in ("uniformity", "effective_rank", "mean_cosine", "alignment"))
