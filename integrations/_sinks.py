@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -31,12 +32,20 @@ def split_sinks(sinks: Optional[Sequence[Any]]) -> Tuple[Tuple[str, ...], List[A
 
 class LoggerSink(Sink):
     """Scalars through a Lightning logger's ``log_metrics`` (CSVLogger, WandbLogger, ...): histograms and alerts
-    have no common logger API and are left to the Monitor's other sinks and alert channels."""
+    have no common logger API and are left to the Monitor's other sinks and alert channels.
+
+    The sink runs on the writer thread while Lightning calls the same logger's ``log_metrics`` and ``save`` on the
+    training thread, and loggers are not thread-safe (CSVLogger's ``save`` writes its pending rows, then clears them:
+    two saves at once write a row twice, a row appended in between is lost). So the sink serialises both methods of
+    this logger, Lightning's calls included, with one lock it installs on the logger (and removes at close); a
+    training-thread call waits at most for one ``log_metrics`` or ``save`` of the writer's.
+    """
 
     def __init__(self, host_logger: Any) -> None:
         super().__init__()
         self.logger = host_logger
         self.name = "lightning_" + type(host_logger).__name__.lower()
+        self._installed = _serialise(host_logger)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: Optional[float] = None) -> None:
         self._check_open()
@@ -51,6 +60,43 @@ class LoggerSink(Sink):
     def flush(self) -> None:
         if not self._closed and callable(getattr(self.logger, "save", None)):
             self.logger.save()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for name in self._installed:  # the logger's own methods again
+                self.logger.__dict__.pop(name, None)
+            self._installed = ()
+
+
+_SERIALISED = ("log_metrics", "save")
+
+
+def _serialise(host: Any) -> Tuple[str, ...]:
+    """Wrap ``host.log_metrics`` and ``host.save`` (instance attributes over the class's methods) in one re-entrant
+    lock; returns the names installed (none when the logger does not allow it, or already has them)."""
+    if getattr(host, "_spherewatch_lock", None) is not None:
+        return ()
+    lock = threading.RLock()
+    installed = []
+    try:
+        host._spherewatch_lock = lock
+        for name in _SERIALISED:
+            method = getattr(host, name, None)
+            if not callable(method):
+                continue
+
+            def guarded(*args: Any, __method: Any = method, **kwargs: Any) -> Any:
+                with lock:
+                    return __method(*args, **kwargs)
+
+            setattr(host, name, guarded)
+            installed.append(name)
+        installed.append("_spherewatch_lock")
+    except (AttributeError, TypeError):  # __slots__ or a frozen object: unserialised, as before
+        logger.debug("spherewatch: cannot serialise %s's logging calls", type(host).__name__)
+    return tuple(installed)
 
 
 def _guarded(what: str, build: Any, out: List[Any]) -> None:
