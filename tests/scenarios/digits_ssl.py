@@ -223,16 +223,18 @@ class Probe:
             self.history.append((step, 0.1, 1.0, 0.0))
             return
         zn = F.normalize(z, dim=1)
-        sim = zn[self.query] @ zn[self.ref].T
-        idx = sim.topk(5, dim=1).indices
-        votes = self.y[self.ref][idx]
-        pred = torch.mode(votes, dim=1).values
-        knn = (pred == self.y[self.query]).float().mean().item()
+        knn = self.knn(zn)
         c = zn - zn.mean(0)
         lam = torch.linalg.eigvalsh((c.T @ c) / len(c)).clamp(min=0)
         pr = (lam.sum() ** 2 / (lam.pow(2).sum() + 1e-30)).item()
         spread = lam.sum().item()
         self.history.append((step, knn, pr, spread))
+
+    def knn(self, zn: torch.Tensor) -> float:
+        """5-NN accuracy of the query digits among the reference digits, on normalised embeddings ``zn``."""
+        idx = (zn[self.query] @ zn[self.ref].T).topk(5, dim=1).indices
+        pred = torch.mode(self.y[self.ref][idx], dim=1).values
+        return (pred == self.y[self.query]).float().mean().item()
 
     def onset(self, switch: int) -> Optional[int]:
         before = [h for h in self.history if h[0] < switch][-3:]

@@ -79,7 +79,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scenarios.digits_ssl import HIDDEN, SSLMethod, _mlp, digits
+from scenarios.digits_ssl import HIDDEN, Probe, SSLMethod, _mlp, digits
 
 __all__ = ["FAMILIES", "LOSS_FAMILY", "SCENARIOS", "FamilyRun", "FScenario", "FamilyProbe", "build", "onset_vs_twin",
            "run_scenario", "train", "watched_width"]
@@ -415,17 +415,10 @@ def lr_mult(regime: str, step: int, steps: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ probe
-class FamilyProbe:
+class FamilyProbe(Probe):
     """5-NN accuracy, participation ratio and total variance of all digits' normalised embeddings (see the module
-    docstring); ``history``: ``[(step, knn, pr, tv), ...]``. Covariance moments via the smaller Gram matrix."""
-
-    def __init__(self, seed: int = 0) -> None:
-        x, y = digits()
-        g = torch.Generator().manual_seed(1000 + seed)
-        perm = torch.randperm(len(x), generator=g)
-        self.x, self.y = x, y
-        self.query, self.ref = perm[:400], perm[400:]
-        self.history: List[Tuple[int, float, float, float]] = []
+    docstring); ``history``: ``[(step, knn, pr, tv), ...]``. Covariance moments via the smaller Gram matrix, in fp64;
+    the digits, their query/reference split and the kNN are :class:`~scenarios.digits_ssl.Probe`'s."""
 
     @torch.no_grad()
     def __call__(self, model: Family, step: int) -> None:
@@ -437,10 +430,7 @@ class FamilyProbe:
             self.history.append((step, 0.1, 1.0, 0.0))
             return
         zn = F.normalize(z, dim=1)
-        sim = zn[self.query] @ zn[self.ref].T
-        idx = sim.topk(5, dim=1).indices
-        pred = torch.mode(self.y[self.ref][idx], dim=1).values
-        knn = (pred == self.y[self.query]).float().mean().item()
+        knn = self.knn(zn)
         c = zn - zn.mean(0)
         n = len(c)
         m = (c.T @ c) if c.shape[1] <= n else (c @ c.T)

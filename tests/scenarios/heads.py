@@ -35,6 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scenarios.families import sinkhorn
+
 __all__ = ["HEAD_SCENARIOS", "HeadScenario", "HeadRun", "dino_module", "run_head_scenario", "onset"]
 
 _EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "dino.py"
@@ -74,20 +76,6 @@ HEAD_SCENARIOS: Dict[str, HeadScenario] = {
 
 
 # --------------------------------------------------------------------------------------------------- SwAV
-@torch.no_grad()
-def sinkhorn(scores: torch.Tensor, eps: float = 0.03, iters: int = 3) -> torch.Tensor:
-    """SwAV's codes ``(B, K)``: Sinkhorn-Knopp on ``exp(scores / eps)`` (equal mass per prototype, rows sum 1)."""
-    q = torch.exp((scores - scores.max()) / eps).T  # K x B
-    q /= q.sum()
-    k, b = q.shape
-    for _ in range(iters):
-        q /= q.sum(dim=1, keepdim=True)
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= b
-    return (q * b).T
-
-
 class SwAV(nn.Module):
     def __init__(self, k: int = 64, dim: int = 32) -> None:
         super().__init__()
