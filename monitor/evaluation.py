@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,6 +51,8 @@ class Evaluator:
         self._faults = faults
         #: whether any tap had usable rows at the latest evaluation
         self.had_rows = False
+        #: the union over all ranks of the latest evaluation's ``extra_names`` (``None``: its collective failed)
+        self.extra_union: Optional[List[str]] = []
         self._agreed: Optional[bool] = None  # the ranks' handshake at the first evaluation under DDP
 
     def agree(self, fingerprint: Mapping[str, Any]) -> bool:
@@ -73,19 +75,27 @@ class Evaluator:
                                     "collectives); training continues")
         return self._agreed
 
-    def evaluate(self, rows_by_tap: Mapping[str, Rows], *, spectral: bool, seed: int):
+    def evaluate(self, rows_by_tap: Mapping[str, Rows], *, spectral: bool, seed: int, extra_names: Sequence[str] = ()):
         """``(values, hist_values)`` keyed by :attr:`MonitorConfig.keys` (``<prefix>/<metric>`` for the default tap,
-        ``<prefix>/<tap>/<metric>`` for others); empty when no tap had usable rows."""
+        ``<prefix>/<tap>/<metric>`` for others); empty when no tap had usable rows.
+
+        ``extra_names`` (each starting with ``"\0"``, so never a tap) ride along with the taps' names in the one
+        ``union_names`` collective; their union over all ranks is left in :attr:`extra_union` (``None`` when that
+        collective failed) -- how the head taps agree on their shapes without a collective of their own."""
         cfg = self.config
         keys = cfg.keys
         distributed = dist_utils.is_distributed()
         taps = list(rows_by_tap)
+        self.extra_union = sorted(extra_names)
         if distributed:
             try:
-                taps = dist_utils.union_names(taps)
+                names = dist_utils.union_names([*taps, *extra_names])
             except Exception as exc:
+                self.extra_union = None
                 self._faults.report("distributed", exc, "this evaluation was skipped")
                 return {}, {}
+            taps = [n for n in names if not n.startswith("\0")]
+            self.extra_union = [n for n in names if n.startswith("\0")]
         self.had_rows = False
         tensors: Dict[str, torch.Tensor] = {}
         hists: Dict[str, torch.Tensor] = {}

@@ -4,14 +4,15 @@ A head tap takes ``(B, K)`` teacher (and optionally student) logits or probabili
 (:meth:`Monitor.observe_head <spherewatch.Monitor.observe_head>`, or ``Monitor.watch(head, kind="head")``) and keeps
 only their **additive statistics** (:func:`spherewatch.metrics.head.head_stats`: row count, sum of the assignments,
 sum of the per-row entropies, argmax counts, sum of the per-row KLs) -- ``O(K)`` memory whatever the batch, never
-the rows. At an evaluation the statistics of the window are summed across ranks with one ``all_reduce`` (after one
-``all_gather_object`` of the head taps' names and ``K``) and the metrics are read from them
+the rows. At an evaluation the statistics of the window are summed across ranks with one ``all_reduce`` (the head
+taps' names and ``K`` travel with the embedding taps' names in the evaluator's one ``union_names``; no collective at
+all when no rank has a head tap) and the metrics are read from them
 (:func:`~spherewatch.metrics.head.head_values`), logged as ``<prefix>/<tap>/<metric>`` (tap ``head`` by default:
 ``spherewatch/head/usage_entropy``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -26,6 +27,8 @@ DEFAULT_HEAD_TAP = "head"
 #: A temperature: a number, or a callable returning the current one (a warm-up schedule).
 Temperature = Union[float, Callable[[], float]]
 
+#: How a head tap's descriptor starts (a ``"\0"`` name is never a tap: see ``Evaluator.evaluate``'s ``extra_names``).
+_DESCRIPTOR = "\0head\0"
 _ORDER = ("rows", "nonfinite_rows", "entropy_sum", "kl_sum", "kl_rows")
 
 
@@ -105,12 +108,20 @@ class HeadTaps:
     def taps(self) -> List[str]:
         return sorted(self.captures)
 
-    def evaluate(self, keys: Any) -> Dict[str, torch.Tensor]:
+    def descriptors(self) -> List[str]:
+        """What every rank must know of this rank's head taps: ``"\0head\0<tap>\0<K>\0<has KL>"`` per tap with
+        statistics in the window (gathered by the evaluator with the taps' names, see :meth:`evaluate`)."""
+        return [f"{_DESCRIPTOR}{tap}\0{int(s['prob_sum'].shape[0])}\0{int('kl_sum' in s)}"
+                for tap, s in sorted(self._stats.items())]
+
+    def evaluate(self, keys: Any, union: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
         """The head metrics of the window, keyed by ``keys.key(metric, tap)`` (0-d tensors), and clear it. Under
-        ``torch.distributed`` every rank must call it at the same evaluation (two collectives, whatever it holds)."""
+        ``torch.distributed`` every rank must call it at the same evaluation with ``union``, the union over all ranks
+        of :meth:`descriptors` (``None`` when gathering it failed: nothing is logged); one ``all_reduce`` when a rank
+        has a head tap, none otherwise."""
         stats, self._stats = self._stats, {}
         if dist_utils.is_distributed():
-            stats = self._reduce(stats)
+            stats = self._reduce(stats, union or ()) if union is not None else {}
         out: Dict[str, torch.Tensor] = {}
         for tap in sorted(stats):
             try:  # a window whose rows were all non-finite reads NaN (the nonfinite rule's business)
@@ -121,22 +132,18 @@ class HeadTaps:
                 self._faults.report(f"metrics:{tap}", exc, "its head metrics were skipped at this step")
         return out
 
-    def _reduce(self, stats: Mapping[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
-        """Sum every rank's statistics: one ``all_gather_object`` of ``{tap: (K, has_kl)}``, then one ``all_reduce``
-        of all taps' statistics in one flat fp64 vector (``5 + 2K`` numbers per tap). Never the rows."""
-        mine = {tap: (int(s["prob_sum"].shape[0]), "kl_sum" in s) for tap, s in stats.items()}
-        gathered: List[Optional[Dict[str, Tuple[int, bool]]]] = [None] * dist_utils.world_size()
-        try:
-            torch.distributed.all_gather_object(gathered, mine)
-        except Exception as exc:
-            self._faults.report("distributed", exc, "the head metrics were skipped at this step")
-            return {}
+    def _reduce(self, stats: Mapping[str, Dict[str, torch.Tensor]],
+                union: Sequence[str]) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Sum every rank's statistics: one ``all_reduce`` of all taps' statistics in one flat fp64 vector
+        (``5 + 2K`` numbers per tap), shaped from ``union`` (every rank's :meth:`descriptors`). Never the rows."""
         shapes: Dict[str, set] = {}
         kl: Dict[str, bool] = {}
-        for part in gathered:
-            for tap, (k, has_kl) in (part or {}).items():
-                shapes.setdefault(tap, set()).add(k)
-                kl[tap] = kl.get(tap, True) and has_kl
+        for name in union:
+            if not name.startswith(_DESCRIPTOR):
+                continue
+            tap, k, has_kl = name[len(_DESCRIPTOR):].split("\0")
+            shapes.setdefault(tap, set()).add(int(k))
+            kl[tap] = kl.get(tap, True) and has_kl == "1"
         ok = []
         for tap in sorted(shapes):
             if len(shapes[tap]) != 1:  # the same decision on every rank (from the gathered shapes)

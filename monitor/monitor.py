@@ -311,9 +311,10 @@ class Monitor:
             return [], {}
         defer = self.config.strict and dist_utils.is_distributed()
         with self._faults.deferring() if defer else contextlib.nullcontext():
-            values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations)
-            if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: collectives under DDP)
-                values = {**values, **self._head_values()}
+            values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations,
+                                                     extra_names=self._heads.descriptors() if scheduled else ())
+            if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: an all_reduce under DDP)
+                values = {**values, **self._head_values(self._evaluator.extra_union)}
             if scheduled:
                 self._clock.evaluated(s, spectral)
             fired: List[Alert] = []
@@ -336,10 +337,11 @@ class Monitor:
             self._should_stop = self._should_stop or stop
         return fired, values
 
-    def _head_values(self) -> Dict[str, float]:
-        """The head taps' metrics of this window as floats (one readback); ``{}`` without head taps."""
+    def _head_values(self, union: Optional[List[str]]) -> Dict[str, float]:
+        """The head taps' metrics of this window as floats (one readback); ``{}`` without head taps. ``union``: every
+        rank's head descriptors, gathered by the evaluator."""
         try:
-            tensors = self._heads.evaluate(self.config.keys)
+            tensors = self._heads.evaluate(self.config.keys, union)
             if not tensors:
                 return {}
             from spherewatch.evaluation import readback
