@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from spherewatch.errors import SpherewatchError
 from spherewatch.keys import alert_count_key, order_keys
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.wandb import _alert_text, alert_title
+from spherewatch.sinks.wandb import _alert_text, _remember, alert_facts, alert_title
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
@@ -28,7 +28,6 @@ __all__ = ["TrackioSink", "active_run", "host_run_token"]
 _LEVELS = {"info": "INFO", "warning": "WARN", "critical": "ERROR"}
 _HOST_RUNS: dict[str, Any] = {}
 _HOST_LOCK = threading.Lock()
-_KEEP_ALERT_IDS = 4096
 
 
 def active_run() -> Any:
@@ -146,16 +145,11 @@ class TrackioSink(Sink):
 
     def log_alert(self, alert: Alert) -> None:
         self._check_open()
-        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
+        alert_id, resolved, fault, new_episode = alert_facts(alert)
         if alert_id in self._alert_ids:
             return
-        resolved = getattr(alert, "status", "fired") == "resolved"
-        fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
-        new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
         if alert_id not in self._counted:  # counted once, even when run.alert below fails and the alert is retried
-            self._counted[alert_id] = None
-            if len(self._counted) > _KEEP_ALERT_IDS:
-                self._counted.popitem(last=False)
+            _remember(self._counted, alert_id)
             if not fault and new_episode:
                 self._fired += 1
                 if self._pending is not None and self._pending_step == int(alert.step):
@@ -167,9 +161,7 @@ class TrackioSink(Sink):
                                        "pip install -U trackio")
             level = getattr(self._trackio.AlertLevel, _LEVELS.get(str(alert.severity), "WARN"))
             run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert), level=level, step=int(alert.step))
-        self._alert_ids[alert_id] = None
-        if len(self._alert_ids) > _KEEP_ALERT_IDS:
-            self._alert_ids.popitem(last=False)
+        _remember(self._alert_ids, alert_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._check_open()

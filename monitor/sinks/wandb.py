@@ -264,12 +264,9 @@ class WandbSink(Sink):
         """Update the alert state (``run.summary``), count fired collapse alerts into the evaluation's row, and with
         ``alerts=True`` send a newly fired alert as one ``run.alert``."""
         self._check_open()
-        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
+        alert_id, resolved, fault, new_episode = alert_facts(alert)
         if alert_id in self._alert_ids:  # a redelivered record: nothing twice
             return
-        resolved = getattr(alert, "status", "fired") == "resolved"
-        fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
-        new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
         if alert_id not in self._counted:  # the state once, even when run.alert below fails and the alert is retried
             _remember(self._counted, alert_id)
             if not fault:
@@ -388,6 +385,16 @@ def _check_credentials(wandb: Any, mode: str | None) -> None:
     if not logged_in:
         raise RuntimeError("WandbSink: no W&B credentials for an online run: run `wandb login`, set WANDB_API_KEY, "
                            "or set WANDB_MODE=offline (sync later with `wandb sync`).")
+
+
+def alert_facts(alert: Any) -> tuple[tuple, bool, bool, bool]:
+    """What the W&B and trackio sinks need to know of an alert record: its identity (a redelivered record has the
+    same), whether it is a resolution, a monitor fault, and the first alert of its episode (``count`` 1)."""
+    status = getattr(alert, "status", "fired")
+    resolved = status == "resolved"
+    fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
+    new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
+    return (alert.rule, alert.key, alert.step, alert.time, alert.severity, status), resolved, fault, new_episode
 
 
 def _remember(seen: OrderedDict, key: Any) -> None:
