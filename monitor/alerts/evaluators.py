@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -283,6 +284,11 @@ def _hypot(a: float, b: float) -> float:
     return math.sqrt(a * a + b * b)
 
 
+def _closer(rule: Any, a: float, b: float) -> float:
+    """How many times closer to collapse distance ``b`` is than distance ``a`` (log scale: the ratio of the values)."""
+    return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, 1e-12)
+
+
 @register("approach")
 def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, value, step = st.ev, s.value, s.step
@@ -297,9 +303,7 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     far = ev.get("far")  # [distance, se, value, step] of the farthest sample from collapse that can be a reference
     tiny = 1e-12
 
-    def closer(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a` (log: value ratio)
-        return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
-
+    closer = functools.partial(_closer, rule)
     breach, how, start, times = False, "", far, 0.0
     if far is not None:
         times = closer(far[0], d)
@@ -353,14 +357,11 @@ def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
     if n > rule.settle and len(recent) == 2:
         level = 0.5 * (recent[0][0] + recent[1][0])
         level_se = 0.5 * _hypot(recent[0][1], recent[1][1])
-        tiny = 1e-12
-        def ratio_of(a: float, b: float) -> float:  # how many times closer to collapse `b` is than `a`
-            return math.exp(min(a - b, 700.0)) if rule.scale == "log" else a / max(b, tiny)
-
-        ratio = ratio_of(level, d)
+        ratio = _closer(rule, level, d)
         # a level: the two samples before agree (within the square root of the factor); the change goes toward
         # collapse (a recovery, or a move away from collapse, is nothing to report) and is beyond the noise
-        stable = max(ratio_of(recent[0][0], recent[1][0]), ratio_of(recent[1][0], recent[0][0])) < rule.factor ** 0.5
+        stable = max(_closer(rule, recent[0][0], recent[1][0]),
+                     _closer(rule, recent[1][0], recent[0][0])) < rule.factor ** 0.5
         breach = stable and ratio >= rule.factor and level - d > rule.z * _hypot(dse, level_se)
     msg = None
     if breach:
