@@ -217,7 +217,8 @@ def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[An
     from spherewatch.alerting import AlertPipeline
     from spherewatch.faults import FaultReporter
 
-    extra = {"loss_family": doc["loss_family"]} if with_loss_family and doc.get("loss_family") else {}
+    family = _loss_family(doc) if with_loss_family else None
+    extra = {"loss_family": family} if family else {}
     config = sw.MonitorConfig(every_n_steps=int(doc.get("every_n_steps") or 50), warn=False, **extra)
     box: Dict[str, Any] = {}
     faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
@@ -228,6 +229,18 @@ def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[An
         events += pipeline.update(step, {k: float(v) for k, v in values.items()})
     pipeline.close(0.1)
     return events
+
+
+def _loss_family(doc: Dict[str, Any]) -> Optional[str]:
+    """The loss family of a trace's model family (``tests/scenarios/families.py``'s LOSS_FAMILY, the current mapping,
+    also for the classic suite's methods; sentence-transformers' MNRL is contrastive); else what the trace says."""
+    try:
+        from scenarios.families import LOSS_FAMILY
+    except ImportError:
+        LOSS_FAMILY = {}
+    if doc.get("suite") == "sentence":
+        return "contrastive"
+    return LOSS_FAMILY.get(doc.get("family")) or doc.get("loss_family")
 
 
 def _relabel(doc: Dict[str, Any]) -> Dict[str, Any]:
@@ -346,7 +359,8 @@ def main(argv=None) -> None:
     p.add_argument("--replay", metavar="DIR", default=None,
                    help="no training: re-evaluate DIR's traces through the current default rules")
     p.add_argument("--loss-family", action="store_true",
-                   help="replay: configure each trace's loss_family (contrastive / non_contrastive / supervised)")
+                   help="replay: configure each trace's loss_family (what its model family is: contrastive, "
+                        "non_contrastive, redundancy_reduction, self_distillation, clustering, supervised)")
     p.add_argument("--messages", action="store_true", help="replay: print every fired alert's line")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     a = p.parse_args(argv)

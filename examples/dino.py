@@ -188,7 +188,7 @@ def main(argv=None) -> sw.Monitor:
     model = DINO(args.prototypes, centering=not args.no_centering, teacher_temp=args.teacher_temp,
                  warmup_temp=min(0.02, args.teacher_temp), steps=args.steps)
     mon = sw.Monitor(every_n_steps=args.every, sinks=tuple(args.sinks.split(",")), log_dir=args.log_dir,
-                     loss_family="non_contrastive")
+                     loss_family="self_distillation")
     # (instead of observe_head: `mon.watch(model.teacher.prototypes, kind="head", temperature=model.teacher_temp)`
     # takes the teacher's raw logits at the current temperature, without the centre)
     train(model, mon, steps=args.steps)

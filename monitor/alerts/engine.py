@@ -166,7 +166,8 @@ class AlertEngine:
     def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None,
                  default_tap: str = "embeddings", key_scheme: str | None = None) -> None:
         self.loss_family = check_family(loss_family)
-        self._rules = parse_rules(list(rules))
+        # each rule as it applies to this run's loss family (its `by_family` settings for it, if any)
+        self._rules = tuple(r.for_family(self.loss_family) for r in parse_rules(list(rules)))
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

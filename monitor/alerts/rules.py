@@ -36,10 +36,11 @@ Example:
 # ruff: noqa: UP045
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Dict, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from spherewatch.alerts.advice import LOSS_FAMILIES
 from spherewatch.alerts.head_defaults import head_rules
 
 __all__ = [
@@ -75,6 +76,47 @@ class _RuleBase(BaseModel):
     patience: int = Field(1, ge=1, description="consecutive breaching samples needed to fire")
     cooldown: int = Field(0, ge=0, description="samples after a fire during which the same (rule, key) cannot fire")
     hysteresis: float = Field(0.0, ge=0, description="margin back inside the threshold needed to re-arm")
+    by_family: Dict[str, Dict[str, Any]] = Field(
+        default_factory=dict,
+        description="settings that replace this rule's own when the monitor's `loss_family` is one of the keys, "
+                    "e.g. {'non_contrastive': {'skip_first': 0}}",
+    )
+
+    @field_validator("by_family")
+    @classmethod
+    def _check_by_family(cls, value: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+        fixed = {"name", "kind", "metric", "tap", "by_family"}
+        for family, settings in value.items():
+            if family not in LOSS_FAMILIES:
+                raise ValueError(f"`by_family` key {family!r} is not a loss family; use one of {list(LOSS_FAMILIES)}")
+            bad = sorted(k for k in settings if k in fixed or k not in cls.model_fields)
+            if bad:
+                allowed = sorted(k for k in cls.model_fields if k not in fixed)
+                raise ValueError(f"`by_family[{family!r}]` cannot set {bad}; a {cls.__name__} can override {allowed}")
+        return value
+
+    def __hash__(self) -> int:  # `by_family` is a dict: hash the rule's JSON (equal rules dump equally)
+        return hash(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _check_family_settings(self) -> Any:
+        for family in self.by_family:  # a bad value is an error when the rule is made, not when a run declares it
+            self.for_family(family)
+        return self
+
+    def for_family(self, family: Optional[str]) -> Any:
+        """This rule as it applies to a run of loss family ``family`` (``None``: unknown): its ``by_family``
+        settings for that family replace its own (validated like any rule); the same rule when there are none.
+
+        Example:
+            >>> r = ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"supervised": {"factor": 3.0}})
+            >>> r.for_family("supervised").factor, r.for_family("contrastive").factor, r.for_family(None).factor
+            (3.0, 2.5, 2.5)
+        """
+        override = self.by_family.get(family) if family is not None else None
+        if not override:
+            return self
+        return type(self).model_validate({**self.model_dump(exclude={"by_family"}), **override})
 
     def _default_name(self) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -454,11 +496,24 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
 #:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
 #:   deliberate change of recipe, reported, never a collapse alert.
+#: Loss families whose healthy runs have no early transient toward collapse, so that the run's FIRST sample (the
+#: random initialisation) is a reference of the spread warnings too. Measured over the scenario suites (every 50
+#: steps, 3 seeds, healthy runs of 2,000 steps under warm-up, cosine, step decay and restarts): no healthy SimSiam or
+#: BYOL run came more than 1.11x (mean cosine) / 1.35x (uniformity) closer to collapse than its first sample, no
+#: Barlow Twins or VICReg run more than 1.45x / 1.50x, against 2.5x that fires; contrastive runs pass through a
+#: transient that recovers (MoCo: mean cosine 0.27 -> 0.90 in 10 steps, back to 0.35 by step 100; 5.0x). Declared
+#: (``loss_family``), a collapse from step 0 is caught at the first evaluation after the first sample (SimSiam without
+#: stop-gradient at D = 512: 3.2x at step 50, 20 steps after the probe's onset; unset, step 100). Not for the other
+#: families: a supervised classifier's or a backbone's features are often non-negative (after a ReLU), where mean
+#: cosine can legitimately rise from its random start; self-distillation and clustering methods are watched at such
+#: a backbone. Unknown families (the default) keep skipping the first sample.
+_FIRST_SAMPLE_COUNTS = {f: {"skip_first": 0} for f in ("non_contrastive", "redundancy_reduction")}
+
 DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
         kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
-        patience=1, hysteresis=0.1, severity="warning",
+        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS,
     ),
     "rank_collapse": dict(
         kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, jump=1.7, steady=0, z=3.0,
@@ -494,7 +549,7 @@ DEFAULT_RULE_SETTINGS = {
     # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
     "mean_cosine_approach": dict(
         kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
-        patience=1, hysteresis=0.1, severity="warning",
+        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS,
     ),
     # warning: the raw embeddings contract toward the origin -- their mean norm fell 4x from the largest it has been
     # after the first sample (VICReg once its variance term is gone: 4.4-5.3x within one interval of the probe's

@@ -53,6 +53,56 @@ def test_saved_runs_of_every_family_replay_to_the_right_verdict(path):
     assert not critical or min(critical) >= onset
 
 
+#: what each traced model family is (``loss_family``), as a user or an adapter declares it
+DECLARED = {"simclr": "contrastive", "moco": "contrastive", "simsiam": "non_contrastive", "byol": "non_contrastive",
+            "barlow": "redundancy_reduction", "vicreg": "redundancy_reduction", "dino": "self_distillation",
+            "swav": "clustering", "supervised": "supervised"}
+
+
+@pytest.mark.parametrize("path", TRACES, ids=lambda p: os.path.basename(p)[:-5])
+def test_with_the_loss_family_declared_every_collapse_is_caught_within_one_interval(path):
+    # declared, a non-contrastive or redundancy-reduction run compares with its first sample too: the step-0 collapse
+    # at D = 512 is caught at the second evaluation (step 50, onset 30); healthy runs of every family stay silent
+    with open(path) as f:
+        trace = json.load(f)
+    engine = AlertEngine(default_rules(), loss_family=DECLARED[trace["family"]])
+    alerts = []
+    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
+        alerts += engine.update(int(step), values)
+    collapse = [a for a in _fired(alerts) if a.kind == "collapse"]
+    onset, every = trace["onset"], trace["every_n_steps"]
+    if onset is None:
+        assert _fired(alerts) == [], [str(a) for a in alerts]
+        return
+    assert collapse and min(a.step for a in collapse) <= onset + every, [str(a) for a in collapse]
+    assert min((a.step for a in collapse if a.severity == "critical"), default=onset) >= onset
+
+
+def test_by_family_settings_apply_only_to_their_family_and_are_validated():
+    from spherewatch.alerts import ApproachRule
+
+    rule = ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"supervised": {"factor": 3.0, "skip_first": 0}})
+    assert rule.for_family("supervised").factor == 3.0 and rule.for_family("supervised").skip_first == 0
+    assert rule.for_family("contrastive") is rule and rule.for_family(None) is rule
+    assert rule.for_family("supervised").name == rule.name
+    engine = AlertEngine([rule], loss_family="supervised")
+    assert engine.rules[0].factor == 3.0
+    with pytest.raises(ValueError, match="not a loss family.*non_contrastive"):
+        ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"simclr": {"factor": 3.0}})
+    with pytest.raises(ValueError, match=r"cannot set \['fator'\]"):
+        ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"supervised": {"fator": 3.0}})
+    with pytest.raises(ValueError, match=r"cannot set \['metric'\]"):
+        ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"supervised": {"metric": "uniformity"}})
+    with pytest.raises(ValueError, match="factor"):  # the replaced settings are validated like the rule's own
+        ApproachRule(metric="mean_cosine", collapsed=1.0, by_family={"supervised": {"factor": 0.5}})
+    # the defaults: the spread warnings count the first sample for non-contrastive and redundancy-reduction runs only
+    spread = {r.name: r for r in default_rules()}
+    counts = {"non_contrastive", "redundancy_reduction"}
+    for name in ("uniformity_degradation", "mean_cosine_approach"):
+        assert spread[name].for_family(None).skip_first == 1
+        assert {f for f in LOSS_FAMILIES if spread[name].for_family(f).skip_first == 0} == counts
+
+
 def test_a_steady_approach_from_step_0_is_caught_at_the_third_evaluation_a_transient_that_turns_is_not():
     # SimSiam without stop-gradient at D = 2048: mean cosine 0.36 -> 0.59 -> 0.79 (uniformity follows)
     steady = [{"mean_cosine": c, "mean_cosine_stderr": 0.003, "uniformity": u, "uniformity_stderr": 0.02}
@@ -108,7 +158,7 @@ def test_a_deliberate_change_of_regime_is_reported_as_information_never_as_a_col
 
 
 def test_a_change_of_recipe_deep_enough_to_collapse_the_spread_gets_warnings_never_a_critical():
-    # SimCLR with augmentations twice as strong from step 300 (hC's run, seed 2): mean cosine 0.06 -> 0.94 in one
+    # SimCLR with augmentations twice as strong from step 300 (the scenario suite's run, seed 2): mean cosine 0.06 -> 0.94 in one
     # interval; the probe over all digits sees it too (total variance 0.8 -> 0.07, the twin's stays above 0.7)
     with open(os.path.join(os.path.dirname(__file__), "traces", "deep_regime", "simclr_aug_x2.json")) as f:
         trace = json.load(f)

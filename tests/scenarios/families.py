@@ -86,9 +86,9 @@ __all__ = ["FAMILIES", "LOSS_FAMILY", "SCENARIOS", "FamilyRun", "FScenario", "Fa
 
 FAMILIES = ("simclr", "moco", "simsiam", "byol", "barlow", "vicreg", "dino", "swav", "supervised")
 #: the loss family of each (``MonitorConfig.loss_family``; the benchmark keeps the default None unless told)
-LOSS_FAMILY = {"simclr": "contrastive", "moco": "contrastive", "swav": "contrastive", "simsiam": "non_contrastive",
-               "byol": "non_contrastive", "barlow": "non_contrastive", "vicreg": "non_contrastive",
-               "dino": "non_contrastive", "supervised": "supervised"}
+LOSS_FAMILY = {"simclr": "contrastive", "moco": "contrastive", "swav": "clustering", "simsiam": "non_contrastive",
+               "byol": "non_contrastive", "barlow": "redundancy_reduction", "vicreg": "redundancy_reduction",
+               "dino": "self_distillation", "supervised": "supervised"}
 LR = {"simclr": 0.05, "moco": 0.05, "simsiam": 0.05, "byol": 0.05, "vicreg": 0.02, "barlow": 0.01, "dino": 0.05,
       "swav": 0.05, "supervised": 0.05}
 BATCH = 128
