@@ -7,7 +7,7 @@ rules offline (``benchmarks/replay_rules.py``). A trace is one JSON file per run
 Scenarios beyond ``tests/scenarios/digits_ssl.py``: step-0 collapse (SimSiam without stop-gradient from the first
 step) at D in {32, 512, 2048} with the onset measured against a healthy twin at the same step; long runs with LR
 warm-up + cosine decay. (The ``barlow`` loss here is a sketch: with these settings it collapses the digits encoder,
-so it has no healthy scenario; helper hC's ``tests/scenarios/families.py`` has the tuned families.)
+so it has no healthy scenario; ``tests/scenarios/families.py`` has the tuned families.)
 
     python benchmarks/rule_traces.py OUTDIR [--only NAME ...] [--seeds 2]
 """
