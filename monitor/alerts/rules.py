@@ -472,6 +472,19 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 
 
 # --------------------------------------------------------------------------------------------- default rules
+#: Loss families whose healthy runs have no early transient toward collapse, so that the run's FIRST sample (the
+#: random initialisation) is a reference of the spread warnings too. Measured over the scenario suites (every 50
+#: steps, 3 seeds, healthy runs of 2,000 steps under warm-up, cosine, step decay and restarts): no healthy SimSiam or
+#: BYOL run came more than 1.11x (mean cosine) / 1.35x (uniformity) closer to collapse than its first sample, no
+#: Barlow Twins or VICReg run more than 1.45x / 1.50x, against 2.5x that fires; contrastive runs pass through a
+#: transient that recovers (MoCo: mean cosine 0.27 -> 0.90 in 10 steps, back to 0.35 by step 100; 5.0x). Declared
+#: (``loss_family``), a collapse from step 0 is caught at the first evaluation after the first sample (SimSiam without
+#: stop-gradient at D = 512: 3.2x at step 50, 20 steps after the probe's onset; unset, step 100). Not for the other
+#: families: a supervised classifier's or a backbone's features are often non-negative (after a ReLU), where mean
+#: cosine can legitimately rise from its random start; self-distillation and clustering methods are watched at such
+#: a backbone. Unknown families (the default) keep skipping the first sample.
+_FIRST_SAMPLE_COUNTS = {f: {"skip_first": 0} for f in ("non_contrastive", "redundancy_reduction")}
+
 #: The numbers behind :func:`default_rules`, in one place (checked against the scenario suites:
 #: tests/engine/test_scenarios.py on generated data, tests/scenarios/ and benchmarks/scenarios.py on real
 #: frameworks, and the saved traces replayed by benchmarks/replay_rules.py; docs/alerts-design.md says why each
@@ -496,19 +509,9 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: * ``uniformity_regime`` (info, ``kind="regime_change"``): :class:`RegimeRule` -- the level of uniformity came
 #:   1.5x closer to collapse in one step and held on the next evaluation ("the geometry changed at step 300"): a
 #:   deliberate change of recipe, reported, never a collapse alert.
-#: Loss families whose healthy runs have no early transient toward collapse, so that the run's FIRST sample (the
-#: random initialisation) is a reference of the spread warnings too. Measured over the scenario suites (every 50
-#: steps, 3 seeds, healthy runs of 2,000 steps under warm-up, cosine, step decay and restarts): no healthy SimSiam or
-#: BYOL run came more than 1.11x (mean cosine) / 1.35x (uniformity) closer to collapse than its first sample, no
-#: Barlow Twins or VICReg run more than 1.45x / 1.50x, against 2.5x that fires; contrastive runs pass through a
-#: transient that recovers (MoCo: mean cosine 0.27 -> 0.90 in 10 steps, back to 0.35 by step 100; 5.0x). Declared
-#: (``loss_family``), a collapse from step 0 is caught at the first evaluation after the first sample (SimSiam without
-#: stop-gradient at D = 512: 3.2x at step 50, 20 steps after the probe's onset; unset, step 100). Not for the other
-#: families: a supervised classifier's or a backbone's features are often non-negative (after a ReLU), where mean
-#: cosine can legitimately rise from its random start; self-distillation and clustering methods are watched at such
-#: a backbone. Unknown families (the default) keep skipping the first sample.
-_FIRST_SAMPLE_COUNTS = {f: {"skip_first": 0} for f in ("non_contrastive", "redundancy_reduction")}
-
+#:
+#: With ``loss_family`` declared ``non_contrastive`` or ``redundancy_reduction``, the two spread warnings also take
+#: the run's first sample as a reference (their ``by_family`` settings; :data:`_FIRST_SAMPLE_COUNTS` says why).
 DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(

@@ -35,7 +35,8 @@ first step). Regimes: ``constant`` learning rate (400 steps); ``warmup_cosine`` 
 steps, cosine decay to 0), ``step_decay`` (x0.1 at 50% and 75%), ``restarts`` (cosine with warm restarts every
 500 steps, 50-step warm-up each), ``warmup`` (100-step linear warm-up, then constant) -- the long ones run
 2,000 steps; ``aug_x2`` (the augmentation twice as strong from step 300: a deliberate recipe change, healthy);
-``batch_change`` (batch 128 -> 256 at step 1,000). Bugs: SimSiam without stop-gradient (from step 0 at D = 32,
+``batch_change`` (batch 128 -> 256 at step 1,000); ``small_batch`` (batch 32: MoCo's queue of 1,024 random keys is
+then replaced by real ones only after 16 steps, and its first-interval transient goes deeper). Bugs: SimSiam without stop-gradient (from step 0 at D = 32,
 512, 2048, or from step 200), DINO without centring, Barlow Twins with lambda = 0 (off-diagonal term removed),
 MoCo with the queue emptied, the negatives dropped and no momentum (the key encoder is the query encoder,
 detached), SwAV without Sinkhorn (codes = softmax of the scores, no equipartition), a classifier fed a constant
@@ -92,6 +93,7 @@ LOSS_FAMILY = {"simclr": "contrastive", "moco": "contrastive", "swav": "clusteri
 LR = {"simclr": 0.05, "moco": 0.05, "simsiam": 0.05, "byol": 0.05, "vicreg": 0.02, "barlow": 0.01, "dino": 0.05,
       "swav": 0.05, "supervised": 0.05}
 BATCH = 128
+SMALL_BATCH = 32  # the ``small_batch`` regime: MoCo's queue of 1,024 keys then takes 16 steps to fill
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
@@ -322,6 +324,7 @@ def build(family: str, dim: int, seed: int) -> Family:
 class FScenario:
     family: str
     regime: str = "constant"  # constant | warmup | warmup_cosine | step_decay | restarts | aug_x2 | batch_change
+    #                           | small_batch
     steps: int = 400
     dim: int = 32
     bug: Dict[str, Any] = dataclasses.field(default_factory=dict)  # settings switched at `switch`
@@ -349,6 +352,8 @@ def _scenarios() -> Dict[str, FScenario]:
     for f in ("simclr", "moco", "barlow"):
         s[f"{f}_batch_change"] = FScenario(f, "batch_change", 2000, twin=f"{f}_long_cosine",
                                            what=f"healthy {f}, batch 128 -> 256 at step 1000 (cosine LR)")
+    for f in ("simclr", "moco", "simsiam"):
+        s[f"{f}_small_batch"] = FScenario(f, "small_batch", what=f"healthy {f}, batch 32, constant LR")
     for d in (512, 2048):
         s[f"simsiam_d{d}"] = FScenario("simsiam", dim=d, what=f"healthy SimSiam at D={d}")
     s["simclr_d512"] = FScenario("simclr", dim=512, what="healthy SimCLR at D=512")
@@ -521,7 +526,8 @@ def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optiona
                     model.settings[key] = value
         for gr in opt.param_groups:
             gr["lr"] = base_lr * lr_mult(sc.regime, step, sc.steps)
-        batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else BATCH
+        batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else (
+            SMALL_BATCH if sc.regime == "small_batch" else BATCH)
         strength = 2.0 if sc.regime == "aug_x2" and step >= 300 else 1.0
         idx = torch.randint(0, len(x), (batch,), generator=g)
         xb, yb = x[idx], y[idx]
