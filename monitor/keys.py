@@ -278,11 +278,15 @@ def config_params(config) -> Dict[str, str]:
     params = {f"{PARAM_PREFIX}{k}": ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
               for k, v in dumped.items()}
     params[f"{PARAM_PREFIX}metrics"] = ",".join(config.metric_names)
-    rules = list(config.alert_rules)
+    family = getattr(config, "loss_family", None)  # each rule as it applies to this run (its `by_family` settings)
+    rules = [r.for_family(family) if hasattr(r, "for_family") else r for r in config.alert_rules]
     params[f"{PARAM_PREFIX}rules"] = ",".join(str(getattr(r, "name", r)) for r in rules)
     for rule in rules:  # each rule's settings, so that a report can draw its thresholds
         dump = getattr(rule, "model_dump", None)
         if callable(dump):
-            text = json.dumps(dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+            settings = dump(mode="json", exclude_none=True)
+            if not settings.get("by_family"):  # most rules have no per-family settings
+                settings.pop("by_family", None)
+            text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
             params[f"{PARAM_PREFIX}rule.{rule.name}"] = text
     return params

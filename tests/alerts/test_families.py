@@ -227,3 +227,17 @@ def test_a_tap_typo_is_reported_through_a_real_monitor(caplog):
     mon.close()
     lines = [r.getMessage() for r in caplog.records if "can never fire" in r.getMessage()]
     assert len(lines) == 1 and "did you mean 'encoder'?" in lines[0]
+
+
+def test_the_logged_rule_settings_are_the_ones_that_apply_to_the_declared_family():
+    import json as _json
+
+    from spherewatch.config import MonitorConfig
+    from spherewatch.keys import config_params
+
+    unknown = _json.loads(config_params(MonitorConfig())["spherewatch.rule.uniformity_degradation"])
+    declared = _json.loads(config_params(MonitorConfig(loss_family="non_contrastive"))[
+        "spherewatch.rule.uniformity_degradation"])
+    assert unknown["skip_first"] == 1 and "non_contrastive" in unknown["by_family"]
+    assert declared["skip_first"] == 0 and "by_family" not in declared
+    assert "by_family" not in _json.loads(config_params(MonitorConfig())["spherewatch.rule.nonfinite"])
