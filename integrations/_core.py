@@ -33,9 +33,11 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from spherewatch.alerts.advice import infer_loss_family
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.integrations._sinks import open_monitor as _open_monitor
 from spherewatch.integrations._sinks import split_sinks
@@ -45,6 +47,8 @@ __all__ = ["AdapterCore"]
 
 #: Version of :meth:`AdapterCore.checkpoint_state` (``{"version": 1, "monitor": <Monitor.state_dict()>}``).
 STATE_VERSION = 1
+
+logger = logging.getLogger("spherewatch.integrations")
 
 
 class AdapterCore:
@@ -72,14 +76,25 @@ class AdapterCore:
         self.monitor: Optional[Monitor] = None
         self._pending: Optional[Dict[str, Any]] = None  # a Monitor state waiting for the Monitor
         self._handle: Any = None  # the capture (a hook handle: anything with .remove())
+        #: ``(family, loss class name)`` when ``loss_family`` was inferred from the host's model, else ``None``
+        self.inferred_loss_family: Optional[Tuple[str, str]] = None
 
     # ------------------------------------------------------------------ life
-    def open_monitor(self, host_sinks: List[Any], default_root: Any) -> Monitor:
+    def open_monitor(self, host_sinks: List[Any], default_root: Any, module: Any = None) -> Monitor:
         """Close the previous Monitor and open a new one on ``host_sinks`` plus the user's sink objects (JSONL under
         ``<default_root>/spherewatch`` when there is no sink at all); it resumes from the pending checkpoint state,
-        else from the previous Monitor's state."""
+        else from the previous Monitor's state. ``module``: the host's model; when ``loss_family`` was not given,
+        the family of the loss modules found in it (by class name: lightly's ``BarlowTwinsLoss``, ``DINOLoss`` ...,
+        :func:`~spherewatch.alerts.advice.infer_loss_family`) is used, and said once in the log."""
         previous = self.monitor.state_dict() if self.monitor is not None else None
         self.close_monitor()
+        if self.config.loss_family is None and module is not None and self.inferred_loss_family is None:
+            found = infer_loss_family(module)
+            if found is not None:
+                self.inferred_loss_family = found
+                self.config = self.config.model_copy(update={"loss_family": found[0]})
+                logger.info("spherewatch: loss_family=%r, from the %s in the model (pass loss_family= to set it)",
+                            found[0], found[1])
         self.monitor = _open_monitor(self.config, list(host_sinks) + self._user_sinks, default_root, self._on_alert)
         state = self._pending if self._pending is not None else previous
         if state is not None:

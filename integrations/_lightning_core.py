@@ -89,7 +89,7 @@ class LightningMonitorCallbackCore(AdapterCore):
         sinks = (lightning_host_sinks(trainer.loggers, self._tensorboard_logger_types, self._mlflow_logger_types,
                                       self.config.prefix, self.config.alert_channels)
                  if (self.use_loggers and trainer.is_global_zero) else [])
-        self.open_monitor(sinks, trainer.default_root_dir)  # a second fit continues
+        self.open_monitor(sinks, trainer.default_root_dir, module=pl_module)  # a second fit continues
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.module_path is None or self.monitor is None:

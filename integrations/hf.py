@@ -144,7 +144,7 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         """Open the Monitor (with the host's sinks) and install the hook on ``model``'s ``module_path``."""
         sinks = (hf_host_sinks(calling_callbacks(self), args, self.config.prefix, self.config.alert_channels)
                  if (self.use_host_loggers and state.is_world_process_zero) else [])
-        self.open_monitor(sinks, args.output_dir)  # a second train() with the same callback continues
+        self.open_monitor(sinks, args.output_dir, module=model)  # a second train() with the same callback continues
         if model is not None and is_sentence_transformer(unwrap_model(model)):  # module_path None = sentence embedding
             root = unwrap_model(model)
             self.attach(SentenceTransformerCapture(

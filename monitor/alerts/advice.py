@@ -3,7 +3,7 @@
 Advice that names a mechanism of one family is wrong for the others: "the stop-gradient / predictor" means
 nothing to a sentence-transformers run with MultipleNegativesRankingLoss, "the negatives and the temperature"
 nothing to BYOL, "the teacher's centring" nothing to Barlow Twins. So the advice depends on ``loss_family`` (config
-field, or set by an adapter that can tell):
+field; the Lightning and Hugging Face adapters infer it from the loss modules they find, :func:`infer_loss_family`):
 
 * ``"contrastive"``: InfoNCE / NT-Xent / SimCLR, MoCo (queue + momentum encoder), CLIP,
   MultipleNegativesRankingLoss (negatives in the loss);
@@ -23,11 +23,11 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from spherewatch.catalogue import advice_group
 
-__all__ = ["LOSS_FAMILIES", "ADVICE", "advise", "check_family"]
+__all__ = ["LOSS_FAMILIES", "LOSS_CLASS_FAMILIES", "ADVICE", "advise", "check_family", "infer_loss_family"]
 
 LOSS_FAMILIES: Tuple[str, ...] = (
     "contrastive", "non_contrastive", "redundancy_reduction", "self_distillation", "clustering", "supervised",
@@ -100,3 +100,47 @@ def advise(message: str, engine_check: str, metric: str, family: Optional[str]) 
         return message
     old = f"Check {engine_check}."
     return message.replace(old, f"Check {text}.") if old in message else message
+
+
+#: Loss classes (matched by class name, in the module tree an adapter is given) and the family each one trains:
+#: lightly's and sentence-transformers' names, which hand-written ones usually share. Generic losses (cross-entropy,
+#: cosine embedding, MSE) name no family.
+LOSS_CLASS_FAMILIES: Dict[str, str] = {
+    **dict.fromkeys(("NTXentLoss", "DCLLoss", "DCLWLoss", "InfoNCE", "InfoNCELoss", "MultipleNegativesRankingLoss",
+                     "CachedMultipleNegativesRankingLoss", "MultipleNegativesSymmetricRankingLoss", "GISTEmbedLoss",
+                     "CachedGISTEmbedLoss"), "contrastive"),
+    **dict.fromkeys(("NegativeCosineSimilarity", "SimSiamLoss", "BYOLLoss"), "non_contrastive"),
+    **dict.fromkeys(("BarlowTwinsLoss", "VICRegLoss", "VICRegLLoss"), "redundancy_reduction"),
+    **dict.fromkeys(("DINOLoss", "iBOTPatchLoss", "MSNLoss", "PMSNLoss"), "self_distillation"),
+    **dict.fromkeys(("SwaVLoss",), "clustering"),
+}
+
+
+def infer_loss_family(module: Any) -> Optional[Tuple[str, str]]:
+    """``(family, class name)`` when the losses found among ``module.modules()`` (by class name, see
+    :data:`LOSS_CLASS_FAMILIES`) all belong to one loss family; ``None`` when there are none, when they disagree
+    (say a DINO head beside an InfoNCE term) or when ``module`` has no ``modules()``.
+
+    Example:
+        >>> import torch
+        >>> class BarlowTwinsLoss(torch.nn.Module): ...
+        >>> infer_loss_family(torch.nn.ModuleDict({"net": torch.nn.Linear(2, 2), "loss": BarlowTwinsLoss()}))
+        ('redundancy_reduction', 'BarlowTwinsLoss')
+        >>> print(infer_loss_family(torch.nn.Linear(2, 2)))
+        None
+    """
+    modules = getattr(module, "modules", None)
+    if not callable(modules):
+        return None
+    found: Dict[str, str] = {}
+    try:
+        for m in modules():
+            name = type(m).__name__
+            if name in LOSS_CLASS_FAMILIES:
+                found.setdefault(LOSS_CLASS_FAMILIES[name], name)
+    except Exception:  # an exotic module tree: no inference, never an error in the host's set-up
+        return None
+    if len(found) != 1:
+        return None
+    family, name = next(iter(found.items()))
+    return family, name

@@ -241,3 +241,19 @@ def test_the_logged_rule_settings_are_the_ones_that_apply_to_the_declared_family
     assert unknown["skip_first"] == 1 and "non_contrastive" in unknown["by_family"]
     assert declared["skip_first"] == 0 and "by_family" not in declared
     assert "by_family" not in _json.loads(config_params(MonitorConfig())["spherewatch.rule.nonfinite"])
+
+
+def test_the_loss_family_is_inferred_only_from_losses_that_agree():
+    from spherewatch.alerts.advice import LOSS_CLASS_FAMILIES, infer_loss_family
+
+    def named(name):
+        return type(name, (torch.nn.Module,), {})()
+
+    assert set(LOSS_CLASS_FAMILIES.values()) <= set(LOSS_FAMILIES)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    assert infer_loss_family(net) is None
+    both = torch.nn.ModuleDict({"net": net, "a": named("VICRegLoss"), "b": named("BarlowTwinsLoss")})
+    assert infer_loss_family(both) == ("redundancy_reduction", "VICRegLoss")  # one family, two losses
+    mixed = torch.nn.ModuleDict({"dino": named("DINOLoss"), "nce": named("NTXentLoss")})
+    assert infer_loss_family(mixed) is None  # two families: none is chosen
+    assert infer_loss_family(object()) is None and infer_loss_family(None) is None

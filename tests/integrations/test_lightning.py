@@ -205,3 +205,54 @@ def test_pytorch_lightning_package_is_supported(tmp_path):
                           enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(PTLTiny(), loader())
     assert [e.step for e in scalar_tags(tb.log_dir).Scalars("spherewatch/effective_rank")] == [1, 3, 6]
+
+
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins (Zbontar et al. 2021): the cross-correlation of the batch-standardised views toward identity;
+    named like lightly's, which is how the callback recognises the loss family."""
+
+    def __init__(self, lambd: float = 0.1) -> None:
+        super().__init__()
+        self.lambd = lambd
+
+    def forward(self, z1, z2):
+        n1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-5)
+        n2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-5)
+        c = n1.T @ n2 / len(z1)
+        on = (1 - torch.diagonal(c)).pow(2).sum()
+        return on + self.lambd * (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+
+
+class TinyBarlow(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.criterion = BarlowTwinsLoss()
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        z1, z2 = self.encoder(x + 0.1 * torch.randn_like(x)), self.encoder(x + 0.1 * torch.randn_like(x))
+        return {"loss": self.criterion(z1, z2), "z": z1.detach(), "z_pos": z2.detach()}
+
+
+def test_the_loss_family_is_inferred_from_the_modules_loss_and_a_given_one_wins(tmp_path, caplog):
+    import json
+    import logging
+
+    mem = MemorySink()
+    cb = MonitorCallback(output_key="z", output_key_pos="z_pos", every_n_steps=2, sinks=[mem], warn=False)
+    with caplog.at_level(logging.INFO, logger="spherewatch.integrations"):
+        fit(tmp_path, [cb], module=TinyBarlow())
+    assert cb.inferred_loss_family == ("redundancy_reduction", "BarlowTwinsLoss")
+    assert cb.monitor.config.loss_family == "redundancy_reduction"
+    assert "loss_family='redundancy_reduction', from the BarlowTwinsLoss" in caplog.text
+    # the rules that ran are the family's: the spread warnings take the first sample as a reference
+    from spherewatch.keys import config_params
+
+    settings = json.loads(config_params(cb.monitor.config)["spherewatch.rule.uniformity_degradation"])
+    assert settings["skip_first"] == 0 and mem.scalars
+    given = MonitorCallback(output_key="z", every_n_steps=2, sinks=("memory",), warn=False, loss_family="contrastive")
+    fit(tmp_path / "given", [given], module=TinyBarlow())
+    assert given.inferred_loss_family is None and given.monitor.config.loss_family == "contrastive"
+    plain = MonitorCallback(module_path="encoder", every_n_steps=2, sinks=("memory",), warn=False)
+    fit(tmp_path / "plain", [plain])  # an MSE regression: no loss family
+    assert plain.inferred_loss_family is None and plain.monitor.config.loss_family is None
