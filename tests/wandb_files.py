@@ -32,6 +32,8 @@ def raw_records(path: str) -> Iterator[bytes]:
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + _HEADER + length > len(data):  # the writer is still writing this record: read it next time
+            break
         chunk = data[pos + _HEADER:pos + _HEADER + length]
         pos += _HEADER + length
         if kind == _FULL:
@@ -104,13 +106,20 @@ class OfflineRun:
 
 def offline_runs(wandb_dir: str, timeout: float = 30.0) -> List[OfflineRun]:
     """Every offline run under ``wandb_dir`` (``WANDB_DIR``), each read once its ``exit`` record is written:
-    ``run.finish()`` returns before wandb's service has written the whole file."""
+    ``run.finish()`` returns before wandb's service has written the whole file (a read that lands mid-write, seen
+    once in a full suite on a loaded machine as a protobuf ``DecodeError``, is retried)."""
     paths = sorted(glob.glob(os.path.join(str(wandb_dir), "**", "offline-run-*", "run-*.wandb"), recursive=True))
     out = []
     for path in paths:
         end = time.monotonic() + timeout
         while True:
-            run = OfflineRun(path)
+            try:
+                run = OfflineRun(path)
+            except Exception:  # caught mid-write (a block being filled): the service is not done with the file
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.05)
+                continue
             if run.finished or time.monotonic() > end:
                 break
             time.sleep(0.05)
