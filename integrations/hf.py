@@ -63,6 +63,8 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
       the callback from that JSON; callables and sink objects are taken from the callback you passed to the
       resumed ``Trainer`` (matched by tap). A webhook URL is never written to checkpoints: give it again (config or
       ``SPHEREWATCH_WEBHOOK_URL``).
+    * **Loss family**: without ``loss_family=``, loss modules inside ``model`` (by class name, as for Lightning)
+      give it when they agree on one family (:attr:`inferred_loss_family`).
 
     Args:
         config: a :class:`~spherewatch.MonitorConfig`, dict or config-file path.

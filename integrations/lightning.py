@@ -44,6 +44,9 @@ class MonitorCallback(LightningMonitorCallbackCore, Callback):
       across ranks).
     * **Checkpoints**: the Monitor's state (schedule position, alert state, alerts) is saved with the
       checkpoint under :attr:`state_key`, which includes the tap, so several callbacks (one per tap) coexist.
+    * **Loss family**: without ``loss_family=``, the loss modules among the LightningModule's submodules
+      (lightly's ``BarlowTwinsLoss``, ``NegativeCosineSimilarity``, ``DINOLoss`` ... by class name) give it when
+      they agree on one family (:attr:`inferred_loss_family`; logged once at INFO).
 
     Args:
         config: a :class:`~spherewatch.MonitorConfig`, dict or config-file path (see ``spherewatch.Monitor``).
