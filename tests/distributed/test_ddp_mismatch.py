@@ -4,41 +4,18 @@ another schedule on one rank, one rank's step counter off by one."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from gloo_ranks import run_ranks
 
 WORKER = Path(__file__).with_name("_mismatch_worker.py")
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_job(scenario, out):
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    env.pop("RANK", None)
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), scenario, str(r), "2", port, str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(out))
-             for r in range(2)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=180)[0].decode(errors="replace"))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            logs.append(p.communicate()[0].decode(errors="replace"))
-    codes = [p.returncode for p in procs]
-    assert codes == [0, 0], f"{scenario}: ranks exited {codes}\n" + "\n".join(log[-3000:] for log in logs)
+    run_ranks(WORKER, lambda r, port: [scenario, str(r), "2", port, str(out)], out, timeout=180, label=scenario)
     return [json.loads((out / f"{scenario}-rank{r}.json").read_text()) for r in range(2)]
 
 

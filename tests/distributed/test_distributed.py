@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from mlflow_server import free_port
 
 from spherewatch import distributed as sw_dist
 
@@ -28,19 +28,13 @@ METRICS = ("uniformity", "effective_rank", "alignment", "mean_cosine")
 pytestmark = pytest.mark.timeout(120)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def battery(tmp_path_factory):
     """Run every scenario on two gloo ranks; return ``(results per rank, output dir)``."""
     out = tmp_path_factory.mktemp("ddp")
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
     env.pop("RANK", None)
-    port = _free_port()
+    port = free_port()
     procs = []
     logs = []
     try:

@@ -3,40 +3,19 @@ all_reduce of O(K) numbers, never the rows) and log the metrics of the union of 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from gloo_ranks import run_ranks
 
 WORKER = Path(__file__).with_name("_head_ddp_worker.py")
 pytestmark = pytest.mark.timeout(150)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("head_ddp")
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    env.pop("RANK", None)
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(r), "2", port, str(out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, env=env, cwd=str(out)) for r in range(2)]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0].decode(errors="replace")[-3000:])
-        except subprocess.TimeoutExpired:
-            p.kill()
-            logs.append(p.communicate()[0].decode(errors="replace")[-3000:])
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    run_ranks(WORKER, lambda r, port: [str(r), "2", port, str(out)], out, timeout=120, label="head taps")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ import urllib.request
 import numpy as np
 import pytest
 from chromium_browser import CHROMIUM_CANDIDATES, Browser
+from mlflow_server import free_port
 
 U = "spherewatch/uniformity"
 START_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get_json(url: str):
@@ -45,7 +39,7 @@ def _tensorboard_executable() -> str:
 def tensorboard_server(monitored_run, tmp_path_factory):
     """`tensorboard --logdir <run>` (default settings) on 127.0.0.1 in its own process group, answering with the
     spherewatch scalars; yields its base URL. Stopped by killing its process group."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("tensorboard") / "tensorboard.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
