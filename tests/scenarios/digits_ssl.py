@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -217,18 +217,23 @@ class Probe:
     def __call__(self, model: SSLMethod, step: int) -> None:
         was = model.training
         model.eval()
-        z = model.embed(self.x)
+        z = self.prepare(model.embed(self.x))
         model.train(was)
         if not torch.isfinite(z).all():
             self.history.append((step, 0.1, 1.0, 0.0))
             return
         zn = F.normalize(z, dim=1)
-        knn = self.knn(zn)
+        self.history.append((step, self.knn(zn), *self.moments(zn)))
+
+    def prepare(self, z: torch.Tensor) -> torch.Tensor:
+        """The embeddings as the probe measures them (a subclass may change the dtype)."""
+        return z
+
+    def moments(self, zn: torch.Tensor) -> Tuple[float, float]:
+        """``(participation ratio, total variance)`` of the normalised embeddings' covariance."""
         c = zn - zn.mean(0)
         lam = torch.linalg.eigvalsh((c.T @ c) / len(c)).clamp(min=0)
-        pr = (lam.sum() ** 2 / (lam.pow(2).sum() + 1e-30)).item()
-        spread = lam.sum().item()
-        self.history.append((step, knn, pr, spread))
+        return (lam.sum() ** 2 / (lam.pow(2).sum() + 1e-30)).item(), lam.sum().item()
 
     def knn(self, zn: torch.Tensor) -> float:
         """5-NN accuracy of the query digits among the reference digits, on normalised embeddings ``zn``."""

@@ -425,24 +425,16 @@ class FamilyProbe(Probe):
     docstring); ``history``: ``[(step, knn, pr, tv), ...]``. Covariance moments via the smaller Gram matrix, in fp64;
     the digits, their query/reference split and the kNN are :class:`~scenarios.digits_ssl.Probe`'s."""
 
-    @torch.no_grad()
-    def __call__(self, model: Family, step: int) -> None:
-        was = model.training
-        model.eval()
-        z = model.embed(self.x).double()
-        model.train(was)
-        if not torch.isfinite(z).all():
-            self.history.append((step, 0.1, 1.0, 0.0))
-            return
-        zn = F.normalize(z, dim=1)
-        knn = self.knn(zn)
+    def prepare(self, z: torch.Tensor) -> torch.Tensor:
+        return z.double()
+
+    def moments(self, zn: torch.Tensor) -> Tuple[float, float]:
         c = zn - zn.mean(0)
         n = len(c)
         m = (c.T @ c) if c.shape[1] <= n else (c @ c.T)
         tv = (c.pow(2).sum() / n).item()
         fro2 = (m.pow(2).sum() / n ** 2).item()
-        pr = tv ** 2 / fro2 if fro2 > 0 else 1.0
-        self.history.append((step, knn, pr, tv))
+        return (tv ** 2 / fro2 if fro2 > 0 else 1.0), tv
 
 
 def _collapsed(p, t) -> bool:
