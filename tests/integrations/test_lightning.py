@@ -8,45 +8,16 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from lightning_tiny import Tiny, loader
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from spherewatch.integrations.lightning import MonitorCallback
 from spherewatch.sinks import MemorySink
 
 STOP_ON_ANYTHING = {"kind": "threshold", "metric": "mean_cosine", "above": -1.0, "action": "stop"}
 LOG_ONCE = {"kind": "threshold", "metric": "mean_cosine", "above": -1.0}  # fires once, then stays firing
-
-
-class Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12))
-        self.head = nn.Linear(12, 1)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        z = self.encoder(x)
-        loss = F.mse_loss(self.head(z).squeeze(-1), y)
-        self.log("train_loss", loss)
-        return {"loss": loss, "z": z.detach(), "z_pos": self.encoder(x + 0.1).detach(), "y": (y > 0).long()}
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        return {"z": self.encoder(x), "y": (y > 0).long()}
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)
-
-
-def loader(n: int = 96, constant: bool = False) -> DataLoader:
-    """``n // 16`` batches of 16 (6 optimizer steps per epoch by default); ``constant``: identical rows."""
-    x = torch.ones(n, 8) if constant else torch.randn(n, 8, generator=torch.Generator().manual_seed(1))
-    return DataLoader(TensorDataset(x, x.sum(1)), batch_size=16)
 
 
 def fit(tmp_path, callbacks, *, logger=False, val=None, ckpt_path=None, module=None, **kw):

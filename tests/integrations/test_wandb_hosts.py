@@ -36,31 +36,11 @@ def _check_one_host_run(wandb_dir, memory, host_key):
 
 def test_lightning_wandb_logger_run_gets_every_point_and_the_alert_once(tmp_path, wandb_env):
     import lightning.pytorch as pl
-    import torch
-    import torch.nn.functional as F
     from lightning.pytorch.loggers import WandbLogger
-    from torch import nn
-    from torch.utils.data import DataLoader, TensorDataset
+    from lightning_tiny import Tiny, loader
 
     from spherewatch.integrations.lightning import MonitorCallback
 
-    class Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.encoder = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 12))
-            self.head = nn.Linear(12, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = F.mse_loss(self.head(self.encoder(x)).squeeze(-1), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
-    x = torch.randn(96, 8, generator=torch.Generator().manual_seed(1))
     memory = MemorySink()
     logger = WandbLogger(project="host", save_dir=str(tmp_path), offline=True)
     cb = MonitorCallback(module_path="encoder", every_n_steps=2, warn=False, sinks=[memory], rules=[ALWAYS],
@@ -68,7 +48,7 @@ def test_lightning_wandb_logger_run_gets_every_point_and_the_alert_once(tmp_path
     trainer = pl.Trainer(accelerator="cpu", devices=1, callbacks=[cb], logger=logger, default_root_dir=tmp_path,
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, max_epochs=2,
                          enable_checkpointing=False)
-    trainer.fit(Tiny(), DataLoader(TensorDataset(x, x.sum(1)), batch_size=16))
+    trainer.fit(Tiny(), loader())
     assert any(isinstance(s, WandbSink) and s.run is logger.experiment for s in cb.monitor.sinks)
     logger.experiment.finish()
     _check_one_host_run(wandb_env, memory, "train_loss")
