@@ -356,14 +356,15 @@ class AlertEngine:
         if st.count < rule.patience or not cooled:
             st.status = PENDING
             return None
-        if rule.kind == "regime":  # a one-shot event, never open; silent while a collapse alert on the tap is open
+        # a one-shot event (the evaluator's `event` kind): never open; silent while a collapse alert on the tap is open
+        if evaluator.event is not None:
             st.status, st.count = OK, 0
             if any(s.status == FIRING and s.alert is not None and s.alert.kind == "collapse"
                    and (self._routes.get(k) or ("",))[0] == tap
                    for states in self._states.values() for k, s in states.items()):
                 return None
             return Alert(rule=rule.name, key=key, value=value, step=step, severity=rule.severity,
-                         message=msg or rule.name, action=rule.action, kind="regime_change")
+                         message=msg or rule.name, action=rule.action, kind=evaluator.event)
         alert = Alert(
             rule=rule.name, key=key, value=value, step=step, severity=rule.severity, message=msg or rule.name,
             action=rule.action,

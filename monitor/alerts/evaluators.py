@@ -57,24 +57,29 @@ class Judgement(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class RuleEvaluator:
     """A rule kind's evaluator: ``judge(rule, state, sample) -> Judgement``; ``sees_nonfinite``: NaN/Inf samples
-    reach it and count as samples (every other kind never sees them, so one NaN cannot poison a reference)."""
+    reach it and count as samples (every other kind never sees them, so one NaN cannot poison a reference);
+    ``event``: ``None`` for a collapse alert (opened, reminded, resolved), else the ``Alert.kind`` of a one-shot event
+    the rule reports instead (never open, never resolved, silent while a collapse alert on the same tap is open)."""
 
     kind: str
     judge: Callable[[Any, Any, Sample], Judgement]
     sees_nonfinite: bool = False
+    event: Optional[str] = None
 
 
 #: Rule kind -> its evaluator.
 EVALUATORS: dict[str, RuleEvaluator] = {}
 
 
-def register(kind: str, *, sees_nonfinite: bool = False) -> Callable[[Callable], Callable]:
-    """Register the decorated ``judge(rule, state, sample)`` as the evaluator of rules whose ``kind`` is ``kind``."""
+def register(kind: str, *, sees_nonfinite: bool = False,
+             event: Optional[str] = None) -> Callable[[Callable], Callable]:
+    """Register the decorated ``judge(rule, state, sample)`` as the evaluator of rules whose ``kind`` is ``kind``
+    (``sees_nonfinite``, ``event``: see :class:`RuleEvaluator`)."""
 
     def add(judge: Callable[[Any, Any, Sample], Judgement]) -> Callable[[Any, Any, Sample], Judgement]:
         if kind in EVALUATORS:
             raise ValueError(f"rule kind {kind!r} already has an evaluator ({EVALUATORS[kind].judge.__name__})")
-        EVALUATORS[kind] = RuleEvaluator(kind, judge, sees_nonfinite)
+        EVALUATORS[kind] = RuleEvaluator(kind, judge, sees_nonfinite, event)
         return judge
 
     return add
@@ -345,7 +350,7 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     return Judgement(breach, rearm, msg)
 
 
-@register("regime")
+@register("regime", event="regime_change")
 def _judge_regime(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, value = st.ev, s.value
     d, dse = _distance(rule, value), _distance_se(rule, value, s.stderr)
