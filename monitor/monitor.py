@@ -24,7 +24,7 @@ from spherewatch.alerts.alert import Alert
 from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.delivery.writer import RecordWriter, split_sink_args
-from spherewatch.evaluation import Evaluator
+from spherewatch.evaluation import Evaluator, readback
 from spherewatch.faults import FaultReporter
 from spherewatch.heads import DEFAULT_HEAD_TAP, HeadTaps, Temperature, select_logits
 from spherewatch.redact import install_log_redaction
@@ -198,9 +198,10 @@ class Monitor:
             center: DINO's centre ``(K,)``, subtracted from the teacher's logits before the temperature.
         """
         if _is_compiling():  # inside torch.compile: kept (a dict store dynamo can trace), taken at the next step
-            self._sampler._pending.setdefault(f"observe_head:{tap}", (
-                lambda args, kw: self.observe_head(*args, **kw), (teacher, student),
-                dict(teacher_temp=teacher_temp, student_temp=student_temp, tap=tap, center=center, probs=probs)))
+            self._sampler.defer(f"observe_head:{tap}", lambda args, kw: self.observe_head(*args, **kw),
+                                (teacher, student),
+                                dict(teacher_temp=teacher_temp, student_temp=student_temp, tap=tap, center=center,
+                                     probs=probs))
             return
         if self._heads.closed or not self._sampler.armed:
             return
@@ -315,7 +316,6 @@ class Monitor:
                                                      extra_names=self._heads.descriptors() if scheduled else ())
             if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: an all_reduce under DDP)
                 values = {**values, **self._head_values(self._evaluator.extra_union)}
-            if scheduled:
                 self._clock.evaluated(s, spectral)
             fired: List[Alert] = []
             if values:
@@ -342,11 +342,7 @@ class Monitor:
         rank's head descriptors, gathered by the evaluator."""
         try:
             tensors = self._heads.evaluate(self.config.keys, union)
-            if not tensors:
-                return {}
-            from spherewatch.evaluation import readback
-
-            return readback(tensors, {})[0]
+            return readback(tensors, {})[0] if tensors else {}
         except Exception as exc:
             self._faults.report("metrics:head", exc, "the head metrics were skipped at this step")
             return {}

@@ -172,7 +172,7 @@ class Sampler:
                 "(B, V, D)."), "this call was ignored")
             return
         if _is_compiling():  # inside torch.compile: a dict store dynamo can trace; taken eagerly at the next step
-            self._pending.setdefault(f"observe:{tap}", (self._take_observed, (z, z_pos, tap, labels, pool, views), {}))
+            self.defer(f"observe:{tap}", self._take_observed, (z, z_pos, tap, labels, pool, views), {})
             return
         if not self.armed or self.closed:
             return
@@ -249,6 +249,13 @@ class Sampler:
 
         fire = (lambda: self.armed) if when is None else (lambda: self.armed and when())
         return self.output_hook(fire, take, training_only=when is not None)
+
+    def defer(self, key: str, take: Callable[[Any, Mapping[str, Any]], None], output: Any,
+              kwargs: Mapping[str, Any]) -> None:
+        """Keep ``take(output, kwargs)`` for the next step (:meth:`take_pending`): what a call inside a
+        ``torch.compile``'d region does instead of taking its tensors (a dict store dynamo can trace); the first call
+        per ``key`` and step is kept."""
+        self._pending.setdefault(key, (take, output, kwargs))
 
     def take_pending(self) -> None:
         """Take, eagerly, the outputs that watched modules produced inside a ``torch.compile``'d region since the
