@@ -63,18 +63,20 @@ class HeadTaps:
     """The head taps of one Monitor: per-tap statistics of the current window.
 
     Args:
-        config: the Monitor's config (``every_micro_batch``).
+        config: the Monitor's config.
         faults: where failures are reported (once per tap).
         armed: whether this is a capture step (the Monitor's schedule).
+        first_this_step: ``first_this_step(name)``, whether a batch of ``name`` may be taken now (the first of the
+            step, or any with ``every_micro_batch``): the sampler's, asked under ``"\0head\0<tap>"``.
     """
 
-    def __init__(self, config: Any, faults: Any, armed: Callable[[], bool]) -> None:
+    def __init__(self, config: Any, faults: Any, armed: Callable[[], bool],
+                 first_this_step: Callable[[str], bool]) -> None:
         self.config = config
         self._faults = faults
         self._armed = armed
+        self._first_this_step = first_this_step
         self.closed = False
-        self._epoch = 0
-        self._captured: Dict[str, int] = {}
         self._stats: Dict[str, Dict[str, torch.Tensor]] = {}
         self.captures: Dict[str, int] = {}
 
@@ -83,9 +85,8 @@ class HeadTaps:
         """Take one batch of ``tap`` on a capture step (at most one per step unless ``every_micro_batch``)."""
         if self.closed or not self._armed():
             return
-        if self._captured.get(tap) == self._epoch and not self.config.every_micro_batch:
+        if not self._first_this_step(_DESCRIPTOR + tap):
             return
-        self._captured[tap] = self._epoch
         try:
             if teacher is None:
                 raise SpherewatchError("observe_head() got no teacher output (teacher=None): pass the teacher's "
@@ -98,9 +99,6 @@ class HeadTaps:
             self._faults.recovered(f"capture:{tap}")
         except Exception as exc:
             self._faults.report(f"capture:{tap}", exc, "this batch was not recorded")
-
-    def next_step(self) -> None:
-        self._epoch += 1
 
     def clear(self) -> None:
         self._stats.clear()

@@ -97,7 +97,8 @@ class Monitor:
         self._clock = StepClock(self.config)
         self._sampler = Sampler(self.config, self._faults)
         self._sampler.armed = self._clock.armed
-        self._heads = HeadTaps(self.config, self._faults, lambda: self._sampler.armed)  # assignment heads (issue 18)
+        self._heads = HeadTaps(self.config, self._faults, lambda: self._sampler.armed,  # assignment heads (issue 18)
+                               self._sampler.first_this_step)
         self._evaluator = Evaluator(self.config, self._faults)
         install_log_redaction()
         # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
@@ -299,7 +300,6 @@ class Monitor:
             self._sampler.clear()
             self._heads.clear()
         self._sampler.next_step()
-        self._heads.next_step()
         self._sampler.armed = self._clock.armed
         self._faults.raise_deferred()
         self._alerting.raise_escalated()  # a CollapseWarning escalated by a warnings filter: raised here, in user code

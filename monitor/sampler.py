@@ -152,8 +152,9 @@ class Sampler:
         self._hooks_made = 0
 
     # ------------------------------------------------------------------ taking rows
-    def _first_this_step(self, tap: str) -> bool:
-        """Whether ``tap`` may take this batch: the first of the step, or any with ``every_micro_batch``."""
+    def first_this_step(self, tap: str) -> bool:
+        """Whether ``tap`` may take this batch: the first of the step, or any with ``every_micro_batch`` (the head
+        taps ask too, under names no embedding tap can have)."""
         if self._captured.get(tap) == self._epoch and not self.config.every_micro_batch:
             return False
         self._captured[tap] = self._epoch
@@ -177,7 +178,7 @@ class Sampler:
         if not self.armed or self.closed:
             return
         tap = tap or self.config.default_tap
-        if not self._first_this_step(tap):
+        if not self.first_this_step(tap):
             return
         try:
             check_tap(tap)
@@ -237,7 +238,7 @@ class Sampler:
         are taken (e.g. training-mode passes; under torch.compile: passes of the module in training mode)."""
 
         def take(output: Any, kwargs: Mapping[str, Any]) -> None:
-            if not self.armed or self.closed or not self._first_this_step(tap):
+            if not self.armed or self.closed or not self.first_this_step(tap):
                 return
             try:
                 mask = kwargs.get("attention_mask") if kwargs else None
