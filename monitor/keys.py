@@ -265,6 +265,17 @@ PARAM_PREFIX = "spherewatch."
 _SECRET_FIELDS = ("webhook_url", "tracking_uri", "run_id", "spool_dir", "jsonl_path", "log_dir")
 
 
+def param_field(key: str) -> Optional[str]:
+    """The configuration field a run parameter holds (``"spherewatch.every_n_steps"`` -> ``"every_n_steps"``), or
+    ``None`` for a parameter that is not the Monitor's (a host's, a user's ``log_params``).
+
+    Example:
+        >>> param_field("spherewatch.preset"), param_field("lr")
+        ('preset', None)
+    """
+    return key[len(PARAM_PREFIX):] if key.startswith(PARAM_PREFIX) else None
+
+
 def config_params(config) -> Dict[str, str]:
     """The Monitor's configuration as flat run parameters, ``spherewatch.<field>`` (secrets and paths left out;
     the metrics and the alert rules by name).

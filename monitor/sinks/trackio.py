@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spherewatch.errors import SpherewatchError
-from spherewatch.keys import alert_count_key, order_keys
+from spherewatch.keys import alert_count_key, order_keys, param_field
 from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.wandb import _alert_text, _remember, alert_facts, alert_title
 
@@ -97,8 +97,7 @@ class TrackioSink(Sink):
 
     def _ensure_run(self) -> Any:
         if self.run is None:  # opened at the first write, so that the Monitor's configuration goes into init
-            config = {self.prefix: {k[len("spherewatch."):] if k.startswith("spherewatch.") else k: v
-                                    for k, v in self._params.items()}} if self._params else None
+            config = {self.prefix: {param_field(k) or k: v for k, v in self._params.items()}} if self._params else None
             kwargs = {"project": self._project, "name": self._run_name, "config": config, "auto_log_cpu": False,
                       "auto_log_gpu": False}
             try:  # older trackio: fewer keywords (no automatic system metrics to turn off)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spherewatch.alerts.verdict import OK, verdict, worst_severity
-from spherewatch.keys import alert_count_key, order_keys
+from spherewatch.keys import alert_count_key, order_keys, param_field
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:
@@ -325,8 +325,9 @@ class WandbSink(Sink):
         own: dict[str, Any] = {}
         other: dict[str, Any] = {}
         for k, v in self._params.items():
-            if k.startswith("spherewatch."):
-                own[k[len("spherewatch."):]] = v
+            field = param_field(k)
+            if field is not None:
+                own[field] = v
             else:
                 other[k] = v
         existing = dict(self.run.config.get(self.prefix) or {}) if own else {}
