@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from spherewatch.alerts.alert import SEVERITIES
 
-__all__ = ["OK", "SEVERITY_RANK", "collapse_alerts", "severity_rank", "verdict", "worst_severity"]
+__all__ = ["OK", "SEVERITY_RANK", "collapse_alerts", "is_collapse_alert", "severity_rank", "verdict", "worst_severity"]
 
 #: The state of a run with no open alert.
 OK = "ok"
@@ -49,11 +49,17 @@ def worst_severity(severities: Iterable[Any], default: str = OK) -> str:
     return worst
 
 
+def is_collapse_alert(alert: Any) -> bool:
+    """Whether ``alert`` (fired or its resolution) is about the embeddings: not a fault of the monitor, not a change of
+    regime (``kind="regime_change"``: the geometry changed, which is not a collapse; a one-shot event, never open), not
+    a text read from a foreign log. The one test the verdict, the alert counts and the alert states of every sink
+    apply."""
+    return getattr(alert, "kind", "collapse") not in ("fault", "regime_change") and alert.rule not in _NOT_COLLAPSE_RULES
+
+
 def collapse_alerts(alerts: Iterable[Any]) -> List[Any]:
-    """The alerts that fired on the embeddings: no resolutions, no faults of the monitor, no foreign texts, no change of
-    regime (``kind="regime_change"``: the geometry changed, which is not a collapse)."""
-    return [a for a in alerts if getattr(a, "status", "fired") != "resolved"
-            and getattr(a, "kind", "collapse") not in ("fault", "regime_change") and a.rule not in _NOT_COLLAPSE_RULES]
+    """The alerts that fired on the embeddings (:func:`is_collapse_alert`), without their resolutions."""
+    return [a for a in alerts if getattr(a, "status", "fired") != "resolved" and is_collapse_alert(a)]
 
 
 def verdict(alerts: Iterable[Any], *, last_step: Optional[int] = None) -> str:

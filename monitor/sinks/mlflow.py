@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from spherewatch.alerts.verdict import OK, collapse_alerts, worst_severity
+from spherewatch.alerts.verdict import OK, collapse_alerts, is_collapse_alert, worst_severity
 from spherewatch.delivery.record import alert_to_json, encode_float
 from spherewatch.keys import alert_count_key, order_keys, parse_key
 from spherewatch.sinks.base import Sink, as_float_array
@@ -389,7 +389,8 @@ class MLflowSink(Sink):
         """Update the alert tags, log the cumulative count of fired collapse alerts, mark
         ``spherewatch/alerts.json`` for rewriting (by :meth:`flush` at most once per ``artifact_interval`` and by
         :meth:`close`, not once per alert). A resolved alert (``alert.status == "resolved"``) closes the open one of the same
-        rule and key; faults of the monitor itself are listed in the JSON but change neither state nor count."""
+        rule and key; faults of the monitor itself and changes of regime are listed in the JSON but change neither
+        state nor count (:func:`spherewatch.alerts.verdict.is_collapse_alert`)."""
         self._check_open()
         alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
         new = alert_id not in self._alert_ids
@@ -401,9 +402,9 @@ class MLflowSink(Sink):
                 self._alert_ids.popitem(last=False)
             self._alert_part.append(json.dumps(alert_to_json(alert), allow_nan=False))
         resolved = getattr(alert, "status", "fired") == "resolved"
-        fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
+        counted = is_collapse_alert(alert)
         metrics = []
-        if new and not fault:
+        if new and counted:
             if resolved:
                 self._open_alerts.pop((alert.rule, alert.key), None)
             else:
@@ -415,7 +416,7 @@ class MLflowSink(Sink):
                 if alert.severity == "critical" and (self._first_critical_step is None
                                                      or alert.step < self._first_critical_step):
                     self._first_critical_step = int(alert.step)
-        if not fault and not resolved:
+        if counted and not resolved:
             metrics.append(self._Metric(alert_count_key(self.prefix), float(self._fired),
                                         round(alert.time * 1000), int(alert.step)))
         self._log_metrics(metrics, tags=tuple(self._state_tags()))

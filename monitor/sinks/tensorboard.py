@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spherewatch.alerts.verdict import is_collapse_alert
 from spherewatch.delivery.files import make_private_dirs
 from spherewatch.keys import RESERVED_TAPS
 from spherewatch.keys import parse_key as split_key
@@ -335,9 +336,7 @@ class TensorBoardSink(Sink):
 
     def _count_alerts(self, alert: Alert) -> bool:
         """Count a fired collapse alert once (a replayed or resolved alert is not counted again)."""
-        if getattr(alert, "status", "fired") == "resolved" or getattr(alert, "kind", "collapse") == "fault":
-            return False
-        if alert.rule == "monitor_fault":
+        if getattr(alert, "status", "fired") == "resolved" or not is_collapse_alert(alert):
             return False
         alert_id = (alert.rule, alert.key, alert.step, alert.time)
         if alert_id in self._counted:
@@ -429,8 +428,7 @@ class TensorBoardSink(Sink):
         self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
         if self._count_alerts(alert):
             self._pending_events.setdefault(int(alert.step), []).append((True, alert))
-        elif (getattr(alert, "status", "fired") == "resolved" and getattr(alert, "kind", "collapse") != "fault"
-              and alert.rule != "monitor_fault"):
+        elif getattr(alert, "status", "fired") == "resolved" and is_collapse_alert(alert):
             self._pending_events.setdefault(int(alert.step), []).append((False, alert))
 
     def _alert_points(self) -> tuple[list[tuple[int, float | None, int, int]], int, dict[tuple[str, str], str]]:

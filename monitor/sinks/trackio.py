@@ -144,12 +144,12 @@ class TrackioSink(Sink):
 
     def log_alert(self, alert: Alert) -> None:
         self._check_open()
-        alert_id, resolved, fault, new_episode = alert_facts(alert)
+        alert_id, resolved, fault, counted, new_episode = alert_facts(alert)
         if alert_id in self._alert_ids:
             return
         if alert_id not in self._counted:  # counted once, even when run.alert below fails and the alert is retried
             _remember(self._counted, alert_id)
-            if not fault and new_episode:
+            if counted and new_episode:
                 self._fired += 1
                 if self._pending is not None and self._pending_step == int(alert.step):
                     self._pending[alert_count_key(self.prefix)] = self._fired

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from spherewatch.alerts.verdict import OK, verdict, worst_severity
+from spherewatch.alerts.verdict import OK, is_collapse_alert, verdict, worst_severity
 from spherewatch.keys import alert_count_key, order_keys, param_field
 from spherewatch.sinks.base import Sink, as_float_array
 
@@ -264,12 +264,12 @@ class WandbSink(Sink):
         """Update the alert state (``run.summary``), count fired collapse alerts into the evaluation's row, and with
         ``alerts=True`` send a newly fired alert as one ``run.alert``."""
         self._check_open()
-        alert_id, resolved, fault, new_episode = alert_facts(alert)
+        alert_id, resolved, fault, counted, new_episode = alert_facts(alert)
         if alert_id in self._alert_ids:  # a redelivered record: nothing twice
             return
         if alert_id not in self._counted:  # the state once, even when run.alert below fails and the alert is retried
             _remember(self._counted, alert_id)
-            if not fault:
+            if counted:
                 self._count(alert, resolved, new_episode)
         if self._count_due:  # the count of the evaluation's row, now with this alert (the same key: updated)
             self._log({self.step_key: int(alert.step), alert_count_key(self.prefix): self._fired},
@@ -388,14 +388,17 @@ def _check_credentials(wandb: Any, mode: str | None) -> None:
                            "or set WANDB_MODE=offline (sync later with `wandb sync`).")
 
 
-def alert_facts(alert: Any) -> tuple[tuple, bool, bool, bool]:
+def alert_facts(alert: Any) -> tuple[tuple, bool, bool, bool, bool]:
     """What the W&B and trackio sinks need to know of an alert record: its identity (a redelivered record has the
-    same), whether it is a resolution, a monitor fault, and the first alert of its episode (``count`` 1)."""
+    same), whether it is a resolution, a monitor fault (sent on the alert channel like a new alert), a collapse alert
+    (counted and kept in the alert state: :func:`spherewatch.alerts.verdict.is_collapse_alert`), and the first alert
+    of its episode (``count`` 1)."""
     status = getattr(alert, "status", "fired")
     resolved = status == "resolved"
     fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
     new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
-    return (alert.rule, alert.key, alert.step, alert.time, alert.severity, status), resolved, fault, new_episode
+    identity = (alert.rule, alert.key, alert.step, alert.time, alert.severity, status)
+    return identity, resolved, fault, is_collapse_alert(alert), new_episode
 
 
 def _remember(seen: OrderedDict, key: Any) -> None:
