@@ -51,6 +51,7 @@ import logging  # noqa: E402
 import torch  # noqa: E402
 
 import spherewatch as sw  # noqa: E402
+from spherewatch.alerts.verdict import collapse_alerts  # noqa: E402
 
 LIGHTNING = ("simclr", "simsiam_no_stopgrad")  # classic suite: also run under Lightning's Trainer (seed 0)
 TRACE_FORMAT = "spherewatch-scenario-trace/1"
@@ -58,7 +59,8 @@ TRACE_FORMAT = "spherewatch-scenario-trace/1"
 
 # ------------------------------------------------------------------------------------------------ one run
 def _fired(alerts) -> List[Any]:
-    return [a for a in alerts if getattr(a, "kind", "collapse") == "collapse" and getattr(a, "status", "fired") == "fired"]
+    """The collapse alerts that fired (the verdict's: no resolution, no fault, no change of regime)."""
+    return collapse_alerts(alerts)
 
 
 def make_row(meta: Dict[str, Any], alerts: List[Any]) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 import spherewatch as sw
 from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok, run_scenario
+from spherewatch.alerts.verdict import collapse_alerts
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
                      "scenarios.py")
@@ -26,7 +27,7 @@ def _bench():
 
 
 def _fired(mon):
-    return [a for a in mon.alerts if a.kind == "collapse" and a.status == "fired"]
+    return collapse_alerts(mon.alerts)
 
 
 # ------------------------------------------------------------------------------------------ the probe's onset
