@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from spherewatch.alerts.advice import LossFamily
 from spherewatch.alerts.rules import Rule, default_rules
 from spherewatch.catalogue import PRESET_NAMES, head_specs, metric_specs
 from spherewatch.catalogue import preset as catalogue_preset
@@ -222,8 +223,7 @@ class MonitorConfig(BaseModel):
     warn: bool = Field(
         True, description="deliver each alert as one CollapseWarning (faults: MonitorFault); False: one log record"
     )
-    loss_family: Optional[Literal["redundancy_reduction", "self_distillation", "clustering", "contrastive",
-                                  "non_contrastive", "supervised"]] = Field(
+    loss_family: Optional[LossFamily] = Field(
         None, description="what kind of loss trains the embeddings: picks the advice in alert messages (None: neutral)"
     )
     # behaviour

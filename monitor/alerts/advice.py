@@ -23,15 +23,16 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple, get_args
 
 from spherewatch.catalogue import advice_group
 
-__all__ = ["LOSS_FAMILIES", "LOSS_CLASS_FAMILIES", "ADVICE", "advise", "check_family", "infer_loss_family"]
+__all__ = ["LossFamily", "LOSS_FAMILIES", "LOSS_CLASS_FAMILIES", "ADVICE", "advise", "check_family", "infer_loss_family"]
 
-LOSS_FAMILIES: Tuple[str, ...] = (
-    "contrastive", "non_contrastive", "redundancy_reduction", "self_distillation", "clustering", "supervised",
-)
+#: The loss families (``MonitorConfig.loss_family``), the type the config validates against.
+LossFamily = Literal["redundancy_reduction", "self_distillation", "clustering", "contrastive", "non_contrastive",
+                     "supervised"]
+LOSS_FAMILIES: Tuple[str, ...] = get_args(LossFamily)
 
 # which metrics take which advice: the catalogue's ``advice`` field (spherewatch.catalogue)
 _SPREAD = advice_group("spread")
