@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from scenarios.families import LOSS_FAMILY  # what each traced model family is, as a user declares it
 
 import spherewatch as sw
 from spherewatch.alerts import AlertEngine, ThresholdRule, default_rules
@@ -53,19 +54,13 @@ def test_saved_runs_of_every_family_replay_to_the_right_verdict(path):
     assert not critical or min(critical) >= onset
 
 
-#: what each traced model family is (``loss_family``), as a user or an adapter declares it
-DECLARED = {"simclr": "contrastive", "moco": "contrastive", "simsiam": "non_contrastive", "byol": "non_contrastive",
-            "barlow": "redundancy_reduction", "vicreg": "redundancy_reduction", "dino": "self_distillation",
-            "swav": "clustering", "supervised": "supervised"}
-
-
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: os.path.basename(p)[:-5])
 def test_with_the_loss_family_declared_every_collapse_is_caught_within_one_interval(path):
     # declared, a non-contrastive or redundancy-reduction run compares with its first sample too: the step-0 collapse
     # at D = 512 is caught at the second evaluation (step 50, onset 30); healthy runs of every family stay silent
     with open(path) as f:
         trace = json.load(f)
-    engine = AlertEngine(default_rules(), loss_family=DECLARED[trace["family"]])
+    engine = AlertEngine(default_rules(), loss_family=LOSS_FAMILY[trace["family"]])
     alerts = []
     for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
         alerts += engine.update(int(step), values)
