@@ -179,6 +179,11 @@ def _alpha_req(tap: TapRows) -> Dict[str, torch.Tensor]:
     return {"alpha_req": fit.alpha, "alpha_req_r2": fit.r2}
 
 
+def _redundancy(tap: TapRows) -> torch.Tensor:
+    # the raw features of the two views, as a redundancy-reduction loss sees them (not normalised rows)
+    return M.redundancy(tap.raw, tap.raw_pos if tap.raw_pos.ndim == 2 else tap.raw_pos[:, 0])
+
+
 def _lidar(tap: TapRows) -> torch.Tensor:
     # LiDAR (issue 10): the views of each row (z and its other views, (N, V - 1, D)) are one surrogate class;
     # NaN when any row of any view is non-finite
@@ -240,6 +245,18 @@ SPECS: Tuple[MetricSpec, ...] = (
         "effective rank of the mean-centred embeddings (ignores a shared offset).", "near 1", "a large fraction of D",
         function=M.effective_rank, spectral=True, nan_if_nonfinite=True, collapsed_value=1.0, worse="fall",
         evaluate=lambda tap: M.effective_rank(tap.z_spec, center=True), hint=_RANK_HINT, advice="rank",
+    ),
+    MetricSpec(
+        "redundancy", "redundancy (cross-view)", SPECTRUM, 75,
+        "mean squared off-diagonal cross-correlation of the two views' batch-standardised features (Barlow Twins' "
+        "redundancy term): how much each feature of one view predicts the other features of the other view.",
+        "1 (every feature a copy of one)", "a few times 1/N, steady (Barlow Twins, VICReg keep it low)",
+        function=M.redundancy, needs=frozenset({"pair"}), collapsed_value=1.0, worse="rise", presets=STANDARD,
+        evaluate=_redundancy, advice="rank",
+        hint=("the features are becoming copies of each other — the redundancy the loss removes is back (dimensional "
+              "collapse)",
+              "the redundancy term (Barlow Twins' off-diagonal weight lambda, VICReg's covariance weight), the "
+              "projector's batch-norm and width, and the learning rate"),
     ),
     MetricSpec(
         "normalized_std", "normalised std", HEALTH, 110,

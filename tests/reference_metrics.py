@@ -149,3 +149,17 @@ def lidar_fp64(views: torch.Tensor, delta: float = 1e-4, eps: float = 0.0, norma
     p = lam / lam.sum()
     p = p[p > 0]
     return math.exp(-(p * p.log()).sum().item())
+
+
+def barlow_redundancy(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Barlow Twins' own recipe in fp64 (the paper's pseudo-code: ``BatchNorm1d(affine=False)`` on each view,
+    ``c = bn(z1).T @ bn(z2) / N``, ``off_diagonal(c).pow(2).sum()``), as a mean over the off-diagonal entries of the
+    columns that vary in both views."""
+    x, y = x.double(), y.double()
+    keep = (x.std(0, unbiased=False) > 0) & (y.std(0, unbiased=False) > 0)
+    x, y = x[:, keep], y[:, keep]
+    bn = torch.nn.BatchNorm1d(x.shape[1], affine=False, eps=1e-300).double().train()  # eps ~ 0: exact correlations
+    c = bn(x).T @ bn(y) / x.shape[0]
+    d = c.shape[0]
+    off = c.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()  # the paper's off_diagonal()
+    return off.pow(2).sum().item() / (d * (d - 1))

@@ -1,0 +1,82 @@
+"""Cross-view redundancy: the off-diagonal part of the two views' cross-correlation (Barlow Twins' redundancy term)."""
+from __future__ import annotations
+
+import torch
+
+from spherewatch.metrics._validation import as_pair
+
+__all__ = ["redundancy"]
+
+#: A column whose standard deviation over the batch is at most this share of the batch's largest is constant
+#: (a dead unit): it has no correlation with anything and is left out (``dead_dimensions`` reports it).
+_DEAD_COLUMN = 1e-6
+
+
+def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r"""Mean squared off-diagonal entry of the cross-correlation matrix of two views' batch-standardised features.
+
+    With :math:`a, b` the columns of ``x`` and ``y`` standardised over the batch (mean 0, biased std 1) and
+    :math:`C = a^\top b / N` (Barlow Twins' cross-correlation, ``D x D``):
+
+    .. math:: \mathrm{redundancy} = \frac{1}{D'(D'-1)} \sum_{i \ne j} C_{ij}^2
+
+    over the :math:`D'` columns that vary in both views (a constant column, a dead unit, correlates with nothing and
+    is left out). This is Barlow Twins' redundancy-reduction term, normalised: how much one feature of one view
+    tells about the *other* features of the other view.
+
+    Args:
+        x: ``(N, D)`` embeddings of the first view (raw, not normalised: the features as the loss sees them).
+        y: ``(N, D)`` embeddings of the second view; row ``i`` pairs with ``x[i]``.
+
+    Returns:
+        0-d tensor on the input's device (fp32; fp64 for fp64 input). Cost ``O(N D min(N, D))``: through the two
+        ``N x N`` Grams when ``N < D``, else through ``C``. No host synchronisation.
+
+    How to read it: range ``[0, 1]``. Independent features give about ``1 / (N - 1)`` (the sampling floor of a
+    squared correlation); 1 = every feature of one view is a linear function of every feature of the other, the
+    completely redundant (collapsed) representation, which is also the value when fewer than two columns vary; NaN
+    when an entry is NaN or infinite.
+    Healthy Barlow Twins / VICReg runs hold a few times the floor; losing the redundancy term raises it several-fold
+    within an evaluation. Contrastive and non-contrastive losses do not constrain it: compare a run with itself.
+
+    Example:
+        >>> import torch
+        >>> from spherewatch.metrics import redundancy
+        >>> x = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 7.0]])
+        >>> round(float(redundancy(x, x)), 4)  # the two features are almost the same feature
+        0.9868
+        >>> round(float(redundancy(x[:, :1].repeat(1, 3), x[:, :1].repeat(1, 3))), 4)  # three copies of one feature
+        1.0
+
+    Reference: Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction", ICML 2021.
+    """
+    x, y = as_pair(x, y)
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"Expected at least 2 rows to correlate features over the batch, got shape {tuple(x.shape)}.")
+    if d < 2:
+        raise ValueError(f"Expected at least 2 columns (an off-diagonal entry), got shape {tuple(x.shape)}.")
+    a, live_a = _standardise(x)
+    b, live_b = _standardise(y)
+    live = live_a & live_b
+    a, b = a * live, b * live
+    k = live.sum().to(a.dtype)
+    if n < d:  # ||a^T b||_F^2 = <a a^T, b b^T>: the two N x N Grams
+        total = (a @ a.T).mul_(b @ b.T).sum()
+    else:
+        total = (a.T @ b).square().sum()
+    diag = (a * b).sum(dim=0).square().sum()
+    off = (total - diag).clamp_min(0.0) / (n * n)
+    value = off / (k * (k - 1.0)).clamp_min(1.0)
+    # fewer than two varying columns: nothing decorrelated is left -- the collapsed value
+    value = torch.where(k >= 2, value.clamp(max=1.0), torch.ones_like(value))
+    finite = torch.isfinite(x).all() & torch.isfinite(y).all()
+    return torch.where(finite, value, torch.full_like(value, float("nan")))
+
+
+def _standardise(x: torch.Tensor):
+    """Columns centred and divided by their biased std; ``(1, D)`` mask of the columns that vary."""
+    c = x - x.mean(dim=0, keepdim=True)
+    std = c.square().mean(dim=0, keepdim=True).sqrt()
+    live = std > _DEAD_COLUMN * std.amax().clamp_min(torch.finfo(std.dtype).tiny)
+    return c / torch.where(live, std, torch.ones_like(std)), live
