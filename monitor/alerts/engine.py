@@ -167,7 +167,9 @@ class AlertEngine:
                  default_tap: str = "embeddings", key_scheme: str | None = None) -> None:
         self.loss_family = check_family(loss_family)
         # each rule as it applies to this run's loss family (its `by_family` settings for it, if any)
-        self._rules = tuple(r.for_family(self.loss_family) for r in parse_rules(list(rules)))
+        # (a rule switched off for this family, `enabled=False`, is not evaluated)
+        applied = (r.for_family(self.loss_family) for r in parse_rules(list(rules)))
+        self._rules = tuple(r for r in applied if r.enabled)
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import statistics
 from typing import Any, Callable, NamedTuple, Optional
 
 from spherewatch.catalogue import hint
@@ -347,6 +348,42 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
         moved = "fell" if rule.scale == "log" else "shrank"
         msg = (f"{s.metric} {verb} from {_fmt(start[2])} (step {start[3]}) to {_fmt(value)} at step {step}{how} "
                f"(tap '{s.tap}'): {scale} {moved} {amount}. {what}. Check {check}.")
+    return Judgement(breach, rearm, msg)
+
+
+@register("level")
+def _judge_level(rule: Any, st: Any, s: Sample) -> Judgement:
+    ev, value, step = st.ev, s.value, s.step
+    rise = rule.direction == "rise"
+    ref = ev.get("ref")  # [level, first step, last step] of the best level held so far
+    ratio = 0.0
+    if ref is not None and value > 0:
+        ratio = value / ref[0] if rise else ref[0] / value
+    elif ref is not None and not rise:
+        ratio = math.inf  # fell to zero or below from a positive level
+    breach = ratio >= rule.factor
+    rearm = not breach and ratio * (1.0 + rule.hysteresis) <= rule.factor
+    # the window: the samples of the last `span` steps and the latest one before them (so that it spans `span`
+    # steps at any cadence); bounded. Does it hold a level?
+    hist = ev.get("hist", []) + [[value, step]]
+    while len(hist) > 1 and (hist[1][1] <= step - rule.span or len(hist) > 500):
+        hist.pop(0)
+    ev["hist"] = hist
+    if len(hist) >= rule.min_samples and hist[0][1] <= step - rule.span:
+        half = len(hist) // 2
+        first = statistics.median(h[0] for h in hist[:half])
+        second = statistics.median(h[0] for h in hist[-half:])
+        level = statistics.median(h[0] for h in hist)
+        if first > 0 and second > 0 and max(first, second) <= rule.flat * min(first, second) and level > 0 and (
+                ref is None or (level < ref[0] if rise else level > ref[0])):
+            ev["ref"] = [level, hist[0][1], hist[-1][1]]
+    msg = None
+    if breach:
+        what, check = hint(s.metric)
+        verb = "rose" if rise else "fell"
+        times = f"{ratio:.1f}x" if math.isfinite(ratio) else "all the way"
+        msg = (f"{s.metric} {verb} {times} from the level {_fmt(ref[0])} it held over steps {ref[1]}-{ref[2]} to "
+               f"{_fmt(value)} at step {step} (tap '{s.tap}'). {what}. Check {check}.")
     return Judgement(breach, rearm, msg)
 
 

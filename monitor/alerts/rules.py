@@ -50,6 +50,7 @@ __all__ = [
     "CollapseRule",
     "DegradationRule",
     "DriftRule",
+    "LevelRule",
     "NonFiniteRule",
     "RegimeRule",
     "Rule",
@@ -76,6 +77,8 @@ class _RuleBase(BaseModel):
     patience: int = Field(1, ge=1, description="consecutive breaching samples needed to fire")
     cooldown: int = Field(0, ge=0, description="samples after a fire during which the same (rule, key) cannot fire")
     hysteresis: float = Field(0.0, ge=0, description="margin back inside the threshold needed to re-arm")
+    enabled: bool = Field(True, description="False: the rule is not evaluated (`by_family` can switch it on for one "
+                                            "loss family)")
     by_family: Dict[str, Dict[str, Any]] = Field(
         default_factory=dict,
         description="settings that replace this rule's own when the monitor's `loss_family` is one of the keys, "
@@ -421,6 +424,45 @@ class RegimeRule(_RuleBase):
         return f"{_metric_stem(self.metric)}_regime"
 
 
+class LevelRule(_RuleBase):
+    """Fires when a metric has moved ``factor`` times (a ratio of values) in the unhealthy ``direction`` from the best
+    level the run has held: for a positive metric whose healthy value is a small multiple of a sampling floor and
+    that collapse multiplies, such as ``redundancy`` (about 1/N for independent features, a few times that on a
+    healthy Barlow Twins or VICReg run, several times more once the redundancy term stops working).
+
+    How it decides, per key:
+
+    * **Level**: after each sample, the samples of the last ``span`` optimizer steps (at least ``min_samples``,
+      spanning at least ``span`` steps) *hold a level* when the medians of their first and second halves agree
+      within ``flat`` (a ratio): a metric still rising out of its random initialisation (an LR warm-up) or moving to
+      a new regime holds none. The level is the median of those samples.
+    * **Reference**: the best level held so far (the lowest for ``direction="rise"``). Nothing breaches before the
+      run has held one.
+    * **Breach** when the value is ``factor`` times worse than the reference (``value >= factor * ref`` for a rise).
+    * **Re-arm** once ``ratio * (1 + hysteresis) <= factor``.
+
+    Example:
+        >>> LevelRule(metric="redundancy", direction="rise").name
+        'redundancy_level'
+    """
+
+    kind: Literal["level"] = "level"
+    direction: Literal["rise", "fall"] = Field(..., description="the unhealthy direction")
+    factor: float = Field(2.5, gt=1, allow_inf_nan=False, description="ratio to the best level held that fires")
+    span: int = Field(150, ge=1, description="optimizer steps a level must be held over")
+    min_samples: int = Field(4, ge=2, description="fewest samples in a level")
+    flat: float = Field(1.5, gt=1, allow_inf_nan=False, description="largest ratio between the medians of the two "
+                                                                      "halves of a level")
+
+    @model_validator(mode="after")
+    def _check(self) -> LevelRule:
+        self._finish()
+        return self
+
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_level"
+
+
 class NonFiniteRule(_RuleBase):
     """Fires when a matching metric is NaN or +-Inf (default: any metric, severity ``critical``).
 
@@ -445,10 +487,10 @@ class NonFiniteRule(_RuleBase):
 
 
 #: Any rule; a dict with ``kind`` in ``threshold | degradation | trend | drift | collapse | approach | regime |
-#: nonfinite`` validates into it.
+#: level | nonfinite`` validates into it.
 Rule = Annotated[
     Union[ThresholdRule, DegradationRule, TrendRule, DriftRule, CollapseRule, ApproachRule, RegimeRule,
-          NonFiniteRule],
+          LevelRule, NonFiniteRule],
     Field(discriminator="kind"),
 ]
 #: Validates a dict (``RULE_ADAPTER.validate_python``); use :func:`parse_rules` for a list.
@@ -484,6 +526,10 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: cosine can legitimately rise from its random start; self-distillation and clustering methods are watched at such
 #: a backbone. Unknown families (the default) keep skipping the first sample.
 _FIRST_SAMPLE_COUNTS = {f: {"skip_first": 0} for f in ("non_contrastive", "redundancy_reduction")}
+
+#: Loss families that hold the features' cross-view redundancy down (Barlow Twins' off-diagonal term, VICReg's
+#: covariance term): only there is a rise of ``redundancy`` a sign of collapse, so ``redundancy_rise`` is on for them.
+_REDUNDANCY_FAMILIES = {"redundancy_reduction": {"enabled": True}}
 
 #: The numbers behind :func:`default_rules`, in one place (checked against the scenario suites:
 #: tests/engine/test_scenarios.py on generated data, tests/scenarios/ and benchmarks/scenarios.py on real
@@ -561,6 +607,15 @@ DEFAULT_RULE_SETTINGS = {
         kind="approach", metric="norm_mean", collapsed=0.0, factor=4.0, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
+    # warning, redundancy-reduction runs only: the cross-view redundancy rose 2.2x above the lowest level the run has
+    # held over 150 steps (Barlow Twins without its off-diagonal term: 2.9-3.2x within one interval; with lambda
+    # fading: 2.2x at 110 steps before to 320 after the probe's onset; healthy Barlow Twins and VICReg under warm-up,
+    # cosine, step decay, restarts, stronger augmentations and a batch change: 1.82x at most). Off for the other
+    # families: nothing in their losses holds it down (healthy BYOL rises 2.8-6.6x above a level it held)
+    "redundancy_rise": dict(
+        kind="level", metric="redundancy", direction="rise", factor=2.2, span=150, min_samples=4, flat=1.5,
+        patience=1, hysteresis=0.1, severity="warning", enabled=False, by_family=_REDUNDANCY_FAMILIES,
+    ),
     # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
     "uniformity_regime": dict(
         kind="regime", metric="uniformity", collapsed=0.0, factor=1.5, settle=3, z=6.0, patience=2, severity="info",
@@ -576,7 +631,8 @@ def default_rules() -> tuple[Any, ...]:
         >>> [r.name for r in default_rules()]  # doctest: +NORMALIZE_WHITESPACE
         ['uniformity_degradation', 'rank_collapse', 'uniformity_degradation_persists', 'rank_collapse_persists',
          'mean_cosine_collapse', 'uniformity_collapse', 'rank_one_collapse', 'normalized_std_collapse',
-         'mean_cosine_approach', 'norm_contraction', 'uniformity_regime', 'nonfinite', 'head_uniform_output',
+         'mean_cosine_approach', 'norm_contraction', 'redundancy_rise', 'uniformity_regime', 'nonfinite',
+         'head_uniform_output',
          'head_uniform_output_persists', 'head_prototype_collapse', 'head_prototype_collapse_persists',
          'head_one_prototype']
     """

@@ -8,6 +8,7 @@ from spherewatch.alerts import (
     AlertEngine,
     ApproachRule,
     DegradationRule,
+    LevelRule,
     NonFiniteRule,
     RegimeRule,
     ThresholdRule,
@@ -302,10 +303,12 @@ RESUME_RULES = (
     *[r for r in default_rules() if r.name not in ("uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
                                                     "uniformity_degradation_persists", "rank_collapse_persists",
                                                     "uniformity_regime", "norm_contraction")  # (no norm_mean)
+      and r.enabled  # (redundancy_rise: on for redundancy-reduction runs only)
       and not r.name.startswith("head_")],
     ApproachRule(name="rank_deep", metric="effective_rank", collapsed=1.0, scale="log", factor=3.0, patience=2,
                  severity="critical"),
     RegimeRule(name="head_level", tap="head", metric="uniformity", collapsed=0.0),
+    LevelRule(name="cosine_level", metric="mean_cosine", direction="rise", factor=1.3, span=40, min_samples=3),
     DegradationRule(name="rank_vs_baseline", metric="effective_rank", direction="fall", fraction=0.3,
                     reference="baseline", baseline_samples=3, hysteresis=0.1, cooldown=2),
     ThresholdRule(metric="mean_cosine", above=0.8, below=0.1, patience=2, hysteresis=0.05, cooldown=3),

@@ -17,6 +17,9 @@ from spherewatch.alerts.verdict import verdict
 
 P = "spherewatch/"
 TRACES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "traces", "*.json")))
+#: Barlow Twins runs with the cross-view redundancy logged: their collapses are caught with the family declared (or
+#: inferred by an adapter) only, where ``redundancy_rise`` is on
+REDUNDANCY_TRACES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "traces", "redundancy", "*.json")))
 
 
 def _feed(rows, every=50, engine=None, loss_family=None):
@@ -54,7 +57,7 @@ def test_saved_runs_of_every_family_replay_to_the_right_verdict(path):
     assert not critical or min(critical) >= onset
 
 
-@pytest.mark.parametrize("path", TRACES, ids=lambda p: os.path.basename(p)[:-5])
+@pytest.mark.parametrize("path", TRACES + REDUNDANCY_TRACES, ids=lambda p: os.path.basename(p)[:-5])
 def test_with_the_loss_family_declared_every_collapse_is_caught_within_one_interval(path):
     # declared, a non-contrastive or redundancy-reduction run compares with its first sample too: the step-0 collapse
     # at D = 512 is caught at the second evaluation (step 50, onset 30); healthy runs of every family stay silent
@@ -236,6 +239,11 @@ def test_the_logged_rule_settings_are_the_ones_that_apply_to_the_declared_family
     assert unknown["skip_first"] == 1 and "non_contrastive" in unknown["by_family"]
     assert declared["skip_first"] == 0 and "by_family" not in declared
     assert "by_family" not in _json.loads(config_params(MonitorConfig())["spherewatch.rule.nonfinite"])
+    # a rule that is off for the run's family is not among the run's rules
+    assert "redundancy_rise" not in config_params(MonitorConfig())["spherewatch.rules"].split(",")
+    on = config_params(MonitorConfig(loss_family="redundancy_reduction"))
+    assert "redundancy_rise" in on["spherewatch.rules"].split(",")
+    assert _json.loads(on["spherewatch.rule.redundancy_rise"])["enabled"] is True
 
 
 def test_the_loss_family_is_inferred_only_from_losses_that_agree():
@@ -252,3 +260,58 @@ def test_the_loss_family_is_inferred_only_from_losses_that_agree():
     mixed = torch.nn.ModuleDict({"dino": named("DINOLoss"), "nce": named("NTXentLoss")})
     assert infer_loss_family(mixed) is None  # two families: none is chosen
     assert infer_loss_family(object()) is None and infer_loss_family(None) is None
+
+
+# ------------------------------------------------------------------- the cross-view redundancy (Barlow Twins)
+def _level_engine(**kw):
+    return AlertEngine([sw.alerts.LevelRule(metric="redundancy", direction="rise", **kw)])
+
+
+def _feed_series(engine, series):
+    return _fired(sum((engine.update(step, {P + "redundancy": v}) for step, v in series), []))
+
+
+def test_a_rise_from_the_floor_during_warm_up_holds_no_level_and_never_fires():
+    # the random start sits at the sampling floor (1/N); a warm-up raises the redundancy 4-7x over its first
+    # evaluations (healthy Barlow Twins: 0.013 -> 0.088 by step 150): no level is held while it rises
+    warm = [(1, 0.013), (50, 0.012), (100, 0.042), (150, 0.082), (200, 0.051), (250, 0.074), (300, 0.053),
+            (350, 0.054), (400, 0.041), (450, 0.062)]
+    assert _feed_series(_level_engine(), warm) == []
+    # ... at every cadence: a steady rise of 1.2x per 10 steps for 200 steps holds no level either
+    assert _feed_series(_level_engine(), [(10 * k, 0.01 * 1.2 ** (k / 5)) for k in range(1, 21)]) == []
+
+
+@pytest.mark.parametrize("every", [10, 50])
+def test_a_rise_from_a_held_level_fires_and_names_the_level_at_any_cadence(every):
+    steps = range(every, 400 + every, every)
+    series = [(s, 0.05 * (1.1 if (s // every) % 2 else 0.9)) for s in steps]  # a level of 0.05 held, +-10%
+    engine = _level_engine()
+    assert _feed_series(engine, series) == []
+    fired = _feed_series(engine, [(400 + every, 0.11), (400 + 2 * every, 0.16)])
+    assert [a.step for a in fired] == [400 + 2 * every]  # 2.2x does not fire, 3.2x does
+    msg = fired[0].message
+    assert "redundancy rose 3.2x from the level 0.05 it held over steps" in msg and "copies of each other" in msg
+
+
+def test_redundancy_rise_is_on_for_redundancy_reduction_runs_only():
+    # at defaults the Barlow Twins collapses of tests/alerts/traces/redundancy/ stay silent (documented); declared
+    # they are caught by this rule (test_with_the_loss_family_declared_every_collapse_is_caught_within_one_interval)
+    lam0 = os.path.join(os.path.dirname(__file__), "traces", "redundancy", "barlow_lambda0.json")
+    with open(lam0) as f:
+        records = sorted(json.load(f)["records"].items(), key=lambda kv: int(kv[0]))
+    for family, rules in [(None, set()), ("redundancy_reduction", {"redundancy_rise"})]:
+        engine = AlertEngine(default_rules(), loss_family=family)
+        assert {a.rule for step, v in records for a in _fired(engine.update(int(step), v))} == rules, family
+    for family, on in [(None, False), ("contrastive", False), ("non_contrastive", False),
+                       ("redundancy_reduction", True)]:
+        names = [r.name for r in AlertEngine(default_rules(), loss_family=family).rules]
+        assert ("redundancy_rise" in names) is on, family
+
+
+def test_a_switched_off_rule_is_not_evaluated_and_does_not_warn_about_its_tap(caplog):
+    rule = ThresholdRule(metric="mean_cosine", above=0.5, tap="encodr", enabled=False,
+                         by_family={"supervised": {"enabled": True}})
+    with caplog.at_level(logging.WARNING, logger="spherewatch"):
+        engine = AlertEngine([rule])
+        assert _fired(engine.update(1, {P + "mean_cosine": 0.9})) == [] and engine.rule_warnings == []
+    assert len(AlertEngine([rule], loss_family="supervised").rules) == 1

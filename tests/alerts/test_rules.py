@@ -10,6 +10,7 @@ from spherewatch.alerts import (
     ApproachRule,
     CollapseRule,
     DegradationRule,
+    LevelRule,
     NonFiniteRule,
     RegimeRule,
     ThresholdRule,
@@ -25,7 +26,7 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     assert list(rules) == [
         "uniformity_degradation", "rank_collapse", "uniformity_degradation_persists", "rank_collapse_persists",
         "mean_cosine_collapse", "uniformity_collapse", "rank_one_collapse", "normalized_std_collapse",
-        "mean_cosine_approach", "norm_contraction", "uniformity_regime", "nonfinite",
+        "mean_cosine_approach", "norm_contraction", "redundancy_rise", "uniformity_regime", "nonfinite",
     ]
     uni, rank = rules["uniformity_degradation"], rules["rank_collapse"]
     assert isinstance(uni, ApproachRule) and (uni.metric, uni.collapsed, uni.scale, uni.severity) == (
@@ -45,6 +46,9 @@ def test_default_rules_watch_uniformity_rank_and_nonfinite():
     for name in ("uniformity_regime",):  # a change of regime is never more than information
         assert isinstance(rules[name], RegimeRule) and rules[name].severity == "info"
     assert isinstance(rules["nonfinite"], NonFiniteRule) and rules["nonfinite"].severity == "critical"
+    # the cross-view redundancy is held down by redundancy-reduction losses only: its rule is off for the others
+    red = rules["redundancy_rise"]
+    assert isinstance(red, LevelRule) and not red.enabled and red.for_family("redundancy_reduction").enabled
     assert set(DEFAULT_RULE_SETTINGS) == set(rules)
 
 
