@@ -607,14 +607,15 @@ DEFAULT_RULE_SETTINGS = {
         kind="approach", metric="norm_mean", collapsed=0.0, factor=4.0, steady=0, z=3.0,
         patience=1, hysteresis=0.1, severity="warning",
     ),
-    # warning, redundancy-reduction runs only: the cross-view redundancy rose 2.2x above the lowest level the run has
-    # held over 150 steps (Barlow Twins without its off-diagonal term: 2.9-3.2x within one interval; with lambda
-    # fading: 2.2x at 110 steps before to 320 after the probe's onset; healthy Barlow Twins and VICReg under warm-up,
-    # cosine, step decay, restarts, stronger augmentations and a batch change: 1.82x at most). Off for the other
-    # families: nothing in their losses holds it down (healthy BYOL rises 2.8-6.6x above a level it held)
+    # warning, redundancy-reduction runs only: the cross-view redundancy at least 2x the lowest level the run has held
+    # over 150 steps, on two evaluations in a row (Barlow Twins without its off-diagonal term: 2.9-3.2x within one
+    # interval; lambda fading: from 60 steps before to 320 after the probe's onset; healthy Barlow Twins and VICReg under
+    # warm-up, cosine, step decay, restarts, stronger augmentations, a batch change: 1.37x at most on two evaluations,
+    # 1.82x on one; outside the suite at D = 512/2,048, batch 32-512, every 10 or 50 steps: 1.70x, 2.00x on one).
+    # Off for the other families: nothing in their losses holds it down (healthy BYOL rises up to 10x)
     "redundancy_rise": dict(
-        kind="level", metric="redundancy", direction="rise", factor=2.2, span=150, min_samples=4, flat=1.5,
-        patience=1, hysteresis=0.1, severity="warning", enabled=False, by_family=_REDUNDANCY_FAMILIES,
+        kind="level", metric="redundancy", direction="rise", factor=2.0, span=150, min_samples=4, flat=1.5,
+        patience=2, hysteresis=0.1, severity="warning", enabled=False, by_family=_REDUNDANCY_FAMILIES,
     ),
     # info, kind "regime_change": the level changed in one step and held (a deliberate change of recipe)
     "uniformity_regime": dict(
