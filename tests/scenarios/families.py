@@ -201,20 +201,28 @@ class Dino(Family):
         _ema(self.teacher, nn.ModuleList([self.encoder, self.projector, self.last]), m)
 
 
+class BarlowTwinsLoss(nn.Module):
+    """Barlow Twins' loss (the paper's pseudo-code), named like lightly's: the class name is how the Lightning and HF
+    callbacks recognise the loss family (``redundancy_reduction``)."""
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:
+        n1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-5)
+        n2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-5)
+        c = n1.T @ n2 / z1.shape[0]
+        on = (1 - torch.diagonal(c)).pow(2).sum()
+        off = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
+        return (on + lambd * off) / z1.shape[1]
+
+
 class Barlow(Family):
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
         self.settings = {"lambda": 3.2 / dim}
+        self.criterion = BarlowTwinsLoss()
 
     def loss(self, x1, x2, y, t):
         z1, z2 = self.embed(x1), self.embed(x2)
-        b = z1.shape[0]
-        n1 = (z1 - z1.mean(0)) / (z1.std(0) + 1e-5)
-        n2 = (z2 - z2.mean(0)) / (z2.std(0) + 1e-5)
-        c = n1.T @ n2 / b
-        on = (1 - torch.diagonal(c)).pow(2).sum()
-        off = (c - torch.diag(torch.diagonal(c))).pow(2).sum()
-        return (on + self.settings["lambda"] * off) / self.dim, z1, z2
+        return self.criterion(z1, z2, self.settings["lambda"]), z1, z2
 
 
 class Moco(Family):
@@ -487,59 +495,117 @@ def make_optimizer(model: Family, lr: float) -> torch.optim.Optimizer:
                            weight_decay=1e-4)
 
 
-def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optional[int] = None,
-          on_step: Optional[Callable[[int], None]] = None) -> FamilyRun:
-    """Train scenario ``name``; with ``monitor``: ``monitor.observe(z1, z2)`` and ``monitor.step(step)`` each
-    step. Returns the run with its probe history (onset not yet computed: see :func:`run_scenario`)."""
-    sc = SCENARIOS[name]
-    x, y = digits()
-    model = build(sc.family, sc.dim, seed)
-    base_lr = LR[sc.family]
-    opt = make_optimizer(model, base_lr)
-    g = torch.Generator().manual_seed(seed)
-    every = probe_every or (20 if sc.steps > 1000 else 10)
-    probe = FamilyProbe(seed)
-    losses: List[float] = []
-    for step in range(1, sc.steps + 1):
+class _Steps:
+    """One scenario's training, one optimizer step at a time (shared by :func:`train` and :func:`run_lightning`)."""
+
+    def __init__(self, name: str, seed: int, probe_every: Optional[int] = None) -> None:
+        self.sc = sc = SCENARIOS[name]
+        self.name, self.seed = name, seed
+        self.x, self.y = digits()
+        self.model = build(sc.family, sc.dim, seed)
+        self.base_lr = LR[sc.family]
+        self.opt = make_optimizer(self.model, self.base_lr)
+        self.g = torch.Generator().manual_seed(seed)
+        self.every = probe_every or (20 if sc.steps > 1000 else 10)
+        self.probe = FamilyProbe(seed)
+        self.losses: List[float] = []
+
+    def step(self, step: int, opt: Any = None, backward: Callable[[torch.Tensor], None] = torch.Tensor.backward):
+        """Optimizer step ``step`` (1-based) through ``opt`` (default: the run's SGD; Lightning passes its wrapper of
+        it); returns the loss and the two views' projector outputs."""
+        sc, model = self.sc, self.model
+        opt = opt or self.opt
         if sc.switch is not None and step == max(sc.switch, 1):
             model.settings.update({k: v for k, v in sc.bug.items() if k not in ("weight_decay", "lr_scale")})
             if "weight_decay" in sc.bug:
-                for gr in opt.param_groups:
+                for gr in self.opt.param_groups:
                     gr["weight_decay"] = float(sc.bug["weight_decay"])
-            base_lr *= float(sc.bug.get("lr_scale", 1.0))
+            self.base_lr *= float(sc.bug.get("lr_scale", 1.0))
         if sc.ramp is not None:
             key, a, b, s0, s1 = sc.ramp
             if step >= s0:
                 value = a + (b - a) * min(1.0, (step - s0) / (s1 - s0))
                 if key == "weight_decay":
-                    for gr in opt.param_groups:
+                    for gr in self.opt.param_groups:
                         gr["weight_decay"] = value
                 else:
                     model.settings[key] = value
-        for gr in opt.param_groups:
-            gr["lr"] = base_lr * lr_mult(sc.regime, step, sc.steps)
+        for gr in self.opt.param_groups:
+            gr["lr"] = self.base_lr * lr_mult(sc.regime, step, sc.steps)
         batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else (
             SMALL_BATCH if sc.regime == "small_batch" else BATCH)
         strength = 2.0 if sc.regime == "aug_x2" and step >= 300 else 1.0
-        idx = torch.randint(0, len(x), (batch,), generator=g)
-        xb, yb = x[idx], y[idx]
-        loss, z1, z2 = model.loss(augment(xb, g, strength), augment(xb, g, strength), yb, step / sc.steps)
+        idx = torch.randint(0, len(self.x), (batch,), generator=self.g)
+        xb, yb = self.x[idx], self.y[idx]
+        loss, z1, z2 = model.loss(augment(xb, self.g, strength), augment(xb, self.g, strength), yb, step / sc.steps)
         opt.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
-            loss.backward()
+            backward(loss)
             if isinstance(model, Swav) and model.steps <= model.settings["freeze"]:
                 model.prototypes.weight.grad = None  # prototypes frozen during the first epoch
             opt.step()
         model.after_step(step / sc.steps)
+        return loss, z1, z2
+
+    def after(self, step: int, loss: torch.Tensor) -> None:
+        """Record the loss and, on probe steps, the probe."""
+        self.losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
+        if step % self.every == 0 or step == 1:
+            self.probe(self.model, step)
+
+    def run(self) -> FamilyRun:
+        return FamilyRun(self.name, self.seed, self.sc, self.probe.history, self.losses)
+
+
+def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optional[int] = None,
+          on_step: Optional[Callable[[int], None]] = None) -> FamilyRun:
+    """Train scenario ``name``; with ``monitor``: ``monitor.observe(z1, z2)`` and ``monitor.step(step)`` each
+    step. Returns the run with its probe history (onset not yet computed: see :func:`run_scenario`)."""
+    steps = _Steps(name, seed, probe_every)
+    for step in range(1, steps.sc.steps + 1):
+        loss, z1, z2 = steps.step(step)
         if monitor is not None:
             monitor.observe(z1, z2)
             monitor.step(step)
-        losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
-        if step % every == 0 or step == 1:
-            probe(model, step)
+        steps.after(step, loss)
         if on_step is not None:
             on_step(step)
-    return FamilyRun(name, seed, sc, probe.history, losses)
+    return steps.run()
+
+
+def run_lightning(name: str, callback: Any, *, seed: int = 0, root: str = ".") -> FamilyRun:
+    """Scenario ``name`` under Lightning's real ``Trainer`` (CPU, manual optimisation through the same steps as
+    :func:`train`), the monitor a ``MonitorCallback`` reading ``z`` / ``z_pos`` from what ``training_step`` returns:
+    the callback sees the family's loss module (``BarlowTwinsLoss``...) and infers the loss family from it. The onset
+    is measured against the healthy twin, as in :func:`run_scenario`."""
+    import lightning.pytorch as pl
+
+    steps = _Steps(name, seed)
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.model = steps.model
+
+        def training_step(self, batch, batch_idx):
+            step = self.global_step + 1
+            loss, z1, z2 = steps.step(step, self.optimizers(), self.manual_backward)
+            steps.after(step, loss)
+            return {"loss": loss.detach(), "z": z1.detach(), "z_pos": z2.detach()}
+
+        def configure_optimizers(self):
+            return steps.opt
+
+    n = steps.sc.steps
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(n, 1)), batch_size=1)
+    trainer = pl.Trainer(max_steps=n, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                         default_root_dir=root)
+    trainer.fit(Module(), loader)  # the loader only counts the steps: each step samples its own batch of digits
+    run = steps.run()
+    _finish(run)
+    return run
 
 
 _TWINS: Dict[Tuple[str, int], list] = {}
@@ -560,18 +626,23 @@ def remember_twin(run: FamilyRun) -> None:
 
 def run_scenario(name: str, monitor: Any = None, *, seed: int = 0, twin: bool = True) -> FamilyRun:
     """Train ``name`` and measure its onset against its healthy twin (``onset`` None for healthy runs)."""
-    sc = SCENARIOS[name]
     run = train(name, monitor, seed=seed)
+    _finish(run, twin)
+    return run
+
+
+def _finish(run: FamilyRun, twin: bool = True) -> None:
+    """Measure the onset against the healthy twin (broken runs) or check the probe (healthy runs)."""
+    sc = run.scenario
     if not sc.collapses:
         remember_twin(run)
     if twin and sc.twin is not None:
-        run.twin_probe = twin_probe(sc.twin, seed)
+        run.twin_probe = twin_probe(sc.twin, run.seed)
     if sc.collapses:
         start = sc.switch if sc.switch is not None else sc.ramp[3]  # type: ignore[index]
         run.onset = onset_vs_twin(run.probe, run.twin_probe, start) if run.twin_probe is not None else None
     else:
         run.probe_ok = probe_ok(run.probe, run.twin_probe)
-    return run
 
 
 def watched_width(sc: FScenario) -> int:

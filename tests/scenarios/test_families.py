@@ -12,7 +12,7 @@ import os
 import pytest
 
 import spherewatch as sw
-from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok, run_scenario
+from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok, run_lightning, run_scenario
 from spherewatch.alerts.verdict import collapse_alerts
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
@@ -117,6 +117,27 @@ def test_with_the_loss_family_declared_the_step0_collapse_is_caught_in_time_and_
     first = min(a.step for a in alerts)
     assert first <= run.onset + mon.config.every_n_steps, f"{name}: onset {run.onset}, first alert {first}"
     assert min((a.step for a in alerts if a.severity == "critical"), default=run.onset) >= run.onset
+
+
+@pytest.mark.parametrize("name", ["barlow_lambda0", "barlow"])
+def test_under_lightning_the_family_inferred_from_barlow_twins_loss_catches_its_collapse_at_defaults(name, tmp_path):
+    """Lightning's real Trainer, the callback at default settings (no ``loss_family``): it finds the model's
+    ``BarlowTwinsLoss``, the redundancy-reduction rules apply, and the collapse that no spread or rank rule sees
+    (lambda 0 from step 200) is caught by ``redundancy_rise``; the healthy twin stays silent."""
+    from spherewatch.integrations.lightning import MonitorCallback
+
+    cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False)
+    run = run_lightning(name, cb, seed=0, root=str(tmp_path))
+    assert cb.inferred_loss_family == ("redundancy_reduction", "BarlowTwinsLoss")
+    alerts = _fired(cb.monitor)
+    if SCENARIOS[name].switch is None:  # RULES (issue 17): healthy, confirmed by the probe, not one alert
+        assert run.probe_ok and [str(a) for a in alerts] == []
+        return
+    # RULES (issue 17): within one sampling interval of the probe's onset, by the redundancy rule, nothing critical
+    every = cb.monitor.config.every_n_steps
+    assert run.onset is not None and alerts, (run.onset, alerts)
+    assert min(a.step for a in alerts) <= run.onset + every, (run.onset, [str(a) for a in alerts])
+    assert "redundancy_rise" in {a.rule for a in alerts} and all(a.severity != "critical" for a in alerts)
 
 
 def test_a_saved_trace_replays_to_the_alerts_the_run_recorded(tmp_path):
