@@ -54,6 +54,9 @@ import spherewatch as sw  # noqa: E402
 from spherewatch.alerts.verdict import collapse_alerts  # noqa: E402
 
 LIGHTNING = ("simclr", "simsiam_no_stopgrad")  # classic suite: also run under Lightning's Trainer (seed 0)
+#: families suite: also run under Lightning's Trainer (seed 0), the callback at default settings: it infers the loss
+#: family from the model's ``BarlowTwinsLoss`` (what a Lightning user gets without naming it)
+LIGHTNING_FAMILIES = ("barlow", "barlow_lambda0", "barlow_slow_collapse")
 TRACE_FORMAT = "spherewatch-scenario-trace/1"
 
 
@@ -123,7 +126,8 @@ def save_trace(directory: str, meta: Dict[str, Any], records: Dict[str, Dict[str
 
 
 # ------------------------------------------------------------------------------------------------- suites
-def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[str]) -> List[Dict[str, Any]]:
+def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[str], lightning: bool = False,
+                 root: str = ".") -> List[Dict[str, Any]]:
     from scenarios import families as fam
 
     chosen = [n for n in fam.SCENARIOS if names is None or n in names]
@@ -132,15 +136,26 @@ def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[
     rows = []
     for name in chosen:
         sc = fam.SCENARIOS[name]
-        for seed in seeds:
-            mon = sw.Monitor(sinks=("memory",), warn=False)
-            run = fam.run_scenario(name, mon, seed=seed)
-            mon.close()
+        jobs = [("torch", s) for s in seeds] + ([("lightning", 0)] if lightning and name in LIGHTNING_FAMILIES else [])
+        for how, seed in jobs:
+            inferred = None
+            if how == "torch":
+                mon = sw.Monitor(sinks=("memory",), warn=False)
+                run = fam.run_scenario(name, mon, seed=seed)
+                mon.close()
+            else:
+                from spherewatch.integrations.lightning import MonitorCallback
+
+                cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False,
+                                     log_to_module=False)
+                run = fam.run_lightning(name, cb, seed=seed, root=root)
+                mon, inferred = cb.monitor, (cb.inferred_loss_family or (None,))[0]
             meta = {"suite": "families", "family": sc.family, "scenario": name, "what": sc.what, "regime": sc.regime,
-                    "how": None, "seed": seed, "D": fam.watched_width(sc), "steps": sc.steps,
-                    "switch": sc.switch if sc.switch is not None else (sc.ramp[3] if sc.ramp else None),
+                    "how": how if how != "torch" else None, "seed": seed, "D": fam.watched_width(sc),
+                    "steps": sc.steps, "switch": sc.switch if sc.switch is not None else (sc.ramp[3] if sc.ramp else None),
                     "every_n_steps": mon.config.every_n_steps, "loss_family": fam.LOSS_FAMILY[sc.family],
-                    "healthy": not sc.collapses, "onset": run.onset, "probe_ok": run.probe_ok, "twin": sc.twin}
+                    "inferred_loss_family": inferred, "healthy": not sc.collapses, "onset": run.onset,
+                    "probe_ok": run.probe_ok, "twin": sc.twin}
             alerts = list(mon.sink("memory").alerts)
             rows.append(make_row(meta, alerts))
             print(_line(rows[-1]), flush=True)
@@ -215,11 +230,13 @@ def run_sentences(names: Optional[List[str]], seeds: List[int], traces: Optional
 def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[Any]:
     """The alert events the CURRENT default rules emit on a trace's records: the records go, in step order,
     through :class:`spherewatch.alerting.AlertPipeline` -- what ``Monitor.step`` calls at each evaluation.
-    ``with_loss_family``: configure the trace's ``loss_family`` (the runs themselves used the default, unset)."""
+    ``with_loss_family``: configure the trace's ``loss_family`` (the runs themselves used the default, unset, or
+    under an adapter the family it inferred, ``inferred_loss_family``)."""
     from spherewatch.alerting import AlertPipeline
     from spherewatch.faults import FaultReporter
 
-    family = _loss_family(doc) if with_loss_family else None
+    # at defaults a run under an adapter had the family the adapter inferred (from the model's loss module)
+    family = _loss_family(doc) if with_loss_family else doc.get("inferred_loss_family")
     extra = {"loss_family": family} if family else {}
     config = sw.MonitorConfig(every_n_steps=int(doc.get("every_n_steps") or 50), warn=False, **extra)
     box: Dict[str, Any] = {}
@@ -356,7 +373,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", default=None, help="scenario names")
     p.add_argument("--suites", nargs="*", default=["families", "classic", "sentence"],
                    choices=["families", "classic", "sentence"])
-    p.add_argument("--no-lightning", action="store_true", help="classic suite: skip the Lightning runs")
+    p.add_argument("--no-lightning", action="store_true", help="skip the Lightning runs (classic suite; Barlow Twins in the families suite)")
     p.add_argument("--save-traces", metavar="DIR", default=None, help="write one JSON trace per run into DIR")
     p.add_argument("--replay", metavar="DIR", default=None,
                    help="no training: re-evaluate DIR's traces through the current default rules")
@@ -376,7 +393,7 @@ def main(argv=None) -> None:
         rows = []
         with tempfile.TemporaryDirectory() as root:
             if "families" in a.suites:
-                rows += run_families(a.only, seeds, a.save_traces)
+                rows += run_families(a.only, seeds, a.save_traces, not a.no_lightning, root)
             if "classic" in a.suites:
                 rows += run_classic(a.only, seeds, not a.no_lightning, a.save_traces, root)
             if "sentence" in a.suites:
