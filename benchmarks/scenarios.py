@@ -373,7 +373,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", default=None, help="scenario names")
     p.add_argument("--suites", nargs="*", default=["families", "classic", "sentence"],
                    choices=["families", "classic", "sentence"])
-    p.add_argument("--no-lightning", action="store_true", help="skip the Lightning runs (classic suite; Barlow Twins in the families suite)")
+    p.add_argument("--no-lightning", action="store_true", help="skip the Lightning runs (classic; Barlow Twins in families)")
     p.add_argument("--save-traces", metavar="DIR", default=None, help="write one JSON trace per run into DIR")
     p.add_argument("--replay", metavar="DIR", default=None,
                    help="no training: re-evaluate DIR's traces through the current default rules")
