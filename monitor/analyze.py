@@ -242,6 +242,7 @@ def analyze(
             zp = pos_file.read(0, emb.rows)
             out["alignment"] = float(M.alignment(z, zp))
             out["uniformity_pos"] = float(M.uniformity(zp, t))
+            out["redundancy"] = float(M.redundancy(z, zp))
         if lab is not None:
             try:
                 out["nc1"] = float(M.nc1(z, lab))
@@ -265,6 +266,10 @@ def analyze(
     kern_sums, kern_pairs = [], []
     align_sum = 0.0
     pos_chunks = pos_file.chunks(chunk_rows) if pos_file is not None else None
+    # the two views' raw co-moments for the cross-view redundancy (Chan's merge, fp64)
+    xy = {"mx": torch.zeros(d, dtype=torch.float64), "my": torch.zeros(d, dtype=torch.float64),
+          "cxy": torch.zeros(d, d, dtype=torch.float64), "cxx": torch.zeros(d, dtype=torch.float64),
+          "cyy": torch.zeros(d, dtype=torch.float64)} if pos_file is not None else None
     for chunk in emb.chunks(chunk_rows):
         m = chunk.shape[0]
         bad = ~torch.isfinite(chunk)
@@ -292,8 +297,10 @@ def analyze(
             kern_sums.append(float(pair_kernel_sum(zh, t)))
             kern_pairs.append(m * (m - 1) / 2)
         if pos_chunks is not None:
-            zp = normalize_rows(next(pos_chunks))
+            pos_chunk = next(pos_chunks)
+            zp = normalize_rows(pos_chunk)
             align_sum += float((zh - zp).pow(2).sum(1).double().sum())
+            _merge_cross_moments(xy, chunk.double(), pos_chunk.double(), n)
         n += m
         if bar is not None:
             bar.update(m)
@@ -322,4 +329,21 @@ def analyze(
     out["norm_min"], out["norm_max"] = norm_min, norm_max
     if pos_file is not None:
         out["alignment"] = align_sum / n
+        if d >= 2:
+            out["redundancy"] = float(M.redundancy_from_moments(xy["cxy"], xy["cxx"], xy["cyy"]))
     return {"file": path, "rows": n, "dim": d, "mode": "streamed", "chunk_rows": chunk_rows, "metrics": out}
+
+
+def _merge_cross_moments(acc: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, n: int) -> None:
+    """Add a chunk of paired rows to the centred co-moments in ``acc`` (``n`` rows so far; Chan et al.'s merge:
+    no cancellation from subtracting products of large means at the end)."""
+    m = x.shape[0]
+    cx, cy = x.mean(0), y.mean(0)
+    xc, yc = x - cx, y - cy
+    dx, dy = cx - acc["mx"], cy - acc["my"]
+    w = n * m / (n + m)
+    acc["cxy"] += xc.T @ yc + torch.outer(dx, dy) * w
+    acc["cxx"] += (xc * xc).sum(0) + dx * dx * w
+    acc["cyy"] += (yc * yc).sum(0) + dy * dy * w
+    acc["mx"] += dx * (m / (n + m))
+    acc["my"] += dy * (m / (n + m))

@@ -43,7 +43,7 @@ from spherewatch.metrics.head import (
 from spherewatch.metrics.indicators import dead_dimensions, mean_cosine, nonfinite_fraction, norm_stats, normalized_std
 from spherewatch.metrics.lidar import lidar
 from spherewatch.metrics.nc1 import nc1
-from spherewatch.metrics.redundancy import redundancy
+from spherewatch.metrics.redundancy import redundancy, redundancy_from_moments
 from spherewatch.metrics.spectrum import AlphaReQ, alpha_req, collapsed_dimensions, spectrum, spectrum_from_moments
 from spherewatch.metrics.uniformity import UniformityEstimate, pair_kernel_sum, uniformity, uniformity_estimate
 
@@ -80,4 +80,5 @@ __all__ = [
     "normalize_rows",
     "gram64",
     "pair_kernel_sum",
+    "redundancy_from_moments",
 ]

@@ -5,7 +5,7 @@ import torch
 
 from spherewatch.metrics._validation import as_pair
 
-__all__ = ["redundancy"]
+__all__ = ["redundancy", "redundancy_from_moments"]
 
 #: A column whose standard deviation over the batch is at most this share of the batch's largest is constant
 #: (a dead unit): it has no correlation with anything and is left out (``dead_dimensions`` reports it).
@@ -80,3 +80,35 @@ def _standardise(x: torch.Tensor):
     std = c.square().mean(dim=0, keepdim=True).sqrt()
     live = std > _DEAD_COLUMN * std.amax().clamp_min(torch.finfo(std.dtype).tiny)
     return c / torch.where(live, std, torch.ones_like(std)), live
+
+
+def redundancy_from_moments(cross: torch.Tensor, ss_x: torch.Tensor, ss_y: torch.Tensor) -> torch.Tensor:
+    """:func:`redundancy` from the two views' centred co-moments, summed over the rows (so that chunks of rows add
+    up, ``spherewatch analyze`` streams them): ``cross`` ``(D, D)`` = sum of ``(x - mean_x)(y - mean_y)^T``,
+    ``ss_x`` / ``ss_y`` ``(D,)`` = sums of squared deviations. Same dead-column rule and conventions as
+    :func:`redundancy` (equal to it, to round-off, on the rows the moments came from).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(100, 4, dtype=torch.float64)
+        >>> xc = x - x.mean(0)
+        >>> m = redundancy_from_moments(xc.T @ xc, (xc * xc).sum(0), (xc * xc).sum(0))
+        >>> bool(torch.isclose(m, redundancy(x, x)))
+        True
+    """
+    d = cross.shape[0]
+    if cross.shape != (d, d) or ss_x.shape != (d,) or ss_y.shape != (d,) or d < 2:
+        raise ValueError(f"Expected a (D, D) co-moment and two (D,) sums of squares with D >= 2, got "
+                         f"{tuple(cross.shape)}, {tuple(ss_x.shape)}, {tuple(ss_y.shape)}.")
+    sx, sy = ss_x.clamp_min(0).sqrt(), ss_y.clamp_min(0).sqrt()
+    tiny = torch.finfo(sx.dtype).tiny
+    live = (sx > _DEAD_COLUMN * sx.amax().clamp_min(tiny)) & (sy > _DEAD_COLUMN * sy.amax().clamp_min(tiny))
+    one = torch.ones_like(sx)
+    corr = cross / torch.outer(torch.where(live, sx, one), torch.where(live, sy, one))
+    corr = corr * torch.outer(live, live)
+    k = live.sum().to(corr.dtype)
+    off = (corr.square().sum() - torch.diagonal(corr).square().sum()).clamp_min(0.0)
+    value = (off / (k * (k - 1.0)).clamp_min(1.0)).clamp(max=1.0)
+    value = torch.where(k >= 2, value, torch.ones_like(value))
+    finite = torch.isfinite(cross).all() & torch.isfinite(ss_x).all() & torch.isfinite(ss_y).all()
+    return torch.where(finite, value, torch.full_like(value, float("nan")))

@@ -57,6 +57,7 @@ def test_cli_json_with_pairs_and_labels_equals_the_library(data):
     m = json.loads(res.stdout)["metrics"]
     assert m["alignment"] == pytest.approx(M.alignment(z, zp).item(), rel=1e-6)
     assert m["uniformity_pos"] == pytest.approx(M.uniformity(zp).item(), rel=1e-6)
+    assert m["redundancy"] == pytest.approx(M.redundancy(z, zp).item(), rel=1e-5)
     assert m["nc1"] == pytest.approx(M.nc1(z, labels).item(), rel=1e-5)
     table = run_cli("analyze", str(d / "z.npy"))
     assert table.returncode == 0 and "effective_rank" in table.stdout and "N=600, D=24" in table.stdout
@@ -73,7 +74,8 @@ def test_streaming_matches_exact_statistics(tmp_path):
     assert streamed["mode"] == "streamed"
     s = streamed["metrics"]
     for k in ("effective_rank", "effective_rank_centered", "normalized_std", "mean_cosine", "alignment",
-              "collapsed_dimensions", "nonfinite_fraction", "norm_mean", "norm_std", "norm_min", "norm_max"):
+              "redundancy", "collapsed_dimensions", "nonfinite_fraction", "norm_mean", "norm_std", "norm_min",
+              "norm_max"):
         assert s[k] == pytest.approx(exact[k], rel=1e-4, abs=1e-6), k
     # uniformity from within-chunk pairs: an estimate, within a few of its reported standard errors
     assert s["uniformity_stderr"] > 0

@@ -112,3 +112,18 @@ def test_the_monitor_logs_it_for_paired_taps_only():
     logged = mon.sink("memory").history("spherewatch/redundancy")
     assert [s for s, _ in logged] == [1]  # step 2 had no paired view
     assert logged[0][1] == pytest.approx(redundancy(z1, z2).item(), rel=1e-5)
+
+
+def test_from_moments_equals_the_rows_value_with_a_large_offset_and_a_dead_column():
+    from spherewatch.metrics import redundancy_from_moments
+
+    g = _gen(8)
+    x = (torch.randn(900, 10, generator=g, dtype=torch.float64) @ torch.randn(10, 10, generator=g, dtype=torch.float64)
+         + 1e3)  # a large offset: the centred merge keeps every digit
+    y = x + torch.randn(900, 10, generator=g, dtype=torch.float64)
+    y[:, 3] = 7.0  # a dead column, left out as by redundancy()
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    whole = redundancy_from_moments(xc.T @ yc, (xc * xc).sum(0), (yc * yc).sum(0))
+    assert whole.item() == pytest.approx(redundancy(x, y).item(), rel=1e-10)
+    with pytest.raises(ValueError, match="co-moment"):
+        redundancy_from_moments(torch.zeros(3, 3), torch.zeros(3), torch.zeros(4))
