@@ -14,7 +14,8 @@ For each preset (``cheap``, ``standard``, ``full``) at N rows and each D, one th
   ``exp``).
 * ``needs``: what the preset's metrics cannot share, each done once: ``cheap`` normalises both views (alignment
   needs the paired view); ``standard`` adds one fp64 moments pass, **two** ``eigvalsh`` (RankMe's uncentred Gram
-  and the centred spectrum are different matrices) and the uniformity kernel; ``full`` adds the paired view's
+  and the centred spectrum are different matrices), the uniformity kernel and the two standardised views' cross
+  product (``redundancy``); ``full`` adds the paired view's
   uniformity kernel and LiDAR (its own within-sample Gram, ``eigh`` and ``eigvalsh``).
 
 Printed: the medians over ``--repeats`` rounds (the implementations alternate inside each round, so load on the
@@ -68,8 +69,8 @@ def _floor_spectral(z: torch.Tensor) -> None:
 def _needs(preset: str, z: torch.Tensor, z_pos: torch.Tensor) -> None:
     """The work the preset's metrics cannot share (their own passes and decompositions), done once each: both
     views normalised; ``standard``: + one fp64 moments pass, the two eigvalsh (RankMe's uncentred Gram and the
-    centred spectrum are different matrices) and the uniformity kernel; ``full``: + the paired view's uniformity
-    kernel and LiDAR."""
+    centred spectrum are different matrices), the uniformity kernel and the cross-view redundancy's product;
+    ``full``: + the paired view's uniformity kernel and LiDAR."""
     u, up = F.normalize(z, dim=1), F.normalize(z_pos, dim=1)
     if preset == "cheap":
         return
@@ -77,6 +78,12 @@ def _needs(preset: str, z: torch.Tensor, z_pos: torch.Tensor) -> None:
     eigvalsh64(c)
     eigvalsh64(torch.addr(c, m, m, alpha=z.shape[0]))
     _upper_kernel_sum(u, 2.0, None)
+    # the cross-view redundancy: both raw views standardised over the batch, one cross product (the smaller side)
+    a, b = (z - z.mean(0)) / z.std(0), (z_pos - z_pos.mean(0)) / z_pos.std(0)
+    if z.shape[0] < z.shape[1]:
+        (a @ a.T).mul_(b @ b.T).sum()
+    else:
+        (a.T @ b).square().sum()
     if preset == "full":
         _upper_kernel_sum(up, 2.0, None)
         lidar(torch.stack([z, z_pos], dim=1))
