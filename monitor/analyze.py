@@ -330,7 +330,8 @@ def analyze(
     if pos_file is not None:
         out["alignment"] = align_sum / n
         if d >= 2:
-            out["redundancy"] = float(M.redundancy_from_moments(xy["cxy"], xy["cxx"], xy["cyy"]))
+            out["redundancy"] = float(M.redundancy_from_moments(xy["cxy"], xy["cxx"], xy["cyy"], n, xy["mx"],
+                                                                xy["my"]))
     return {"file": path, "rows": n, "dim": d, "mode": "streamed", "chunk_rows": chunk_rows, "metrics": out}
 
 

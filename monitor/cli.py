@@ -33,7 +33,8 @@ def _generated_embeddings(n: int, d: int, seed: int) -> Dict[str, tuple]:
 
 
 def _metric_table(n: int, d: int, seed: int) -> List[List[str]]:
-    rows = [["embeddings", "alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dims"]]
+    rows = [["embeddings", "alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "collapsed_dims",
+             "redundancy"]]
     for name, (z, z_pos) in _generated_embeddings(n, d, seed).items():
         vals = [
             M.alignment(z, z_pos),
@@ -42,6 +43,7 @@ def _metric_table(n: int, d: int, seed: int) -> List[List[str]]:
             M.normalized_std(z),
             M.mean_cosine(z),
             M.collapsed_dimensions(z),
+            M.redundancy(z, z_pos) if d >= 2 else float("nan"),
         ]
         rows.append([name] + [f"{float(v):.4g}" for v in vals])
     return rows
@@ -106,7 +108,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 #: rows of the generated reference embeddings `analyze` compares a file with (at most)
 REFERENCE_ROWS = 4096
 #: metrics with a healthy and a collapsed reference, as `spherewatch metrics` prints them
-REFERENCE_METRICS = ("alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine")
+REFERENCE_METRICS = ("alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "redundancy")
+#: the reference metrics that read a paired view
+_PAIR_METRICS = frozenset({"alignment", "redundancy"})
 
 
 def _references(n: int, d: int, seed: int = 0) -> Dict[str, tuple]:
@@ -118,9 +122,9 @@ def _references(n: int, d: int, seed: int = 0) -> Dict[str, tuple]:
     table = {}
     for label, name in (("healthy", "healthy (isotropic)"), ("collapsed", "complete collapse")):
         z, z_pos = gen[name]
-        table[label] = {m: float(getattr(M, m)(z, z_pos) if m == "alignment" else getattr(M, m)(z))
-                        for m in REFERENCE_METRICS}
-    return {m: (table["healthy"][m], table["collapsed"][m]) for m in REFERENCE_METRICS}
+        table[label] = {m: float(getattr(M, m)(z, z_pos) if m in _PAIR_METRICS else getattr(M, m)(z))
+                        for m in REFERENCE_METRICS if d >= 2 or m != "redundancy"}
+    return {m: (table["healthy"][m], table["collapsed"][m]) for m in table["healthy"]}
 
 
 def _reading(value: float, healthy: float, collapsed: float) -> str:

@@ -10,6 +10,17 @@ __all__ = ["redundancy", "redundancy_from_moments"]
 #: A column whose standard deviation over the batch is at most this share of the batch's largest is constant
 #: (a dead unit): it has no correlation with anything and is left out (``dead_dimensions`` reports it).
 _DEAD_COLUMN = 1e-6
+#: ... and so is a column whose standard deviation is at the rounding level of its own values (this many machine
+#: epsilons of its mean's magnitude): a constant column's computed deviations are rounding noise, which the relative
+#: rule cannot tell from signal when every column is constant (a completely collapsed batch).
+_ROUNDING_EPS = 64
+
+
+def _live(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The columns that vary: above both dead-column floors."""
+    tiny = torch.finfo(std.dtype).tiny
+    eps = torch.finfo(std.dtype).eps
+    return (std > _DEAD_COLUMN * std.amax().clamp_min(tiny)) & (std > _ROUNDING_EPS * eps * mean.abs())
 
 
 def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,33 +87,36 @@ def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _standardise(x: torch.Tensor):
     """Columns centred and divided by their biased std; ``(1, D)`` mask of the columns that vary."""
-    c = x - x.mean(dim=0, keepdim=True)
+    mean = x.mean(dim=0, keepdim=True)
+    c = x - mean
     std = c.square().mean(dim=0, keepdim=True).sqrt()
-    live = std > _DEAD_COLUMN * std.amax().clamp_min(torch.finfo(std.dtype).tiny)
+    live = _live(std, mean)
     return c / torch.where(live, std, torch.ones_like(std)), live
 
 
-def redundancy_from_moments(cross: torch.Tensor, ss_x: torch.Tensor, ss_y: torch.Tensor) -> torch.Tensor:
-    """:func:`redundancy` from the two views' centred co-moments, summed over the rows (so that chunks of rows add
-    up, ``spherewatch analyze`` streams them): ``cross`` ``(D, D)`` = sum of ``(x - mean_x)(y - mean_y)^T``,
-    ``ss_x`` / ``ss_y`` ``(D,)`` = sums of squared deviations. Same dead-column rule and conventions as
-    :func:`redundancy` (equal to it, to round-off, on the rows the moments came from).
+def redundancy_from_moments(cross: torch.Tensor, ss_x: torch.Tensor, ss_y: torch.Tensor, n: int,
+                            mean_x: torch.Tensor, mean_y: torch.Tensor) -> torch.Tensor:
+    """:func:`redundancy` from the two views' centred co-moments over ``n`` rows, summed over the rows (so that
+    chunks of rows add up, ``spherewatch analyze`` streams them): ``cross`` ``(D, D)`` = sum of
+    ``(x - mean_x)(y - mean_y)^T``, ``ss_x`` / ``ss_y`` ``(D,)`` = sums of squared deviations, ``mean_x`` /
+    ``mean_y`` ``(D,)`` the column means. Same dead-column rules and conventions as :func:`redundancy` (equal to it,
+    to round-off, on the rows the moments came from).
 
     Example:
         >>> import torch
         >>> x = torch.randn(100, 4, dtype=torch.float64)
         >>> xc = x - x.mean(0)
-        >>> m = redundancy_from_moments(xc.T @ xc, (xc * xc).sum(0), (xc * xc).sum(0))
+        >>> m = redundancy_from_moments(xc.T @ xc, (xc * xc).sum(0), (xc * xc).sum(0), 100, x.mean(0), x.mean(0))
         >>> bool(torch.isclose(m, redundancy(x, x)))
         True
     """
     d = cross.shape[0]
-    if cross.shape != (d, d) or ss_x.shape != (d,) or ss_y.shape != (d,) or d < 2:
-        raise ValueError(f"Expected a (D, D) co-moment and two (D,) sums of squares with D >= 2, got "
-                         f"{tuple(cross.shape)}, {tuple(ss_x.shape)}, {tuple(ss_y.shape)}.")
+    shapes = (ss_x.shape, ss_y.shape, mean_x.shape, mean_y.shape)
+    if cross.shape != (d, d) or any(sh != (d,) for sh in shapes) or d < 2 or n < 2:
+        raise ValueError(f"Expected a (D, D) co-moment, (D,) sums of squares and means with D >= 2, and n >= 2 rows, "
+                         f"got {tuple(cross.shape)}, {[tuple(sh) for sh in shapes]}, n={n}.")
     sx, sy = ss_x.clamp_min(0).sqrt(), ss_y.clamp_min(0).sqrt()
-    tiny = torch.finfo(sx.dtype).tiny
-    live = (sx > _DEAD_COLUMN * sx.amax().clamp_min(tiny)) & (sy > _DEAD_COLUMN * sy.amax().clamp_min(tiny))
+    live = _live(sx / n ** 0.5, mean_x) & _live(sy / n ** 0.5, mean_y)
     one = torch.ones_like(sx)
     corr = cross / torch.outer(torch.where(live, sx, one), torch.where(live, sy, one))
     corr = corr * torch.outer(live, live)

@@ -33,3 +33,25 @@ def test_analyze_gives_references_and_a_verdict_per_metric(tmp_path):
     ref_healthy, ref_collapsed, _ = healthy["effective_rank"]
     assert 14 < ref_healthy <= 16 and 1 <= ref_collapsed < 1.1  # RankMe of isotropic rows ≈ D, of one point ≈ 1
     assert abs(healthy["mean_cosine"][1] - 1) < 1e-3 and abs(healthy["uniformity"][1]) < 1e-3
+
+
+def test_with_pairs_the_cross_view_redundancy_gets_references_and_a_verdict(tmp_path):
+    # healthy: independent features (the 1/(N-1) floor); collapsed: every feature of both views a copy of one
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(500, 16, generator=g)
+    torch.save(z, tmp_path / "z.pt")
+    torch.save(z + 0.3 * torch.randn(500, 16, generator=g), tmp_path / "zp.pt")
+    f = torch.randn(500, 1, generator=g)
+    torch.save(f * torch.linspace(1, 2, 16), tmp_path / "c.pt")
+    torch.save((f + 0.01 * torch.randn(500, 1, generator=g)) * torch.linspace(1, 2, 16), tmp_path / "cp.pt")
+
+    def row(a, b):
+        done = subprocess.run(CLI + [str(tmp_path / a), "--pos", str(tmp_path / b)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        (cells,) = [line.split() for line in done.stdout.splitlines() if line.startswith("redundancy ")]
+        return float(cells[1]), float(cells[2]), float(cells[3]), " ".join(cells[4:])
+
+    value, ref_healthy, ref_collapsed, verdict = row("z.pt", "zp.pt")
+    assert verdict == "healthy range" and abs(ref_healthy - 1 / 499) < 1e-3 and ref_collapsed == 1.0
+    assert row("c.pt", "cp.pt")[3] == "collapsed"

@@ -64,6 +64,9 @@ def test_collapsed_features_read_one():
     copies = f * torch.tensor([[1.0, -2.0, 0.5, 3.0]]) + torch.tensor([[1.0, 0.0, -4.0, 2.0]])
     assert redundancy(copies, copies).item() == pytest.approx(1.0, abs=1e-5)
     assert redundancy(torch.ones(10, 5), torch.ones(10, 5)).item() == 1.0  # nothing varies: completely collapsed
+    # one point repeated: the computed deviations are the rounding of its mean, not features
+    point = torch.randn(1, 64, generator=_gen(9)).expand(300, 64).clone()
+    assert redundancy(point, point).item() == 1.0
 
 
 def test_invariant_to_column_scale_shift_row_order_and_view_order():
@@ -123,7 +126,7 @@ def test_from_moments_equals_the_rows_value_with_a_large_offset_and_a_dead_colum
     y = x + torch.randn(900, 10, generator=g, dtype=torch.float64)
     y[:, 3] = 7.0  # a dead column, left out as by redundancy()
     xc, yc = x - x.mean(0), y - y.mean(0)
-    whole = redundancy_from_moments(xc.T @ yc, (xc * xc).sum(0), (yc * yc).sum(0))
+    whole = redundancy_from_moments(xc.T @ yc, (xc * xc).sum(0), (yc * yc).sum(0), 900, x.mean(0), y.mean(0))
     assert whole.item() == pytest.approx(redundancy(x, y).item(), rel=1e-10)
     with pytest.raises(ValueError, match="co-moment"):
-        redundancy_from_moments(torch.zeros(3, 3), torch.zeros(3), torch.zeros(4))
+        redundancy_from_moments(torch.zeros(3, 3), torch.zeros(3), torch.zeros(4), 5, torch.zeros(3), torch.zeros(3))
