@@ -362,7 +362,13 @@ def _judge_level(rule: Any, st: Any, s: Sample) -> Judgement:
     elif ref is not None and not rise:
         ratio = math.inf  # fell to zero or below from a positive level
     breach = ratio >= rule.factor
-    rearm = not breach and ratio * (1.0 + rule.hysteresis) <= rule.factor
+    if rule.hold_steps:  # held on every sample of the last hold_steps steps and the latest one before them
+        held = ev.get("held", []) + [[ratio, step]]
+        while len(held) > 1 and (held[1][1] <= step - rule.hold_steps or len(held) > 500):
+            held.pop(0)
+        ev["held"] = held
+        breach = breach and held[0][1] <= step - rule.hold_steps and all(h[0] >= rule.factor for h in held)
+    rearm = ratio * (1.0 + rule.hysteresis) <= rule.factor
     # the window: the samples of the last `span` steps and the latest one before them (so that it spans `span`
     # steps at any cadence); bounded. Does it hold a level?
     hist = ev.get("hist", []) + [[value, step]]

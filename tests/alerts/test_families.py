@@ -315,3 +315,18 @@ def test_a_switched_off_rule_is_not_evaluated_and_does_not_warn_about_its_tap(ca
         engine = AlertEngine([rule])
         assert _fired(engine.update(1, {P + "mean_cosine": 0.9})) == [] and engine.rule_warnings == []
     assert len(AlertEngine([rule], loss_family="supervised").rules) == 1
+
+
+@pytest.mark.parametrize("every, fires_after", [(10, 3), (50, 1)])
+def test_a_held_rise_fires_once_it_has_held_for_hold_steps_at_any_cadence(every, fires_after):
+    # the default redundancy_rise holds 30 steps: two evaluations every 50 steps, four every 10; a single noisy batch
+    # (one sample at 3x) never fires
+    rule = dict(factor=2.0, hold_steps=30)
+    level = [(s, 0.05 * (1.1 if (s // every) % 2 else 0.9)) for s in range(every, 400 + every, every)]
+    engine = _level_engine(**rule)
+    assert _feed_series(engine, level) == []
+    assert _feed_series(engine, [(400 + every, 0.15)]) == []  # one spike
+    assert _feed_series(engine, [(400 + 2 * every, 0.05)]) == []
+    rise = [(400 + (3 + k) * every, 0.15) for k in range(fires_after + 1)]
+    fired = _feed_series(engine, rise)
+    assert [a.step for a in fired] == [rise[fires_after][0]]
