@@ -24,7 +24,8 @@ from spherewatch.alerts import NonFiniteRule, ThresholdRule
 
 D = 16
 COUNTS = (37, 64)  # rows per rank in the uneven scenarios
-METRICS = ("uniformity", "effective_rank", "alignment", "mean_cosine")
+# redundancy is one batch statistic of the gathered rows (correlations over all of them), not a mean over ranks
+METRICS = ("uniformity", "effective_rank", "alignment", "mean_cosine", "redundancy")
 
 
 def global_rows(n: int = sum(COUNTS), d: int = D, seed: int = 0):
@@ -48,6 +49,7 @@ def reference(z, z_pos):
         "effective_rank": sw.metrics.effective_rank(z).item(),
         "alignment": sw.metrics.alignment(z, z_pos).item(),
         "mean_cosine": sw.metrics.mean_cosine(z).item(),
+        "redundancy": sw.metrics.redundancy(z, z_pos).item(),
     }
 
 

@@ -23,7 +23,7 @@ WORKER = Path(__file__).with_name("_ddp_worker.py")
 WORLD = 2
 DEADLINE_S = 100.0
 REL = 1e-5
-METRICS = ("uniformity", "effective_rank", "alignment", "mean_cosine")
+METRICS = ("uniformity", "effective_rank", "alignment", "mean_cosine", "redundancy")
 
 pytestmark = pytest.mark.timeout(120)
 
