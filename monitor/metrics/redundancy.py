@@ -41,7 +41,8 @@ def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     Returns:
         0-d tensor on the input's device (fp32; fp64 for fp64 input). Cost ``O(N D min(N, D))``: through the two
-        ``N x N`` Grams when ``N < D``, else through ``C``. No host synchronisation.
+        ``N x N`` Grams when ``N < D``, else through ``C``. Memory: the two standardised views (as much as the
+        input) and the ``min(N, D)``-sized product. No host synchronisation.
 
     How to read it: range ``[0, 1]``. Independent features give about ``1 / (N - 1)`` (the sampling floor of a
     squared correlation); 1 = every feature of one view is a linear function of every feature of the other, the
@@ -67,31 +68,33 @@ def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"Expected at least 2 rows to correlate features over the batch, got shape {tuple(x.shape)}.")
     if d < 2:
         raise ValueError(f"Expected at least 2 columns (an off-diagonal entry), got shape {tuple(x.shape)}.")
-    a, live_a = _standardise(x)
-    b, live_b = _standardise(y)
+    a, live_a, finite_a = _standardise(x)
+    b, live_b, finite_b = _standardise(y)
     live = live_a & live_b
-    a, b = a * live, b * live
+    a.mul_(live)  # in place: the two standardised views are the only (N, D) copies made
+    b.mul_(live)
     k = live.sum().to(a.dtype)
     if n < d:  # ||a^T b||_F^2 = <a a^T, b b^T>: the two N x N Grams
         total = (a @ a.T).mul_(b @ b.T).sum()
     else:
-        total = (a.T @ b).square().sum()
-    diag = (a * b).sum(dim=0).square().sum()
+        total = (a.T @ b).square_().sum()
+    diag = torch.einsum("nd,nd->d", a, b).square().sum()
     off = (total - diag).clamp_min(0.0) / (n * n)
     value = off / (k * (k - 1.0)).clamp_min(1.0)
     # fewer than two varying columns: nothing decorrelated is left -- the collapsed value
     value = torch.where(k >= 2, value.clamp(max=1.0), torch.ones_like(value))
-    finite = torch.isfinite(x).all() & torch.isfinite(y).all()
-    return torch.where(finite, value, torch.full_like(value, float("nan")))
+    return torch.where(finite_a & finite_b, value, torch.full_like(value, float("nan")))
 
 
 def _standardise(x: torch.Tensor):
-    """Columns centred and divided by their biased std; ``(1, D)`` mask of the columns that vary."""
+    """Columns centred and divided by their biased std (one new ``(N, D)`` tensor); the ``(1, D)`` mask of the
+    columns that vary; whether every entry is finite (read off the column means: a NaN or an infinity makes its
+    column's mean non-finite, without an ``(N, D)`` mask)."""
     mean = x.mean(dim=0, keepdim=True)
     c = x - mean
-    std = c.square().mean(dim=0, keepdim=True).sqrt()
+    std = torch.linalg.vector_norm(c, dim=0, keepdim=True).div_(x.shape[0] ** 0.5)
     live = _live(std, mean)
-    return c / torch.where(live, std, torch.ones_like(std)), live
+    return c.div_(torch.where(live, std, torch.ones_like(std))), live, torch.isfinite(mean).all()
 
 
 def redundancy_from_moments(cross: torch.Tensor, ss_x: torch.Tensor, ss_y: torch.Tensor, n: int,
