@@ -119,6 +119,14 @@ class AlertPipeline:
             self.dispatch(emitted)
         return emitted
 
+    def requested_step(self, after: int) -> Optional[int]:
+        """The next step a rule asked to be evaluated at outside the schedule (``AlertEngine.requested_step``)."""
+        try:
+            return self.engine.requested_step(after)
+        except Exception as exc:  # never lets the host loop down: the schedule alone then
+            self.faults.report("alerts", exc, "an extra evaluation asked for by a rule was skipped")
+            return None
+
     def dispatch(self, alerts: List[Alert]) -> None:
         """Deliver ``alerts`` to every channel; an escalated warning is held for :meth:`raise_escalated`."""
         try:

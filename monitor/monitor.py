@@ -294,7 +294,10 @@ class Monitor:
                 self._stepping = None
                 self._writer.hold(False)
             self.last_evaluation_step = s
-        if self._clock.end(s, due):
+        # a rule may ask for an evaluation before the schedule's next (a collapse zone entered at the first trained
+        # evaluation is confirmed 10 steps later): every rank's engine holds the same state, so all ranks ask alike
+        extra = self._alerting.requested_step(s) if due else None
+        if self._clock.end(s, due, extra):
             # rows captured at a step outside the coming evaluation's window (e.g. a first step that was not an
             # evaluation step after all) must not leak into it
             self._sampler.clear()

@@ -75,10 +75,13 @@ class StepClock:
             self.next_spectral = self.spectral_schedule.next_after(s)
         self.evaluations += 1
 
-    def end(self, s: int, due: bool) -> bool:
-        """Close step ``s``; True when the rows buffered so far fall outside the next evaluation's window."""
+    def end(self, s: int, due: bool, extra: Optional[int] = None) -> bool:
+        """Close step ``s``; True when the rows buffered so far fall outside the next evaluation's window. ``extra``:
+        a step after ``s`` that is evaluated too (a rule asked for it), when it comes before the schedule's next."""
         if due:
             self.next_eval = self.schedule.next_after(s)
+        if extra is not None and s < extra < self.next_eval:
+            self.next_eval = extra
         stale = not due and self.next_eval - s >= self.window
         self.last_step = s
         self.armed = self.next_eval - (s + 1) < self.window

@@ -257,6 +257,14 @@ class AlertEngine:
             fired = [stamped[id(a)] for a in fired]
         return fired
 
+    def requested_step(self, after: int) -> int | None:
+        """The earliest step after ``after`` at which a rule asked for a sample outside the schedule (an evaluator's
+        ``st.ev["sample_at"]``: a collapse zone entered at the first trained sample, to be confirmed), or ``None``.
+        Every rank's engine holds the same states (the same gathered values), so every rank asks for the same step."""
+        steps = [int(st.ev["sample_at"]) for states in self._states.values() for st in states.values()
+                 if st.ev.get("sample_at") is not None and int(st.ev["sample_at"]) > after]
+        return min(steps, default=None)
+
     def open_severity(self) -> str:
         """The worst severity among the open (firing) alerts, ``"ok"`` when none is open."""
         return worst_severity(st.alert.severity for states in self._states.values() for st in states.values()

@@ -15,7 +15,9 @@ in the ``Rule`` union) and its evaluator here, registered under that kind::
         return Judgement(breach, s.value <= rule.limit - rule.hysteresis, f"{s.metric} ..." if breach else None)
 
 ``st`` is the (rule, key) state: an evaluator keeps plain JSON-able data in it (``st.ev`` for new kinds), so a
-checkpoint resumes it.
+checkpoint resumes it. An evaluator that needs its next sample sooner than the schedule gives it sets
+``st.ev["sample_at"]`` to that step (:meth:`~spherewatch.alerts.engine.AlertEngine.requested_step`; the Monitor
+evaluates there too) and clears it when the sample comes.
 
 Example:
     >>> from spherewatch.alerts.rules import ThresholdRule
@@ -246,6 +248,10 @@ def _judge_drift(rule: Any, st: Any, s: Sample) -> Judgement:
 @register("collapse")
 def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, se = st.ev, s.stderr
+    n = int(ev.get("n", 0)) + 1
+    ev["n"] = n
+    if ev.get("sample_at") is not None and s.step >= ev["sample_at"]:
+        ev.pop("sample_at")  # the sample asked for (or a later one) is here
     dist = abs(s.value - rule.collapsed)
     far = max(float(ev.get("far", 0.0)), dist)
     ev["far"] = far
@@ -258,6 +264,9 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
         return Judgement(False, rearm, None)
     prev_dist, prev_se = float(prev[0]), float(prev[1])
     fell_in = prev_dist > margin
+    if fell_in and n == 2 and rule.confirm_steps:  # entered at the first trained sample: confirm it first
+        ev["sample_at"] = s.step + rule.confirm_steps
+        return Judgement(False, False, None)
     recovering = (dist - prev_dist) > max(rule.z * math.sqrt(se * se + prev_se * prev_se), 0.02 * margin)
     breach = fell_in or not recovering
     msg = None

@@ -300,7 +300,11 @@ class CollapseRule(_RuleBase):
     just fell in) or the distance from ``collapsed`` did not grow by more than ``z`` standard errors
     (``sqrt(se^2 + se_prev^2)`` from the logged ``<metric>_stderr``) and by at least 2% of the margin. The very
     first sample of a key never breaches: a transformer starts anisotropic (mean cosine 0.94 at step 1) and
-    recovers, which is not a collapse. Severity escalates with persistence through ``patience``: the default
+    recovers, which is not a collapse. With ``confirm_steps``, a zone entered at the second sample (the first after
+    the random initialisation) is not a breach yet: the rule asks the Monitor for a sample ``confirm_steps`` later
+    (``AlertEngine.requested_step``) and breaches there unless that sample left the zone or is recovering (MoCo's
+    queue of random keys: the first interval's transient enters the zone at step 50 and is already on its way out;
+    a collapse from step 0 stays). Severity escalates with persistence through ``patience``: the default
     rules have a warning at the first breaching sample and a critical rule that needs two in a row.
     Re-arm once out of the zone by ``hysteresis * margin``.
 
@@ -314,6 +318,9 @@ class CollapseRule(_RuleBase):
     margin: float = Field(..., gt=0, allow_inf_nan=False, description="width of the collapse zone")
     relative: bool = Field(False, description="margin is a share of the farthest distance from `collapsed` seen")
     z: float = Field(2.0, ge=0, allow_inf_nan=False, description="standard errors a recovery must exceed")
+    confirm_steps: int = Field(0, ge=0, description="a zone entered at the key's second sample (the first after the "
+                                                    "random initialisation) breaches only if a sample asked for this "
+                                                    "many steps later is still in it and not recovering (0: at once)")
 
     @model_validator(mode="after")
     def _check(self) -> CollapseRule:
@@ -531,6 +538,13 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
 #: a backbone. Unknown families (the default) keep skipping the first sample.
 _FIRST_SAMPLE_COUNTS = {f: {"skip_first": 0} for f in ("non_contrastive", "redundancy_reduction")}
 
+#: Steps after a collapse zone entered at the first trained evaluation at which the zone rules confirm it (the Monitor
+#: evaluates there too). Measured every 5 steps: healthy MoCo at batch 32 (its queue of 1,024 random keys) peaks at
+#: mean cosine 0.94 by step 30 and is leaving the zone at 50-60 (0.923 -> 0.891, 0.926 -> 0.897: 3-4 standard errors
+#: of a batch of 32); SimSiam without stop-gradient from step 0 goes on into it (0.980 -> 0.983). 10 steps keep a
+#: collapse from step 0 within one interval of its onset at the default cadence (onset 10, alert 60).
+_CONFIRM_STEPS = 10
+
 #: Loss families that hold the features' cross-view redundancy down (Barlow Twins' off-diagonal term, VICReg's
 #: covariance term): only there is a rise of ``redundancy`` a sign of collapse, so ``redundancy_rise`` is on for them.
 _REDUNDANCY_FAMILIES = {"redundancy_reduction": {"enabled": True}}
@@ -584,20 +598,20 @@ DEFAULT_RULE_SETTINGS = {
     ),
     "mean_cosine_collapse": dict(
         kind="collapse", metric="mean_cosine", collapsed=1.0, margin=0.1, patience=1, hysteresis=0.5,
-        severity="warning",
+        severity="warning", confirm_steps=_CONFIRM_STEPS,
     ),
     "uniformity_collapse": dict(
         # t=2: uniformity >= -4 (1 - mean cosine), so the zone matches mean cosine > 0.9
         kind="collapse", metric="uniformity", collapsed=0.0, margin=0.4, patience=2, hysteresis=0.5,
-        severity="critical",
+        severity="critical", confirm_steps=_CONFIRM_STEPS,
     ),
     "rank_one_collapse": dict(
         kind="collapse", metric="effective_rank", collapsed=1.0, margin=0.5, patience=2, hysteresis=0.5,
-        severity="critical",
+        severity="critical", confirm_steps=_CONFIRM_STEPS,
     ),
     "normalized_std_collapse": dict(
         kind="collapse", metric="normalized_std", collapsed=0.0, margin=0.1, relative=True, patience=2,
-        hysteresis=0.5, severity="critical",
+        hysteresis=0.5, severity="critical", confirm_steps=_CONFIRM_STEPS,
     ),
     # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
     "mean_cosine_approach": dict(

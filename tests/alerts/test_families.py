@@ -330,3 +330,40 @@ def test_a_held_rise_fires_once_it_has_held_for_hold_steps_at_any_cadence(every,
     rise = [(400 + (3 + k) * every, 0.15) for k in range(fires_after + 1)]
     fired = _feed_series(engine, rise)
     assert [a.step for a in fired] == [rise[fires_after][0]]
+
+
+# ---------------------------------------------------- a collapse zone entered at the first trained evaluation
+def test_a_zone_entered_at_the_first_trained_sample_is_confirmed_at_a_sample_asked_for_ten_steps_later():
+    # MoCo at batch 32 (measured): mean cosine 0.27 at step 1, 0.923 at 50 -- inside the zone -- then 0.891 at 60 on
+    # its way out; SimSiam without stop-gradient from step 0: 0.98 at 50, 0.983 at 60
+    def run(values):
+        engine = AlertEngine(default_rules())
+        fired = []
+        for step, v, se in values:
+            fired += _fired(engine.update(step, {P + "mean_cosine": v, P + "mean_cosine_stderr": se}))
+            asked = engine.requested_step(step)
+        return fired, asked, engine
+
+    fired, asked, engine = run([(1, 0.27, 0.03), (50, 0.923, 0.008)])
+    assert fired == [] and asked == 60  # not yet: the rule asks for step 60
+    moco, _, _ = run([(1, 0.27, 0.03), (50, 0.923, 0.008), (60, 0.891, 0.01), (100, 0.72, 0.02)])
+    assert moco == []  # recovering at 60: no alert
+    collapse, asked, _ = run([(1, 0.27, 0.006), (50, 0.980, 0.0005), (60, 0.983, 0.0005)])
+    assert [(a.rule, a.step) for a in collapse] == [("mean_cosine_collapse", 60)] and asked is None
+    # a run that is in the zone from its first sample (attached to a collapsed model) is not held back
+    arrived, _, _ = run([(1, 0.97, 0.001), (50, 0.975, 0.001)])
+    assert [(a.rule, a.step) for a in arrived] == [("mean_cosine_collapse", 50)]
+
+
+def test_the_monitor_evaluates_at_the_step_a_rule_asks_for():
+    torch.manual_seed(0)
+    mon = sw.Monitor(sinks=("memory",), warn=False, every_n_steps=50, preset="cheap")
+    direction = torch.randn(1, 16)
+    for step in range(1, 121):
+        spread = 1.0 if step < 10 else 0.02  # a collapse from step 10 on: in the zone at the first trained evaluation
+        mon.observe(direction + spread * torch.randn(64, 16))
+        mon.step(step)
+    mon.close()
+    steps = [s for s, _ in mon.sink("memory").history(P + "mean_cosine")]
+    assert steps == [1, 50, 60, 100]  # 60: asked for by the zone rules, to confirm the entry at 50
+    assert [(a.rule, a.step) for a in _fired(mon.alerts)][:1] == [("mean_cosine_collapse", 60)]

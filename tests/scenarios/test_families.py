@@ -61,12 +61,9 @@ def test_every_broken_scenario_has_a_healthy_twin_of_the_same_family_and_width()
 @pytest.mark.parametrize("name", [
     "dino", "barlow",
     "byol_warmup",  # the old rules took a "settled level" mid-warm-up and alerted at 450; the issue-17 rules do not
-    # RULES (issue 17): at batch 32 MoCo's queue of random keys takes 16 steps to fill and its first-interval transient
-    # reaches the complete-collapse zone (mean cosine 0.92 at step 50, back to 0.72 at 100): the zone warning cannot
-    # tell it from a collapse from step 0 at that evaluation (docs/alerts-design.md); seed 1 stays out of the zone
-    pytest.param("moco_small_batch", marks=pytest.mark.xfail(
-        reason="issue 17: healthy MoCo at batch 32 gets a mean_cosine_collapse warning at step 50 (seeds 0 and 2)",
-        strict=True)),
+    # at batch 32 MoCo's queue of random keys takes 16 steps to fill and its first-interval transient reaches the
+    # complete-collapse zone (mean cosine 0.92 at step 50): the zone rules confirm it at step 60, where it is leaving
+    "moco_small_batch",
 ])
 def test_healthy_family_runs_raise_no_alert_at_default_settings(name):
     mon = sw.Monitor(sinks=("memory",), warn=False)
