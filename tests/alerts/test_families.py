@@ -367,3 +367,24 @@ def test_the_monitor_evaluates_at_the_step_a_rule_asks_for():
     steps = [s for s, _ in mon.sink("memory").history(P + "mean_cosine")]
     assert steps == [1, 50, 60, 100]  # 60: asked for by the zone rules, to confirm the entry at 50
     assert [(a.rule, a.step) for a in _fired(mon.alerts)][:1] == [("mean_cosine_collapse", 60)]
+
+
+def test_a_checkpoint_between_the_request_and_the_confirmation_resumes_it():
+    torch.manual_seed(0)
+    direction = torch.randn(1, 16)
+
+    def feed(mon, steps):
+        for step in steps:
+            mon.observe(direction + (1.0 if step < 10 else 0.02) * torch.randn(64, 16))
+            mon.step(step)
+
+    first = sw.Monitor(sinks=("memory",), warn=False, every_n_steps=50, preset="cheap")
+    feed(first, range(1, 56))
+    state = first.state_dict()
+    first.close()
+    resumed = sw.Monitor(sinks=("memory",), warn=False, every_n_steps=50, preset="cheap")
+    resumed.load_state_dict(state)
+    feed(resumed, range(56, 101))
+    resumed.close()
+    assert [s for s, _ in resumed.sink("memory").history(P + "mean_cosine")] == [60, 100]
+    assert [(a.rule, a.step) for a in _fired(resumed.alerts)][:1] == [("mean_cosine_collapse", 60)]

@@ -300,8 +300,27 @@ def many_views(rank: int, out: str):
     return {"gathered_equal": gathered_equal, "monitor": got, "ref": ref}
 
 
+def confirmation_evaluation(rank: int, out: str):
+    """A collapse from step 10, every 50 steps: the zone entered at the first trained evaluation (step 50) is
+    confirmed at an evaluation the rule asks for (step 60): every rank evaluates there (no rank left in a collective
+    alone) and sees the alert."""
+    g = torch.Generator().manual_seed(20 + rank)
+    direction = torch.randn(1, D, generator=torch.Generator().manual_seed(5))
+    mon = new_monitor(out, rank, "confirm", every_n_steps=50, metrics=("mean_cosine",))
+    for step in range(1, 71):
+        spread = 1.0 if step < 10 else 0.02
+        mon.observe(direction + spread * torch.randn(COUNTS[rank], D, generator=g))
+        mon.step(step)
+    steps = [s for s, _ in mon.sink("memory").history("spherewatch/mean_cosine")] if rank == 0 else None
+    alerts = [(a.rule, a.step) for a in mon.alerts if a.status == "fired"]
+    evaluations = mon.state_dict()["evaluations"]
+    mon.close()
+    return {"steps": steps, "alerts": alerts, "evaluations": evaluations}
+
+
 SCENARIOS = [
     uneven_batches,
+    confirmation_evaluation,
     many_views,
     zero_rows_on_one_rank,
     sinks_on_rank_zero_only,

@@ -90,6 +90,14 @@ def test_global_metrics_equal_single_process_metrics_with_uneven_batches(battery
             assert close(res["monitor"][name], res["ref"][name]), (rank, name, res["monitor"][name], res["ref"][name])
 
 
+def test_an_evaluation_a_rule_asks_for_runs_on_every_rank(battery):
+    ranks = scenario(battery, "confirmation_evaluation")
+    assert ranks[0]["steps"] == [1, 50, 60]  # 60: the zone entered at 50 confirmed
+    for rank, res in enumerate(ranks):
+        assert [tuple(a) for a in res["alerts"]] == [("mean_cosine_collapse", 60)], (rank, res)
+        assert res["evaluations"] == 3, (rank, res)  # 1, 50 and 60 on both ranks
+
+
 def test_every_view_of_observe_views_is_gathered_and_measured(battery):
     for rank, res in enumerate(scenario(battery, "many_views")):
         assert res["gathered_equal"], f"rank {rank}: the (N, V - 1, D) views were not gathered in rank order"
