@@ -342,6 +342,19 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
             if steady and closer(win[0][0], d) >= rule.steady_factor:
                 breach, start, times = True, win[0], closer(win[0][0], d)
                 how = f" steadily over {len(win) - 1} evaluations"
+    confirm = ev.pop("confirm", None)  # [d, se, value, step] of a second sample that came factor x closer
+    if confirm is not None and not breach:  # the sample asked for: closer still is an approach from step 0
+        times_more = closer(confirm[0], d)
+        if times_more >= rule.confirm_factor and confirm[0] - d > rule.z * _hypot(dse, confirm[1]):
+            first = hist[0] if hist[0][3] < confirm[3] else confirm
+            breach, start, times = True, first, closer(first[0], d)
+            how = f" and on from step {confirm[3]} ({times_more:.2f}x closer again)"
+    if ev.get("sample_at") is not None and step >= ev["sample_at"]:
+        ev.pop("sample_at")
+    if (rule.confirm_first and n == 2 and rule.skip_first >= 1 and len(hist) >= 2 and not breach
+            and closer(hist[-2][0], d) >= rule.factor and hist[-2][0] - d > rule.z * _hypot(dse, hist[-2][1])):
+        ev["confirm"] = [d, dse, value, step]  # came factor x closer than the random start: ask for a sample
+        ev["sample_at"] = step + rule.confirm_first
     if breach and rule.unless_recovering and len(hist) >= 2 and \
             d - hist[-2][0] > rule.z * _hypot(dse, hist[-2][1]):  # moving away from collapse: not (yet) critical
         breach = False

@@ -358,6 +358,11 @@ class ApproachRule(_RuleBase):
       move from the run's first sample).
     * ``unless_recovering``: no breach while the distance grew since the previous sample by more than ``z``
       standard errors (the critical defaults: a jump that is already recovering is not called critical).
+    * ``confirm_first`` (steps): the run's first sample is not a reference (``skip_first``), but when the second
+      came ``factor`` times closer than it, the rule asks the Monitor for a sample ``confirm_first`` steps later
+      (``AlertEngine.requested_step``) and breaches there if that one came ``confirm_factor`` times closer still
+      (beyond ``z`` standard errors): an approach from step 0 that goes on. A transient that turns (MoCo's first
+      interval) is receding by then.
     * **Re-arm** once ``far / dist <= factor / (1 + hysteresis)``.
 
     Example:
@@ -383,6 +388,11 @@ class ApproachRule(_RuleBase):
     jump: float = Field(0.0, ge=0, allow_inf_nan=False, description="also breach when one evaluation came this many "
                                                                      "times closer (0: off; never from the first "
                                                                      "sample)")
+    confirm_first: int = Field(0, ge=0, description="steps: when the second sample came `factor` times closer than the "
+                                                    "first (not a reference: `skip_first`), ask for a sample this many "
+                                                    "steps later and breach there if it came closer still (0: off)")
+    confirm_factor: float = Field(1.1, gt=1, allow_inf_nan=False, description="how many times closer the sample asked "
+                                                                                "for must be (with `confirm_first`)")
 
     @model_validator(mode="after")
     def _check(self) -> ApproachRule:
@@ -580,7 +590,7 @@ DEFAULT_RULE_SETTINGS = {
     # warnings: the distance to the collapsed value shrank (from the farthest it has been) or is shrinking steadily
     "uniformity_degradation": dict(
         kind="approach", metric="uniformity", collapsed=0.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
-        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS,
+        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS, confirm_first=_CONFIRM_STEPS,
     ),
     "rank_collapse": dict(
         kind="approach", metric="effective_rank", collapsed=1.0, scale="log", factor=2.0, jump=1.7, steady=0, z=3.0,
@@ -616,7 +626,7 @@ DEFAULT_RULE_SETTINGS = {
     # warning: mean cosine, the same way as uniformity (the two disagree on clustered embeddings)
     "mean_cosine_approach": dict(
         kind="approach", metric="mean_cosine", collapsed=1.0, factor=2.5, steady=2, steady_factor=1.6, z=3.0,
-        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS,
+        patience=1, hysteresis=0.1, severity="warning", by_family=_FIRST_SAMPLE_COUNTS, confirm_first=_CONFIRM_STEPS,
     ),
     # warning: the raw embeddings contract toward the origin -- their mean norm fell 4x from the largest it has been
     # after the first sample (VICReg once its variance term is gone: 4.4-5.3x within one interval of the probe's

@@ -49,10 +49,7 @@ def test_saved_runs_of_every_family_replay_to_the_right_verdict(path):
         return
     assert collapse, f"{trace['scenario']}: no alert, onset {onset}"
     first = min(a.step for a in collapse)
-    # the onset of a collapse from the first step at D = 512 lies before the second evaluation, where healthy
-    # MoCo's first transient looks more collapsed than it does: it is caught at the third (see docs/alerts-design.md)
-    late = 2 * every if trace["scenario"].endswith("step0_d512") else every
-    assert first <= onset + late, f"{trace['scenario']}: onset {onset}, first alert {first}"
+    assert first <= onset + every, f"{trace['scenario']}: onset {onset}, first alert {first}"
     critical = [a.step for a in collapse if a.severity == "critical"]
     assert not critical or min(critical) >= onset
 
@@ -349,7 +346,9 @@ def test_a_zone_entered_at_the_first_trained_sample_is_confirmed_at_a_sample_ask
     moco, _, _ = run([(1, 0.27, 0.03), (50, 0.923, 0.008), (60, 0.891, 0.01), (100, 0.72, 0.02)])
     assert moco == []  # recovering at 60: no alert
     collapse, asked, _ = run([(1, 0.27, 0.006), (50, 0.980, 0.0005), (60, 0.983, 0.0005)])
-    assert [(a.rule, a.step) for a in collapse] == [("mean_cosine_collapse", 60)] and asked is None
+    # (the approach rule confirms the same run at 60 too: 37x closer than its random start, closer again)
+    assert ("mean_cosine_collapse", 60) in [(a.rule, a.step) for a in collapse] and asked is None
+    assert all(a.step == 60 for a in collapse)
     # a run that is in the zone from its first sample (attached to a collapsed model) is not held back
     arrived, _, _ = run([(1, 0.97, 0.001), (50, 0.975, 0.001)])
     assert [(a.rule, a.step) for a in arrived] == [("mean_cosine_collapse", 50)]
@@ -388,3 +387,31 @@ def test_a_checkpoint_between_the_request_and_the_confirmation_resumes_it():
     resumed.close()
     assert [s for s, _ in resumed.sink("memory").history(P + "mean_cosine")] == [60, 100]
     assert [(a.rule, a.step) for a in _fired(resumed.alerts)][:1] == [("mean_cosine_collapse", 60)]
+
+
+# ------------------------------------------------- an approach from step 0, confirmed at a sample asked for
+def _spread_run(values, loss_family=None):
+    engine = AlertEngine(default_rules(), loss_family=loss_family)
+    fired = []
+    for step, v, se in values:
+        fired += _fired(engine.update(step, {P + "mean_cosine": v, P + "mean_cosine_stderr": se}))
+    return fired, engine
+
+
+def test_an_approach_from_step_0_is_confirmed_ten_steps_later_a_turning_transient_is_not():
+    # measured every 5 steps (docs/alerts-design.md): SimSiam without stop-gradient from step 0 at D = 512 is 3.2-3.5x
+    # closer to collapse than its random start at step 50 and 1.19-1.26x closer again at 60; healthy MoCo 2.5-10x at
+    # 50, but receding at 60 (0.68-0.96)
+    fired, engine = _spread_run([(1, 0.345, 0.004), (50, 0.803, 0.0024)])
+    assert fired == [] and engine.requested_step(50) == 60
+    fired, _ = _spread_run([(1, 0.345, 0.004), (50, 0.803, 0.0024), (60, 0.837, 0.002)])
+    assert [(a.rule, a.step) for a in fired] == [("mean_cosine_approach", 60)]
+    assert "from 0.345 (step 1) to 0.837 at step 60 and on from step 50" in fired[0].message
+    moco, _ = _spread_run([(1, 0.267, 0.006), (50, 0.854, 0.003), (60, 0.786, 0.005), (100, 0.352, 0.014)])
+    assert moco == []
+    # not closer enough again (1.05x < 1.1x): a run that slows down is not confirmed
+    slow, _ = _spread_run([(1, 0.345, 0.004), (50, 0.803, 0.0024), (60, 0.813, 0.002)])
+    assert slow == []
+    # a run whose second sample did not come 2.5x closer asks for nothing
+    _, engine = _spread_run([(1, 0.264, 0.03), (50, 0.589, 0.03)])
+    assert engine.requested_step(50) is None
