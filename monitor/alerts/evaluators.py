@@ -250,7 +250,8 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, se = st.ev, s.stderr
     n = int(ev.get("n", 0)) + 1
     ev["n"] = n
-    if ev.get("sample_at") is not None and s.step >= ev["sample_at"]:
+    waiting = ev.get("sample_at") is not None and s.step < ev["sample_at"]  # a finer cadence's earlier sample
+    if ev.get("sample_at") is not None and not waiting:
         ev.pop("sample_at")  # the sample asked for (or a later one) is here
     dist = abs(s.value - rule.collapsed)
     far = max(float(ev.get("far", 0.0)), dist)
@@ -266,6 +267,8 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
     fell_in = prev_dist > margin
     if fell_in and n == 2 and rule.confirm_steps:  # entered at the first trained sample: confirm it first
         ev["sample_at"] = s.step + rule.confirm_steps
+        return Judgement(False, False, None)
+    if waiting:
         return Judgement(False, False, None)
     recovering = (dist - prev_dist) > max(rule.z * math.sqrt(se * se + prev_se * prev_se), 0.02 * margin)
     breach = fell_in or not recovering
@@ -342,8 +345,12 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
             if steady and closer(win[0][0], d) >= rule.steady_factor:
                 breach, start, times = True, win[0], closer(win[0][0], d)
                 how = f" steadily over {len(win) - 1} evaluations"
-    confirm = ev.pop("confirm", None)  # [d, se, value, step] of a second sample that came factor x closer
-    if confirm is not None and not breach:  # the sample asked for: closer still is an approach from step 0
+    confirm = ev.get("confirm")  # [d, se, value, step] of a second sample that came factor x closer
+    if confirm is not None and step >= confirm[3] + rule.confirm_first:  # the sample asked for (a finer cadence's
+        ev.pop("confirm")                                                 # earlier samples do not count)
+    else:
+        confirm = None
+    if confirm is not None and not breach:  # closer still is an approach from step 0
         times_more = closer(confirm[0], d)
         if times_more >= rule.confirm_factor and confirm[0] - d > rule.z * _hypot(dse, confirm[1]):
             first = hist[0] if hist[0][3] < confirm[3] else confirm

@@ -415,3 +415,20 @@ def test_an_approach_from_step_0_is_confirmed_ten_steps_later_a_turning_transien
     # a run whose second sample did not come 2.5x closer asks for nothing
     _, engine = _spread_run([(1, 0.264, 0.03), (50, 0.589, 0.03)])
     assert engine.requested_step(50) is None
+
+
+def test_at_a_finer_cadence_the_approach_is_confirmed_at_the_first_sample_ten_steps_on():
+    # every 5 steps: the sample at 55 is not the one asked for; the one at 60 confirms
+    fired, engine = _spread_run([(1, 0.345, 0.004), (50, 0.803, 0.0024), (55, 0.806, 0.002)])
+    assert fired == [] and engine.requested_step(55) == 60  # still waiting for 60 (on the schedule anyway)
+    fired, _ = _spread_run([(1, 0.345, 0.004), (50, 0.803, 0.0024), (55, 0.806, 0.002), (60, 0.837, 0.002)])
+    assert [(a.rule, a.step) for a in fired] == [("mean_cosine_approach", 60)]
+
+
+def test_at_a_finer_cadence_the_zone_is_confirmed_at_the_first_sample_ten_steps_on():
+    def run(values):
+        engine = AlertEngine(default_rules())
+        return [(a.rule, a.step) for step, v in values
+                for a in _fired(engine.update(step, {P + "mean_cosine": v, P + "mean_cosine_stderr": 0.0005}))]
+    assert run([(1, 0.27), (5, 0.97), (10, 0.975)]) == []  # entered at 5: the sample asked for is at 15
+    assert ("mean_cosine_collapse", 15) in run([(1, 0.27), (5, 0.97), (10, 0.975), (15, 0.98)])
