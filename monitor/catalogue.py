@@ -181,7 +181,7 @@ def _alpha_req(tap: TapRows) -> Dict[str, torch.Tensor]:
 
 def _redundancy(tap: TapRows) -> torch.Tensor:
     # the raw features of the two views, as a redundancy-reduction loss sees them (not normalised rows)
-    return M.redundancy(tap.raw, tap.raw_pos if tap.raw_pos.ndim == 2 else tap.raw_pos[:, 0])
+    return M.redundancy(tap.raw, tap.raw_zp)
 
 
 def _lidar(tap: TapRows) -> torch.Tensor:

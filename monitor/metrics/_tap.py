@@ -225,8 +225,7 @@ class TapRows:
     def columns(self) -> RowPass:
         """The one pass over the rows (and the paired view): norms, non-finite entries, column statistics of the
         normalised rows and of their 8 interleaved row blocks, row and pair distances."""
-        pos = None if self.raw_pos is None else (self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0])
-        return RowPass(self.raw, pos, 8)
+        return RowPass(self.raw, self.raw_zp, 8)
 
     @cached_property
     def u(self) -> torch.Tensor:
@@ -287,6 +286,13 @@ class TapRows:
         pos = self.raw_pos if self.raw_pos.ndim == 3 else self.raw_pos.unsqueeze(1)
         return one_point(pos.flatten(0, 1))[0].reshape(pos.shape)
 
+    @property
+    def raw_zp(self) -> Optional[torch.Tensor]:
+        """The paired view (view 1) of each row as given, ``(N, D)``; ``None`` without."""
+        if self.raw_pos is None:
+            return None
+        return self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
+
     @cached_property
     def zp(self) -> torch.Tensor:
         """The paired view (view 1) of each row, ``(N, D)``."""
@@ -295,8 +301,7 @@ class TapRows:
     @cached_property
     def up(self) -> torch.Tensor:
         """The paired view (degenerate rows made one point) L2-normalised."""
-        pos = self.raw_pos if self.raw_pos.ndim == 2 else self.raw_pos[:, 0]
-        return unit_rows(pos)[0]
+        return unit_rows(self.raw_zp)[0]
 
     @property
     def pair_sq(self) -> torch.Tensor:
