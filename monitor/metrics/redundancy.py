@@ -79,11 +79,16 @@ def redundancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     else:
         total = (a.T @ b).square_().sum()
     diag = torch.einsum("nd,nd->d", a, b).square().sum()
-    off = (total - diag).clamp_min(0.0) / (n * n)
-    value = off / (k * (k - 1.0)).clamp_min(1.0)
+    return _mean_off_diagonal((total - diag) / (n * n), k, finite_a & finite_b)
+
+
+def _mean_off_diagonal(off: torch.Tensor, k: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """The sum ``off`` of the squared off-diagonal correlations of ``k`` varying columns as their mean; 1 (the
+    collapsed value) when fewer than two columns vary, NaN when ``finite`` is false."""
+    value = (off.clamp_min(0.0) / (k * (k - 1.0)).clamp_min(1.0)).clamp(max=1.0)
     # fewer than two varying columns: nothing decorrelated is left -- the collapsed value
-    value = torch.where(k >= 2, value.clamp(max=1.0), torch.ones_like(value))
-    return torch.where(finite_a & finite_b, value, torch.full_like(value, float("nan")))
+    value = torch.where(k >= 2, value, torch.ones_like(value))
+    return torch.where(finite, value, torch.full_like(value, float("nan")))
 
 
 def _standardise(x: torch.Tensor):
@@ -123,9 +128,6 @@ def redundancy_from_moments(cross: torch.Tensor, ss_x: torch.Tensor, ss_y: torch
     one = torch.ones_like(sx)
     corr = cross / torch.outer(torch.where(live, sx, one), torch.where(live, sy, one))
     corr = corr * torch.outer(live, live)
-    k = live.sum().to(corr.dtype)
-    off = (corr.square().sum() - torch.diagonal(corr).square().sum()).clamp_min(0.0)
-    value = (off / (k * (k - 1.0)).clamp_min(1.0)).clamp(max=1.0)
-    value = torch.where(k >= 2, value, torch.ones_like(value))
+    off = corr.square().sum() - torch.diagonal(corr).square().sum()
     finite = torch.isfinite(cross).all() & torch.isfinite(ss_x).all() & torch.isfinite(ss_y).all()
-    return torch.where(finite, value, torch.full_like(value, float("nan")))
+    return _mean_off_diagonal(off, live.sum().to(corr.dtype), finite)
