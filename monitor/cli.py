@@ -12,6 +12,7 @@ import torch
 import spherewatch.metrics as M
 from spherewatch._version import __version__
 from spherewatch.analyze import MAX_NPZ_MEMBER_BYTES, analyze
+from spherewatch.catalogue import spec
 from spherewatch.demo import run_demo
 from spherewatch.report import build_report
 
@@ -109,8 +110,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 REFERENCE_ROWS = 4096
 #: metrics with a healthy and a collapsed reference, as `spherewatch metrics` prints them
 REFERENCE_METRICS = ("alignment", "uniformity", "effective_rank", "normalized_std", "mean_cosine", "redundancy")
-#: the reference metrics that read a paired view
-_PAIR_METRICS = frozenset({"alignment", "redundancy"})
 
 
 def _references(n: int, d: int, seed: int = 0) -> Dict[str, tuple]:
@@ -122,7 +121,7 @@ def _references(n: int, d: int, seed: int = 0) -> Dict[str, tuple]:
     table = {}
     for label, name in (("healthy", "healthy (isotropic)"), ("collapsed", "complete collapse")):
         z, z_pos = gen[name]
-        table[label] = {m: float(getattr(M, m)(z, z_pos) if m in _PAIR_METRICS else getattr(M, m)(z))
+        table[label] = {m: float(getattr(M, m)(z, z_pos) if "pair" in spec(m).needs else getattr(M, m)(z))
                         for m in REFERENCE_METRICS if d >= 2 or m != "redundancy"}
     return {m: (table["healthy"][m], table["collapsed"][m]) for m in table["healthy"]}
 
