@@ -17,7 +17,7 @@ in the ``Rule`` union) and its evaluator here, registered under that kind::
 ``st`` is the (rule, key) state: an evaluator keeps plain JSON-able data in it (``st.ev`` for new kinds), so a
 checkpoint resumes it. An evaluator that needs its next sample sooner than the schedule gives it sets
 ``st.ev["sample_at"]`` to that step (:meth:`~spherewatch.alerts.engine.AlertEngine.requested_step`; the Monitor
-evaluates there too) and clears it when the sample comes.
+evaluates there too); once that step has passed it is no longer a request.
 
 Example:
     >>> from spherewatch.alerts.rules import ThresholdRule
@@ -250,9 +250,7 @@ def _judge_collapse(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, se = st.ev, s.stderr
     n = int(ev.get("n", 0)) + 1
     ev["n"] = n
-    waiting = ev.get("sample_at") is not None and s.step < ev["sample_at"]  # a finer cadence's earlier sample
-    if ev.get("sample_at") is not None and not waiting:
-        ev.pop("sample_at")  # the sample asked for (or a later one) is here
+    waiting = s.step < ev.get("sample_at", -1)  # a finer cadence's sample before the one asked for
     dist = abs(s.value - rule.collapsed)
     far = max(float(ev.get("far", 0.0)), dist)
     ev["far"] = far
@@ -346,8 +344,8 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
                 breach, start, times = True, win[0], closer(win[0][0], d)
                 how = f" steadily over {len(win) - 1} evaluations"
     confirm = ev.get("confirm")  # [d, se, value, step] of a second sample that came factor x closer
-    if confirm is not None and step >= confirm[3] + rule.confirm_first:  # the sample asked for (a finer cadence's
-        ev.pop("confirm")                                                 # earlier samples do not count)
+    if confirm is not None and step >= ev["sample_at"]:  # the sample asked for (a finer cadence's earlier ones
+        ev.pop("confirm")                                 # do not count)
     else:
         confirm = None
     if confirm is not None and not breach:  # closer still is an approach from step 0
@@ -356,8 +354,6 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
             first = hist[0] if hist[0][3] < confirm[3] else confirm
             breach, start, times = True, first, closer(first[0], d)
             how = f" and on from step {confirm[3]} ({times_more:.2f}x closer again)"
-    if ev.get("sample_at") is not None and step >= ev["sample_at"]:
-        ev.pop("sample_at")
     if (rule.confirm_first and n == 2 and rule.skip_first >= 1 and len(hist) >= 2 and not breach
             and closer(hist[-2][0], d) >= rule.factor and hist[-2][0] - d > rule.z * _hypot(dse, hist[-2][1])):
         ev["confirm"] = [d, dse, value, step]  # came factor x closer than the random start: ask for a sample
@@ -380,6 +376,17 @@ def _judge_approach(rule: Any, st: Any, s: Sample) -> Judgement:
     return Judgement(breach, rearm, msg)
 
 
+def _steps_window(window: list, sample: list, span: int) -> list:
+    """``window`` (``[x, step]`` samples, oldest first) with ``sample`` appended, trimmed to the samples of the last
+    ``span`` steps and the latest one before them (so that it spans ``span`` steps at any cadence once it can);
+    bounded to 500 samples."""
+    window = window + [sample]
+    step = sample[1]
+    while len(window) > 1 and (window[1][1] <= step - span or len(window) > 500):
+        window.pop(0)
+    return window
+
+
 @register("level")
 def _judge_level(rule: Any, st: Any, s: Sample) -> Judgement:
     ev, value, step = st.ev, s.value, s.step
@@ -392,18 +399,11 @@ def _judge_level(rule: Any, st: Any, s: Sample) -> Judgement:
         ratio = math.inf  # fell to zero or below from a positive level
     breach = ratio >= rule.factor
     if rule.hold_steps:  # held on every sample of the last hold_steps steps and the latest one before them
-        held = ev.get("held", []) + [[ratio, step]]
-        while len(held) > 1 and (held[1][1] <= step - rule.hold_steps or len(held) > 500):
-            held.pop(0)
-        ev["held"] = held
+        held = ev["held"] = _steps_window(ev.get("held", []), [ratio, step], rule.hold_steps)
         breach = breach and held[0][1] <= step - rule.hold_steps and all(h[0] >= rule.factor for h in held)
     rearm = ratio * (1.0 + rule.hysteresis) <= rule.factor
-    # the window: the samples of the last `span` steps and the latest one before them (so that it spans `span`
-    # steps at any cadence); bounded. Does it hold a level?
-    hist = ev.get("hist", []) + [[value, step]]
-    while len(hist) > 1 and (hist[1][1] <= step - rule.span or len(hist) > 500):
-        hist.pop(0)
-    ev["hist"] = hist
+    # does the window of the last `span` steps hold a level?
+    hist = ev["hist"] = _steps_window(ev.get("hist", []), [value, step], rule.span)
     if len(hist) >= rule.min_samples and hist[0][1] <= step - rule.span:
         half = len(hist) // 2
         first = statistics.median(h[0] for h in hist[:half])
