@@ -126,6 +126,14 @@ def save_trace(directory: str, meta: Dict[str, Any], records: Dict[str, Dict[str
 
 
 # ------------------------------------------------------------------------------------------------- suites
+def _lightning_callback() -> Any:
+    """The callback a Lightning run of either suite is watched with: default settings, ``z`` / ``z_pos`` from what
+    ``training_step`` returns, points kept in memory."""
+    from spherewatch.integrations.lightning import MonitorCallback
+
+    return MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False, log_to_module=False)
+
+
 def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[str], lightning: bool = False,
                  root: str = ".") -> List[Dict[str, Any]]:
     from scenarios import families as fam
@@ -144,10 +152,7 @@ def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[
                 run = fam.run_scenario(name, mon, seed=seed)
                 mon.close()
             else:
-                from spherewatch.integrations.lightning import MonitorCallback
-
-                cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False,
-                                     log_to_module=False)
+                cb = _lightning_callback()
                 run = fam.run_lightning(name, cb, seed=seed, root=root)
                 mon, inferred = cb.monitor, (cb.inferred_loss_family or (None,))[0]
             meta = {"suite": "families", "family": sc.family, "scenario": name, "what": sc.what, "regime": sc.regime,
@@ -181,10 +186,7 @@ def run_classic(names: Optional[List[str]], seeds: List[int], lightning: bool, t
                 run = run_plain(name, mon, seed=seed)
                 mon.close()
             else:
-                from spherewatch.integrations.lightning import MonitorCallback
-
-                cb = MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False,
-                                     log_to_module=False)
+                cb = _lightning_callback()
                 run = run_lightning(name, cb, seed=0, root=root)
                 mon = cb.monitor
             meta = {"suite": "classic", "family": sc.method, "scenario": name, "what": sc.what, "regime": "constant",
