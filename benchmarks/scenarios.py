@@ -107,6 +107,8 @@ def save_trace(directory: str, meta: Dict[str, Any], records: Dict[str, Dict[str
          0: the bug from the first step), "every_n_steps", "loss_family" (what the family is; the run itself
          used the default, unset), "healthy" (no bug in the recipe), "onset" (probe step or null), "positive"
          (onset is not null), "probe_ok" (healthy runs: the probe confirms it), "twin" (healthy twin scenario),
+         "changes": [[step, what], ...] (deliberate recipe changes the run told the monitor, ``mark_change``;
+                     replayed at the same steps),
          "records": {"<step>": {"<key>": value, ...}, ...}  (what the monitor logged at each evaluation, from the
                      memory sink; NaN/Infinity as JSON's non-standard literals, which Python's json reads),
          "alerts": [Alert.to_dict(), ...]  (every alert event of the run: fired, reminders, resolved),
@@ -160,7 +162,7 @@ def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[
                     "steps": sc.steps, "switch": sc.switch if sc.switch is not None else (sc.ramp[3] if sc.ramp else None),
                     "every_n_steps": mon.config.every_n_steps, "loss_family": fam.LOSS_FAMILY[sc.family],
                     "inferred_loss_family": inferred, "healthy": not sc.collapses, "onset": run.onset,
-                    "probe_ok": run.probe_ok, "twin": sc.twin}
+                    "probe_ok": run.probe_ok, "twin": sc.twin, "changes": run.changes}
             alerts = list(mon.sink("memory").alerts)
             rows.append(make_row(meta, alerts))
             print(_line(rows[-1]), flush=True)
@@ -245,8 +247,12 @@ def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[An
     faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
     pipeline = box["pipeline"] = AlertPipeline(config, [], faults)
     events: List[Any] = []
+    changes = sorted((int(c[0]), str(c[1])) for c in doc.get("changes") or [])  # recipe changes the run marked
     for step, values in sorted(((int(s), v) for s, v in doc["records"].items()), key=lambda t: t[0]):
         box["step"] = step
+        while changes and changes[0][0] <= step:
+            at, what = changes.pop(0)
+            pipeline.engine.mark_change(at, what, settle_steps=2 * config.every_n_steps)
         events += pipeline.update(step, {k: float(v) for k, v in values.items()})
     pipeline.close(0.1)
     return events

@@ -118,6 +118,15 @@ class AdapterCore:
         if self.monitor is not None:
             self.monitor.close()
 
+    def mark_change(self, what: str = "", *, step: Optional[int] = None, settle_steps: Optional[int] = None) -> None:
+        """Say that you changed the recipe from ``step`` on (default: the next step): :meth:`Monitor.mark_change
+        <spherewatch.Monitor.mark_change>` of the current run. Outside a run there is nothing to mark: a warning."""
+        if self.monitor is None:
+            logger.warning("spherewatch: mark_change(%r) outside a training run: nothing to mark (call it during "
+                           "fit/train, when the recipe changes)", what)
+            return
+        self.monitor.mark_change(what, step=step, settle_steps=settle_steps)
+
     @property
     def should_stop(self) -> bool:
         """True once a rule with ``action="stop"`` has fired in the current Monitor."""

@@ -127,6 +127,10 @@ class AlertPipeline:
             self.faults.report("alerts", exc, "an extra evaluation asked for by a rule was skipped")
             return None
 
+    def mark_change(self, step: int, what: str, settle_steps: int) -> None:
+        """A recipe change the user marked (``AlertEngine.mark_change``); bad arguments raise ``ValueError``."""
+        self.engine.mark_change(step, what, settle_steps)
+
     def dispatch(self, alerts: List[Alert]) -> None:
         """Deliver ``alerts`` to every channel; an escalated warning is held for :meth:`raise_escalated`."""
         try:

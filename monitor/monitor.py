@@ -402,6 +402,37 @@ class Monitor:
             return
         self._writer.submit_params(dict(params))
 
+    def mark_change(self, what: str = "", *, step: Optional[int] = None, settle_steps: Optional[int] = None) -> None:
+        """Say that you changed the recipe (augmentations, loss weights, data, a new head) from ``step`` on (default:
+        the next step, the first one trained after this call); call it on every rank, like the change itself.
+
+        A deliberate change can move the geometry at once: SimCLR with augmentations twice as strong on digits sees
+        its batch's mean cosine go 0.06 -> 0.91 within 50 steps while a probe on clean inputs does not move; no rule
+        can tell that from a collapse by the numbers alone. So for ``settle_steps`` steps (default: two evaluation
+        intervals) no new alert starts (an open one is still judged; NaN/Inf still report); then ONE ``info`` event
+        per tap (``kind="regime_change"``, rule ``marked_change``) says what each watched metric was before the
+        change and is now, and the rules start over from that level as at the start of a run: a collapse from there
+        is alerted as usual. Nothing is asked of the data; it is only the alert rules' business.
+
+        Example:
+            >>> import spherewatch as sw
+            >>> mon = sw.Monitor(sinks=[], every_n_steps=50)
+            >>> mon.mark_change("augmentations x2", step=300)
+            >>> mon.close()
+        """
+        try:
+            if step is None:
+                last = self._clock.last_step
+                step = 0 if last is None else last + 1
+            if settle_steps is None:
+                settle_steps = 2 * int(self.config.every_n_steps)
+            self._alerting.mark_change(step, what, settle_steps)
+        except ValueError as exc:  # a bad argument: reported (raised under strict), the run goes on
+            self._faults.report("mark_change", exc, "the change was not marked")
+            return
+        logger.info("spherewatch: recipe change marked at step %d%s: no new alert before step %d, then the rules "
+                    "watch from the new level", step, f" ({what})" if what else "", step + settle_steps)
+
     # ------------------------------------------------------------------ state
     @property
     def should_stop(self) -> bool:

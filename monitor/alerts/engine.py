@@ -186,6 +186,8 @@ class AlertEngine:
         self._routes: dict[str, tuple[str, str, tuple[Any, ...]] | None] = {}  # key -> (tap, metric, rules)
         self._sample: Mapping[str, Any] = {}  # the values of the current update (evaluators read `<key>_stderr`)
         self._taps_checked = False
+        self._change: dict[str, Any] | None = None  # a recipe change the user marked, while its window is open
+        self._last: dict[str, list[Any]] = {}  # watched key -> [step, value] of its latest finite sample
         #: One line per rule whose ``tap`` pattern matched none of the taps of the first evaluation (it can never
         #: fire); each was logged once as a warning on the ``spherewatch`` logger.
         self.rule_warnings: list[str] = []
@@ -226,8 +228,14 @@ class AlertEngine:
             return fired
         per_rule: dict[str, list[Alert]] = {}
         self._sample = values
+        step = int(step)
         if not self._taps_checked:
             self._check_taps(values)
+        change = self._change
+        if change is not None and step >= change["until"]:  # the marked change has settled: watch from here
+            fired.extend(self._end_change(step, values))
+            change = None
+        pausing = change is not None and step >= change["step"]
         for key, raw in values.items():
             route = self._route(key)
             if route is None:
@@ -237,12 +245,16 @@ class AlertEngine:
             except (TypeError, ValueError):
                 continue
             tap, metric, rules = route
+            if math.isfinite(value):
+                self._remember(key, step, value)
             for rule in rules:
                 states = self._states[rule.name]
                 st = states.get(key)
                 if st is None:
                     st = states[key] = _KeyState()
-                alert = self._advance(rule, st, key, tap, metric, int(step), value)
+                if pausing and st.status != FIRING and not self._evaluators[rule.name].sees_nonfinite:
+                    continue  # inside a marked change's window: only open alerts and non-finite values are judged
+                alert = self._advance(rule, st, key, tap, metric, step, value)
                 if alert is not None:
                     per_rule.setdefault(rule.name, []).append(alert)
         for rule in self._rules:
@@ -265,6 +277,43 @@ class AlertEngine:
                  if st.ev.get("sample_at") is not None and int(st.ev["sample_at"]) > after]
         return min(steps, default=None)
 
+    def mark_change(self, step: int, what: str = "", settle_steps: int = 100) -> None:
+        """Say that the recipe changed at ``step`` (stronger augmentations, new loss weights, new data, a new head).
+
+        The geometry may move at once and settle at a new level, and a rule that compares the run with its own
+        past would call that a collapse. So the samples of steps ``step`` to ``step + settle_steps - 1`` start no
+        alert (an alert already open is still judged and may resolve; a non-finite value is always reported), and
+        the first sample from ``step + settle_steps`` on reports ONE ``info`` event per tap, ``kind="regime_change"``,
+        ``rule="marked_change"``: what each watched metric was before the change and is now. From that sample the
+        rules start over, as at the start of a run, with the new level as the run's first sample: a collapse from
+        there is alerted as usual. A second mark inside the window extends it.
+
+        Args:
+            step: the first step trained under the new recipe.
+            what: what changed, in the user's words (repeated in the event).
+            settle_steps: how long the geometry is given to settle (the Monitor's default: two evaluation
+                intervals).
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"mark_change: `step` must be an int >= 0 (the first step of the new recipe), got {step!r}")
+        if isinstance(settle_steps, bool) or not isinstance(settle_steps, int) or settle_steps < 1:
+            raise ValueError(f"mark_change: `settle_steps` must be an int >= 1, got {settle_steps!r}; it is how many "
+                             "steps the geometry is given to settle after the change (e.g. two evaluation intervals)")
+        what = str(what or "").strip()
+        if self._change is not None:  # a second change inside the window: one window over both
+            prev = self._change
+            whats = [w for w in (prev["what"], what) if w]
+            self._change = {**prev, "step": min(prev["step"], step), "what": "; ".join(whats),
+                            "until": max(prev["until"], step + settle_steps)}
+            return
+        self._change = {"step": step, "what": what, "until": step + settle_steps,
+                        "before": {k: v for k, v in self._last.items() if v[0] < step}}
+
+    @property
+    def marked_change(self) -> dict[str, Any] | None:
+        """The marked recipe change whose window is open (``{"step", "what", "until", "before"}``), else ``None``."""
+        return None if self._change is None else dict(self._change)
+
     def open_severity(self) -> str:
         """The worst severity among the open (firing) alerts, ``"ok"`` when none is open."""
         return worst_severity(st.alert.severity for states in self._states.values() for st in states.values()
@@ -282,6 +331,8 @@ class AlertEngine:
             "prefix": self.prefix,
             "rules": [r.name for r in self._rules],
             "states": {rule: {key: st.to_dict() for key, st in states.items()} for rule, states in self._states.items()},
+            "change": _change_to_json(self._change),
+            "last": {k: [s, _float_to_json(v)] for k, (s, v) in self._last.items()},
         }
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -300,6 +351,15 @@ class AlertEngine:
                         st.alert = dataclasses.replace(st.alert, key=key)
                 restored[key] = st
             self._states[rule.name] = restored
+        last = sd.get("last") or {}
+        self._last = {self._keys.canonical(k) if self._keys is not None else k: [int(v[0]), _float_from_json(v[1])]
+                      for k, v in last.items()}
+        change = sd.get("change")
+        self._change = None if not change else {
+            "step": int(change["step"]), "what": str(change.get("what", "")), "until": int(change["until"]),
+            "before": {(self._keys.canonical(k) if self._keys is not None else k): [int(v[0]), _float_from_json(v[1])]
+                       for k, v in (change.get("before") or {}).items()},
+        }
 
     def __repr__(self) -> str:
         return f"AlertEngine(rules={[r.name for r in self._rules]}, prefix={self.prefix!r}, active={len(self.active)})"
@@ -325,6 +385,48 @@ class AlertEngine:
                     "It can never fire: fix its `tap` (an fnmatch pattern on the tap name).")
             self.rule_warnings.append(text)
             _log.warning("spherewatch: %s", text)
+
+    def _remember(self, key: str, step: int, value: float) -> None:
+        """Keep the latest finite value of a watched key (what a marked change's event compares with); bounded."""
+        if key in self._last or len(self._last) < 10_000:
+            self._last[key] = [step, value]
+
+    def _end_change(self, step: int, values: Mapping[str, Any]) -> list[Alert]:
+        """Close the marked change's window at ``step``: one ``regime_change`` info event per tap (each watched
+        metric before the change and now), then every pair that has no open alert starts over."""
+        change, self._change = self._change, None
+        before = change.get("before") or {}
+        per_tap: dict[str, list[tuple[str, str, float, list[Any]]]] = {}
+        for key, raw in values.items():
+            route = self._route(key)
+            if route is None or key not in before:
+                continue
+            tap, metric, rules = route
+            if not any(not self._evaluators[r.name].sees_nonfinite for r in rules):
+                continue  # watched by the non-finite rule only
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                per_tap.setdefault(tap, []).append((key, metric, value, before[key]))
+        events = []
+        what = f" ({change['what']})" if change.get("what") else ""
+        for tap, moved in per_tap.items():
+            steps = sorted({old[0] for _, _, _, old in moved})
+            since = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+            parts = ", ".join(f"{metric} {_fmt(old[1])} -> {_fmt(value)}" for _, metric, value, old in moved)
+            key, _, value, _ = moved[0]
+            message = (f"the recipe changed at step {change['step']}{what} (tap '{tap}'); from {since} to step "
+                       f"{step}: {parts}. The rules watch from this level on, as at the start of a run: a collapse "
+                       f"from here is alerted as usual")
+            events.append(Alert(rule="marked_change", key=key, value=value, step=step, severity="info",
+                                message=message, kind="regime_change"))
+        for states in self._states.values():
+            for key, st in list(states.items()):
+                if st.status != FIRING:
+                    states[key] = _KeyState()
+        return events
 
     def _route(self, key: str) -> tuple[str, str, tuple[Any, ...]] | None:
         if key in self._routes:
@@ -394,6 +496,17 @@ class AlertEngine:
         except (TypeError, ValueError):
             return 0.0
         return se if math.isfinite(se) and se > 0 else 0.0
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _change_to_json(change: dict[str, Any] | None) -> dict[str, Any] | None:
+    if change is None:
+        return None
+    before = {k: [int(v[0]), _float_to_json(v[1])] for k, v in (change.get("before") or {}).items()}
+    return {"step": change["step"], "what": change["what"], "until": change["until"], "before": before}
 
 
 def _while_firing(rule: Any, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool,

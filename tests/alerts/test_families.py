@@ -34,18 +34,27 @@ def _fired(alerts):
     return [a for a in alerts if a.status == "fired"]
 
 
+def _replay(trace, engine):
+    """A saved run's records through ``engine`` in step order, with the recipe changes the run marked (``changes``:
+    ``Monitor.mark_change`` at those steps, settling for two intervals as the Monitor's default)."""
+    alerts, changes = [], sorted(trace.get("changes") or [])
+    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
+        while changes and changes[0][0] <= int(step):
+            at, what = changes.pop(0)
+            engine.mark_change(at, what, settle_steps=2 * trace["every_n_steps"])
+        alerts += engine.update(int(step), values)
+    return alerts
+
+
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: os.path.basename(p)[:-5])
 def test_saved_runs_of_every_family_replay_to_the_right_verdict(path):
     with open(path) as f:
         trace = json.load(f)
-    engine = AlertEngine(default_rules())
-    alerts = []
-    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
-        alerts += engine.update(int(step), values)
+    alerts = _replay(trace, AlertEngine(default_rules()))
     collapse = [a for a in _fired(alerts) if a.kind == "collapse"]
     onset, every = trace["onset"], trace["every_n_steps"]
-    if onset is None:  # healthy: not one alert of any severity
-        assert _fired(alerts) == [], [str(a) for a in alerts]
+    if onset is None:  # healthy: not one alert of any severity (a marked change: its one information event)
+        assert [a for a in _fired(alerts) if a.rule != "marked_change"] == [], [str(a) for a in alerts]
         return
     assert collapse, f"{trace['scenario']}: no alert, onset {onset}"
     first = min(a.step for a in collapse)
@@ -60,14 +69,11 @@ def test_with_the_loss_family_declared_every_collapse_is_caught_within_one_inter
     # at D = 512 is caught at the second evaluation (step 50, onset 30); healthy runs of every family stay silent
     with open(path) as f:
         trace = json.load(f)
-    engine = AlertEngine(default_rules(), loss_family=LOSS_FAMILY[trace["family"]])
-    alerts = []
-    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
-        alerts += engine.update(int(step), values)
+    alerts = _replay(trace, AlertEngine(default_rules(), loss_family=LOSS_FAMILY[trace["family"]]))
     collapse = [a for a in _fired(alerts) if a.kind == "collapse"]
     onset, every = trace["onset"], trace["every_n_steps"]
     if onset is None:
-        assert _fired(alerts) == [], [str(a) for a in alerts]
+        assert [a for a in _fired(alerts) if a.rule != "marked_change"] == [], [str(a) for a in alerts]
         return
     assert collapse and min(a.step for a in collapse) <= onset + every, [str(a) for a in collapse]
     assert min((a.step for a in collapse if a.severity == "critical"), default=onset) >= onset
@@ -164,6 +170,22 @@ def test_a_change_of_recipe_deep_enough_to_collapse_the_spread_gets_warnings_nev
     assert fired and {a.step for a in fired} == {350} and {a.severity for a in fired} == {"warning"}
     twin = {p[0]: p[3] for p in trace["twin_probe"]}
     assert all(tv < 0.15 * twin[step] for step, _, _, tv in trace["probe"] if step > 300)
+
+
+def test_the_same_change_marked_by_the_user_is_one_information_event_and_no_collapse_alert():
+    # the run above with `monitor.mark_change("augmentations twice as strong")` at step 300 (seed 0, retrained): the
+    # rules pause for two intervals, then one info event says what moved, and they watch from the new level
+    with open(os.path.join(os.path.dirname(__file__), "traces", "simclr_aug_x2.json")) as f:
+        trace = json.load(f)
+    assert trace["changes"] == [[300, "augmentations twice as strong"]]
+    alerts = _fired(_replay(trace, AlertEngine(default_rules())))
+    assert [(a.rule, a.kind, a.severity, a.step) for a in alerts] == [("marked_change", "regime_change", "info", 400)]
+    assert "the recipe changed at step 300 (augmentations twice as strong)" in alerts[0].message
+    assert "from step 250 to step 400: uniformity -2.6" in alerts[0].message
+    assert verdict(alerts, last_step=600) == "healthy: no alerts in 600 steps"
+    # unmarked, the same records get the collapse warnings of the test above (never a critical)
+    unmarked = _fired(_replay({**trace, "changes": []}, AlertEngine(default_rules())))
+    assert unmarked and {a.step for a in unmarked} == {350} and {a.severity for a in unmarked} == {"warning"}
 
 
 def test_a_collapse_is_not_also_reported_as_a_change_of_regime():

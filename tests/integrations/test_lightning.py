@@ -227,3 +227,33 @@ def test_the_loss_family_is_inferred_from_the_modules_loss_and_a_given_one_wins(
     plain = MonitorCallback(module_path="encoder", every_n_steps=2, sinks=("memory",), warn=False)
     fit(tmp_path / "plain", [plain])  # an MSE regression: no loss family
     assert plain.inferred_loss_family is None and plain.monitor.config.loss_family is None
+
+
+class TinyChanging(Tiny):
+    """At step 4 the recipe changes (inputs in one corner from there): the module tells the callback it holds."""
+
+    def __init__(self, callback) -> None:
+        super().__init__()
+        self.callback = callback
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 3:  # the 4th optimizer step is the first under the new recipe
+            self.callback.mark_change("inputs moved")
+        if self.global_step >= 3:
+            batch = (0.01 * batch[0] + 5.0, batch[1])
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_recipe_change_marked_through_the_callback_is_one_information_event(tmp_path, caplog):
+    import logging
+
+    cb = MonitorCallback(module_path="encoder", every_n_steps=2, sinks=("memory",), warn=False)
+    with caplog.at_level(logging.WARNING, logger="spherewatch.integrations"):
+        cb.mark_change("before fit")  # outside a run: a warning, nothing else
+    assert "outside a training run: nothing to mark" in caplog.text
+    fit(tmp_path, [cb], module=TinyChanging(cb), max_epochs=2)
+    fired = [(a.rule, a.kind, a.step) for a in cb.monitor.alerts if a.status == "fired"]
+    # marked at step 4, settled over two intervals (4 steps): reported at the first evaluation from step 8
+    assert fired[0] == ("marked_change", "regime_change", 8), fired
+    assert "the recipe changed at step 4 (inputs moved)" in cb.monitor.alerts[0].message
+    assert all(a.kind != "collapse" or a.step > 8 for a in cb.monitor.alerts)

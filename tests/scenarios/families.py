@@ -93,6 +93,7 @@ LOSS_FAMILY = {"simclr": "contrastive", "moco": "contrastive", "swav": "clusteri
 LR = {"simclr": 0.05, "moco": 0.05, "simsiam": 0.05, "byol": 0.05, "vicreg": 0.02, "barlow": 0.01, "dino": 0.05,
       "swav": 0.05, "supervised": 0.05}
 BATCH = 128
+AUG_X2_FROM = 300  # the ``aug_x2`` regime's first step with the stronger augmentations
 SMALL_BATCH = 32  # the ``small_batch`` regime: MoCo's queue of 1,024 keys then takes 16 steps to fill
 
 
@@ -488,6 +489,7 @@ class FamilyRun:
     onset: Optional[int] = None
     twin_probe: Optional[list] = None
     probe_ok: Optional[bool] = None
+    changes: List[list] = dataclasses.field(default_factory=list)  # [step, what] marked on the monitor
 
 
 def make_optimizer(model: Family, lr: float) -> torch.optim.Optimizer:
@@ -509,6 +511,7 @@ class _Steps:
         self.every = probe_every or (20 if sc.steps > 1000 else 10)
         self.probe = FamilyProbe(seed)
         self.losses: List[float] = []
+        self.marked: List[list] = []  # [step, what] of the recipe changes told to the monitor
 
     def step(self, step: int, opt: Any = None, backward: Callable[[torch.Tensor], None] = torch.Tensor.backward):
         """Optimizer step ``step`` (1-based) through ``opt`` (default: the run's SGD; Lightning passes its wrapper of
@@ -534,7 +537,7 @@ class _Steps:
             gr["lr"] = self.base_lr * lr_mult(sc.regime, step, sc.steps)
         batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else (
             SMALL_BATCH if sc.regime == "small_batch" else BATCH)
-        strength = 2.0 if sc.regime == "aug_x2" and step >= 300 else 1.0
+        strength = 2.0 if sc.regime == "aug_x2" and step >= AUG_X2_FROM else 1.0
         idx = torch.randint(0, len(self.x), (batch,), generator=self.g)
         xb, yb = self.x[idx], self.y[idx]
         loss, z1, z2 = model.loss(augment(xb, self.g, strength), augment(xb, self.g, strength), yb, step / sc.steps)
@@ -547,6 +550,16 @@ class _Steps:
         model.after_step(step / sc.steps)
         return loss, z1, z2
 
+    def change(self, step: int) -> Optional[str]:
+        """The deliberate recipe change that starts at ``step`` (what a user would pass to ``mark_change``), if any:
+        ``aug_x2``'s stronger augmentations, ``batch_change``'s larger batch."""
+        sc = self.sc
+        if sc.regime == "aug_x2" and step == AUG_X2_FROM:
+            return "augmentations twice as strong"
+        if sc.regime == "batch_change" and step == sc.steps // 2 + 1:
+            return "batch 128 -> 256"
+        return None
+
     def after(self, step: int, loss: torch.Tensor) -> None:
         """Record the loss and, on probe steps, the probe."""
         self.losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
@@ -554,7 +567,7 @@ class _Steps:
             self.probe(self.model, step)
 
     def run(self) -> FamilyRun:
-        return FamilyRun(self.name, self.seed, self.sc, self.probe.history, self.losses)
+        return FamilyRun(self.name, self.seed, self.sc, self.probe.history, self.losses, changes=self.marked)
 
 
 def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optional[int] = None,
@@ -565,6 +578,9 @@ def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optiona
     for step in range(1, steps.sc.steps + 1):
         loss, z1, z2 = steps.step(step)
         if monitor is not None:
+            if steps.change(step) is not None:  # a deliberate change: the user says so
+                monitor.mark_change(steps.change(step))
+                steps.marked.append([step, steps.change(step)])
             monitor.observe(z1, z2)
             monitor.step(step)
         steps.after(step, loss)
@@ -591,6 +607,9 @@ def run_lightning(name: str, callback: Any, *, seed: int = 0, root: str = ".") -
         def training_step(self, batch, batch_idx):
             step = self.global_step + 1
             loss, z1, z2 = steps.step(step, self.optimizers(), self.manual_backward)
+            if steps.change(step) is not None:  # a deliberate change: the user says so
+                callback.mark_change(steps.change(step))
+                steps.marked.append([step, steps.change(step)])
             steps.after(step, loss)
             return {"loss": loss.detach(), "z": z1.detach(), "z_pos": z2.detach()}
 
