@@ -5,9 +5,10 @@ Suites (every run uses the monitor at its DEFAULT settings: every 50 steps, defa
 * ``families`` -- ``tests/scenarios/families.py``: SimCLR, MoCo v2, SimSiam, BYOL, Barlow Twins, VICReg, DINO,
   SwAV and a supervised classifier's penultimate layer on scikit-learn's digits, healthy at 400 and 2,000 steps
   under constant LR, warm-up + cosine, step decay, warm restarts, an augmentation twice as strong from step 300,
-  a batch-size change; SimSiam without stop-gradient from step 0 at D = 32 / 512 / 2048; a slow (2,000-step)
-  dimensional collapse; one bug per family switched on at step 200. Onset from an independent probe against a
-  healthy twin (the module docstring defines it).
+  a batch-size change (both deliberate: the run tells the monitor, ``Monitor.mark_change``, as a user would;
+  ``--replay DIR --unmarked`` scores them as if it had not); SimSiam without stop-gradient from step 0 at
+  D = 32 / 512 / 2048; a slow (2,000-step) dimensional collapse; one bug per family switched on at step 200.
+  Onset from an independent probe against a healthy twin (the module docstring defines it).
 * ``classic`` -- ``tests/scenarios/digits_ssl.py``: the earlier suite (SimCLR, SimSiam, BYOL, VICReg; 200 healthy
   steps then broken), plain PyTorch and Lightning's real ``Trainer`` for two of them.
 * ``sentence`` -- ``tests/scenarios/sentence_pairs.py``: sentence-transformers MNRL fine-tunes of a tiny BERT built
@@ -231,7 +232,7 @@ def run_sentences(names: Optional[List[str]], seeds: List[int], traces: Optional
 
 
 # ------------------------------------------------------------------------------------------------- replay
-def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[Any]:
+def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False, marks: bool = True) -> List[Any]:
     """The alert events the CURRENT default rules emit on a trace's records: the records go, in step order,
     through :class:`spherewatch.alerting.AlertPipeline` -- what ``Monitor.step`` calls at each evaluation.
     ``with_loss_family``: configure the trace's ``loss_family`` (the runs themselves used the default, unset, or
@@ -247,7 +248,8 @@ def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False) -> List[An
     faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
     pipeline = box["pipeline"] = AlertPipeline(config, [], faults)
     events: List[Any] = []
-    changes = sorted((int(c[0]), str(c[1])) for c in doc.get("changes") or [])  # recipe changes the run marked
+    # the recipe changes the run marked (``marks=False``: as if the user had not told the monitor)
+    changes = sorted((int(c[0]), str(c[1])) for c in doc.get("changes") or []) if marks else []
     for step, values in sorted(((int(s), v) for s, v in doc["records"].items()), key=lambda t: t[0]):
         box["step"] = step
         while changes and changes[0][0] <= step:
@@ -291,14 +293,14 @@ def _relabel(doc: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def replay(directory: str, names: Optional[List[str]] = None, with_loss_family: bool = False,
-           show_messages: bool = False) -> List[Dict[str, Any]]:
+           show_messages: bool = False, marks: bool = True) -> List[Dict[str, Any]]:
     rows = []
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(path) as f:
             doc = json.load(f)
         if doc.get("format") != TRACE_FORMAT or (names is not None and doc["scenario"] not in names):
             continue
-        events = replay_trace(doc, with_loss_family)
+        events = replay_trace(doc, with_loss_family, marks)
         rows.append(make_row(_relabel(doc), events))
         was = [(a["rule"], a["step"], a["severity"]) for a in doc.get("alerts", []) if a.get("status") == "fired"
                and a.get("kind", "collapse") == "collapse"]
@@ -389,12 +391,14 @@ def main(argv=None) -> None:
                    help="replay: configure each trace's loss_family (what its model family is: contrastive, "
                         "non_contrastive, redundancy_reduction, self_distillation, clustering, supervised)")
     p.add_argument("--messages", action="store_true", help="replay: print every fired alert's line")
+    p.add_argument("--unmarked", action="store_true",
+                   help="replay: without the recipe changes the runs marked (Monitor.mark_change), as if unmarked")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the rows as JSON")
     a = p.parse_args(argv)
     t0 = time.time()
     logging.getLogger("spherewatch").setLevel(logging.ERROR)  # the alerts are in the rows; not each line
     if a.replay:
-        rows = replay(a.replay, a.only, a.loss_family, a.messages)
+        rows = replay(a.replay, a.only, a.loss_family, a.messages, not a.unmarked)
     else:
         torch.set_num_threads(1)
         seeds = list(range(a.seed_start, a.seed_start + a.seeds))

@@ -21,6 +21,7 @@ import torch
 from spherewatch import distributed as dist_utils
 from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
+from spherewatch.alerts.engine import check_change
 from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.delivery.writer import RecordWriter, split_sink_args
@@ -48,6 +49,8 @@ def _check_writer_state(state: Any) -> None:
                          f"'-'), got {key!r}: a checkpoint names a run, never a folder elsewhere.")
 
 logger = logging.getLogger("spherewatch")
+#: A marked recipe change riding along with the taps' names to the other ranks: ``"\0mark\0<step>\0<settle>\0<what>"``.
+_MARK = "\0mark\0"
 
 _STATE_VERSION = 1
 class Monitor:
@@ -104,6 +107,7 @@ class Monitor:
         # validates the sinks now (missing extra, bad tracking URI scheme); opens them on its thread, rank zero only
         self._writer = RecordWriter(self.config, objects, self._faults)
         self._should_stop = False
+        self._marks: List[str] = []  # under torch.distributed: recipe changes marked here, not yet agreed
         self._closed = False
         self._step_calls = 0  # compared across ranks at the first evaluation (a step counter off by one shows here)
         #: at close, attach the ``spherewatch report`` of the run to the sinks this monitor opened itself that take
@@ -315,8 +319,11 @@ class Monitor:
             return [], {}
         defer = self.config.strict and dist_utils.is_distributed()
         with self._faults.deferring() if defer else contextlib.nullcontext():
+            extra = [*self._heads.descriptors(), *self._marks] if scheduled else ()
             values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations,
-                                                     extra_names=self._heads.descriptors() if scheduled else ())
+                                                     extra_names=extra)
+            if scheduled:
+                self._apply_marks(self._evaluator.extra_union)
             if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: an all_reduce under DDP)
                 values = {**values, **self._head_values(self._evaluator.extra_union)}
                 self._clock.evaluated(s, spectral)
@@ -339,6 +346,21 @@ class Monitor:
             stop = self._evaluator.any_stop(any(a.action == "stop" for a in fired) or self._should_stop)
             self._should_stop = self._should_stop or stop
         return fired, values
+
+    def _apply_marks(self, union: Optional[List[str]]) -> None:
+        """Under ``torch.distributed``: the recipe changes marked on any rank since the last scheduled evaluation
+        (they rode along with the taps' names, ``union``), applied in step order on every rank alike. ``None``: that
+        collective failed; they wait for the next evaluation."""
+        if union is None:
+            return
+        self._marks = []
+        marks = []
+        for name in union:
+            if name.startswith(_MARK):
+                step, settle, what = name[len(_MARK):].split("\0", 2)
+                marks.append((int(step), int(settle), what))
+        for step, settle, what in sorted(marks):
+            self._alerting.mark_change(step, what, settle)
 
     def _head_values(self, union: Optional[List[str]]) -> Dict[str, float]:
         """The head taps' metrics of this window as floats (one readback); ``{}`` without head taps. ``union``: every
@@ -426,10 +448,15 @@ class Monitor:
                 step = 0 if last is None else last + 1
             if settle_steps is None:
                 settle_steps = 2 * int(self.config.every_n_steps)
-            self._alerting.mark_change(step, what, settle_steps)
+            step, settle_steps = check_change(step, settle_steps)
         except ValueError as exc:  # a bad argument: reported (raised under strict), the run goes on
             self._faults.report("mark_change", exc, "the change was not marked")
             return
+        what = " ".join(str(what or "").replace("\0", " ").split())
+        if dist_utils.is_distributed():  # agreed at the next evaluation: every rank's rules must stay the same
+            self._marks.append(f"{_MARK}{step}\0{settle_steps}\0{what}")
+        else:
+            self._alerting.mark_change(step, what, settle_steps)
         logger.info("spherewatch: recipe change marked at step %d%s: no new alert before step %d, then the rules "
                     "watch from the new level", step, f" ({what})" if what else "", step + settle_steps)
 

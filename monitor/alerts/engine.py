@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
@@ -294,12 +295,8 @@ class AlertEngine:
             settle_steps: how long the geometry is given to settle (the Monitor's default: two evaluation
                 intervals).
         """
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"mark_change: `step` must be an int >= 0 (the first step of the new recipe), got {step!r}")
-        if isinstance(settle_steps, bool) or not isinstance(settle_steps, int) or settle_steps < 1:
-            raise ValueError(f"mark_change: `settle_steps` must be an int >= 1, got {settle_steps!r}; it is how many "
-                             "steps the geometry is given to settle after the change (e.g. two evaluation intervals)")
-        what = str(what or "").strip()
+        step, settle_steps = check_change(step, settle_steps)
+        what = " ".join(str(what or "").replace("\0", " ").split())
         if self._change is not None:  # a second change inside the window: one window over both
             prev = self._change
             whats = [w for w in (prev["what"], what) if w]
@@ -496,6 +493,24 @@ class AlertEngine:
         except (TypeError, ValueError):
             return 0.0
         return se if math.isfinite(se) and se > 0 else 0.0
+
+
+def check_change(step: Any, settle_steps: Any) -> tuple[int, int]:
+    """``(step, settle_steps)`` of :meth:`AlertEngine.mark_change` as ints, or a ``ValueError`` naming the value."""
+    def whole(x: Any) -> int | None:
+        if isinstance(x, bool):
+            return None
+        try:
+            return operator.index(x)
+        except TypeError:
+            return None
+
+    if whole(step) is None or whole(step) < 0:
+        raise ValueError(f"mark_change: `step` must be an int >= 0 (the first step of the new recipe), got {step!r}")
+    if whole(settle_steps) is None or whole(settle_steps) < 1:
+        raise ValueError(f"mark_change: `settle_steps` must be an int >= 1, got {settle_steps!r}; it is how many "
+                         "steps the geometry is given to settle after the change (e.g. two evaluation intervals)")
+    return whole(step), whole(settle_steps)
 
 
 def _fmt(x: float) -> str:

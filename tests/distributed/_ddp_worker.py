@@ -318,9 +318,29 @@ def confirmation_evaluation(rank: int, out: str):
     return {"steps": steps, "alerts": alerts, "evaluations": evaluations}
 
 
+def change_marked_on_one_rank(rank: int, out: str):
+    """From step 41 every rank's batch sits in one corner; only rank 0 marks the change (as code under
+    ``if rank == 0`` would): the mark rides along to rank 1 at the next evaluation, so both ranks' rules pause, report
+    the change at step 70 and alert the complete collapse from there alike (no rank left alone in a collective)."""
+    g = torch.Generator().manual_seed(30 + rank)
+    corner = torch.randn(1, D, generator=torch.Generator().manual_seed(6))
+    mon = new_monitor(out, rank, "marked", every_n_steps=10, metrics=("uniformity", "effective_rank", "mean_cosine"))
+    for step in range(1, 101):
+        if step == 41 and rank == 0:
+            mon.mark_change("into a corner")
+        z = torch.randn(COUNTS[rank], D, generator=g)
+        mon.observe(corner + 0.02 * z if step >= 41 else z)
+        mon.step(step)
+    alerts = [(a.rule, a.step, a.severity) for a in mon.alerts if a.status == "fired"]
+    evaluations = mon.state_dict()["evaluations"]
+    mon.close()
+    return {"alerts": alerts, "evaluations": evaluations}
+
+
 SCENARIOS = [
     uneven_batches,
     confirmation_evaluation,
+    change_marked_on_one_rank,
     many_views,
     zero_rows_on_one_rank,
     sinks_on_rank_zero_only,

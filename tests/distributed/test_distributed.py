@@ -90,6 +90,13 @@ def test_global_metrics_equal_single_process_metrics_with_uneven_batches(battery
             assert close(res["monitor"][name], res["ref"][name]), (rank, name, res["monitor"][name], res["ref"][name])
 
 
+def test_a_change_marked_on_one_rank_applies_on_every_rank_alike(battery):
+    ranks = scenario(battery, "change_marked_on_one_rank")
+    assert ranks[0]["alerts"] == ranks[1]["alerts"] and ranks[0]["evaluations"] == ranks[1]["evaluations"] == 11
+    assert [tuple(a) for a in ranks[0]["alerts"]][:2] == [("marked_change", 70, "info"),
+                                                          ("mean_cosine_collapse", 80, "warning")], ranks[0]
+
+
 def test_an_evaluation_a_rule_asks_for_runs_on_every_rank(battery):
     ranks = scenario(battery, "confirmation_evaluation")
     assert ranks[0]["steps"] == [1, 50, 60]  # 60: the zone entered at 50 confirmed
