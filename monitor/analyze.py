@@ -8,6 +8,7 @@ error.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import zipfile
@@ -255,9 +256,7 @@ def analyze(
     # ---- streamed: exact sufficient statistics; pooled uniformity
     d = emb.cols
     n = 0
-    m2 = torch.zeros(d, d, dtype=torch.float64)
-    s1 = torch.zeros(d, dtype=torch.float64)
-    s2 = torch.zeros(d, dtype=torch.float64)
+    own = _moments(d)  # the normalised rows' centred moments (the Gram, the spectrum, the spread metrics)
     raw_sum = torch.zeros(d, dtype=torch.float64)
     nonfinite = 0
     norm_sum = norm_sq = 0.0
@@ -266,10 +265,7 @@ def analyze(
     kern_sums, kern_pairs = [], []
     align_sum = 0.0
     pos_chunks = pos_file.chunks(chunk_rows) if pos_file is not None else None
-    # the two views' raw co-moments for the cross-view redundancy (Chan's merge, fp64)
-    xy = {"mx": torch.zeros(d, dtype=torch.float64), "my": torch.zeros(d, dtype=torch.float64),
-          "cxy": torch.zeros(d, d, dtype=torch.float64), "cxx": torch.zeros(d, dtype=torch.float64),
-          "cyy": torch.zeros(d, dtype=torch.float64)} if pos_file is not None else None
+    xy = _moments(d) if pos_file is not None else None  # the two views' raw co-moments (the cross-view redundancy)
     for chunk in emb.chunks(chunk_rows):
         m = chunk.shape[0]
         bad = ~torch.isfinite(chunk)
@@ -283,15 +279,9 @@ def analyze(
             norm_n += int(fin.sum())
             norm_min, norm_max = min(norm_min, float(nf.min())), max(norm_max, float(nf.max()))
         zh = normalize_rows(chunk)
-        zd = torch.nn.functional.normalize(chunk.double(), dim=1)
         # centred moments with Chan's merge, in fp64 (subtracting n * mean mean^T from a raw Gram at the end
         # cancels digits near collapse); the raw Gram is rebuilt from them without cancellation
-        chunk_mean = zd.mean(0)
-        chunk_m2 = gram64(zd - chunk_mean)
-        delta = chunk_mean - s1 / max(n, 1)
-        m2 += chunk_m2 + torch.outer(delta, delta) * (n * m / (n + m))
-        s1 += zd.sum(0)
-        s2 += (zd * zd).sum(0)
+        _merge_cross_moments(own, torch.nn.functional.normalize(chunk.double(), dim=1), None, n)
         raw_sum += chunk.double().sum(0)
         if m >= 2:
             kern_sums.append(float(pair_kernel_sum(zh, t)))
@@ -306,7 +296,7 @@ def analyze(
             bar.update(m)
     if bar is not None:
         bar.close()
-    mean = s1 / n
+    mean, m2 = own["mx"], own["cxy"]
     gram = m2 + n * torch.outer(mean, mean)
     lam = spectrum_from_moments(n, mean, m2)
     means = np.array(kern_sums) / np.array(kern_pairs)
@@ -315,10 +305,10 @@ def analyze(
     out["uniformity_stderr"] = float(np.std(means, ddof=1) / math.sqrt(len(means)) / kmean) if len(means) > 1 else 0.0
     out["effective_rank"] = float(effective_rank_from_gram(gram))
     out["effective_rank_centered"] = float(effective_rank_from_gram(m2))
-    var = (s2 - n * mean * mean) / (n - 1)
+    var = own["cxx"] / (n - 1)
     out["normalized_std"] = float(var.clamp(min=0).sqrt().mean())
-    ssq = float(s2.sum())
-    out["mean_cosine"] = (float(s1.dot(s1)) - ssq) / (n * (n - 1))
+    # mean over pairs i != j of z_i . z_j = (|sum z|^2 - sum |z|^2) / (n (n - 1)), from the centred moments
+    out["mean_cosine"] = float(mean.dot(mean)) - float(own["cxx"].sum()) / (n * (n - 1))
     out["collapsed_dimensions"] = float(M.collapsed_dimensions(lam))
     fit = M.alpha_req(lam)
     out["alpha_req"], out["alpha_req_r2"] = float(fit.alpha), float(fit.r2)
@@ -335,16 +325,30 @@ def analyze(
     return {"file": path, "rows": n, "dim": d, "mode": "streamed", "chunk_rows": chunk_rows, "metrics": out}
 
 
-def _merge_cross_moments(acc: Dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, n: int) -> None:
-    """Add a chunk of paired rows to the centred co-moments in ``acc`` (``n`` rows so far; Chan et al.'s merge:
-    no cancellation from subtracting products of large means at the end)."""
+def _moments(d: int) -> Dict[str, torch.Tensor]:
+    """Empty fp64 accumulators for :func:`_merge_cross_moments`: the means ``mx``, ``my``, the centred co-moment
+    ``cxy`` (D x D) and the per-column centred second moments ``cxx``, ``cyy``."""
+    zeros = functools.partial(torch.zeros, dtype=torch.float64)
+    return {"mx": zeros(d), "my": zeros(d), "cxy": zeros(d, d), "cxx": zeros(d), "cyy": zeros(d)}
+
+
+def _merge_cross_moments(acc: Dict[str, torch.Tensor], x: torch.Tensor, y: Optional[torch.Tensor], n: int) -> None:
+    """Add a chunk of paired rows ``(x, y)`` (fp64) to the centred co-moments in ``acc`` (``n`` rows so far; Chan et
+    al.'s merge: no cancellation from subtracting products of large means at the end). ``y=None``: the moments of
+    ``x`` alone (``cxy`` its centred Gram; ``my``, ``cyy`` left as they are)."""
     m = x.shape[0]
-    cx, cy = x.mean(0), y.mean(0)
-    xc, yc = x - cx, y - cy
-    dx, dy = cx - acc["mx"], cy - acc["my"]
+    cx = x.mean(0)
+    xc = x - cx
+    dx = cx - acc["mx"]
     w = n * m / (n + m)
-    acc["cxy"] += xc.T @ yc + torch.outer(dx, dy) * w
+    if y is None:
+        acc["cxy"] += gram64(xc) + torch.outer(dx, dx) * w
+    else:
+        cy = y.mean(0)
+        yc = y - cy
+        dy = cy - acc["my"]
+        acc["cxy"] += xc.T @ yc + torch.outer(dx, dy) * w
+        acc["cyy"] += (yc * yc).sum(0) + dy * dy * w
+        acc["my"] += dy * (m / (n + m))
     acc["cxx"] += (xc * xc).sum(0) + dx * dx * w
-    acc["cyy"] += (yc * yc).sum(0) + dy * dy * w
     acc["mx"] += dx * (m / (n + m))
-    acc["my"] += dy * (m / (n + m))
