@@ -102,10 +102,17 @@ class _RuleBase(BaseModel):
         return hash(self.model_dump_json())
 
     @model_validator(mode="after")
-    def _check_family_settings(self) -> Any:
-        for family in self.by_family:  # a bad value is an error when the rule is made, not when a run declares it
+    def _validated(self) -> Any:
+        """Every kind: its own checks (:meth:`_check`), the derived name, then each ``by_family`` override (a bad
+        value is an error when the rule is made, not when a run declares its family)."""
+        self._check()
+        self._finish()
+        for family in self.by_family:
             self.for_family(family)
         return self
+
+    def _check(self) -> None:
+        """A kind's own consistency checks across fields (raise ``ValueError`` naming the value and the fix)."""
 
     def for_family(self, family: Optional[str]) -> Any:
         """This rule as it applies to a run of loss family ``family`` (``None``: unknown): its ``by_family``
@@ -121,8 +128,8 @@ class _RuleBase(BaseModel):
             return self
         return type(self).model_validate({**self.model_dump(exclude={"by_family"}), **override})
 
-    def _default_name(self) -> str:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def _default_name(self) -> str:
+        return f"{_metric_stem(self.metric)}_{self.kind}"  # type: ignore[attr-defined]
 
     def _finish(self) -> None:
         """Fill the derived name (models are frozen, so this runs once, inside validation).
@@ -137,6 +144,11 @@ class _RuleBase(BaseModel):
     def rule_name(self) -> str:
         """The rule's name (never ``None`` after validation)."""
         return self.name  # type: ignore[return-value]
+
+
+def _check_log_scale(rule: Any) -> None:
+    if rule.scale == "log" and rule.collapsed <= 0:
+        raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {rule.collapsed}")
 
 
 def _metric_stem(metric: str) -> str:
@@ -159,8 +171,7 @@ class ThresholdRule(_RuleBase):
     above: Optional[float] = Field(None, allow_inf_nan=False, description="fire when value > above")
     below: Optional[float] = Field(None, allow_inf_nan=False, description="fire when value < below")
 
-    @model_validator(mode="after")
-    def _check(self) -> ThresholdRule:
+    def _check(self) -> None:
         if self.above is None and self.below is None:
             raise ValueError(
                 "a threshold rule needs `above` and/or `below`, got neither; "
@@ -171,11 +182,6 @@ class ThresholdRule(_RuleBase):
                 f"`below` ({self.below}) must be smaller than `above` ({self.above}): the rule fires outside "
                 "[below, above]; swap them or drop one"
             )
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_threshold"
 
 
 class DegradationRule(_RuleBase):
@@ -209,13 +215,6 @@ class DegradationRule(_RuleBase):
     baseline_samples: int = Field(3, ge=1, description="post-warm-up samples averaged into the baseline")
     min_drop: float = Field(0.0, ge=0, allow_inf_nan=False, description="absolute floor on the change that fires")
 
-    @model_validator(mode="after")
-    def _check(self) -> DegradationRule:
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_degradation"
 
 
 class TrendRule(_RuleBase):
@@ -236,13 +235,6 @@ class TrendRule(_RuleBase):
     ewma: float = Field(0.3, gt=0, lt=1, description="weight of the newest slope in the moving average")
     slope: float = Field(..., gt=0, allow_inf_nan=False, description="per-sample slope that fires")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrendRule:
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_trend"
 
 
 class DriftRule(_RuleBase):
@@ -281,13 +273,6 @@ class DriftRule(_RuleBase):
     settle_ratio: float = Field(0.5, gt=0, lt=1, description="settled once a change is this share of the largest "
                                                               "change seen (or turns, or is within noise)")
 
-    @model_validator(mode="after")
-    def _check(self) -> DriftRule:
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_drift"
 
 
 class CollapseRule(_RuleBase):
@@ -322,15 +307,9 @@ class CollapseRule(_RuleBase):
                                                     "random initialisation) breaches only if a sample asked for this "
                                                     "many steps later is still in it and not recovering (0: at once)")
 
-    @model_validator(mode="after")
-    def _check(self) -> CollapseRule:
+    def _check(self) -> None:
         if self.relative and self.margin >= 1:
             raise ValueError(f"a relative `margin` is a share below 1, got {self.margin}")
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_collapse"
 
 
 class ApproachRule(_RuleBase):
@@ -394,15 +373,8 @@ class ApproachRule(_RuleBase):
     confirm_factor: float = Field(1.1, gt=1, allow_inf_nan=False, description="how many times closer the sample asked "
                                                                                 "for must be (with `confirm_first`)")
 
-    @model_validator(mode="after")
-    def _check(self) -> ApproachRule:
-        if self.scale == "log" and self.collapsed <= 0:
-            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_approach"
+    def _check(self) -> None:
+        _check_log_scale(self)
 
 
 class RegimeRule(_RuleBase):
@@ -430,15 +402,8 @@ class RegimeRule(_RuleBase):
     z: float = Field(6.0, ge=0, allow_inf_nan=False, description="standard errors the change must exceed")
     severity: Literal["info", "warning", "critical"] = "info"
 
-    @model_validator(mode="after")
-    def _check(self) -> RegimeRule:
-        if self.scale == "log" and self.collapsed <= 0:
-            raise ValueError(f"a log-scale rule needs a positive `collapsed` value, got {self.collapsed}")
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_regime"
+    def _check(self) -> None:
+        _check_log_scale(self)
 
 
 class LevelRule(_RuleBase):
@@ -475,13 +440,6 @@ class LevelRule(_RuleBase):
                                                                       "halves of a level")
     hold_steps: int = Field(0, ge=0, description="optimizer steps the ratio must have held (0: one sample fires)")
 
-    @model_validator(mode="after")
-    def _check(self) -> LevelRule:
-        self._finish()
-        return self
-
-    def _default_name(self) -> str:
-        return f"{_metric_stem(self.metric)}_level"
 
 
 class NonFiniteRule(_RuleBase):
@@ -497,11 +455,6 @@ class NonFiniteRule(_RuleBase):
     kind: Literal["nonfinite"] = "nonfinite"
     metric: str = Field("*", min_length=1, description="fnmatch pattern on the metric name")
     severity: Literal["info", "warning", "critical"] = "critical"
-
-    @model_validator(mode="after")
-    def _check(self) -> NonFiniteRule:
-        self._finish()
-        return self
 
     def _default_name(self) -> str:
         return "nonfinite" if self.metric == "*" else f"{_metric_stem(self.metric)}_nonfinite"
