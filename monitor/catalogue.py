@@ -40,6 +40,14 @@ __all__ = [
 OVERVIEW, SPECTRUM, HEALTH = "Collapse overview", "Spectrum", "Health checks"
 #: The category of the assignment-head metrics (issue 18; shown only when a head tap is logged).
 HEAD = "Assignment head"
+#: What the head metrics of prototype usage mean when they move toward one prototype, and what to check (one text
+#: for the three of them).
+_FEWER_PROTOTYPES = "the head assigns every sample to fewer and fewer prototypes (one-prototype collapse)"
+_ONE_PROTOTYPE_CHECK = (
+    "the centring of the teacher's output (DINO: removed, or a centre momentum too low), Sinkhorn / equipartition of "
+    "the codes (SwAV: its iterations and epsilon), freezing the prototypes for the first epoch(s), the teacher "
+    "temperature (too low sharpens onto few prototypes) and the EMA momentum"
+)
 #: Dashboard categories, in display order ("Health checks" stays last: closed by default).
 CATEGORIES: Tuple[str, ...] = (OVERVIEW, SPECTRUM, HEAD, HEALTH)
 #: The cost presets (``MonitorConfig.preset``). ``cheap``: O(N D), no decomposition. ``standard``: + uniformity and
@@ -378,29 +386,21 @@ SPECS: Tuple[MetricSpec, ...] = (
         "entropy of the batch-mean assignment, / log K: how evenly the prototypes are used.",
         "0 (one prototype takes every sample)", "high (many prototypes in use)", function=M.usage_entropy,
         head=True, collapsed_value=0.0, worse="fall",
-        hint=("the head assigns every sample to fewer and fewer prototypes (one-prototype collapse)",
-              "the centring of the teacher's output (DINO: removed, or a centre momentum too low), Sinkhorn / "
-              "equipartition of the codes (SwAV: its iterations and epsilon), freezing the prototypes for the first "
-              "epoch(s), the teacher temperature (too low sharpens onto few prototypes) and the EMA momentum"),
+        hint=(_FEWER_PROTOTYPES, _ONE_PROTOTYPE_CHECK),
     ),
     MetricSpec(
         "prototypes_in_use", "prototypes in use", HEAD, 107,
         "exp(entropy of the batch-mean assignment): the number of prototypes in use (1 to K).",
         "1 (one prototype)", "a large share of K (or of the rows, when rows < K)", function=M.prototypes_in_use,
         head=True, collapsed_value=1.0, worse="fall",
-        hint=("the head assigns every sample to fewer and fewer prototypes (one-prototype collapse)",
-              "the centring of the teacher's output (DINO), Sinkhorn / equipartition of the codes (SwAV), freezing "
-              "the prototypes for the first epoch(s), the teacher temperature and the EMA momentum"),
+        hint=(_FEWER_PROTOTYPES, _ONE_PROTOTYPE_CHECK),
     ),
     MetricSpec(
         "max_mean_probability", "largest mean assignment", HEAD, 108,
         "the largest entry of the batch-mean assignment: the share of all samples taken by one prototype.",
         "1 (one prototype takes every sample)", "a small multiple of 1 / (prototypes in use)",
         function=M.max_mean_probability, head=True, collapsed_value=1.0, worse="rise",
-        hint=("one prototype takes most of the samples (one-prototype collapse)",
-              "the centring of the teacher's output (DINO: removed, or a centre momentum too low), Sinkhorn / "
-              "equipartition of the codes (SwAV), freezing the prototypes for the first epoch(s), the teacher "
-              "temperature and the EMA momentum"),
+        hint=("one prototype takes most of the samples (one-prototype collapse)", _ONE_PROTOTYPE_CHECK),
     ),
     MetricSpec(
         "teacher_student_kl", "teacher-student KL", HEAD, 109,
