@@ -8,13 +8,13 @@ import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spherewatch.alerts.verdict import OK, collapse_alerts, is_collapse_alert, worst_severity
 from spherewatch.delivery.record import alert_to_json, encode_float
 from spherewatch.keys import alert_count_key, order_keys, parse_key
+from spherewatch.sinks.alert_records import KEEP_ALERT_IDS, SeenAlerts, alert_id
 from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.mlflow_run import (
     DEFAULT_TRACKING_URI,
@@ -48,7 +48,6 @@ ALERTS_PER_PART = 1000
 #: Alerts the sink keeps as objects (:attr:`MLflowSink.alerts`, the verdict): the first ones; the rest are on the
 #: server only. Alert ids remembered to drop a redelivered duplicate: the latest ones.
 KEEP_ALERTS = 1000
-KEEP_ALERT_IDS = 4096
 SPECTRA_ARTIFACT = "spherewatch/spectra.json"
 SPECTRA_HISTORY_ARTIFACT = "spherewatch/spectra_history.json"
 REPORT_ARTIFACT_DIR = "spherewatch/report"
@@ -220,7 +219,7 @@ class MLflowSink(Sink):
         self._RunTag = RunTag
         self.prefix = prefix.rstrip("/")
         self._alerts: list[Alert] = []  # the first KEEP_ALERTS
-        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # the latest KEEP_ALERT_IDS
+        self._alert_ids = SeenAlerts(keep=KEEP_ALERT_IDS)  # the latest ones (a module setting: tests shrink it)
         self._alert_part: list[str] = []  # the open part's records, JSON-encoded
         self._alert_parts = 0
         self._alert_part_stem = f"{ALERTS_PART_PREFIX}{int(time.time() * 1000):013d}-"
@@ -392,14 +391,10 @@ class MLflowSink(Sink):
         rule and key; faults of the monitor itself and changes of regime are listed in the JSON but change neither
         state nor count (:func:`spherewatch.alerts.verdict.is_collapse_alert`)."""
         self._check_open()
-        alert_id = (alert.rule, alert.key, alert.step, alert.time, alert.severity, getattr(alert, "status", "fired"))
-        new = alert_id not in self._alert_ids
+        new = self._alert_ids.add(alert_id(alert))
         if new:
             if len(self._alerts) < KEEP_ALERTS:
                 self._alerts.append(alert)
-            self._alert_ids[alert_id] = None
-            if len(self._alert_ids) > KEEP_ALERT_IDS:
-                self._alert_ids.popitem(last=False)
             self._alert_part.append(json.dumps(alert_to_json(alert), allow_nan=False))
         resolved = getattr(alert, "status", "fired") == "resolved"
         counted = is_collapse_alert(alert)

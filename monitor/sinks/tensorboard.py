@@ -14,6 +14,7 @@ from spherewatch.alerts.verdict import is_collapse_alert
 from spherewatch.delivery.files import make_private_dirs
 from spherewatch.keys import RESERVED_TAPS
 from spherewatch.keys import parse_key as split_key
+from spherewatch.sinks.alert_records import SeenAlerts, alert_id
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ class TensorBoardSink(Sink):
         self._pending_alerts: dict[int, list[tuple[float, str]]] = {}
         # what is logged (spherewatch.keys): descriptions on first points, the alert counter
         self._described: set[str] = set()
-        self._counted: set[tuple[Any, ...]] = set()
+        self._counted = SeenAlerts()  # the latest KEEP_ALERT_IDS fired collapse alerts counted
         # the alert count and level: evaluation steps and alert events not written yet, and the state written so far
         self._pending_evals: dict[int, float | None] = {}
         self._pending_events: dict[int, list[tuple[bool, Alert]]] = {}  # step -> [(fired, alert)]
@@ -338,11 +339,7 @@ class TensorBoardSink(Sink):
         """Count a fired collapse alert once (a replayed or resolved alert is not counted again)."""
         if getattr(alert, "status", "fired") == "resolved" or not is_collapse_alert(alert):
             return False
-        alert_id = (alert.rule, alert.key, alert.step, alert.time)
-        if alert_id in self._counted:
-            return False
-        self._counted.add(alert_id)
-        return True
+        return self._counted.add(alert_id(alert))
 
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Every key in order of importance (:func:`spherewatch.keys.order_keys`), a tag's first point with its

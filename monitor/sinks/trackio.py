@@ -11,21 +11,19 @@ import math
 import sys
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spherewatch.errors import SpherewatchError
 from spherewatch.keys import alert_count_key, order_keys, param_field
+from spherewatch.sinks.alert_records import LEVELS, SeenAlerts, alert_facts, alert_text, alert_title
 from spherewatch.sinks.base import Sink, as_float_array
-from spherewatch.sinks.wandb import _alert_text, _remember, alert_facts, alert_title
 
 if TYPE_CHECKING:
     from spherewatch.alerts.alert import Alert
 
 __all__ = ["TrackioSink", "active_run", "host_run_token"]
 
-_LEVELS = {"info": "INFO", "warning": "WARN", "critical": "ERROR"}
 _HOST_RUNS: dict[str, Any] = {}
 _HOST_LOCK = threading.Lock()
 
@@ -92,8 +90,8 @@ class TrackioSink(Sink):
         self._pending: dict[str, Any] | None = None
         self._pending_step: int | None = None
         self._fired = 0
-        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # delivered
-        self._counted: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # in the alert count
+        self._alert_ids = SeenAlerts()  # delivered
+        self._counted = SeenAlerts()  # in the alert count
 
     def _ensure_run(self) -> Any:
         if self.run is None:  # opened at the first write, so that the Monitor's configuration goes into init
@@ -144,23 +142,22 @@ class TrackioSink(Sink):
 
     def log_alert(self, alert: Alert) -> None:
         self._check_open()
-        alert_id, resolved, fault, counted, new_episode = alert_facts(alert)
-        if alert_id in self._alert_ids:
+        facts = alert_facts(alert)
+        if facts.id in self._alert_ids:
             return
-        if alert_id not in self._counted:  # counted once, even when run.alert below fails and the alert is retried
-            _remember(self._counted, alert_id)
-            if counted and new_episode:
-                self._fired += 1
-                if self._pending is not None and self._pending_step == int(alert.step):
-                    self._pending[alert_count_key(self.prefix)] = self._fired
-        if self.alerts_enabled and not resolved and (new_episode or fault):
+        # counted once, even when run.alert below fails and the alert is retried
+        if self._counted.add(facts.id) and facts.counted and facts.new_episode:
+            self._fired += 1
+            if self._pending is not None and self._pending_step == int(alert.step):
+                self._pending[alert_count_key(self.prefix)] = self._fired
+        if self.alerts_enabled and not facts.resolved and (facts.new_episode or facts.fault):
             run = self._ensure_run()
             if not callable(getattr(run, "alert", None)) or not hasattr(self._trackio, "AlertLevel"):
                 raise SpherewatchError("the alert channel 'trackio' needs a trackio with trackio.alert: "
                                        "pip install -U trackio")
-            level = getattr(self._trackio.AlertLevel, _LEVELS.get(str(alert.severity), "WARN"))
-            run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert), level=level, step=int(alert.step))
-        _remember(self._alert_ids, alert_id)
+            level = getattr(self._trackio.AlertLevel, LEVELS.get(str(alert.severity), "WARN"))
+            run.alert(title=alert_title(alert, self.prefix), text=alert_text(alert), level=level, step=int(alert.step))
+        self._alert_ids.add(facts.id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._check_open()

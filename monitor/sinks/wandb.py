@@ -11,18 +11,16 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import sys
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from spherewatch.alerts.verdict import OK, is_collapse_alert, verdict, worst_severity
+from spherewatch.alerts.verdict import OK, verdict, worst_severity
 from spherewatch.keys import alert_count_key, order_keys, param_field
+from spherewatch.sinks.alert_records import LEVELS, SeenAlerts, alert_facts, alert_text, alert_title
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:
@@ -40,10 +38,7 @@ FIRST_ALERT_STEP_KEY = "first_alert_step"
 ALERTS_FIRED_KEY = "alerts_fired"
 VERDICT_KEY = "verdict"
 #: W&B alert levels of spherewatch's severities.
-LEVELS = {"info": "INFO", "warning": "WARN", "critical": "ERROR"}
 #: W&B drops a ``run.alert`` whose title was already sent within ``wait_duration``; titles must be < 64 characters.
-_MAX_TITLE = 63
-_KEEP_ALERT_IDS = 4096
 _MAX_BINS = 64
 
 
@@ -59,24 +54,6 @@ def active_run() -> Any:
 
 def _finished(run: Any) -> bool:
     return bool(getattr(run, "_is_finished", False))
-
-
-def alert_title(alert: Any, prefix: str = "spherewatch") -> str:
-    """The W&B alert title of ``alert``: its identity (rule, key and severity), under 64 characters, so that a
-    condition that persists is one W&B alert (W&B drops a repeat of a title within ``wait_duration``).
-
-    Example:
-        >>> from spherewatch.alerts.alert import Alert
-        >>> alert_title(Alert("rank_collapse", "spherewatch/effective_rank", 1.2, 40, "critical"))
-        'spherewatch critical: rank_collapse on effective_rank'
-    """
-    key = str(alert.key)
-    short = key[len(prefix.rstrip("/")) + 1:] if key.startswith(prefix.rstrip("/") + "/") else key
-    title = f"{prefix.rstrip('/')} {alert.severity}: {alert.rule} on {short}"
-    if len(title) > _MAX_TITLE:  # keep the identity: a digest of the full title in place of the cut tail
-        digest = hashlib.sha1(title.encode()).hexdigest()[:8]
-        title = title[:_MAX_TITLE - 9] + "~" + digest
-    return title
 
 
 class WandbSink(Sink):
@@ -166,8 +143,8 @@ class WandbSink(Sink):
         self._params: dict[str, Any] = {}
         self._open: dict[tuple[str, str], str] = {}
         self._alerts: list[Any] = []
-        self._alert_ids: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # delivered
-        self._counted: OrderedDict[tuple[Any, ...], None] = OrderedDict()  # in the alert state
+        self._alert_ids = SeenAlerts()  # delivered
+        self._counted = SeenAlerts()  # in the alert state
         self._worst = OK
         self._first_alert_step: int | None = None
         self._fired = 0
@@ -264,21 +241,19 @@ class WandbSink(Sink):
         """Update the alert state (``run.summary``), count fired collapse alerts into the evaluation's row, and with
         ``alerts=True`` send a newly fired alert as one ``run.alert``."""
         self._check_open()
-        alert_id, resolved, fault, counted, new_episode = alert_facts(alert)
-        if alert_id in self._alert_ids:  # a redelivered record: nothing twice
+        facts = alert_facts(alert)
+        if facts.id in self._alert_ids:  # a redelivered record: nothing twice
             return
-        if alert_id not in self._counted:  # the state once, even when run.alert below fails and the alert is retried
-            _remember(self._counted, alert_id)
-            if counted:
-                self._count(alert, resolved, new_episode)
+        if self._counted.add(facts.id) and facts.counted:  # the state once, even when run.alert below fails and
+            self._count(alert, facts.resolved, facts.new_episode)  # the alert is retried
         if self._count_due:  # the count of the evaluation's row, now with this alert (the same key: updated)
             self._log({self.step_key: int(alert.step), alert_count_key(self.prefix): self._fired},
                       self._row_step != int(alert.step))
             self._row_step, self._count_due = int(alert.step), False
-        if self.alerts_enabled and not resolved and (new_episode or fault):
-            self.run.alert(title=alert_title(alert, self.prefix), text=_alert_text(alert),
+        if self.alerts_enabled and not facts.resolved and (facts.new_episode or facts.fault):
+            self.run.alert(title=alert_title(alert, self.prefix), text=alert_text(alert),
                            level=LEVELS.get(str(alert.severity), "WARN"), wait_duration=self.alert_wait)
-        _remember(self._alert_ids, alert_id)
+        self._alert_ids.add(facts.id)
 
     def _count(self, alert: Any, resolved: bool, new_episode: bool) -> None:
         if resolved:
@@ -388,28 +363,3 @@ def _check_credentials(wandb: Any, mode: str | None) -> None:
                            "or set WANDB_MODE=offline (sync later with `wandb sync`).")
 
 
-def alert_facts(alert: Any) -> tuple[tuple, bool, bool, bool, bool]:
-    """What the W&B and trackio sinks need to know of an alert record: its identity (a redelivered record has the
-    same), whether it is a resolution, a monitor fault (sent on the alert channel like a new alert), a collapse alert
-    (counted and kept in the alert state: :func:`spherewatch.alerts.verdict.is_collapse_alert`), and the first alert
-    of its episode (``count`` 1)."""
-    status = getattr(alert, "status", "fired")
-    resolved = status == "resolved"
-    fault = getattr(alert, "kind", "collapse") == "fault" or alert.rule == "monitor_fault"
-    new_episode = not resolved and int(getattr(alert, "count", 1)) <= 1
-    identity = (alert.rule, alert.key, alert.step, alert.time, alert.severity, status)
-    return identity, resolved, fault, is_collapse_alert(alert), new_episode
-
-
-def _remember(seen: OrderedDict, key: Any) -> None:
-    seen[key] = None
-    if len(seen) > _KEEP_ALERT_IDS:
-        seen.popitem(last=False)
-
-
-def _alert_text(alert: Any) -> str:
-    value = f"{alert.value:.6g}" if isinstance(alert.value, float) and math.isfinite(alert.value) else str(alert.value)
-    text = f"{alert.message or alert.rule}\n\nstep {alert.step}: {alert.key} = {value} ({alert.severity})"
-    if getattr(alert, "action", "log") == "stop":
-        text += "; training is asked to stop"
-    return text + f"\nfired at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(alert.time))}."
