@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
-from spherewatch.alerts.advice import advise, check_family
+from spherewatch.alerts.advice import LOSS_CLASS_FAMILIES, LOSS_FAMILIES, advise, check_family
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
 from spherewatch.alerts.rules import parse_rules
@@ -169,8 +169,13 @@ class AlertEngine:
         self.loss_family = check_family(loss_family)
         # each rule as it applies to this run's loss family (its `by_family` settings for it, if any)
         # (a rule switched off for this family, `enabled=False`, is not evaluated)
-        applied = (r.for_family(self.loss_family) for r in parse_rules(list(rules)))
+        parsed = parse_rules(list(rules))
+        applied = [r.for_family(self.loss_family) for r in parsed]
         self._rules = tuple(r for r in applied if r.enabled)
+        # rules that are off here but on for some loss family: said once when their metric is seen, if none is set
+        self._family_only = [] if self.loss_family is not None else [
+            (r, [f for f in LOSS_FAMILIES if r.for_family(f).enabled]) for r, a in zip(parsed, applied) if not a.enabled]
+        self._family_only = [(r, fams) for r, fams in self._family_only if fams]
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -192,6 +197,9 @@ class AlertEngine:
         #: One line per rule whose ``tap`` pattern matched none of the taps of the first evaluation (it can never
         #: fire); each was logged once as a warning on the ``spherewatch`` logger.
         self.rule_warnings: list[str] = []
+        #: One line per rule that is on only for some loss families while ``loss_family`` is not set, once a metric
+        #: it watches is seen (logged once at INFO: e.g. ``redundancy_rise``, Barlow Twins' and VICReg's collapse).
+        self.rule_notes: list[str] = []
 
     # ------------------------------------------------------------------------------------------------ public
     @property
@@ -232,6 +240,8 @@ class AlertEngine:
         step = int(step)
         if not self._taps_checked:
             self._check_taps(values)
+        if self._family_only:
+            self._note_family_only(values)
         change = self._change
         if change is not None and step >= change["until"]:  # the marked change has settled: watch from here
             fired.extend(self._end_change(step, values))
@@ -382,6 +392,22 @@ class AlertEngine:
                     "It can never fire: fix its `tap` (an fnmatch pattern on the tap name).")
             self.rule_warnings.append(text)
             _log.warning("spherewatch: %s", text)
+
+    def _note_family_only(self, values: Mapping[str, Any]) -> None:
+        """Once per rule that is off because no loss family is set (but on for some): when a metric it watches is
+        logged, say which ``loss_family`` switches it on (it can never fire otherwise)."""
+        metrics = {parts[1] for key in values if (parts := parse_key(key, self.prefix, self.default_tap)) is not None}
+        for rule, families in list(self._family_only):
+            if not any(fnmatchcase(m, rule.metric) for m in metrics):
+                continue
+            self._family_only.remove((rule, families))
+            losses = [name for name, family in LOSS_CLASS_FAMILIES.items() if family in families][:3]
+            like = f" ({', '.join(losses)}, ...)" if losses else ""
+            text = (f"alert rule {rule.name!r} on {rule.metric} is on only for loss_family in {families}; none is "
+                    f"set, so it is off. If the loss is a {families[0]} one{like}, pass loss_family={families[0]!r} "
+                    "(the Lightning and HF callbacks infer it from a loss module in the model)")
+            self.rule_notes.append(text)
+            _log.info("spherewatch: %s", text)
 
     def _remember(self, key: str, step: int, value: float) -> None:
         """Keep the latest finite value of a watched key (what a marked change's event compares with); bounded."""

@@ -327,6 +327,27 @@ def test_redundancy_rise_is_on_for_redundancy_reduction_runs_only():
         assert ("redundancy_rise" in names) is on, family
 
 
+def test_a_rule_off_because_no_loss_family_is_set_says_which_family_switches_it_on(caplog):
+    # Barlow Twins in plain PyTorch without `loss_family`: its collapse is watched only by redundancy_rise, which is
+    # off; the first evaluation that logs `redundancy` says so, once, at INFO (a paired tap of any family logs it)
+    engine = AlertEngine(default_rules())
+    with caplog.at_level(logging.INFO, logger="spherewatch"):
+        engine.update(1, {P + "uniformity": -2.0})  # no redundancy yet: nothing to say
+        assert engine.rule_notes == []
+        for step in (50, 100):
+            engine.update(step, {P + "uniformity": -2.0, P + "redundancy": 0.05})
+    assert engine.rule_notes == [
+        "alert rule 'redundancy_rise' on redundancy is on only for loss_family in ['redundancy_reduction']; none is "
+        "set, so it is off. If the loss is a redundancy_reduction one (BarlowTwinsLoss, VICRegLoss, VICRegLLoss, ...), "
+        "pass loss_family='redundancy_reduction' (the Lightning and HF callbacks infer it from a loss module in the "
+        "model)"]
+    assert caplog.text.count("is on only for loss_family") == 1
+    for family in ("contrastive", "redundancy_reduction"):  # declared: nothing to say
+        declared = AlertEngine(default_rules(), loss_family=family)
+        declared.update(50, {P + "redundancy": 0.05})
+        assert declared.rule_notes == [], family
+
+
 def test_a_switched_off_rule_is_not_evaluated_and_does_not_warn_about_its_tap(caplog):
     rule = ThresholdRule(metric="mean_cosine", above=0.5, tap="encodr", enabled=False,
                          by_family={"supervised": {"enabled": True}})
