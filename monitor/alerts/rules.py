@@ -216,7 +216,6 @@ class DegradationRule(_RuleBase):
     min_drop: float = Field(0.0, ge=0, allow_inf_nan=False, description="absolute floor on the change that fires")
 
 
-
 class TrendRule(_RuleBase):
     """Fires when the EWMA-smoothed per-sample slope of a metric moves in the bad direction faster than ``slope``.
 
@@ -234,7 +233,6 @@ class TrendRule(_RuleBase):
     direction: Literal["rise", "fall"]
     ewma: float = Field(0.3, gt=0, lt=1, description="weight of the newest slope in the moving average")
     slope: float = Field(..., gt=0, allow_inf_nan=False, description="per-sample slope that fires")
-
 
 
 class DriftRule(_RuleBase):
@@ -272,7 +270,6 @@ class DriftRule(_RuleBase):
     z: float = Field(4.0, ge=0, allow_inf_nan=False, description="noise multiples a change must exceed")
     settle_ratio: float = Field(0.5, gt=0, lt=1, description="settled once a change is this share of the largest "
                                                               "change seen (or turns, or is within noise)")
-
 
 
 class CollapseRule(_RuleBase):
@@ -439,7 +436,6 @@ class LevelRule(_RuleBase):
     flat: float = Field(1.5, gt=1, allow_inf_nan=False, description="largest ratio between the medians of the two "
                                                                       "halves of a level")
     hold_steps: int = Field(0, ge=0, description="optimizer steps the ratio must have held (0: one sample fires)")
-
 
 
 class NonFiniteRule(_RuleBase):

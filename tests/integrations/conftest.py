@@ -19,24 +19,15 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-@pytest.fixture(scope="session")
-def mlflow_template(tmp_path_factory):
-    """A migrated, empty MLflow SQLite database (migrations cost seconds; copying it ~0.05 s)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
 
 @pytest.fixture
-def mlflow_uri(tmp_path, mlflow_template, monkeypatch):
+def mlflow_uri(tmp_path, mlflow_template_db, monkeypatch):
     """A fresh SQLite tracking URI; MLflow's global tracking URI, env var and active runs are restored after."""
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
     db = tmp_path / "mlflow.db"
-    shutil.copyfile(mlflow_template, db)
+    shutil.copyfile(mlflow_template_db, db)
     previous_uri, previous_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "spherewatch-tests")
     yield f"sqlite:///{db}"

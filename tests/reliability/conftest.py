@@ -1,4 +1,4 @@
-"""Fixtures for the fault-matrix tests: monitors that are always closed, a migrated MLflow store template."""
+"""Fixtures for the fault-matrix tests: monitors that are always closed (the MLflow store: tests/conftest.py)."""
 from __future__ import annotations
 
 import logging
@@ -55,14 +55,3 @@ def spherewatch_logs(caplog):
     """``caplog`` capturing every ``spherewatch`` record from DEBUG up (secrets must not appear at any level)."""
     caplog.set_level(logging.DEBUG, logger="spherewatch")
     return caplog
-
-
-@pytest.fixture(scope="session")
-def mlflow_template_db(tmp_path_factory):
-    """A fully migrated, empty MLflow SQLite database (migrations cost seconds; copying it ~0.05 s)."""
-    pytest.importorskip("mlflow")
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
-    return path

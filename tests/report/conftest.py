@@ -95,23 +95,3 @@ def png_shows_something():
     """The checker :func:`assert_png_shows_something` (fixtures are how tests here share helpers)."""
     return assert_png_shows_something
 
-
-@pytest.fixture(scope="session")
-def mlflow_template_db(tmp_path_factory):
-    """A fully migrated, empty MLflow SQLite database (migrations cost seconds; copying ~0.05 s)."""
-    pytest.importorskip("mlflow")
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
-    return path
-
-
-@pytest.fixture
-def mlflow_uri(tmp_path, mlflow_template_db):
-    """A fresh SQLite tracking URI for one test."""
-    import shutil
-
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(mlflow_template_db, db)
-    return f"sqlite:///{db}"
