@@ -578,9 +578,10 @@ def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optiona
     for step in range(1, steps.sc.steps + 1):
         loss, z1, z2 = steps.step(step)
         if monitor is not None:
-            if steps.change(step) is not None:  # a deliberate change: the user says so
-                monitor.mark_change(steps.change(step))
-                steps.marked.append([step, steps.change(step)])
+            what = steps.change(step)
+            if what is not None:  # a deliberate change: the user says so
+                monitor.mark_change(what)
+                steps.marked.append([step, what])
             monitor.observe(z1, z2)
             monitor.step(step)
         steps.after(step, loss)
@@ -607,9 +608,10 @@ def run_lightning(name: str, callback: Any, *, seed: int = 0, root: str = ".") -
         def training_step(self, batch, batch_idx):
             step = self.global_step + 1
             loss, z1, z2 = steps.step(step, self.optimizers(), self.manual_backward)
-            if steps.change(step) is not None:  # a deliberate change: the user says so
-                callback.mark_change(steps.change(step))
-                steps.marked.append([step, steps.change(step)])
+            what = steps.change(step)
+            if what is not None:  # a deliberate change: the user says so
+                callback.mark_change(what)
+                steps.marked.append([step, what])
             steps.after(step, loss)
             return {"loss": loss.detach(), "z": z1.detach(), "z_pos": z2.detach()}
 

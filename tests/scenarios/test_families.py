@@ -73,6 +73,18 @@ def test_healthy_family_runs_raise_no_alert_at_default_settings(name):
     assert [str(a) for a in _fired(mon)] == []  # RULES (issue 17): 0 alerts of any severity on a healthy run
 
 
+def test_a_deliberate_recipe_change_the_run_marks_is_one_information_event_and_no_alert():
+    # SimCLR with augmentations twice as strong from step 300: mean cosine 0.06 -> 0.91 on the batch in one interval
+    # (unmarked: warnings at 350, tests/alerts/test_families.py); the run marks it, as a user who makes it would
+    mon = sw.Monitor(sinks=("memory",), warn=False)
+    run = run_scenario("simclr_aug_x2", mon, seed=0)
+    mon.close()
+    assert run.changes == [[300, "augmentations twice as strong"]] and run.probe_ok
+    assert _fired(mon) == []  # no collapse alert of any severity
+    events = [(a.rule, a.kind, a.severity, a.step) for a in mon.alerts if a.status == "fired"]
+    assert events == [("marked_change", "regime_change", "info", 400)]
+
+
 @pytest.mark.parametrize("name", [
     "moco_no_negatives", "simsiam_no_stopgrad_step0_d32",
     # at step 50 this run is less collapsed than healthy MoCo on every logged metric (docs/alerts-design.md), but it
