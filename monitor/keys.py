@@ -289,9 +289,9 @@ def config_params(config) -> Dict[str, str]:
     params = {f"{PARAM_PREFIX}{k}": ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
               for k, v in dumped.items()}
     params[f"{PARAM_PREFIX}metrics"] = ",".join(config.metric_names)
-    family = getattr(config, "loss_family", None)  # each rule as it applies to this run (its `by_family` settings)
-    rules = [r.for_family(family) if hasattr(r, "for_family") else r for r in config.alert_rules]
-    rules = [r for r in rules if getattr(r, "enabled", True)]  # a rule off for this family is not this run's
+    from spherewatch.alerts.rules import rules_for_family  # (the alerts package imports this module)
+
+    rules = rules_for_family(config.alert_rules, getattr(config, "loss_family", None))  # the rules of this run
     params[f"{PARAM_PREFIX}rules"] = ",".join(str(getattr(r, "name", r)) for r in rules)
     for rule in rules:  # each rule's settings, so that a report can draw its thresholds
         dump = getattr(rule, "model_dump", None)

@@ -322,9 +322,8 @@ class Monitor:
             extra = [*self._heads.descriptors(), *self._marks] if scheduled else ()
             values, hists = self._evaluator.evaluate(rows, spectral=spectral, seed=self.config.seed + self._clock.evaluations,
                                                      extra_names=extra)
-            if scheduled:
+            if scheduled:  # the marks and the assignment heads' sums (every rank, every scheduled evaluation)
                 self._apply_marks(self._evaluator.extra_union)
-            if scheduled:  # the assignment heads' sums (every rank, every scheduled evaluation: an all_reduce under DDP)
                 values = {**values, **self._head_values(self._evaluator.extra_union)}
                 self._clock.evaluated(s, spectral)
             fired: List[Alert] = []
@@ -448,11 +447,10 @@ class Monitor:
                 step = 0 if last is None else last + 1
             if settle_steps is None:
                 settle_steps = 2 * int(self.config.every_n_steps)
-            step, settle_steps = check_change(step, settle_steps)
+            step, settle_steps, what = check_change(step, settle_steps, what)
         except ValueError as exc:  # a bad argument: reported (raised under strict), the run goes on
             self._faults.report("mark_change", exc, "the change was not marked")
             return
-        what = " ".join(str(what or "").replace("\0", " ").split())
         if dist_utils.is_distributed():  # agreed at the next evaluation: every rank's rules must stay the same
             self._marks.append(f"{_MARK}{step}\0{settle_steps}\0{what}")
         else:

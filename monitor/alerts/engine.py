@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any
 
-from spherewatch.alerts.advice import LOSS_CLASS_FAMILIES, LOSS_FAMILIES, advise, check_family
+from spherewatch.alerts.advice import LOSS_CLASS_FAMILIES, advise, check_family
 from spherewatch.alerts.alert import Alert
 from spherewatch.alerts.evaluators import RuleEvaluator, Sample, evaluator_for
-from spherewatch.alerts.rules import parse_rules
+from spherewatch.alerts.rules import families_switching_on, parse_rules, rules_for_family
 from spherewatch.alerts.verdict import OK, worst_severity
 from spherewatch.catalogue import hint as _hint
 from spherewatch.delivery.record import decode_float, encode_float
@@ -167,15 +167,13 @@ class AlertEngine:
     def __init__(self, rules: Sequence[Any], *, prefix: str = "spherewatch", loss_family: str | None = None,
                  default_tap: str = "embeddings", key_scheme: str | None = None) -> None:
         self.loss_family = check_family(loss_family)
-        # each rule as it applies to this run's loss family (its `by_family` settings for it, if any)
-        # (a rule switched off for this family, `enabled=False`, is not evaluated)
+        # each rule as it applies to this run's loss family (its `by_family` settings for it; a rule switched off for
+        # this family is not evaluated)
         parsed = parse_rules(list(rules))
-        applied = [r.for_family(self.loss_family) for r in parsed]
-        self._rules = tuple(r for r in applied if r.enabled)
-        # rules that are off here but on for some loss family: said once when their metric is seen, if none is set
+        self._rules = rules_for_family(parsed, self.loss_family)
+        # with no family set: the rules that only some family switches on, said once when their metric is seen
         self._family_only = [] if self.loss_family is not None else [
-            (r, [f for f in LOSS_FAMILIES if r.for_family(f).enabled]) for r, a in zip(parsed, applied) if not a.enabled]
-        self._family_only = [(r, fams) for r, fams in self._family_only if fams]
+            (r, families) for r in parsed if not r.for_family(None).enabled and (families := families_switching_on(r))]
         names = [r.name for r in self._rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -242,11 +240,11 @@ class AlertEngine:
             self._check_taps(values)
         if self._family_only:
             self._note_family_only(values)
-        change = self._change
-        if change is not None and step >= change["until"]:  # the marked change has settled: watch from here
-            fired.extend(self._end_change(step, values))
-            change = None
-        pausing = change is not None and step >= change["step"]
+        ended = self._change if self._change is not None and step >= self._change["until"] else None
+        if ended is not None:  # the marked change has settled: every pair without an open alert starts over here
+            self._change = None
+            self._restart()
+        pausing = self._change is not None and step >= self._change["step"]
         for key, raw in values.items():
             route = self._route(key)
             if route is None:
@@ -256,8 +254,8 @@ class AlertEngine:
             except (TypeError, ValueError):
                 continue
             tap, metric, rules = route
-            if math.isfinite(value):
-                self._remember(key, step, value)
+            if math.isfinite(value) and any(not self._evaluators[r.name].sees_nonfinite for r in rules):
+                self._remember(key, step, value)  # a watched metric's latest value (a marked change's "before")
             for rule in rules:
                 states = self._states[rule.name]
                 st = states.get(key)
@@ -268,6 +266,8 @@ class AlertEngine:
                 alert = self._advance(rule, st, key, tap, metric, step, value)
                 if alert is not None:
                     per_rule.setdefault(rule.name, []).append(alert)
+        if ended is not None:
+            fired.extend(self._change_events(ended, step))
         for rule in self._rules:
             fired.extend(per_rule.get(rule.name, ()))
         if fired:
@@ -305,8 +305,7 @@ class AlertEngine:
             settle_steps: how long the geometry is given to settle (the Monitor's default: two evaluation
                 intervals).
         """
-        step, settle_steps = check_change(step, settle_steps)
-        what = " ".join(str(what or "").replace("\0", " ").split())
+        step, settle_steps, what = check_change(step, settle_steps, what)
         if self._change is not None:  # a second change inside the window: one window over both
             prev = self._change
             whats = [w for w in (prev["what"], what) if w]
@@ -338,8 +337,8 @@ class AlertEngine:
             "prefix": self.prefix,
             "rules": [r.name for r in self._rules],
             "states": {rule: {key: st.to_dict() for key, st in states.items()} for rule, states in self._states.items()},
-            "change": _change_to_json(self._change),
-            "last": {k: [s, _float_to_json(v)] for k, (s, v) in self._last.items()},
+            "change": None if self._change is None else {**self._change, "before": _values_to_json(self._change["before"])},
+            "last": _values_to_json(self._last),
         }
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -358,14 +357,11 @@ class AlertEngine:
                         st.alert = dataclasses.replace(st.alert, key=key)
                 restored[key] = st
             self._states[rule.name] = restored
-        last = sd.get("last") or {}
-        self._last = {self._keys.canonical(k) if self._keys is not None else k: [int(v[0]), _float_from_json(v[1])]
-                      for k, v in last.items()}
+        self._last = self._values_from_json(sd.get("last"))
         change = sd.get("change")
         self._change = None if not change else {
             "step": int(change["step"]), "what": str(change.get("what", "")), "until": int(change["until"]),
-            "before": {(self._keys.canonical(k) if self._keys is not None else k): [int(v[0]), _float_from_json(v[1])]
-                       for k, v in (change.get("before") or {}).items()},
+            "before": self._values_from_json(change.get("before")),
         }
 
     def __repr__(self) -> str:
@@ -414,27 +410,24 @@ class AlertEngine:
         if key in self._last or len(self._last) < 10_000:
             self._last[key] = [step, value]
 
-    def _end_change(self, step: int, values: Mapping[str, Any]) -> list[Alert]:
-        """Close the marked change's window at ``step``: one ``regime_change`` info event per tap (each watched
-        metric before the change and now), then every pair that has no open alert starts over."""
-        change, self._change = self._change, None
-        before = change.get("before") or {}
+    def _restart(self) -> None:
+        """Every (rule, key) pair without an open alert starts over, as at the start of a run."""
+        for states in self._states.values():
+            for key, st in list(states.items()):
+                if st.status != FIRING:
+                    states[key] = _KeyState()
+
+    def _change_events(self, change: Mapping[str, Any], step: int) -> list[Alert]:
+        """The end of a marked change's window at ``step``: one ``regime_change`` info event per tap, each watched
+        metric before the change and now (the ones logged at ``step``)."""
         per_tap: dict[str, list[tuple[str, str, float, list[Any]]]] = {}
-        for key, raw in values.items():
-            route = self._route(key)
-            if route is None or key not in before:
-                continue
-            tap, metric, rules = route
-            if not any(not self._evaluators[r.name].sees_nonfinite for r in rules):
-                continue  # watched by the non-finite rule only
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                per_tap.setdefault(tap, []).append((key, metric, value, before[key]))
+        for key, old in change["before"].items():
+            now, route = self._last.get(key), self._route(key)
+            if now is not None and now[0] == step and route is not None:
+                tap, metric, _ = route
+                per_tap.setdefault(tap, []).append((key, metric, now[1], old))
         events = []
-        what = f" ({change['what']})" if change.get("what") else ""
+        what = f" ({change['what']})" if change["what"] else ""
         for tap, moved in per_tap.items():
             steps = sorted({old[0] for _, _, _, old in moved})
             since = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
@@ -445,11 +438,12 @@ class AlertEngine:
                        f"from here is alerted as usual")
             events.append(Alert(rule="marked_change", key=key, value=value, step=step, severity="info",
                                 message=message, kind="regime_change"))
-        for states in self._states.values():
-            for key, st in list(states.items()):
-                if st.status != FIRING:
-                    states[key] = _KeyState()
         return events
+
+    def _values_from_json(self, values: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+        """``{key: [step, value]}`` as saved by :func:`_values_to_json`, keys in this engine's key scheme."""
+        canonical = self._keys.canonical if self._keys is not None else (lambda k: k)
+        return {canonical(k): [int(v[0]), _float_from_json(v[1])] for k, v in (values or {}).items()}
 
     def _route(self, key: str) -> tuple[str, str, tuple[Any, ...]] | None:
         if key in self._routes:
@@ -521,8 +515,9 @@ class AlertEngine:
         return se if math.isfinite(se) and se > 0 else 0.0
 
 
-def check_change(step: Any, settle_steps: Any) -> tuple[int, int]:
-    """``(step, settle_steps)`` of :meth:`AlertEngine.mark_change` as ints, or a ``ValueError`` naming the value."""
+def check_change(step: Any, settle_steps: Any, what: Any = "") -> tuple[int, int, str]:
+    """``(step, settle_steps, what)`` of :meth:`AlertEngine.mark_change`: the two as ints (else a ``ValueError``
+    naming the value), ``what`` as one line of text without NUL (what separates a mark's fields between ranks)."""
     def whole(x: Any) -> int | None:
         if isinstance(x, bool):
             return None
@@ -536,18 +531,16 @@ def check_change(step: Any, settle_steps: Any) -> tuple[int, int]:
     if whole(settle_steps) is None or whole(settle_steps) < 1:
         raise ValueError(f"mark_change: `settle_steps` must be an int >= 1, got {settle_steps!r}; it is how many "
                          "steps the geometry is given to settle after the change (e.g. two evaluation intervals)")
-    return whole(step), whole(settle_steps)
+    return whole(step), whole(settle_steps), " ".join(str(what or "").replace("\0", " ").split())
 
 
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _change_to_json(change: dict[str, Any] | None) -> dict[str, Any] | None:
-    if change is None:
-        return None
-    before = {k: [int(v[0]), _float_to_json(v[1])] for k, v in (change.get("before") or {}).items()}
-    return {"step": change["step"], "what": change["what"], "until": change["until"], "before": before}
+def _values_to_json(values: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
+    """``{key: [step, value]}`` JSON-able (NaN/Inf as the record codec's strings)."""
+    return {k: [int(v[0]), _float_to_json(v[1])] for k, v in values.items()}
 
 
 def _while_firing(rule: Any, st: _KeyState, key: str, step: int, value: float, breach: bool, rearm: bool,

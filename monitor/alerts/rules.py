@@ -57,7 +57,9 @@ __all__ = [
     "ThresholdRule",
     "TrendRule",
     "default_rules",
+    "families_switching_on",
     "parse_rules",
+    "rules_for_family",
 ]
 
 
@@ -481,6 +483,27 @@ def parse_rules(rules: Any) -> tuple[Any, ...]:
     if isinstance(rules, (dict, _RuleBase)):
         rules = [rules]
     return _RULES_ADAPTER.validate_python(list(rules))
+
+
+def rules_for_family(rules: Any, family: Optional[str]) -> tuple[Any, ...]:
+    """The rules (models or dicts) as they apply to a run of loss family ``family`` (``None``: unknown): each with its
+    ``by_family`` settings for that family, the ones switched off (``enabled=False``) left out -- what the engine
+    evaluates and what the run's parameters list.
+
+    Example:
+        >>> on = {"kind": "threshold", "metric": "x", "above": 1, "enabled": False,
+        ...       "by_family": {"supervised": {"enabled": True}}}
+        >>> [r.name for r in rules_for_family([on], None)], [r.name for r in rules_for_family([on], "supervised")]
+        ([], ['x_threshold'])
+    """
+    applied = (r.for_family(family) for r in parse_rules(rules))
+    return tuple(r for r in applied if r.enabled)
+
+
+def families_switching_on(rule: Any) -> list[str]:
+    """The loss families for which ``rule`` is on (all of them for a rule that is on; some for a rule that only its
+    ``by_family`` settings switch on, such as ``redundancy_rise``)."""
+    return [f for f in LOSS_FAMILIES if rule.for_family(f).enabled]
 
 
 # --------------------------------------------------------------------------------------------- default rules
