@@ -560,6 +560,14 @@ class _Steps:
             return "batch 128 -> 256"
         return None
 
+    def mark(self, step: int, target: Any) -> None:
+        """Tell ``target`` (a Monitor or an adapter's callback) of the change that starts at ``step``, if any, as a
+        user who makes it would (``mark_change``), and keep it in :attr:`marked`."""
+        what = self.change(step)
+        if what is not None:
+            target.mark_change(what)
+            self.marked.append([step, what])
+
     def after(self, step: int, loss: torch.Tensor) -> None:
         """Record the loss and, on probe steps, the probe."""
         self.losses.append(float(loss.detach()) if torch.isfinite(loss) else math.nan)
@@ -578,10 +586,7 @@ def train(name: str, monitor: Any = None, *, seed: int = 0, probe_every: Optiona
     for step in range(1, steps.sc.steps + 1):
         loss, z1, z2 = steps.step(step)
         if monitor is not None:
-            what = steps.change(step)
-            if what is not None:  # a deliberate change: the user says so
-                monitor.mark_change(what)
-                steps.marked.append([step, what])
+            steps.mark(step, monitor)
             monitor.observe(z1, z2)
             monitor.step(step)
         steps.after(step, loss)
@@ -608,10 +613,7 @@ def run_lightning(name: str, callback: Any, *, seed: int = 0, root: str = ".") -
         def training_step(self, batch, batch_idx):
             step = self.global_step + 1
             loss, z1, z2 = steps.step(step, self.optimizers(), self.manual_backward)
-            what = steps.change(step)
-            if what is not None:  # a deliberate change: the user says so
-                callback.mark_change(what)
-                steps.marked.append([step, what])
+            steps.mark(step, callback)
             steps.after(step, loss)
             return {"loss": loss.detach(), "z": z1.detach(), "z_pos": z2.detach()}
 
