@@ -7,6 +7,7 @@ queue is bounded; and the URL (a secret) shows up nowhere.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from reliability._harness import TinyTrainer
 from webhook_server import WebhookEndpoint
 
 import spherewatch as sw
+from spherewatch.alerts.webhook import WebhookChannel
 
 SECRET = "T0000/B0000/reliabilitySECRETtoken"
 EVERY = 2
@@ -27,6 +29,50 @@ def endpoint():
     ep = WebhookEndpoint(SECRET)
     yield ep
     ep.close()
+
+
+@pytest.fixture
+def posts(monkeypatch):
+    """What the webhook channel did, on ``time.perf_counter``'s clock: each HTTP attempt (the thread it ran on,
+    ``start``, ``end`` or None while still in flight) and, under ``"send"`` entries, each ``send`` call."""
+    made = []
+    post, send = WebhookChannel._post, WebhookChannel.send
+
+    def recorded(what, call):
+        def wrapper(channel, *args):
+            entry = {"what": what, "thread": threading.get_ident(), "start": time.perf_counter(), "end": None}
+            made.append(entry)
+            try:
+                return call(channel, *args)
+            finally:
+                entry["end"] = time.perf_counter()
+        return wrapper
+
+    monkeypatch.setattr(WebhookChannel, "_post", recorded("post", post))
+    monkeypatch.setattr(WebhookChannel, "send", recorded("send", send))
+    return made
+
+
+def _assert_training_never_waited(trainer, made):
+    """No HTTP attempt ran on the training thread, no ``send`` lasted until an HTTP attempt ended (it would have
+    waited for it), and training went on while a hung request was in flight.
+
+    This is what "a step never waits for the webhook" means, checked by causality instead of by a wall-time
+    bound (a step's duration on a shared 2-core CI machine says little about whether it waited)."""
+    posts = [m for m in made if m["what"] == "post"]
+    sends = [m for m in made if m["what"] == "send"]
+    assert posts and sends, "the channel never tried to send"
+    training = threading.get_ident()
+    assert all(p["thread"] != training for p in posts), "an HTTP request ran on the training thread"
+    assert all(s["thread"] == training for s in sends)
+    ends = sorted(p["end"] for p in posts if p["end"] is not None)
+    waited = [s for s in sends if any(s["start"] < e < s["end"] for e in ends)]
+    assert not waited, f"{len(waited)} send() call(s) returned only after an HTTP attempt ended"
+    hung = [p for p in posts if p["end"] is None or p["end"] - p["start"] > 0.5]  # the endpoint hanging
+    if hung:  # the steps that ran from start to end while a hung request was in flight never waited for it
+        first = hung[0]
+        end = first["end"] if first["end"] is not None else float("inf")
+        assert any(first["start"] < s and e < end for s, e in trainer.step_spans), "no step ran during the hang"
 
 
 def _nan_batches(step, z1, z2):
@@ -59,7 +105,7 @@ TROUBLE = {
 
 @pytest.mark.parametrize("trouble", list(TROUBLE))
 def test_webhook_trouble_never_slows_training_and_each_alert_arrives_exactly_once(
-    trouble, endpoint, make_monitor, spherewatch_logs
+    trouble, endpoint, posts, make_monitor, spherewatch_logs
 ):
     endpoint.plan.extend(TROUBLE[trouble])
     fired = []
@@ -67,11 +113,11 @@ def test_webhook_trouble_never_slows_training_and_each_alert_arrives_exactly_onc
                        on_alert=fired.append)
     trainer = TinyTrainer().run(mon, range(14), embeddings=_nan_batches)
     assert trainer.steps_done == list(range(14))
-    assert max(trainer.step_seconds) < 0.5, "a step waited for the webhook"
+    _assert_training_never_waited(trainer, posts)
     assert {a.step for a in trainer.fired} == set(NAN_STEPS) and all(a.rule == "nonfinite" for a in trainer.fired)
     started = time.monotonic()
-    mon.close()  # drains the channel's queue (at most 5 s)
-    assert time.monotonic() - started < 6.0
+    mon.close()  # drains the channel's queue (a 5 s budget)
+    assert time.monotonic() - started < 20.0  # the budget, with slack for a loaded machine
 
     assert fired == trainer.fired  # the callable channel got the same alerts, once each; no monitor_fault
     delivered = endpoint.answered_ok()
@@ -83,7 +129,7 @@ def test_webhook_trouble_never_slows_training_and_each_alert_arrives_exactly_onc
     _assert_secret_nowhere(mon, spherewatch_logs.records, *(a.message for a in fired))
 
 
-def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, make_monitor, spherewatch_logs):
+def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, posts, make_monitor, spherewatch_logs):
     endpoint.hang_all = True  # every request hangs until the test ends
     # cooldown=1: a reminder on every NaN sample while the alert stays open (a flapping condition is one open alert)
     mon = make_monitor(sinks=("memory",), every_n_steps=1, webhook_url=endpoint.url, webhook_timeout=1.0,
@@ -97,12 +143,12 @@ def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, make_monito
 
     trainer = TinyTrainer(batch=8).run(mon, range(400), embeddings=every_other_batch_has_nan)
     assert len(trainer.fired) > 1000  # more than the queue holds (1000)
-    assert max(trainer.step_seconds) < 0.5
+    _assert_training_never_waited(trainer, posts)
     dropping = [r for r in spherewatch_logs.records if "dropping new alerts" in r.getMessage()]
     assert len(dropping) == 1 and dropping[0].levelno == logging.WARNING  # logged once, not per alert
     started = time.monotonic()
-    mon.close()  # gives up after its 5 s budget instead of waiting for 1000 hung requests
-    assert time.monotonic() - started < 8.0
+    mon.close()  # gives up after its 5 s budget instead of waiting for 1000 hung requests (1000 s and more)
+    assert time.monotonic() - started < 20.0  # the budget and the thread's join, with slack for a loaded machine
     assert len(endpoint.requests) <= 10
     _assert_secret_nowhere(mon, spherewatch_logs.records)
 
