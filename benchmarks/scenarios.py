@@ -26,9 +26,9 @@ any other kind of event are not counted). Then the same per scenario.
     python benchmarks/scenarios.py --only dino dino_no_centering --seeds 2
 
 ``--save-traces DIR`` writes one JSON per run (``<suite>__<scenario>__s<seed>.json``; format in
-:func:`save_trace`). ``--replay DIR`` feeds every trace's logged records, in step order, through the same
-:class:`spherewatch.alerting.AlertPipeline` the Monitor uses (default rules of the installed spherewatch), and
-prints the same tables: rules can be tuned in seconds against a fixed set of runs.
+``tests/scenarios/traces.py``'s :func:`save_trace`). ``--replay DIR`` feeds every trace's logged records, in step
+order, through the same :class:`spherewatch.alerting.AlertPipeline` the Monitor uses (default rules of the installed
+spherewatch), and prints the same tables: rules can be tuned in seconds against a fixed set of runs.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import logging  # noqa: E402
 
 import torch  # noqa: E402
+from scenarios.traces import TRACE_FORMAT, records_of, replay_records, save_trace  # noqa: E402
 
 import spherewatch as sw  # noqa: E402
 from spherewatch.alerts.verdict import collapse_alerts  # noqa: E402
@@ -58,7 +59,6 @@ LIGHTNING = ("simclr", "simsiam_no_stopgrad")  # classic suite: also run under L
 #: families suite: also run under Lightning's Trainer (seed 0), the callback at default settings: it infers the loss
 #: family from the model's ``BarlowTwinsLoss`` (what a Lightning user gets without naming it)
 LIGHTNING_FAMILIES = ("barlow", "barlow_lambda0", "barlow_slow_collapse")
-TRACE_FORMAT = "spherewatch-scenario-trace/1"
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -92,42 +92,6 @@ def _line(r: Dict[str, Any]) -> str:
             f"{r['first']}, first critical {r['first_critical']}, rules {r['rules']}{probe}")
 
 
-def _records(monitor) -> Dict[str, Dict[str, float]]:
-    out: Dict[str, Dict[str, float]] = {}
-    for step, values in monitor.sink("memory").scalars:
-        out.setdefault(str(step), {}).update(values)
-    return out
-
-
-def save_trace(directory: str, meta: Dict[str, Any], records: Dict[str, Dict[str, float]], alerts: List[Any],
-               extra: Optional[Dict[str, Any]] = None) -> str:
-    """Write one run as ``<suite>__<scenario>__s<seed>.json``::
-
-        {"format": "spherewatch-scenario-trace/1",
-         "suite", "family", "scenario", "what", "regime", "how", "seed", "D", "steps", "switch" (null: healthy;
-         0: the bug from the first step), "every_n_steps", "loss_family" (what the family is; the run itself
-         used the default, unset), "healthy" (no bug in the recipe), "onset" (probe step or null), "positive"
-         (onset is not null), "probe_ok" (healthy runs: the probe confirms it), "twin" (healthy twin scenario),
-         "changes": [[step, what], ...] (deliberate recipe changes the run told the monitor, ``mark_change``;
-                     replayed at the same steps),
-         "records": {"<step>": {"<key>": value, ...}, ...}  (what the monitor logged at each evaluation, from the
-                     memory sink; NaN/Infinity as JSON's non-standard literals, which Python's json reads),
-         "alerts": [Alert.to_dict(), ...]  (every alert event of the run: fired, reminders, resolved),
-         "probe": [[step, knn, participation_ratio, total_variance], ...], "twin_probe": same or null,
-         "losses_every_10": [...]}
-    """
-    os.makedirs(directory, exist_ok=True)
-    doc = {"format": TRACE_FORMAT, **meta, "positive": meta.get("onset") is not None, "records": records,
-           "alerts": [a.to_dict() for a in alerts], **(extra or {})}
-    path = os.path.join(directory, f"{meta['suite']}__{meta['scenario']}{'_' + meta['how'] if meta.get('how') else ''}"
-                                   f"__s{meta['seed']}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------- suites
 def _lightning_callback() -> Any:
     """The callback a Lightning run of either suite is watched with: default settings, ``z`` / ``z_pos`` from what
@@ -137,6 +101,42 @@ def _lightning_callback() -> Any:
     return MonitorCallback(output_key="z", output_key_pos="z_pos", sinks=("memory",), warn=False, log_to_module=False)
 
 
+#: What a trace says of a run when its suite does not say otherwise.
+META_DEFAULTS: Dict[str, Any] = {"what": "", "regime": "constant", "how": None, "D": None, "steps": None,
+                                 "switch": None, "loss_family": None, "inferred_loss_family": None, "probe_ok": None,
+                                 "twin": None, "changes": []}
+
+
+def _jobs(seeds: List[int], lightning: bool) -> List[tuple]:
+    """``(how, seed)`` of one scenario's runs: plain PyTorch for every seed, then Lightning's Trainer for seed 0."""
+    return [("torch", s) for s in seeds] + ([("lightning", 0)] if lightning else [])
+
+
+def _watched(how: str, name: str, seed: int, root: str, plain: Any, under_lightning: Any) -> tuple:
+    """Run scenario ``name`` as ``how`` says at the monitor's defaults: ``plain(name, monitor, seed=)`` with a
+    ``Monitor``, or ``under_lightning(name, callback, seed=, root=)`` with the Lightning callback.
+    Returns ``(run, monitor, the loss family the callback inferred or None)``."""
+    if how == "torch":
+        mon = sw.Monitor(sinks=("memory",), warn=False)
+        run = plain(name, mon, seed=seed)
+        mon.close()
+        return run, mon, None
+    cb = _lightning_callback()
+    run = under_lightning(name, cb, seed=seed, root=root)
+    return run, cb.monitor, (cb.inferred_loss_family or (None,))[0]
+
+
+def _finish(rows: List[Dict[str, Any]], traces: Optional[str], mon: Any, meta: Dict[str, Any],
+            extra: Dict[str, Any]) -> None:
+    """One run done: its table row (printed as it comes) and, with ``--save-traces``, its trace."""
+    meta = {**META_DEFAULTS, **meta, "every_n_steps": mon.config.every_n_steps}
+    alerts = list(mon.sink("memory").alerts)
+    rows.append(make_row(meta, alerts))
+    print(_line(rows[-1]), flush=True)
+    if traces:
+        save_trace(traces, meta, records_of(mon), alerts, extra)
+
+
 def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[str], lightning: bool = False,
                  root: str = ".") -> List[Dict[str, Any]]:
     from scenarios import families as fam
@@ -144,32 +144,19 @@ def run_families(names: Optional[List[str]], seeds: List[int], traces: Optional[
     chosen = [n for n in fam.SCENARIOS if names is None or n in names]
     # healthy runs first: their probes are the twins of the broken runs of the same seed (no retraining)
     chosen.sort(key=lambda n: fam.SCENARIOS[n].collapses)
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for name in chosen:
         sc = fam.SCENARIOS[name]
-        jobs = [("torch", s) for s in seeds] + ([("lightning", 0)] if lightning and name in LIGHTNING_FAMILIES else [])
-        for how, seed in jobs:
-            inferred = None
-            if how == "torch":
-                mon = sw.Monitor(sinks=("memory",), warn=False)
-                run = fam.run_scenario(name, mon, seed=seed)
-                mon.close()
-            else:
-                cb = _lightning_callback()
-                run = fam.run_lightning(name, cb, seed=seed, root=root)
-                mon, inferred = cb.monitor, (cb.inferred_loss_family or (None,))[0]
+        for how, seed in _jobs(seeds, lightning and name in LIGHTNING_FAMILIES):
+            run, mon, inferred = _watched(how, name, seed, root, fam.run_scenario, fam.run_lightning)
             meta = {"suite": "families", "family": sc.family, "scenario": name, "what": sc.what, "regime": sc.regime,
                     "how": how if how != "torch" else None, "seed": seed, "D": fam.watched_width(sc),
                     "steps": sc.steps, "switch": sc.switch if sc.switch is not None else (sc.ramp[3] if sc.ramp else None),
-                    "every_n_steps": mon.config.every_n_steps, "loss_family": fam.LOSS_FAMILY[sc.family],
-                    "inferred_loss_family": inferred, "healthy": not sc.collapses, "onset": run.onset,
-                    "probe_ok": run.probe_ok, "twin": sc.twin, "changes": run.changes}
-            alerts = list(mon.sink("memory").alerts)
-            rows.append(make_row(meta, alerts))
-            print(_line(rows[-1]), flush=True)
-            if traces:
-                save_trace(traces, meta, _records(mon), alerts,
-                           {"probe": run.probe, "twin_probe": run.twin_probe, "losses_every_10": run.losses[::10]})
+                    "loss_family": fam.LOSS_FAMILY[sc.family], "inferred_loss_family": inferred,
+                    "healthy": not sc.collapses, "onset": run.onset, "probe_ok": run.probe_ok, "twin": sc.twin,
+                    "changes": run.changes}
+            _finish(rows, traces, mon, meta,
+                    {"probe": run.probe, "twin_probe": run.twin_probe, "losses_every_10": run.losses[::10]})
     return rows
 
 
@@ -177,30 +164,18 @@ def run_classic(names: Optional[List[str]], seeds: List[int], lightning: bool, t
                 root: str) -> List[Dict[str, Any]]:
     from scenarios.digits_ssl import SCENARIOS, run_lightning, run_plain
 
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for name in SCENARIOS:
         if names is not None and name not in names:
             continue
         sc = SCENARIOS[name]
-        jobs = [("torch", s) for s in seeds] + ([("lightning", 0)] if lightning and name in LIGHTNING else [])
-        for how, seed in jobs:
-            if how == "torch":
-                mon = sw.Monitor(sinks=("memory",), warn=False)
-                run = run_plain(name, mon, seed=seed)
-                mon.close()
-            else:
-                cb = _lightning_callback()
-                run = run_lightning(name, cb, seed=0, root=root)
-                mon = cb.monitor
-            meta = {"suite": "classic", "family": sc.method, "scenario": name, "what": sc.what, "regime": "constant",
+        for how, seed in _jobs(seeds, lightning and name in LIGHTNING):
+            run, mon, inferred = _watched(how, name, seed, root, run_plain, run_lightning)
+            meta = {"suite": "classic", "family": sc.method, "scenario": name, "what": sc.what,
                     "how": how if how != "torch" else None, "seed": seed, "D": 32, "steps": 400,
-                    "switch": run.switch, "every_n_steps": mon.config.every_n_steps, "loss_family": None,
-                    "healthy": not sc.collapses, "onset": run.onset, "probe_ok": None, "twin": None}
-            alerts = list(mon.sink("memory").alerts)
-            rows.append(make_row(meta, alerts))
-            print(_line(rows[-1]), flush=True)
-            if traces:
-                save_trace(traces, meta, _records(mon), alerts, {"probe": run.probe, "twin_probe": None})
+                    "switch": run.switch, "inferred_loss_family": inferred, "healthy": not sc.collapses,
+                    "onset": run.onset}
+            _finish(rows, traces, mon, meta, {"probe": run.probe, "twin_probe": None})
     return rows
 
 
@@ -209,25 +184,18 @@ def run_sentences(names: Optional[List[str]], seeds: List[int], traces: Optional
 
     from spherewatch.integrations.hf import MonitorTrainerCallback
 
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for name in SENTENCE_SCENARIOS:
         if names is not None and name not in names:
             continue
         for seed in seeds:
             cb = MonitorTrainerCallback(sinks=("memory",), warn=False)
             run = run_sentence_scenario(name, cb, root, seed=seed)
-            mon = cb.monitor
             meta = {"suite": "sentence", "family": "sentence-transformers", "scenario": name,
-                    "what": getattr(SENTENCE_SCENARIOS[name], "what", ""), "regime": "constant", "how": None,
-                    "seed": seed, "D": None, "steps": None, "switch": getattr(run, "switch", None),
-                    "every_n_steps": mon.config.every_n_steps, "loss_family": "contrastive",
-                    "healthy": not SENTENCE_SCENARIOS[name].collapses, "onset": run.onset, "probe_ok": None,
-                    "twin": None}
-            alerts = list(mon.sink("memory").alerts)
-            rows.append(make_row(meta, alerts))
-            print(_line(rows[-1]), flush=True)
-            if traces:
-                save_trace(traces, meta, _records(mon), alerts, {"probe": getattr(run, "probe", None)})
+                    "what": getattr(SENTENCE_SCENARIOS[name], "what", ""), "seed": seed,
+                    "switch": getattr(run, "switch", None), "loss_family": "contrastive",
+                    "healthy": not SENTENCE_SCENARIOS[name].collapses, "onset": run.onset}
+            _finish(rows, traces, cb.monitor, meta, {"probe": getattr(run, "probe", None)})
     return rows
 
 
@@ -247,15 +215,13 @@ def replay_trace(doc: Dict[str, Any], with_loss_family: bool = False, marks: boo
     box: Dict[str, Any] = {}
     faults = FaultReporter(config, lambda alerts: box["pipeline"].dispatch(alerts), lambda: box.get("step"))
     pipeline = box["pipeline"] = AlertPipeline(config, [], faults)
-    events: List[Any] = []
-    # the recipe changes the run marked (``marks=False``: as if the user had not told the monitor)
-    changes = sorted((int(c[0]), str(c[1])) for c in doc.get("changes") or []) if marks else []
-    for step, values in sorted(((int(s), v) for s, v in doc["records"].items()), key=lambda t: t[0]):
+
+    def update(step: int, values: Dict[str, float]) -> List[Any]:
         box["step"] = step
-        while changes and changes[0][0] <= step:
-            at, what = changes.pop(0)
-            pipeline.engine.mark_change(at, what, settle_steps=2 * config.every_n_steps)
-        events += pipeline.update(step, {k: float(v) for k, v in values.items()})
+        return pipeline.update(step, values)
+
+    # the recipe changes the run marked (``marks=False``: as if the user had not told the monitor)
+    events = replay_records(doc, update, pipeline.engine.mark_change, marks)
     pipeline.close(0.1)
     return events
 

@@ -21,7 +21,7 @@ import torch
 from spherewatch import distributed as dist_utils
 from spherewatch.alerting import AlertPipeline
 from spherewatch.alerts.alert import Alert
-from spherewatch.alerts.engine import check_change
+from spherewatch.alerts.engine import check_change, default_settle
 from spherewatch.capture import Selector
 from spherewatch.config import MonitorConfig, load_config
 from spherewatch.delivery.writer import RecordWriter, split_sink_args
@@ -446,7 +446,7 @@ class Monitor:
                 last = self._clock.last_step
                 step = 0 if last is None else last + 1
             if settle_steps is None:
-                settle_steps = 2 * int(self.config.every_n_steps)
+                settle_steps = default_settle(self.config.every_n_steps)
             step, settle_steps, what = check_change(step, settle_steps, what)
         except ValueError as exc:  # a bad argument: reported (raised under strict), the run goes on
             self._faults.report("mark_change", exc, "the change was not marked")

@@ -515,6 +515,15 @@ class AlertEngine:
         return se if math.isfinite(se) and se > 0 else 0.0
 
 
+#: How many evaluation intervals a marked recipe change is given to settle by default (``Monitor.mark_change``).
+SETTLE_INTERVALS = 2
+
+
+def default_settle(every_n_steps: int) -> int:
+    """The default ``settle_steps`` of a marked change for a monitor evaluating every ``every_n_steps`` steps."""
+    return SETTLE_INTERVALS * int(every_n_steps)
+
+
 def check_change(step: Any, settle_steps: Any, what: Any = "") -> tuple[int, int, str]:
     """``(step, settle_steps, what)`` of :meth:`AlertEngine.mark_change`: the two as ints (else a ``ValueError``
     naming the value), ``what`` as one line of text without NUL (what separates a mark's fields between ranks)."""

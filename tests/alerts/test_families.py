@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 from scenarios.families import LOSS_FAMILY  # what each traced model family is, as a user declares it
+from scenarios.traces import replay_records
 
 import spherewatch as sw
 from spherewatch.alerts import AlertEngine, ThresholdRule, default_rules
@@ -35,15 +36,8 @@ def _fired(alerts):
 
 
 def _replay(trace, engine):
-    """A saved run's records through ``engine`` in step order, with the recipe changes the run marked (``changes``:
-    ``Monitor.mark_change`` at those steps, settling for two intervals as the Monitor's default)."""
-    alerts, changes = [], sorted(trace.get("changes") or [])
-    for step, values in sorted(trace["records"].items(), key=lambda kv: int(kv[0])):
-        while changes and changes[0][0] <= int(step):
-            at, what = changes.pop(0)
-            engine.mark_change(at, what, settle_steps=2 * trace["every_n_steps"])
-        alerts += engine.update(int(step), values)
-    return alerts
+    """A saved run's records through ``engine`` in step order, with the recipe changes the run marked."""
+    return replay_records(trace, engine.update, engine.mark_change)
 
 
 @pytest.mark.parametrize("path", TRACES, ids=lambda p: os.path.basename(p)[:-5])

@@ -13,6 +13,7 @@ import pytest
 
 import spherewatch as sw
 from scenarios.families import SCENARIOS, onset_vs_twin, probe_ok, run_lightning, run_scenario
+from scenarios.traces import records_of, save_trace
 from spherewatch.alerts.verdict import collapse_alerts
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
@@ -158,8 +159,7 @@ def test_a_saved_trace_replays_to_the_alerts_the_run_recorded(tmp_path):
     mon.close()
     meta = {"suite": "families", "family": "supervised", "scenario": run.name, "seed": 0, "D": 32, "switch": 200,
             "every_n_steps": mon.config.every_n_steps, "healthy": False, "onset": 210, "probe_ok": None}
-    path = bench.save_trace(str(tmp_path), meta, bench._records(mon), list(mon.sink("memory").alerts),
-                            {"probe": run.probe})
+    path = save_trace(str(tmp_path), meta, records_of(mon), list(mon.sink("memory").alerts), {"probe": run.probe})
     with open(path) as f:
         doc = json.load(f)
     assert set(doc["records"]) == {str(s) for s, _ in mon.sink("memory").scalars}
