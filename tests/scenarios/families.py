@@ -411,6 +411,20 @@ def _scenarios() -> Dict[str, FScenario]:
 SCENARIOS: Dict[str, FScenario] = _scenarios()
 
 
+#: The deliberate recipe change of a regime, in the words a user would pass to ``mark_change``.
+CHANGE_WHAT = {"aug_x2": "augmentations twice as strong", "batch_change": f"batch {BATCH} -> 256"}
+
+
+def change_step(sc: FScenario) -> Optional[int]:
+    """The first step trained under ``sc``'s deliberate recipe change (``aug_x2``: the stronger augmentations,
+    ``batch_change``: the larger batch, from just after the run's middle), or ``None``: no change."""
+    if sc.regime == "aug_x2":
+        return AUG_X2_FROM
+    if sc.regime == "batch_change":
+        return sc.steps // 2 + 1
+    return None
+
+
 def lr_mult(regime: str, step: int, steps: int) -> float:
     t = step / steps
     if regime == "warmup_cosine":
@@ -535,9 +549,11 @@ class _Steps:
                     model.settings[key] = value
         for gr in self.opt.param_groups:
             gr["lr"] = self.base_lr * lr_mult(sc.regime, step, sc.steps)
-        batch = 256 if sc.regime == "batch_change" and step > sc.steps // 2 else (
+        first = change_step(sc)
+        changed = first is not None and step >= first
+        batch = 256 if sc.regime == "batch_change" and changed else (
             SMALL_BATCH if sc.regime == "small_batch" else BATCH)
-        strength = 2.0 if sc.regime == "aug_x2" and step >= AUG_X2_FROM else 1.0
+        strength = 2.0 if sc.regime == "aug_x2" and changed else 1.0
         idx = torch.randint(0, len(self.x), (batch,), generator=self.g)
         xb, yb = self.x[idx], self.y[idx]
         loss, z1, z2 = model.loss(augment(xb, self.g, strength), augment(xb, self.g, strength), yb, step / sc.steps)
@@ -553,12 +569,7 @@ class _Steps:
     def change(self, step: int) -> Optional[str]:
         """The deliberate recipe change that starts at ``step`` (what a user would pass to ``mark_change``), if any:
         ``aug_x2``'s stronger augmentations, ``batch_change``'s larger batch."""
-        sc = self.sc
-        if sc.regime == "aug_x2" and step == AUG_X2_FROM:
-            return "augmentations twice as strong"
-        if sc.regime == "batch_change" and step == sc.steps // 2 + 1:
-            return "batch 128 -> 256"
-        return None
+        return CHANGE_WHAT[self.sc.regime] if step == change_step(self.sc) else None
 
     def mark(self, step: int, target: Any) -> None:
         """Tell ``target`` (a Monitor or an adapter's callback) of the change that starts at ``step``, if any, as a
