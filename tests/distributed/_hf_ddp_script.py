@@ -2,9 +2,11 @@
 
 Writes OUT/final_<rank>.json: global_step, should_stop, the rank's captured batch sizes and rank 0's history.
 """
+import gc
 import json
 import os
 import sys
+import weakref
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -59,14 +61,21 @@ def main():
     with open(os.path.join(OUT, f"final_{rank}.json"), "w") as f:
         json.dump({"global_step": trainer.state.global_step, "should_stop": mon.should_stop,
                    "world": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
-                   "history": history}, f)
-    # The HF Trainer leaves the process group it created alive. A gloo group still alive at interpreter exit can
-    # abort the process ("terminate called without an active exception", pytorch/pytorch#190489), so a script that
-    # ends a DDP run, as this one does, destroys it; Lightning does the same in an atexit hook.
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+                   "history": history, "wrapped": type(trainer.model_wrapped).__name__}, f)
+    return weakref.ref(trainer.model_wrapped)
 
 
 if __name__ == "__main__":
-    main()
+    ddp_model = main()
+    # The HF Trainer leaves the process group it created alive. A gloo group still alive at interpreter exit can
+    # abort the process ("terminate called without an active exception", pytorch/pytorch#190489), so a script that
+    # ends a DDP run, as this one does, destroys it -- AFTER the DDP model is gone. The model's Reducer holds the
+    # group and is freed with the GIL held: freed after destroy_process_group, its last reference joins gloo's
+    # threads while one of them waits for the GIL to free a finished collective's tensors, and the process hangs
+    # at exit (pytorch/pytorch#56297; seen once in ~40 runs). Freed while the group is still registered, it only
+    # drops a reference; destroy_process_group then ends the group with the GIL released. Lightning's order too.
+    gc.collect()
+    assert ddp_model() is None, "the DDP model outlived the Trainer: its Reducer would end the process group"
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -19,6 +19,7 @@ def test_hf_trainer_ddp_stops_everywhere_and_logs_on_rank_zero(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     finals = [json.loads((tmp_path / f"final_{r}.json").read_text()) for r in (0, 1)]
     assert finals[0]["world"] == finals[1]["world"] == 2
+    assert finals[0]["wrapped"] == "DistributedDataParallel"  # the model whose Reducer the script frees first
     assert finals[0]["should_stop"] and finals[1]["should_stop"]
     assert finals[0]["global_step"] == finals[1]["global_step"] == 3  # the first evaluation step
     assert "spherewatch/pooler/uniformity" in finals[0]["history"] and finals[1]["history"] == {}
