@@ -279,10 +279,11 @@ def analyze(
             norm_n += int(fin.sum())
             norm_min, norm_max = min(norm_min, float(nf.min())), max(norm_max, float(nf.max()))
         zh = normalize_rows(chunk)
+        zd = chunk.double()
         # centred moments with Chan's merge, in fp64 (subtracting n * mean mean^T from a raw Gram at the end
         # cancels digits near collapse); the raw Gram is rebuilt from them without cancellation
-        _merge_cross_moments(own, torch.nn.functional.normalize(chunk.double(), dim=1), None, n)
-        raw_sum += chunk.double().sum(0)
+        _merge_cross_moments(own, torch.nn.functional.normalize(zd, dim=1), None, n)
+        raw_sum += zd.sum(0)
         if m >= 2:
             kern_sums.append(float(pair_kernel_sum(zh, t)))
             kern_pairs.append(m * (m - 1) / 2)
@@ -290,7 +291,7 @@ def analyze(
             pos_chunk = next(pos_chunks)
             zp = normalize_rows(pos_chunk)
             align_sum += float((zh - zp).pow(2).sum(1).double().sum())
-            _merge_cross_moments(xy, chunk.double(), pos_chunk.double(), n)
+            _merge_cross_moments(xy, zd, pos_chunk.double(), n)
         n += m
         if bar is not None:
             bar.update(m)
