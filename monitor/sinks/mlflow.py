@@ -11,10 +11,10 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from spherewatch.alerts.verdict import OK, collapse_alerts, is_collapse_alert, worst_severity
+from spherewatch.alerts.verdict import OK, collapse_alerts, worst_severity
 from spherewatch.delivery.record import alert_to_json, encode_float
 from spherewatch.keys import alert_count_key, order_keys, parse_key
-from spherewatch.sinks.alert_records import KEEP_ALERT_IDS, SeenAlerts, alert_id
+from spherewatch.sinks.alert_records import KEEP_ALERT_IDS, SeenAlerts, alert_facts
 from spherewatch.sinks.base import Sink, as_float_array
 from spherewatch.sinks.mlflow_run import (
     DEFAULT_TRACKING_URI,
@@ -391,13 +391,13 @@ class MLflowSink(Sink):
         rule and key; faults of the monitor itself and changes of regime are listed in the JSON but change neither
         state nor count (:func:`spherewatch.alerts.verdict.is_collapse_alert`)."""
         self._check_open()
-        new = self._alert_ids.add(alert_id(alert))
+        facts = alert_facts(alert)
+        resolved, counted = facts.resolved, facts.counted
+        new = self._alert_ids.add(facts.id)
         if new:
             if len(self._alerts) < KEEP_ALERTS:
                 self._alerts.append(alert)
             self._alert_part.append(json.dumps(alert_to_json(alert), allow_nan=False))
-        resolved = getattr(alert, "status", "fired") == "resolved"
-        counted = is_collapse_alert(alert)
         metrics = []
         if new and counted:
             if resolved:

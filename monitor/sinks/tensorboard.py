@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from spherewatch.alerts.verdict import is_collapse_alert
 from spherewatch.delivery.files import make_private_dirs
 from spherewatch.keys import RESERVED_TAPS
 from spherewatch.keys import parse_key as split_key
-from spherewatch.sinks.alert_records import SeenAlerts, alert_id
+from spherewatch.sinks.alert_records import SeenAlerts, alert_facts
 from spherewatch.sinks.base import Sink, as_float_array
 
 if TYPE_CHECKING:
@@ -335,12 +334,6 @@ class TensorBoardSink(Sink):
         file_writer.add_summary(Summary(value=[Summary.Value(tag=key, tensor=tensor, metadata=metadata),
                                                Summary.Value(tag=key, simple_value=value)]), step, wall_time)
 
-    def _count_alerts(self, alert: Alert) -> bool:
-        """Count a fired collapse alert once (a replayed or resolved alert is not counted again)."""
-        if getattr(alert, "status", "fired") == "resolved" or not is_collapse_alert(alert):
-            return False
-        return self._counted.add(alert_id(alert))
-
     def log_scalars(self, step: int, scalars: Mapping[str, float], *, wall_time: float | None = None) -> None:
         """Every key in order of importance (:func:`spherewatch.keys.order_keys`), a tag's first point with its
         description. The first call holding spherewatch keys also writes the custom-scalars layout; a call holding
@@ -423,10 +416,13 @@ class TensorBoardSink(Sink):
         """
         self._check_open()
         self._pending_alerts.setdefault(int(alert.step), []).append((alert.time, alert_markdown(alert)))
-        if self._count_alerts(alert):
-            self._pending_events.setdefault(int(alert.step), []).append((True, alert))
-        elif getattr(alert, "status", "fired") == "resolved" and is_collapse_alert(alert):
+        facts = alert_facts(alert)
+        if not facts.counted:  # a fault or a change of regime: listed, never counted
+            return
+        if facts.resolved:
             self._pending_events.setdefault(int(alert.step), []).append((False, alert))
+        elif self._counted.add(facts.id):  # a fired collapse alert, counted once (a replayed one is not counted again)
+            self._pending_events.setdefault(int(alert.step), []).append((True, alert))
 
     def _alert_points(self) -> tuple[list[tuple[int, float | None, int, int]], int, dict[tuple[str, str], str]]:
         """``(step, wall time, count, level)`` at every evaluation and alert step not written yet, in step order, and

@@ -37,8 +37,7 @@ WORST_SEVERITY_KEY = "worst_severity"
 FIRST_ALERT_STEP_KEY = "first_alert_step"
 ALERTS_FIRED_KEY = "alerts_fired"
 VERDICT_KEY = "verdict"
-#: W&B alert levels of spherewatch's severities.
-#: W&B drops a ``run.alert`` whose title was already sent within ``wait_duration``; titles must be < 64 characters.
+#: The most bins of a histogram sent to W&B (fewer when there are fewer values).
 _MAX_BINS = 64
 
 
