@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from scenarios.traces import replay_records
 
 import spherewatch as sw
 from spherewatch.alerts import AlertEngine, default_rules
@@ -24,15 +25,13 @@ def _row(u, se=0.02):
             P + "mean_cosine": 1.0 - 0.95 * spread, P + "mean_cosine_stderr": 0.01}
 
 
-def _run(us, marks=(), engine=None, settle=2 * EVERY):
-    """Feed uniformities at steps 1, 50, 100, ...; ``marks``: ``(step, what)`` marked just before that step."""
+def _run(us, marks=(), engine=None):
+    """Feed uniformities at steps 1, 50, 100, ...; ``marks``: ``(step, what)`` marked just before the first sample at
+    or after that step, settling for two intervals (the Monitor's default) -- a saved trace's replay."""
     engine = engine or AlertEngine(default_rules())
-    marks, events = sorted(marks), []
-    for i, u in enumerate(us):
-        step = 1 if i == 0 else i * EVERY
-        while marks and marks[0][0] <= step:
-            engine.mark_change(*marks.pop(0), settle_steps=settle)
-        events += engine.update(step, _row(u))
+    trace = {"every_n_steps": EVERY, "changes": list(marks),
+             "records": {1 if i == 0 else i * EVERY: _row(u) for i, u in enumerate(us)}}
+    events = replay_records(trace, engine.update, engine.mark_change)
     return engine, [e for e in events if e.status == "fired"]
 
 
@@ -81,7 +80,7 @@ def test_non_finite_values_are_reported_inside_the_window():
 
 
 def test_a_second_mark_inside_the_window_extends_it_and_both_are_named():
-    engine, events = _run(HEALTHY + JUMP, marks=[(301, "augmentations x2"), (349, "batch 256")], settle=100)
+    engine, events = _run(HEALTHY + JUMP, marks=[(301, "augmentations x2"), (349, "batch 256")])
     info = [a for a in events if a.kind == "regime_change"]
     assert [a.step for a in info] == [450]  # 349 + 100 -> the first evaluation from step 449
     assert "the recipe changed at step 301 (augmentations x2; batch 256)" in info[0].message

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 
 import pytest
 import torch
@@ -19,18 +18,16 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-
 @pytest.fixture
-def mlflow_uri(tmp_path, mlflow_template_db, monkeypatch):
-    """A fresh SQLite tracking URI; MLflow's global tracking URI, env var and active runs are restored after."""
+def mlflow_uri(mlflow_uri, monkeypatch):
+    """tests/conftest.py's fresh SQLite tracking URI; MLflow's global tracking URI, env var and active runs are
+    restored after (the adapters set them)."""
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(mlflow_template_db, db)
     previous_uri, previous_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "spherewatch-tests")
-    yield f"sqlite:///{db}"
+    yield mlflow_uri
     for _ in range(8):
         if mlflow.active_run() is None:
             break

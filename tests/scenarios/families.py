@@ -566,16 +566,12 @@ class _Steps:
         model.after_step(step / sc.steps)
         return loss, z1, z2
 
-    def change(self, step: int) -> Optional[str]:
-        """The deliberate recipe change that starts at ``step`` (what a user would pass to ``mark_change``), if any:
-        ``aug_x2``'s stronger augmentations, ``batch_change``'s larger batch."""
-        return CHANGE_WHAT[self.sc.regime] if step == change_step(self.sc) else None
-
     def mark(self, step: int, target: Any) -> None:
-        """Tell ``target`` (a Monitor or an adapter's callback) of the change that starts at ``step``, if any, as a
-        user who makes it would (``mark_change``), and keep it in :attr:`marked`."""
-        what = self.change(step)
-        if what is not None:
+        """Tell ``target`` (a Monitor or an adapter's callback) of the deliberate recipe change that starts at
+        ``step``, if any (``aug_x2``'s stronger augmentations, ``batch_change``'s larger batch), as a user who makes
+        it would (``mark_change``), and keep it in :attr:`marked`."""
+        if step == change_step(self.sc):
+            what = CHANGE_WHAT[self.sc.regime]
             target.mark_change(what)
             self.marked.append([step, what])
 
