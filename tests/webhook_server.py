@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class WebhookEndpoint:
     """Behaviours, consumed in order: ``("status", code, headers)`` or ``("hang", seconds)``; then 200.
-    ``hang_all`` makes every request hang until :attr:`release` is set. Each request is recorded as a dict with
+    ``hang_all`` makes every request hang until :attr:`release` is set (:meth:`close` sets it). Each request is recorded as a dict with
     ``time``, ``body``, ``text``, ``id`` (the ``X-Spherewatch-Delivery-Id`` header), ``headers``, ``path`` and
     ``answer`` (the status code, or ``"hang"``)."""
 
@@ -29,7 +29,7 @@ class WebhookEndpoint:
                 with endpoint.lock:
                     behaviour = endpoint.plan.popleft() if endpoint.plan else ("status", 200, {})
                     if endpoint.hang_all:
-                        behaviour = ("hang", 60.0)
+                        behaviour = ("hang", None)  # until the test releases it
                     endpoint.requests.append({
                         "time": time.monotonic(), "body": body, "text": body.get("text"),
                         "id": self.headers.get("X-Spherewatch-Delivery-Id"), "headers": dict(self.headers),

@@ -42,7 +42,6 @@ class TinyTrainer:
     Attributes:
         fired: every alert ``monitor.step`` returned, in order.
         step_seconds: how long each ``monitor.step`` call took.
-        step_spans: ``(start, end)`` of each ``monitor.step`` call on ``time.perf_counter``'s clock.
         steps_done: the steps completed (training finished = all of them are here).
     """
 
@@ -51,7 +50,6 @@ class TinyTrainer:
     lr: float = 0.05
     fired: List[Any] = dataclasses.field(default_factory=list)
     step_seconds: List[float] = dataclasses.field(default_factory=list)
-    step_spans: List[Tuple[float, float]] = dataclasses.field(default_factory=list)
     steps_done: List[int] = dataclasses.field(default_factory=list)
     losses: List[float] = dataclasses.field(default_factory=list)
 
@@ -97,9 +95,7 @@ class TinyTrainer:
             self.opt.step()
             started = time.perf_counter()
             self.fired.extend(monitor.step(s))
-            ended = time.perf_counter()
-            self.step_seconds.append(ended - started)
-            self.step_spans.append((started, ended))
+            self.step_seconds.append(time.perf_counter() - started)
             self.steps_done.append(s)
             self.losses.append(float(loss.detach()))
         return self
