@@ -56,7 +56,9 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
       ``tb_writer``) when that callback is active, into the MLflow run of HF's ``MLflowCallback`` (the
       active run; never a second run) when ``"mlflow"`` is in ``report_to``, and into the W&B run of its
       ``WandbCallback`` when ``"wandb"`` is (see :class:`~spherewatch.sinks.WandbSink`). With none of them and no
-      configured sink, it writes ``<output_dir>/spherewatch/spherewatch.jsonl``.
+      configured sink, it writes ``<output_dir>/spherewatch/spherewatch.jsonl``. When training is about to end
+      (the last ``on_epoch_end``) it waits until every point reached them, before HF closes its writer and ends its
+      run in ``on_train_end``.
     * **Stopping**: ``control.should_training_stop = True`` once a rule with ``action="stop"`` has fired.
     * **Checkpoints**: an ``ExportableState``: the Monitor's state is saved in ``trainer_state.json`` and,
       with ``TrainingArguments(restore_callback_states_from_checkpoint=True)``, restored on resume. HF rebuilds
@@ -181,6 +183,16 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
             self.monitor.step(int(state.global_step))
             if self.should_stop:
                 control.should_training_stop = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """When training is about to end, wait until the Monitor handed everything to the sinks: HF's own callbacks
+        come first in the list, and in ``on_train_end`` the ``TensorBoardCallback`` closes the writer shared with
+        spherewatch (a point written after that would open a second event file) and ``MLflowCallback`` ends its run.
+        ``on_epoch_end`` is the last event before that on every way out of the loop (max_steps, a stop rule, early
+        stopping); at the end of other epochs nothing waits."""
+        if self.monitor is not None and (control.should_training_stop or state.global_step >= state.max_steps):
+            self.monitor.flush()
         return control
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -38,13 +39,13 @@ def tiny_bert():
     return BertForSequenceClassification(config)
 
 
-def train(tmp_path, callback, *, report_to=(), resume=None, eval_data=None, **kw):
+def train(tmp_path, callback, *, report_to=(), resume=None, eval_data=None, extra_callbacks=(), **kw):
     kw.setdefault("max_steps", 8)
     kw.setdefault("save_strategy", "no")
     args = TrainingArguments(output_dir=str(tmp_path), report_to=list(report_to), per_device_train_batch_size=8,
                              logging_steps=2, use_cpu=True, disable_tqdm=True, seed=0, **kw)
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=TokenData(), eval_dataset=eval_data,
-                      callbacks=[callback])
+                      callbacks=[*extra_callbacks, callback])
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -69,6 +70,43 @@ def test_tensorboard_scalars_go_into_the_trainers_event_file(tmp_path):
     assert "train/loss" in acc.Tags()["scalars"]  # HF's own scalars, same file
     assert [e.step for e in acc.Scalars("spherewatch/pooler/uniformity")] == [1, 3, 6]
     assert not glob.glob(str(tmp_path / "**" / "*.jsonl"), recursive=True)
+
+
+class SlowSink(MemorySink):
+    """A user's sink whose first write takes 0.5 s: the writer thread lags behind this 8-step run."""
+
+    def log_scalars(self, step, values):
+        if not self.keys():
+            time.sleep(0.5)
+        super().log_scalars(step, values)
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "early stopping"])
+def test_everything_reaches_the_trainers_writer_before_hf_closes_it(tmp_path, stop):
+    # HF's TensorBoardCallback comes first in the callback list and closes its writer in on_train_end: a point the
+    # writer thread hands it after that would go into a second event file (torch reopens a closed SummaryWriter)
+    kw = {}
+    if stop == "early stopping":  # should_training_stop set in on_evaluate after step 4, not by max_steps
+        from transformers import TrainerCallback
+
+        class StopAt4(TrainerCallback):  # what EarlyStoppingCallback does, at a known step
+            def on_evaluate(self, args, state, control, **kwargs):
+                control.should_training_stop = state.global_step >= 4
+
+        kw = {"eval_data": TokenData(8), "eval_strategy": "steps", "eval_steps": 2, "extra_callbacks": [StopAt4()]}
+    slow = SlowSink()
+    cb = MonitorTrainerCallback(module_path="bert.pooler", tap="pooler", every_n_steps=3, sinks=[slow], warn=False)
+    trainer = train(tmp_path, cb, report_to=["tensorboard"], **kw)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)
+    assert len(files) == 1, files
+    acc = EventAccumulator(files[0])
+    acc.Reload()
+    expected = [1, 3] if stop == "early stopping" else [1, 3, 6]
+    assert trainer.state.global_step == (4 if stop == "early stopping" else 8)
+    assert [e.step for e in acc.Scalars("spherewatch/pooler/uniformity")] == expected
+    assert [s for s, _ in slow.history("spherewatch/pooler/uniformity")] == expected
 
 
 def test_mlflow_scalars_go_into_the_trainers_run_and_no_second_run(tmp_path, mlflow_uri, monkeypatch):

@@ -60,6 +60,7 @@ def main(out: str) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
     try:
         trainer.run(mon, range(10, 30), embeddings=poison)
+        mon.flush()  # every record of the fault's steps reached the sink (and its spool) before the limit is lifted
         spool_during = {name: os.path.getsize(os.path.join(spool_dir, name)) for name in os.listdir(spool_dir)}
         jsonl_during = os.path.getsize(jsonl)
     finally:

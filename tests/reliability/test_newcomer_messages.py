@@ -40,6 +40,7 @@ def test_no_empty_spool_folder_is_left_in_the_log_dir(tmp_path):
         for step in range(3):
             mon.observe(torch.randn(32, 8))
             mon.step(step)
+        assert mon.flush(60.0)  # the sinks (and the run's folder) are opened by the writer's thread: wait for it
         assert (log_dir / "spool").is_dir()  # the run's lock folder lives there while it runs
     assert sorted(os.listdir(log_dir)) == ["spherewatch.jsonl"]
 
