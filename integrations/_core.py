@@ -110,13 +110,14 @@ class AdapterCore:
         """The capture handle given to :meth:`attach` (``None`` when none is installed)."""
         return self._handle
 
-    def close_monitor(self) -> None:
-        """Remove the capture and close the Monitor (idempotent; the Monitor stays readable as :attr:`monitor`)."""
+    def close_monitor(self, timeout: Optional[float] = None) -> None:
+        """Remove the capture and close the Monitor (idempotent; the Monitor stays readable as :attr:`monitor`);
+        ``timeout``: :meth:`Monitor.close <spherewatch.Monitor.close>`'s (default its ``close_timeout``)."""
         if self._handle is not None:
             handle, self._handle = self._handle, None
             handle.remove()
         if self.monitor is not None:
-            self.monitor.close()
+            self.monitor.close(timeout)
 
     def mark_change(self, what: str = "", *, step: Optional[int] = None, settle_steps: Optional[int] = None) -> None:
         """Say that you changed the recipe from ``step`` on (default: the next step): :meth:`Monitor.mark_change

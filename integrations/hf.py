@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from typing import Any, Dict, Optional, Sequence
 
@@ -115,6 +116,7 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         self.pool = pool
         self.use_host_loggers = bool(use_host_loggers)
         self.head_path, self.head_temperature, self.head_tap = head_path, head_temperature, head_tap
+        self._close_budget: Optional[float] = None  # what is left of close_timeout after the end-of-training wait
         live = _LIVE.get(self.tap) if _from_checkpoint else None
         if live is not None:
             self._adopt(live)
@@ -192,10 +194,15 @@ class MonitorTrainerCallback(AdapterCore, TrainerCallback, ExportableState):
         ``on_epoch_end`` is the last event before that on every way out of the loop (max_steps, a stop rule, early
         stopping); at the end of other epochs nothing waits."""
         if self.monitor is not None and (control.should_training_stop or state.global_step >= state.max_steps):
-            self.monitor.flush()
+            budget = float(self.monitor.config.close_timeout)
+            started = time.monotonic()
+            self.monitor.flush(budget)
+            # the end of training waits at most close_timeout in all, this wait and close()'s together
+            self._close_budget = max(0.0, budget - (time.monotonic() - started))
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         """Remove the hook, flush and close the Monitor's sinks (the host's writer and run stay open)."""
-        self.close_monitor()
+        budget, self._close_budget = self._close_budget, None
+        self.close_monitor(budget)
         return control

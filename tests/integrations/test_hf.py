@@ -11,6 +11,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from spherewatch import Monitor
 from spherewatch.integrations.hf import MonitorTrainerCallback
 from spherewatch.sinks import MemorySink
 
@@ -82,7 +83,7 @@ class SlowSink(MemorySink):
 
 
 @pytest.mark.parametrize("stop", ["max_steps", "early stopping"])
-def test_everything_reaches_the_trainers_writer_before_hf_closes_it(tmp_path, stop):
+def test_everything_reaches_the_trainers_writer_before_hf_closes_it(tmp_path, stop, monkeypatch):
     # HF's TensorBoardCallback comes first in the callback list and closes its writer in on_train_end: a point the
     # writer thread hands it after that would go into a second event file (torch reopens a closed SummaryWriter)
     kw = {}
@@ -94,9 +95,23 @@ def test_everything_reaches_the_trainers_writer_before_hf_closes_it(tmp_path, st
                 control.should_training_stop = state.global_step >= 4
 
         kw = {"eval_data": TokenData(8), "eval_strategy": "steps", "eval_steps": 2, "extra_callbacks": [StopAt4()]}
+    waits = []  # the end of training waits close_timeout in all (this flush and close() share it), not twice
+
+    def spy(name):
+        call = getattr(Monitor, name)
+
+        def wrapper(self, timeout=None):
+            waits.append((name, timeout))
+            return call(self, timeout)
+        return wrapper
+
+    monkeypatch.setattr(Monitor, "flush", spy("flush"))
+    monkeypatch.setattr(Monitor, "close", spy("close"))
     slow = SlowSink()
-    cb = MonitorTrainerCallback(module_path="bert.pooler", tap="pooler", every_n_steps=3, sinks=[slow], warn=False)
+    cb = MonitorTrainerCallback(module_path="bert.pooler", tap="pooler", every_n_steps=3, sinks=[slow], warn=False,
+                                close_timeout=20.0)
     trainer = train(tmp_path, cb, report_to=["tensorboard"], **kw)
+    assert [name for name, _ in waits] == ["flush", "close"] and waits[0][1] == 20.0 and 0 <= waits[1][1] <= 20.0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     files = glob.glob(str(tmp_path / "**" / "events.out.tfevents.*"), recursive=True)
