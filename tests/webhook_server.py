@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class WebhookEndpoint:
     """Behaviours, consumed in order: ``("status", code, headers)`` or ``("hang", seconds)``; then 200.
-    ``hang_all`` makes every request hang until :attr:`release` is set (:meth:`close` sets it). Each request is recorded as a dict with
-    ``time``, ``body``, ``text``, ``id`` (the ``X-Spherewatch-Delivery-Id`` header), ``headers``, ``path`` and
-    ``answer`` (the status code, or ``"hang"``)."""
+    ``hang_all`` makes every request hang until :attr:`release` is set (:meth:`close` sets it). Each request is
+    recorded as a dict with ``time``, ``body``, ``text``, ``id`` (the ``X-Spherewatch-Delivery-Id`` header),
+    ``headers``, ``path`` and ``answer`` (the status code, or ``"hang"``)."""
 
     def __init__(self, secret: str) -> None:
         self.lock = threading.Lock()

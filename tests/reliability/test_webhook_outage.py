@@ -56,12 +56,14 @@ def posts(monkeypatch):
 
 
 def _assert_no_request_on_the_training_thread(made):
+    """Every ``send`` ran on the training thread and no HTTP attempt did; returns ``(attempts, sends)``."""
     posts = [m for m in made if m["what"] == "post"]
     sends = [m for m in made if m["what"] == "send"]
     assert posts and sends, "the channel never tried to send"
     training = threading.get_ident()
     assert all(p["thread"] != training for p in posts), "an HTTP request ran on the training thread"
     assert all(s["thread"] == training for s in sends)
+    return posts, sends
 
 
 def _assert_training_never_waited(made):
@@ -70,10 +72,9 @@ def _assert_training_never_waited(made):
 
     This is what "a step never waits for the webhook" means, checked by causality (the test holds the request until
     training is over) instead of by a wall-time bound, which on a shared 2-core CI machine measures the machine."""
-    _assert_no_request_on_the_training_thread(made)
-    posts = [m for m in made if m["what"] == "post"]
+    posts, sends = _assert_no_request_on_the_training_thread(made)
     assert len(posts) == 1 and posts[0]["end"] is None, "an HTTP attempt ended while training ran"
-    after = [m for m in made if m["what"] == "send" and m["start"] > posts[0]["start"]]
+    after = [s for s in sends if s["start"] > posts[0]["start"]]
     assert after and all(s["end"] is not None for s in after), "no alert was sent while the request was held"
 
 
@@ -163,6 +164,7 @@ def test_webhook_queue_is_bounded_while_the_endpoint_hangs(endpoint, posts, make
     # cooldown=1: a reminder on every NaN sample while the alert stays open (a flapping condition is one open alert)
     mon = make_monitor(sinks=("memory",), every_n_steps=1, webhook_url=endpoint.url, webhook_timeout=300.0,
                        rules=[{"kind": "nonfinite", "cooldown": 1}])
+
     def every_other_batch_has_nan(step, z1, z2):
         if step % 2:
             z1 = z1.detach().clone()
